@@ -1,0 +1,120 @@
+"""The one exception family of lazyfs.
+
+Every error a user can meet is a ``LazyfsError``. Each class carries the
+process exit code the CLI uses for it and the errno the FUSE layer answers
+with, so neither the CLI nor the mount needs its own translation table::
+
+    LazyfsError                      exit 1   EIO
+    ├── UsageError                   exit 2   EINVAL
+    ├── InvalidReference             exit 2   EINVAL
+    ├── NotFound                     exit 3   ENOENT
+    ├── Unauthorized                 exit 4   EACCES
+    ├── NoMatchingPlatform           exit 5   ENOENT
+    ├── DigestMismatch               exit 6   EIO
+    ├── RegistryUnreachable          exit 7   EIO
+    ├── RegistryError                exit 8   EIO
+    ├── UnsupportedMediaType         exit 9   EIO
+    ├── LayerFormatError             exit 9   EIO
+    ├── UnsafeEntry                  exit 9   EIO
+    ├── MountError                   exit 10  EIO
+    └── CacheError                   exit 11  EIO
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class LazyfsError(Exception):
+    """Base of every error lazyfs raises on purpose."""
+
+    exit_code = 1
+    errno = _errno.EIO
+
+
+class UsageError(LazyfsError):
+    """A command was called with arguments that cannot work together."""
+
+    exit_code = 2
+    errno = _errno.EINVAL
+
+
+class InvalidReference(LazyfsError):
+    """A reference does not follow the distribution/reference grammar."""
+
+    exit_code = 2
+    errno = _errno.EINVAL
+
+
+class NotFound(LazyfsError):
+    """The registry (or the image) has no such manifest, blob, tag or path."""
+
+    exit_code = 3
+    errno = _errno.ENOENT
+
+
+class Unauthorized(LazyfsError):
+    """The registry refused the credentials we had (or our lack of them)."""
+
+    exit_code = 4
+    errno = _errno.EACCES
+
+
+class NoMatchingPlatform(LazyfsError):
+    """An index lists no manifest for the requested platform."""
+
+    exit_code = 5
+    errno = _errno.ENOENT
+
+
+class DigestMismatch(LazyfsError):
+    """Bytes did not hash to the digest the registry published for them."""
+
+    exit_code = 6
+    errno = _errno.EIO
+
+
+class RegistryUnreachable(LazyfsError):
+    """No connection could be made, or TLS failed."""
+
+    exit_code = 7
+    errno = _errno.EIO
+
+
+class RegistryError(LazyfsError):
+    """The registry answered, but not in a way we can use."""
+
+    exit_code = 8
+    errno = _errno.EIO
+
+
+class UnsupportedMediaType(LazyfsError):
+    """A manifest or layer of a kind lazyfs does not read (e.g. schema1)."""
+
+    exit_code = 9
+    errno = _errno.EIO
+
+
+class LayerFormatError(LazyfsError):
+    """A layer blob is not what its media type or TOC claims."""
+
+    exit_code = 9
+    errno = _errno.EIO
+
+
+class UnsafeEntry(LayerFormatError):
+    """A tar entry would escape the image tree or cannot be represented."""
+
+
+class MountError(LazyfsError):
+    """The FUSE mount could not be set up or torn down."""
+
+    exit_code = 10
+    errno = _errno.EIO
+
+
+class CacheError(LazyfsError):
+    """The local store is unusable (permissions, space, corruption)."""
+
+    exit_code = 11
+    errno = _errno.EIO

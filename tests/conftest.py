@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.registry import Registry, start_registry
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory) -> Registry:
+    """A plain (no auth) registry shared by the session; tests use their own repositories."""
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory) -> Registry:
+    """A registry behind htpasswd Basic auth (user ``alice``, password ``s3cret``)."""
+    reg = start_registry(tmp_path_factory.mktemp("auth-registry"), user="alice", password="s3cret")
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """A private store, so tests never share cached state by accident."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("LAZYFS_CACHE_DIR", str(d))
+    return d
+
+
+@pytest.fixture
+def docker_config(tmp_path, monkeypatch) -> Path:
+    """An empty credential environment: no host credential file leaks into a test."""
+    d = tmp_path / "docker-config"
+    d.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(d))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg-run"))
+    return d
