@@ -76,10 +76,10 @@ def start_registry(root: Path, *, user: str | None = None, password: str | None 
         + auth
     )
     log_path = root / "registry.log"
-    log = open(log_path, "wb")
     env = dict(os.environ, OTEL_TRACES_EXPORTER="none")
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
     reg = Registry(f"127.0.0.1:{port}", root, proc, log_path, user, password)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
