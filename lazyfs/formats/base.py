@@ -1,0 +1,91 @@
+"""What every layer format provides, and the one generic read over it.
+
+A format is split the way stargz-snapshotter splits it: *planning* (which
+compressed bytes of the blob hold a range of one entry: pure, cheap) and
+*decoding* (turn those bytes into content, verifying them: CPU work, run in a
+worker thread). Fetching sits between the two and belongs to the reader, so
+coalescing, caching and retries live in one place and no format has its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import trio
+
+from ..blob import BlobSource
+from ..entry import Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One independently decodable run of blob bytes.
+
+    ``decode`` of ``blob[start:end]`` yields content of which the bytes
+    ``[skip, skip + length)`` are the entry's content from ``content_offset``.
+    Pieces of one blob with equal ``(start, end, codec, params)`` decode to the
+    same bytes, so a cache may key on those.
+    """
+
+    start: int
+    end: int
+    codec: str
+    params: bytes = b""
+    skip: int = 0
+    length: int = 0
+    content_offset: int = 0
+
+    @property
+    def key(self) -> tuple:
+        return (self.start, self.end, self.codec, self.params)
+
+
+@dataclass(slots=True)
+class LayerTable:
+    """A layer's entries plus what its format needs to read them later."""
+
+    format: str
+    """``tar``, ``gzip``, ``estargz``, ``zstd`` or ``zstd:chunked``."""
+    lazy: bool
+    """Whether reads can be served from ranges of the blob."""
+    reason: str = ""
+    """Why reads need the whole blob, when ``lazy`` is false."""
+    state: bytes = b""
+    """Format state (seek points, frame table, ...), opaque outside the format."""
+    entries: list[Entry] = field(default_factory=list)
+
+
+class ContentReader(Protocol):
+    """Built from a ``LayerTable``'s format and state; no I/O of its own."""
+
+    def pieces(self, data: bytes, offset: int, size: int) -> Sequence[Piece]:
+        """The pieces covering ``[offset, offset + size)`` of the entry whose
+        locator is ``data``, in content order (clipped to the entry's size)."""
+
+    def decode(self, piece: Piece, raw: bytes) -> bytes:
+        """Decode and verify one piece; raise ``DigestMismatch`` or
+        ``LayerFormatError`` rather than return wrong bytes."""
+
+
+async def read_content(reader: ContentReader, blob: BlobSource, data: bytes,
+                       offset: int, size: int) -> bytes:
+    """Read one range of one entry with no cache: fetch each piece, decode it
+    in a worker thread, keep the wanted bytes. The reader module does the
+    same with caching and coalescing."""
+    out = []
+    for piece in reader.pieces(data, offset, size):
+        raw = await blob.read_range(piece.start, piece.end)
+        decoded = await trio.to_thread.run_sync(reader.decode, piece, raw)
+        out.append(slice_piece(piece, decoded, offset, size))
+    return b"".join(out)
+
+
+def slice_piece(piece: Piece, decoded: bytes, offset: int, size: int) -> bytes:
+    """The part of a decoded piece that falls into ``[offset, offset + size)``."""
+    lo = max(offset, piece.content_offset)
+    hi = min(offset + size, piece.content_offset + piece.length)
+    if hi <= lo:
+        return b""
+    base = piece.skip - piece.content_offset
+    return decoded[base + lo: base + hi]
