@@ -13,6 +13,7 @@ with, so neither the CLI nor the mount needs its own translation table::
     ├── DigestMismatch               exit 6   EIO
     ├── RegistryUnreachable          exit 7   EIO
     ├── RegistryError                exit 8   EIO
+    │   └── RangeNotSupported        exit 8   EIO
     ├── UnsupportedMediaType         exit 9   EIO
     ├── LayerFormatError             exit 9   EIO
     ├── UnsafeEntry                  exit 9   EIO
@@ -86,6 +87,10 @@ class RegistryError(LazyfsError):
 
     exit_code = 8
     errno = _errno.EIO
+
+
+class RangeNotSupported(RegistryError):
+    """The registry answered a Range request with the whole blob; callers fall back to a full pull."""
 
 
 class UnsupportedMediaType(LazyfsError):
