@@ -8,6 +8,7 @@ with, so neither the CLI nor the mount needs its own translation table::
     ├── UsageError                   exit 2   EINVAL
     ├── InvalidReference             exit 2   EINVAL
     ├── NotFound                     exit 3   ENOENT
+    │   └── SymlinkLoop              exit 3   ELOOP
     ├── Unauthorized                 exit 4   EACCES
     ├── NoMatchingPlatform           exit 5   ENOENT
     ├── DigestMismatch               exit 6   EIO
@@ -52,6 +53,12 @@ class NotFound(LazyfsError):
 
     exit_code = 3
     errno = _errno.ENOENT
+
+
+class SymlinkLoop(NotFound):
+    """Resolving a path inside the image met too many symbolic links."""
+
+    errno = _errno.ELOOP
 
 
 class Unauthorized(LazyfsError):
