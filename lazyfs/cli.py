@@ -2,21 +2,410 @@
 
 Every ``LazyfsError`` becomes one line on stderr and its class's exit code;
 nothing else is caught, so a traceback always means a bug.
+
+Adding a command is one ``cmd_*`` function plus one ``_add_*`` parser block
+registered in ``COMMANDS``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import fnmatch
+import json
+import logging
+import re
 import sys
+import time
+
+import trio
 
 from . import __version__
-from .errors import LazyfsError
+from .errors import LazyfsError, UsageError
+
+# -- shared helpers ------------------------------------------------------------
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """Options every command takes, before or after the command name."""
+    s = argparse.SUPPRESS
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", default=s,
+                   help="platform to choose from a multi-platform image (default: this host)")
+    p.add_argument("--insecure-registry", metavar="HOST", action="append", default=s,
+                   help="talk plain HTTP (or unverified TLS) to HOST; repeatable")
+    p.add_argument("--registry-mirror", metavar="URL", action="append", default=s,
+                   help="try this mirror before Docker Hub; repeatable")
+    p.add_argument("--cache-dir", metavar="DIR", default=s, help="the local store (default: $LAZYFS_CACHE_DIR)")
+    p.add_argument("--debug", action="store_true", default=s, help="log requests and decisions to stderr")
+
+
+def opt(args: argparse.Namespace, name: str, default=None):
+    return getattr(args, name, default)
+
+
+def open_store(args: argparse.Namespace):
+    from .store import Store
+    return Store(opt(args, "cache_dir"))
+
+
+def platform_of(args: argparse.Namespace):
+    from .manifest import Platform
+    text = opt(args, "platform")
+    return Platform.parse(text) if text else None
+
+
+def registry_options(args: argparse.Namespace):
+    """What the registry client needs from the command line."""
+    from .registry import RegistryOptions
+    return RegistryOptions(insecure_registries=tuple(opt(args, "insecure_registry") or ()),
+                           mirrors=tuple(opt(args, "registry_mirror") or ()))
+
+
+def parse_ref(text: str):
+    from .reference import parse_reference
+    return parse_reference(text)
+
+
+def print_json(doc) -> None:
+    print(json.dumps(doc, indent=4))
+
+
+# -- pull ----------------------------------------------------------------------
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from . import pull as _pull
+    ref = parse_ref(args.ref)
+    if args.all_tags and (ref.tag is not None or ref.digest is not None):
+        raise UsageError("tag can't be used with --all-tags/-a")
+    store = open_store(args)
+    progress = None if args.quiet or not sys.stdout.isatty() else TtyProgress(sys.stdout)
+    kw = dict(platform=platform_of(args), options=registry_options(args), store=store, progress=progress)
+    if args.all_tags:
+        results = trio.run(lambda: _pull.pull_all_tags(ref, **kw))
+    else:
+        results = [trio.run(lambda: _pull.pull(ref, **kw))]
+    for r in results:
+        if not args.quiet:
+            print(f"Digest: {r.digest}")
+            news = "Image is up to date for" if r.up_to_date else "Downloaded newer image for"
+            print(f"Status: {news} {r.ref.familiar}")
+        print(str(r.ref))
+    return 0
+
+
+def _add_pull(sub) -> None:
+    p = sub.add_parser("pull", help="download an image into the local store, verified")
+    p.add_argument("-a", "--all-tags", action="store_true", help="download every tag of the repository")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the image's full reference")
+    p.add_argument("ref", metavar="REF")
+    p.set_defaults(func=cmd_pull)
+
+
+class TtyProgress:
+    """One line per layer, redrawn in place at most ten times a second."""
+
+    def __init__(self, stream):
+        self._out = stream
+        self._layers: dict[str, list] = {}
+        self._drawn = 0
+        self._last = 0.0
+
+    def layer(self, digest: str, total: int, present: bool) -> None:
+        self._layers[digest] = [0, total, "Already exists" if present else "Waiting", time.monotonic()]
+        self._draw(force=True)
+
+    def advance(self, digest: str, done: int) -> None:
+        st = self._layers[digest]
+        st[0], st[2] = done, "Downloading"
+        self._draw()
+
+    def layer_done(self, digest: str) -> None:
+        st = self._layers[digest]
+        st[0], st[2] = st[1], "Pull complete"
+        self._draw(force=True)
+
+    def _draw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < 0.1:
+            return
+        self._last = now
+        out = [f"\x1b[{self._drawn}A"] if self._drawn else []
+        for digest, (done, total, state, start) in self._layers.items():
+            line = f"{digest.split(':')[-1][:12]}: {state}"
+            if state == "Downloading":
+                rate = done / max(now - start, 1e-3)
+                line += f"  {human_size(done)}/{human_size(total)}  {human_size(rate)}/s"
+            out.append(f"\x1b[2K{line}\n")
+        self._drawn = len(self._layers)
+        self._out.write("".join(out))
+        self._out.flush()
+
+
+# -- images --------------------------------------------------------------------
+
+_FIELDS = {"Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST", "ID": "IMAGE ID",
+           "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "Size": "SIZE"}
+_PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    rows = [image_fields(r, args.no_trunc) for r in _filtered(store.list_images(), args.filter)]
+    if args.quiet:
+        ids = [row["ID"] for row in rows]
+        print("\n".join(dict.fromkeys(ids)), end="\n" if ids else "")
+        return 0
+    template = args.format or _default_format(args.digests)
+    sys.stdout.write(render(template, rows))
+    return 0
+
+
+def _add_images(sub) -> None:
+    p = sub.add_parser("images", help="list pulled images, like docker images")
+    p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
+    p.add_argument("--digests", action="store_true", help="show digests")
+    p.add_argument("--no-trunc", action="store_true", help="do not truncate IDs")
+    p.add_argument("--format", metavar="TEMPLATE", help="Go-template subset, e.g. 'table {{.Repository}}\\t{{.ID}}'")
+    p.add_argument("filter", metavar="REPO[:TAG]", nargs="?")
+    p.set_defaults(func=cmd_images)
+
+
+def _default_format(digests: bool) -> str:
+    cols = ["Repository", "Tag"] + (["Digest"] if digests else []) + ["ID", "CreatedSince", "Size"]
+    return "table " + "\t".join("{{." + c + "}}" for c in cols)
+
+
+def _filtered(records, pattern: str | None):
+    if not pattern:
+        return records
+    repo, tag = pattern, None
+    last = pattern.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo, _, tag = pattern.rpartition(":")
+    names = {repo}
+    if not any(c in repo for c in "*?["):
+        names.add(parse_ref(repo).name)
+    return [r for r in records
+            if any(fnmatch.fnmatchcase(r.repository, n) or fnmatch.fnmatchcase(familiar_repo(r.repository), n)
+                   for n in names)
+            and (tag is None or (r.tag is not None and fnmatch.fnmatchcase(r.tag, tag)))]
+
+
+def familiar_repo(repository: str) -> str:
+    """``docker.io/library/ubuntu`` is shown as ``ubuntu``, as docker does."""
+    if repository.startswith("docker.io/"):
+        short = repository.removeprefix("docker.io/")
+        rest = short.removeprefix("library/")
+        return rest if "/" not in rest else short
+    return repository
+
+
+def image_fields(rec, no_trunc: bool = False, now: float | None = None) -> dict[str, str]:
+    hexid = rec.config_digest.split(":", 1)[-1]
+    created = _parse_time(rec.created)
+    return {
+        "Repository": familiar_repo(rec.repository),
+        "Tag": rec.tag or "<none>",
+        "Digest": rec.digest or "<none>",
+        "ID": rec.config_digest if no_trunc else hexid[:12],
+        "CreatedSince": human_since(created, now) if created else "N/A",
+        "CreatedAt": created.strftime("%Y-%m-%d %H:%M:%S +0000 UTC") if created else "N/A",
+        "Size": human_size(rec.size),
+    }
+
+
+def render(template: str, rows: list[dict[str, str]]) -> str:
+    """Docker's ``--format``: a Go-template subset, ``table`` adding a header and alignment."""
+    template = template.replace("\\t", "\t").replace("\\n", "\n")
+    table = template.startswith("table")
+    if table:
+        template = template[len("table"):].lstrip(" ")
+    _check_placeholders(template)
+    lines = [_fill(template, row) for row in rows]
+    if not table:
+        return "".join(line + "\n" for line in lines)
+    header = _fill(template, None)
+    return _align([header] + lines)
+
+
+def _check_placeholders(template: str) -> None:
+    for expr in _PLACEHOLDER.findall(template):
+        if expr == "json .":
+            continue
+        if not expr.startswith(".") or expr[1:] not in _FIELDS:
+            raise UsageError(f"template: unknown placeholder {{{{{expr}}}}} "
+                             f"(known: {', '.join('.' + f for f in _FIELDS)}, json .)")
+
+
+def _fill(template: str, row: dict[str, str] | None) -> str:
+    def one(m: re.Match) -> str:
+        expr = m.group(1)
+        if expr == "json .":
+            return "" if row is None else _go_json(row)
+        return _FIELDS[expr[1:]] if row is None else row[expr[1:]]
+    return _PLACEHOLDER.sub(one, template)
+
+
+def _go_json(row: dict[str, str]) -> str:
+    text = json.dumps(dict(sorted(row.items())), separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _align(lines: list[str]) -> str:
+    """Go's tabwriter as docker sets it up: minimum width 10, padding 3."""
+    cells = [line.split("\t") for line in lines]
+    ncols = max(len(c) for c in cells)
+    widths = [max([10] + [len(c[i]) + 3 for c in cells if i < len(c) - 1]) for i in range(ncols)]
+    out = []
+    for c in cells:
+        out.append("".join(cell.ljust(widths[i]) if i < len(c) - 1 else cell for i, cell in enumerate(c)))
+    return "".join(line + "\n" for line in out)
+
+
+def human_size(size: float) -> str:
+    """docker's units.HumanSize: decimal units, three significant digits."""
+    units = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"]
+    i = 0
+    while size >= 1000 and i < len(units) - 1:
+        size /= 1000
+        i += 1
+    return f"{size:.3g}{units[i]}"
+
+
+def human_since(then: _dt.datetime, now: float | None = None) -> str:
+    """docker's units.HumanDuration, plus " ago"."""
+    now_dt = _dt.datetime.fromtimestamp(time.time() if now is None else now, _dt.timezone.utc)
+    secs = (now_dt - then).total_seconds()
+    if secs < 1:
+        return "Less than a second ago"
+    if secs < 2:
+        return "1 second ago"
+    if secs < 60:
+        return f"{int(secs)} seconds ago"
+    minutes = int(secs // 60)
+    if minutes == 1:
+        return "About a minute ago"
+    if minutes < 60:
+        return f"{minutes} minutes ago"
+    hours = int((secs + 1800) // 3600)
+    if hours == 1:
+        return "About an hour ago"
+    if hours < 48:
+        return f"{hours} hours ago"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days ago"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks ago"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months ago"
+    return f"{int(secs // 3600) // 24 // 365} years ago"
+
+
+def _parse_time(text: str) -> _dt.datetime | None:
+    if not text:
+        return None
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$", text)
+    if not m:
+        return None
+    tz = m.group(3) or "Z"
+    base = _dt.datetime.fromisoformat(m.group(1) + (m.group(2) or "")[:7] + ("+00:00" if tz == "Z" else tz))
+    return base.astimezone(_dt.timezone.utc)
+
+
+# -- inspect -------------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from . import pull as _pull
+    ref = parse_ref(args.ref)
+    store = open_store(args)
+    image = trio.run(lambda: _pull.resolve_for_inspect(
+        ref, platform=platform_of(args), options=registry_options(args), store=store))
+    print_json(_pull.describe(image))
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="manifest, platforms, config and layers as JSON (no layer download)")
+    p.add_argument("ref", metavar="REF")
+    p.set_defaults(func=cmd_inspect)
+
+
+# -- rmi / prune ---------------------------------------------------------------
+
+
+def cmd_rmi(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    code = 0
+    for text in args.refs:
+        try:
+            removed = _remove_one(store, text)
+        except LazyfsError as e:
+            print(f"lazyfs: {e}", file=sys.stderr)
+            code = code or e.exit_code
+            continue
+        for rec in removed:
+            name = familiar_repo(rec.repository)
+            print(f"Untagged: {name}:{rec.tag}" if rec.tag else f"Untagged: {name}@{rec.digest}")
+    return code
+
+
+def _remove_one(store, text: str):
+    if re.fullmatch(r"(sha256:)?[0-9a-f]{1,64}", text):
+        try:
+            return store.remove_image(image_id=text)
+        except LazyfsError:
+            if text.startswith("sha256:"):
+                raise
+    ref = parse_ref(text)
+    if ref.digest:
+        return store.remove_image(ref.name, digest=ref.digest)
+    return store.remove_image(ref.name, tag=ref.tag or "latest")
+
+
+def _add_rmi(sub) -> None:
+    p = sub.add_parser("rmi", help="forget images (by name:tag, name@digest or image ID)")
+    p.add_argument("refs", metavar="REF", nargs="+")
+    p.set_defaults(func=cmd_rmi)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    r = store.prune(all=args.all)
+    if args.all:
+        print(f"Forgot {r.images} images")
+    print(f"Deleted {r.blobs} blobs, {r.indexes} indexes, {r.tmp} temporary files")
+    print(f"Total reclaimed space: {human_size(r.bytes_freed)}")
+    return 0
+
+
+def _add_prune(sub) -> None:
+    p = sub.add_parser("prune", help="delete blobs and indexes no recorded image needs")
+    p.add_argument("--all", action="store_true", help="forget every image first, emptying the store")
+    p.set_defaults(func=cmd_prune)
+
+
+# -- main ----------------------------------------------------------------------
+
+COMMANDS = [_add_pull, _add_images, _add_inspect, _add_rmi, _add_prune]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lazyfs", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"lazyfs {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_common_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parent_add = sub.add_parser
+
+    def add_parser(name, **kw):
+        p = parent_add(name, **kw)
+        add_common_options(p)
+        return p
+
+    sub.add_parser = add_parser
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
@@ -26,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    if opt(args, "debug"):
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     try:
         return args.func(args) or 0
     except LazyfsError as e:
