@@ -408,7 +408,11 @@ class TokenCache:
         return self._challenges.get(registry)
 
     def remember_challenge(self, registry: str, challenge: tuple[str, dict[str, str]]) -> None:
-        self._challenges[registry] = challenge
+        """Keep what holds for the whole registry; ``scope`` and ``error`` were
+        about the one request that was refused."""
+        scheme, params = challenge
+        kept = {k: v for k, v in params.items() if k not in ("scope", "error")}
+        self._challenges[registry] = (scheme, kept)
 
     def clear(self) -> None:
         self._tokens.clear()
