@@ -33,6 +33,8 @@ from .errors import RegistryError, Unauthorized, UsageError
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
 """The server address docker stores Docker Hub credentials under."""
+Challenge = tuple[str, dict[str, str]]
+"""A lowercased scheme and its parameters, e.g. ``("bearer", {"realm": ...})``."""
 _HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 HELPER_TIMEOUT = 10.0
 DEFAULT_TOKEN_LIFETIME = 60
@@ -284,14 +286,14 @@ def _parse_helper_output(out: bytes, where: str, source: str) -> Credential | No
 # --- challenges ------------------------------------------------------------
 
 
-def parse_challenges(header: str) -> list[tuple[str, dict[str, str]]]:
+def parse_challenges(header: str) -> list[Challenge]:
     """All challenges of one ``WWW-Authenticate`` value (RFC 9110 §11.6.1).
 
     Schemes and parameter names are lowercased; quoted values are unescaped;
     a token68 (``Negotiate abc==``) is kept under the parameter name ``""``.
     Anything unparsable ends the parse: what came before it is kept.
     """
-    challenges: list[tuple[str, dict[str, str]]] = []
+    challenges: list[Challenge] = []
     pos = 0
     while True:
         scheme, pos = _token(header, _skip(header, pos, " \t,"))
@@ -317,7 +319,7 @@ def parse_challenges(header: str) -> list[tuple[str, dict[str, str]]]:
             params[name.lower()] = value
 
 
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+def parse_challenge(header: str) -> Challenge:
     """The first challenge of a ``WWW-Authenticate`` value; ``("", {})`` if none."""
     challenges = parse_challenges(header)
     return challenges[0] if challenges else ("", {})
@@ -385,7 +387,7 @@ class TokenCache:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._tokens: dict[tuple, tuple[str, float]] = {}
-        self._challenges: dict[str, tuple[str, dict[str, str]]] = {}
+        self._challenges: dict[str, Challenge] = {}
 
     def get(self, key: tuple) -> str | None:
         hit = self._tokens.get(key)
@@ -404,10 +406,10 @@ class TokenCache:
     def drop(self, key: tuple) -> None:
         self._tokens.pop(key, None)
 
-    def challenge(self, registry: str) -> tuple[str, dict[str, str]] | None:
+    def challenge(self, registry: str) -> Challenge | None:
         return self._challenges.get(registry)
 
-    def remember_challenge(self, registry: str, challenge: tuple[str, dict[str, str]]) -> None:
+    def remember_challenge(self, registry: str, challenge: Challenge) -> None:
         """Keep what holds for the whole registry; ``scope`` and ``error`` were
         about the one request that was refused."""
         scheme, params = challenge
@@ -423,12 +425,12 @@ DEFAULT_TOKEN_CACHE = TokenCache()
 
 
 @dataclass(frozen=True)
-class _Token:
+class Token:
     value: str
     expires_in: float
 
 
-def parse_token_response(body: bytes, realm: str) -> _Token:
+def parse_token_response(body: bytes, realm: str) -> Token:
     """The token in a token server's JSON answer (``token`` or ``access_token``)."""
     try:
         data = json.loads(body)
@@ -445,7 +447,7 @@ def parse_token_response(body: bytes, realm: str) -> _Token:
     if not isinstance(expires_in, (int, float)) or isinstance(expires_in, bool) \
             or expires_in <= 0:
         expires_in = DEFAULT_TOKEN_LIFETIME
-    return _Token(token, float(expires_in))
+    return Token(token, float(expires_in))
 
 
 # --- the httpx flow --------------------------------------------------------
@@ -538,7 +540,7 @@ class RegistryAuth(httpx.Auth):
             host = DOCKER_HUB
         return (host, url.port) == self._endpoint
 
-    def _authorize(self, request: httpx.Request, challenge: tuple[str, dict[str, str]],
+    def _authorize(self, request: httpx.Request, challenge: Challenge,
                    fresh: bool) -> Generator[httpx.Request, httpx.Response, bool]:
         scheme, params = challenge
         cred = self.credential
@@ -565,7 +567,7 @@ class RegistryAuth(httpx.Auth):
         return True
 
     def _fetch_token(self, realm: str, service: str,
-                     challenge_scope: str) -> Generator[httpx.Request, httpx.Response, _Token]:
+                     challenge_scope: str) -> Generator[httpx.Request, httpx.Response, Token]:
         scopes = [s for s in dict.fromkeys([self.scope, challenge_scope]) if s]
         request = self._token_request(realm, service, scopes)
         request.extensions[_TOKEN_MARK] = True
@@ -599,7 +601,7 @@ class RegistryAuth(httpx.Auth):
         return httpx.Request("GET", realm, params=params, headers=headers)
 
 
-def _pick_challenge(response: httpx.Response) -> tuple[str, dict[str, str]] | None:
+def _pick_challenge(response: httpx.Response) -> Challenge | None:
     found = [c for value in response.headers.get_list("www-authenticate")
              for c in parse_challenges(value)]
     for wanted in ("bearer", "basic"):
