@@ -1,0 +1,620 @@
+"""The merged overlay tree of an image, persisted in SQLite.
+
+Layers are applied the way ``umoci unpack`` and containerd apply them to a
+real directory, but to an in-memory tree, which is then written once as an
+immutable SQLite file whose row ids are the inode numbers. Reads never load
+the tree back: every FUSE call is one indexed query, so opening a 100k-entry
+image costs nothing and memory stays flat.
+
+Rules, per layer (bottom to top):
+
+* names are cleaned lexically (``./``, leading ``/``, ``//``, ``.``, inner
+  ``..``); a name that is empty, holds NUL or climbs above the root is an
+  ``UnsafeEntry``. A directory entry for the root updates the root.
+* parent directories are resolved through symlinks already in the tree,
+  inside the image root (like chroot); missing ones are created with mode
+  0755, owner 0:0 and mtime 0 (deterministic, unlike umoci's "now").
+* a later entry replaces an earlier one of any type at the same path, except
+  that a directory over a directory keeps the children and takes the new
+  attributes; within a layer the last duplicate wins.
+* hardlinks point at a path already in the tree (an earlier entry of the same
+  layer, or a lower one) and share its inode; replacing one name later leaves
+  the others intact.
+* whiteouts (``.wh.NAME``) and opaque markers (``.wh..wh..opq``) remove only
+  what lower layers made: whatever this layer itself created, or created
+  something beneath, survives whether it comes before or after the marker in
+  the tar (umoci's "upper paths"). Other ``.wh..wh.`` entries are ignored.
+  The one thing order decides is the attributes of a directory that a layer
+  both whites out and implies by a child: before the whiteout it keeps the
+  lower directory's, after it becomes a fresh implied one, as in umoci.
+
+Per-layer views hold each layer's own tree with whiteouts as 0/0 character
+devices and opaque directories marked with ``trusted.overlay.opaque=y``, which
+is what overlayfs expects of a lower directory. A directory the layer both
+whites out and recreates is marked opaque, so overlayfs shows what the merged
+tree shows.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+import threading
+from collections import deque
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from .entry import Entry, EntryType
+from .errors import CacheError, NotFound, SymlinkLoop, UnsafeEntry, UsageError
+
+ROOT_INO = 1
+SCHEMA_VERSION = 1
+MAX_SYMLINKS = 40
+_TYPES = tuple(EntryType)
+_TYPE_CODE = {t: i for i, t in enumerate(_TYPES)}
+_WH = ".wh."
+_WH_META = ".wh..wh."
+_WH_OPAQUE = ".wh..wh..opq"
+_OPAQUE_XATTR = "trusted.overlay.opaque"
+_READDIR_BATCH = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    ino: int
+    type: EntryType
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    nlink: int
+    rdev: int
+    linkname: str
+    layer: int
+    """Index of the layer whose entry made this node (-1: the root no layer set)."""
+    data: bytes
+    has_xattrs: bool
+
+
+class MergedIndex:
+    """Read side of a built index: cheap to open, safe to share between threads."""
+
+    def __init__(self, path: Path, uri: str, meta: dict, layer_roots: list[tuple[str, int]]):
+        self.path = path
+        self._uri = uri
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self.entry_count: int = meta["entry_count"]
+        self.layer_roots = layer_roots
+        self._layer_of_root = {ino: name for name, ino in layer_roots}
+
+    @classmethod
+    def build(cls, path: Path, layers: Sequence[Sequence[Entry]], *,
+              layer_names: Sequence[str] = (), per_layer: bool = True) -> "MergedIndex":
+        """Apply ``layers`` (bottom to top) and write the index to ``path``."""
+        path = Path(path)
+        names = list(layer_names) or [str(i) for i in range(len(layers))]
+        if len(names) != len(layers):
+            raise UsageError(f"{len(layers)} layers but {len(names)} layer names")
+        merged = _Tree()
+        views = []
+        for i, entries in enumerate(layers):
+            if per_layer:
+                view = _Tree()
+                view.apply(entries, i, merged_below=merged)
+                views.append((names[i], view.root))
+            merged.apply(entries, i)
+        _write(path, merged.root, views)
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: Path) -> "MergedIndex":
+        path = Path(path).absolute()
+        if not path.is_file():
+            raise CacheError(f"index {path} does not exist")
+        uri = path.as_uri() + "?mode=ro&immutable=1"
+        try:
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            try:
+                meta = dict(conn.execute("SELECT key, value FROM meta"))
+                roots = conn.execute("SELECT name, ino FROM layer_roots ORDER BY pos").fetchall()
+                (pages,) = conn.execute("PRAGMA page_count").fetchone()
+                (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as e:
+            raise CacheError(f"index {path} is unreadable ({e})") from None
+        if meta.get("schema") != SCHEMA_VERSION or "entry_count" not in meta:
+            raise CacheError(f"index {path} is not a lazyfs index of schema {SCHEMA_VERSION}")
+        if path.stat().st_size != pages * page_size:
+            raise CacheError(f"index {path} is truncated")
+        return cls(path, uri, meta, [(n, i) for n, i in roots])
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+            self._local = threading.local()
+
+    def __enter__(self) -> "MergedIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def getattr(self, ino: int) -> Node:
+        row = self._one(f"SELECT {_COLS} FROM inodes i WHERE i.ino = ?", (ino,))
+        if row is None:
+            raise NotFound(f"no inode {ino} in image index")
+        return _node(row)
+
+    def lookup(self, parent: int, name: str) -> Node | None:
+        row = self._one(f"SELECT {_COLS} FROM dirents d JOIN inodes i ON i.ino = d.ino "
+                        "WHERE d.parent = ? AND d.name = ?", (parent, _b(name)))
+        return None if row is None else _node(row)
+
+    def readdir(self, ino: int, offset: int = 0) -> Iterator[tuple[str, Node, int]]:
+        """Children after ``offset`` in a fixed order; each comes with the
+        offset to resume after it, so FUSE can page through big directories."""
+        while True:
+            rows = self._all(f"SELECT d.name, {_COLS} FROM dirents d "
+                             "JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? "
+                             f"ORDER BY d.name LIMIT {_READDIR_BATCH} OFFSET ?", (ino, offset))
+            for row in rows:
+                offset += 1
+                yield _s(row[0]), _node(row[1:]), offset
+            if len(rows) < _READDIR_BATCH:
+                return
+
+    def listdir(self, ino: int) -> list[str]:
+        rows = self._all("SELECT name FROM dirents WHERE parent = ? ORDER BY name", (ino,))
+        return [_s(name) for (name,) in rows]
+
+    def xattrs(self, ino: int) -> dict[str, bytes]:
+        rows = self._all("SELECT name, value FROM xattrs WHERE ino = ?", (ino,))
+        return {_s(name): value for name, value in rows}
+
+    def resolve(self, path: str, *, follow: bool = True, root: int = ROOT_INO) -> Node:
+        """The node at ``path``, following symlinks inside the tree at ``root``
+        as chroot would: absolute targets start at ``root`` and ``..`` stops there."""
+        stack = [self.getattr(root)]
+        pending = deque(_parts(path))
+        hops = 0
+        while pending:
+            part = pending.popleft()
+            if part == "..":
+                if len(stack) > 1:
+                    stack.pop()
+                continue
+            here = stack[-1]
+            if here.type is not EntryType.DIR:
+                raise NotFound(f"not a directory: {self.path_of(here.ino)} (resolving {path})")
+            node = self.lookup(here.ino, part)
+            if node is None:
+                raise NotFound(f"no such file or directory in image: {path}")
+            if node.type is EntryType.SYMLINK and (pending or follow):
+                hops += 1
+                if hops > MAX_SYMLINKS:
+                    raise SymlinkLoop(f"too many levels of symbolic links: {path}")
+                if node.linkname.startswith("/"):
+                    del stack[1:]
+                pending.extendleft(reversed(_parts(node.linkname)))
+                continue
+            stack.append(node)
+        return stack[-1]
+
+    def path_of(self, ino: int) -> str:
+        """One path of ``ino`` (hardlinks have several), for messages; nodes of
+        a per-layer view are prefixed with the layer's name."""
+        parts = []
+        while ino != ROOT_INO and ino not in self._layer_of_root:
+            row = self._one("SELECT parent, name FROM dirents WHERE ino = ? LIMIT 1", (ino,))
+            if row is None:
+                raise NotFound(f"no inode {ino} in image index")
+            ino = row[0]
+            parts.append(_s(row[1]))
+        path = "/" + "/".join(reversed(parts))
+        return path if ino == ROOT_INO else f"{self._layer_of_root[ino]}:{path}"
+
+    def walk(self, ino: int = ROOT_INO) -> Iterator[tuple[str, Node]]:
+        """The node ``ino`` and everything below it, depth first in name order."""
+        top = self.path_of(ino)
+        stack = [(top, self.getattr(ino))]
+        while stack:
+            path, node = stack.pop()
+            yield path, node
+            if node.type is EntryType.DIR:
+                prefix = path.rstrip("/") + "/"
+                children = [(prefix + name, child) for name, child, _ in self.readdir(node.ino)]
+                stack.extend(reversed(children))
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+                conn.execute("PRAGMA mmap_size = 268435456")
+            except sqlite3.DatabaseError as e:
+                raise CacheError(f"index {self.path} is unreadable ({e})") from None
+            with self._lock:
+                self._conns.append(conn)
+            self._local.conn = conn
+        return conn
+
+    def _one(self, sql: str, args: tuple):
+        try:
+            return self._conn().execute(sql, args).fetchone()
+        except sqlite3.DatabaseError as e:
+            raise CacheError(f"index {self.path} is corrupt ({e})") from None
+
+    def _all(self, sql: str, args: tuple) -> list:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise CacheError(f"index {self.path} is corrupt ({e})") from None
+
+
+_COLS = ("i.ino, i.type, i.mode, i.uid, i.gid, i.size, i.mtime_ns, i.nlink, i.rdev, "
+         "i.linkname, i.layer, i.data, i.has_xattrs")
+
+
+def _node(row) -> Node:
+    ino, kind, mode, uid, gid, size, mtime, nlink, rdev, link, layer, data, has_x = row
+    return Node(ino, _TYPES[kind], mode, uid, gid, size, mtime, nlink, rdev,
+                _s(link), layer, data, bool(has_x))
+
+
+def _b(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _s(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _parts(path: str) -> list[str]:
+    return [p for p in path.split("/") if p and p != "."]
+
+
+# ---------------------------------------------------------------- building
+
+
+class _Node:
+    """A node of the tree being built; ``children`` is set for directories."""
+
+    __slots__ = ("type", "mode", "uid", "gid", "size", "mtime_ns", "linkname", "rdev",
+                 "layer", "data", "xattrs", "children")
+
+    def __init__(self, type: EntryType, mode: int = 0o755, uid: int = 0, gid: int = 0,
+                 size: int = 0, mtime_ns: int = 0, linkname: str = "", rdev: int = 0,
+                 layer: int = -1, data: bytes = b"", xattrs: dict | None = None):
+        self.type = type
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.linkname = linkname
+        self.rdev = rdev
+        self.layer = layer
+        self.data = data
+        self.xattrs = xattrs or {}
+        self.children: dict[str, _Node] | None = {} if type is EntryType.DIR else None
+
+    @classmethod
+    def of(cls, e: Entry, layer: int) -> "_Node":
+        size, rdev = 0, 0
+        if e.type is EntryType.FILE:
+            size = e.size
+        elif e.type is EntryType.SYMLINK:
+            size = len(_b(e.linkname))
+        elif e.type in (EntryType.CHAR, EntryType.BLOCK):
+            rdev = os.makedev(e.devmajor, e.devminor)
+        return cls(e.type, e.mode & 0o7777, e.uid, e.gid, size, e.mtime_ns,
+                   e.linkname if e.type is EntryType.SYMLINK else "", rdev, layer,
+                   e.data if e.type is EntryType.FILE else b"", dict(e.xattrs))
+
+    def take_attrs(self, other: "_Node") -> None:
+        for name in ("mode", "uid", "gid", "mtime_ns", "layer", "xattrs"):
+            setattr(self, name, getattr(other, name))
+
+
+def _implied_dir(layer: int) -> _Node:
+    return _Node(EntryType.DIR, 0o755, layer=layer)
+
+
+def _whiteout_device(layer: int) -> _Node:
+    return _Node(EntryType.CHAR, 0o666, rdev=os.makedev(0, 0), layer=layer)
+
+
+class _Tree:
+    def __init__(self):
+        self.root = _Node(EntryType.DIR)
+        self._parents: dict[tuple[str, ...], tuple[tuple[str, ...], _Node]] = {}
+        """Resolved parent directories of this layer's entries; a parent stays
+        valid until some existing name is replaced."""
+
+    def apply(self, entries: Iterable[Entry], layer: int, *,
+              merged_below: "_Tree | None" = None) -> None:
+        """Apply one layer. With ``merged_below`` this tree is that layer's own
+        view: whiteouts become markers, and hardlinks to lower files copy them."""
+        upper: set[tuple[str, ...]] = {()}
+        self._parents = {}
+        for e in entries:
+            parts = _clean(e.name, layer)
+            if not parts:
+                if e.type is not EntryType.DIR:
+                    raise UnsafeEntry(f"layer {layer}: entry {e.name!r} would replace the root "
+                                      f"directory with a {e.type.value}")
+                self.root.take_attrs(_Node.of(e, layer))
+                continue
+            base = parts[-1]
+            if base.startswith(_WH):
+                self._parents.clear()
+                if base == _WH_OPAQUE:
+                    target = None
+                elif base.startswith(_WH_META):
+                    continue
+                else:
+                    target = base[len(_WH):]
+                    if target in ("", ".", ".."):
+                        raise UnsafeEntry(f"layer {layer}: whiteout {e.name!r} names no file")
+                if merged_below is None:
+                    self._whiteout(parts[:-1], target, upper)
+                else:
+                    self._mark_whiteout(parts[:-1], target, upper, layer, e.name)
+                continue
+            dir_parts = parts[:-1]
+            known = self._parents.get(dir_parts)
+            if known is None:
+                known = self._parents[dir_parts] = self._make_parents(dir_parts, layer, e.name)
+            dir_path, parent = known
+            self._place(parent, base, e, layer, merged_below)
+            path = dir_path + (base,)
+            while path not in upper:
+                upper.add(path)
+                path = path[:-1]
+        self._parents = {}
+
+    def _place(self, parent: _Node, base: str, e: Entry, layer: int,
+               merged_below: "_Tree | None") -> None:
+        old = parent.children.get(base)
+        if e.type is EntryType.HARDLINK:
+            node = self._link_target(e, layer, merged_below)
+            if node is old:
+                return
+        else:
+            node = _Node.of(e, layer)
+            if e.type is EntryType.DIR and old is not None and old.type is EntryType.DIR:
+                old.take_attrs(node)
+                return
+        if old is not None:
+            self._parents.clear()
+            if old.rdev == 0 and old.type is EntryType.CHAR and node.children is not None \
+                    and merged_below is not None and old.layer == layer:
+                node.xattrs[_OPAQUE_XATTR] = b"y"
+        parent.children[base] = node
+
+    def _link_target(self, e: Entry, layer: int, merged_below: "_Tree | None") -> _Node:
+        parts = _clean(e.linkname, layer)
+        node = self._find(parts) if parts else None
+        if node is None and merged_below is not None and parts:
+            below = merged_below._find(parts)
+            if below is not None and below.type is not EntryType.DIR:
+                node = _Node(below.type, below.mode, below.uid, below.gid, below.size,
+                             below.mtime_ns, below.linkname, below.rdev, below.layer,
+                             below.data, dict(below.xattrs))
+        if node is None:
+            raise UnsafeEntry(f"layer {layer}: hardlink {e.name!r} points to "
+                              f"{e.linkname!r}, which is not in the image")
+        if node.type is EntryType.DIR:
+            raise UnsafeEntry(f"layer {layer}: hardlink {e.name!r} points to "
+                              f"directory {e.linkname!r}")
+        return node
+
+    def _find(self, parts: tuple[str, ...]) -> _Node | None:
+        """The node at ``parts``, following symlinks in the parent path only."""
+        dir_path = self._resolve(parts[:-1])
+        parent = self._walk(dir_path)
+        if parent is None or parent.children is None:
+            return None
+        return parent.children.get(parts[-1])
+
+    def _resolve(self, parts: Sequence[str]) -> tuple[str, ...]:
+        """Expand symlinks in ``parts`` inside the root (chroot-like); parts
+        that do not exist are kept as they are, as filepath-securejoin does."""
+        pending = deque(parts)
+        done: list[str] = []
+        nodes = [self.root]
+        hops = 0
+        while pending:
+            part = pending.popleft()
+            if part == "..":
+                if done:
+                    done.pop()
+                    nodes.pop()
+                continue
+            here = nodes[-1]
+            node = here.children.get(part) if here is not None and here.children is not None else None
+            if node is not None and node.type is EntryType.SYMLINK:
+                hops += 1
+                if hops > 255:
+                    raise SymlinkLoop(f"too many levels of symbolic links under /{'/'.join(parts)}")
+                if node.linkname.startswith("/"):
+                    done.clear()
+                    del nodes[1:]
+                pending.extendleft(reversed(_parts(node.linkname)))
+                continue
+            done.append(part)
+            nodes.append(node)
+        return tuple(done)
+
+    def _walk(self, path: tuple[str, ...]) -> _Node | None:
+        node = self.root
+        for part in path:
+            if node.children is None:
+                return None
+            node = node.children.get(part)
+            if node is None:
+                return None
+        return node
+
+    def _make_parents(self, parts: tuple[str, ...], layer: int,
+                      raw: str) -> tuple[tuple[str, ...], _Node]:
+        try:
+            path = self._resolve(parts)
+        except SymlinkLoop:
+            raise UnsafeEntry(f"layer {layer}: entry {raw!r}: symlink loop in its parent path") from None
+        node = self.root
+        for i, part in enumerate(path):
+            child = node.children.get(part)
+            if child is None:
+                child = node.children[part] = _implied_dir(layer)
+            elif child.children is None:
+                raise UnsafeEntry(f"layer {layer}: entry {raw!r}: parent "
+                                  f"/{'/'.join(path[:i + 1])} is not a directory")
+            node = child
+        return path, node
+
+    def _whiteout(self, dir_parts, target: str | None, upper: set) -> None:
+        dir_path = self._resolve(dir_parts)
+        parent = self._walk(dir_path)
+        if parent is None or parent.children is None:
+            return
+        names = list(parent.children) if target is None else [target]
+        for name in names:
+            if name in parent.children:
+                _prune(parent, name, dir_path + (name,), upper)
+
+    def _mark_whiteout(self, dir_parts, target: str | None, upper: set, layer: int,
+                       raw: str) -> None:
+        dir_path, parent = self._make_parents(dir_parts, layer, raw)
+        if target is None:
+            parent.xattrs[_OPAQUE_XATTR] = b"y"
+            return
+        old = parent.children.get(target)
+        if dir_path + (target,) not in upper:
+            parent.children[target] = _whiteout_device(layer)
+        elif old is not None and old.type is EntryType.DIR:
+            old.xattrs[_OPAQUE_XATTR] = b"y"
+
+
+def _prune(parent: _Node, name: str, path: tuple[str, ...], upper: set) -> None:
+    """Remove ``parent/name`` unless this layer made it; inside what it made,
+    remove what it did not."""
+    if path not in upper:
+        del parent.children[name]
+        return
+    node = parent.children[name]
+    if node.children is not None:
+        for child in list(node.children):
+            _prune(node, child, path + (child,), upper)
+
+
+def _clean(raw: str, layer: int) -> tuple[str, ...]:
+    if not raw or "\0" in raw:
+        raise UnsafeEntry(f"layer {layer}: entry {raw!r} has an empty name or a NUL byte")
+    quick = (raw[2:] if raw.startswith("./") else raw).strip("/").split("/")
+    if "" not in quick and "." not in quick and ".." not in quick:
+        return tuple(quick)
+    parts: list[str] = []
+    for part in raw.split("/"):
+        if part == "..":
+            if not parts:
+                raise UnsafeEntry(f"layer {layer}: entry {raw!r} escapes the image root")
+            parts.pop()
+        elif part and part != ".":
+            parts.append(part)
+    return tuple(parts)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _write(path: Path, root: _Node, views: list[tuple[str, _Node]]) -> None:
+    """Number the inodes (merged tree first, so the root is 1) and write the
+    file beside ``path``, renaming it into place only once complete."""
+    inos: dict[int, int] = {}
+    nodes: list[_Node] = []
+    dirents: list[tuple[int, bytes, int]] = []
+    links: dict[int, int] = {}
+
+    def number(node: _Node) -> int:
+        ino = inos.get(id(node))
+        if ino is None:
+            ino = inos[id(node)] = len(nodes) + 1
+            nodes.append(node)
+        return ino
+
+    def number_tree(top: _Node) -> int:
+        top_ino = number(top)
+        stack = [top]
+        while stack:
+            node = stack.pop()
+            parent = inos[id(node)]
+            for raw, child in sorted((_b(n), c) for n, c in node.children.items()):
+                fresh = id(child) not in inos
+                ino = number(child)
+                links[ino] = links.get(ino, 0) + 1
+                dirents.append((parent, raw, ino))
+                if fresh and child.children is not None:
+                    stack.append(child)
+        return top_ino
+
+    number_tree(root)
+    entry_count = len(dirents)
+    roots = [(name, number_tree(top)) for name, top in views]
+    rows = []
+    xattr_rows = []
+    for ino, node in enumerate(nodes, 1):
+        if node.children is not None:
+            nlink = 2 + sum(1 for c in node.children.values() if c.children is not None)
+        else:
+            nlink = links.get(ino, 1)
+        rows.append((ino, _TYPE_CODE[node.type], node.mode, node.uid, node.gid, node.size,
+                     node.mtime_ns, nlink, node.rdev, _b(node.linkname), node.layer,
+                     node.data, 1 if node.xattrs else 0))
+        xattr_rows.extend((ino, _b(k), v) for k, v in node.xattrs.items())
+    _write_db(path, rows, dirents, xattr_rows, roots, entry_count)
+
+
+def _write_db(path: Path, rows, dirents, xattr_rows, roots, entry_count: int) -> None:
+    schema, _, indexes = resources.files("lazyfs").joinpath("index.sql").read_text().partition("-- @indexes\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".sqlite", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise CacheError(f"cannot write index {path}: {e.strerror or e}") from None
+    try:
+        conn = sqlite3.connect(tmp)
+        try:
+            conn.execute("PRAGMA journal_mode = OFF")
+            conn.execute("PRAGMA synchronous = OFF")
+            conn.executescript(schema)
+            with conn:
+                conn.executemany("INSERT INTO inodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                dirents.sort(key=lambda d: (d[0], d[1]))
+                conn.executemany("INSERT INTO dirents VALUES (?,?,?)", dirents)
+                conn.executemany("INSERT INTO xattrs VALUES (?,?,?)", xattr_rows)
+                conn.executemany("INSERT INTO layer_roots VALUES (?,?,?)",
+                                 [(i, name, ino) for i, (name, ino) in enumerate(roots)])
+                conn.executemany("INSERT INTO meta VALUES (?,?)",
+                                 [("schema", SCHEMA_VERSION), ("entry_count", entry_count)])
+            conn.executescript(indexes)
+        finally:
+            conn.close()
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        os.unlink(tmp)
+        if isinstance(e, (OSError, sqlite3.Error)):
+            raise CacheError(f"cannot write index {path}: {e}") from None
+        raise
