@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 
 import trio
@@ -110,6 +111,7 @@ class TtyProgress:
         self._layers: dict[str, list] = {}
         self._drawn = 0
         self._last = 0.0
+        self._lock = threading.Lock()
 
     def layer(self, digest: str, total: int, present: bool) -> None:
         self._layers[digest] = [0, total, "Already exists" if present else "Waiting", time.monotonic()]
@@ -126,6 +128,10 @@ class TtyProgress:
         self._draw(force=True)
 
     def _draw(self, force: bool = False) -> None:
+        with self._lock:
+            self._redraw(force)
+
+    def _redraw(self, force: bool) -> None:
         now = time.monotonic()
         if not force and now - self._last < 0.1:
             return

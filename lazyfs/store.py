@@ -258,14 +258,21 @@ class Store:
 
         The writer may start with bytes of an abandoned attempt
         (``resume_offset()``); callers that cannot resume call ``restart()``.
+        Bytes that fail verification are deleted; an attempt cut short by any
+        other error is left unlocked in ``tmp/`` to be resumed or pruned.
         """
         check_digest(digest)
         w = await trio.to_thread.run_sync(self._open_writer, digest, size)
         try:
             yield w
             await trio.to_thread.run_sync(w._commit)
-        except BaseException:
+        except DigestMismatch:
             w._discard()
+            raise
+        except BaseException:
+            # An interrupted download stays in tmp/ for a later writer to adopt.
+            if not w.written:
+                w._discard()
             raise
         finally:
             w._close()
