@@ -39,10 +39,7 @@ class FileBlob:
         self._verified = False
 
     async def read_range(self, start: int, end: int) -> bytes:
-        if start < 0 or end > self.size or start > end:
-            raise LayerFormatError(
-                f"layer {self.digest}: range {start}-{end} outside blob of {self.size} bytes"
-            )
+        check_range(self, start, end)
         return await trio.to_thread.run_sync(_pread, self._path, start, end - start)
 
     async def path(self) -> Path:
@@ -52,6 +49,12 @@ class FileBlob:
                 raise DigestMismatch(f"blob {self.digest}: content hashes to {got}")
             self._verified = True
         return self._path
+
+
+def check_range(blob: BlobSource, start: int, end: int) -> None:
+    if start < 0 or end > blob.size or start > end:
+        raise LayerFormatError(
+            f"layer {blob.digest}: range {start}-{end} outside blob of {blob.size} bytes")
 
 
 def _pread(path: Path, offset: int, length: int) -> bytes:

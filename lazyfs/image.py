@@ -1,0 +1,335 @@
+"""``open_image``: a reference in, a browsable and lazily readable tree out.
+
+This is the façade the CLI, the mount and Python users share: it resolves the
+reference, builds (or loads) each layer's table and the merged index, and
+wires the reader. Layer tables are cached per layer digest and merged
+indexes per manifest digest, so the work is done once per machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat as stat_mod
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import trio
+
+from .entry import EntryType
+from .errors import CacheError, LazyfsError, NotFound, UsageError
+from .formats import LayerTable, build_table, detect_format, open_reader
+from .index import ROOT_INO, MergedIndex, Node
+from .layertable import load_layer_table, save_layer_table
+from .manifest import Descriptor, Platform
+from .reader import ChunkCache, Layer, LayerStats, Reader
+from .reference import Reference, parse_reference
+from .source import open_source
+from .store import Store
+
+INDEX_CONCURRENCY = 2
+
+
+@dataclass
+class OpenOptions:
+    platform: Platform | None = None
+    registry: object | None = None
+    """``RegistryOptions`` for the registry client."""
+    full_pull: bool = False
+    """Download whole layers instead of reading ranges."""
+
+
+@dataclass
+class LayerInfo:
+    position: int
+    desc: Descriptor
+    format: str
+    lazy: bool
+    reason: str
+
+    @property
+    def name(self) -> str:
+        """The directory name of this layer in a per-layer view."""
+        return f"{self.position}-{self.desc.digest.partition(':')[2][:12]}"
+
+
+@dataclass
+class Image:
+    """An opened image; its reads stay valid while the opening context lives."""
+
+    resolved: object
+    index: MergedIndex
+    reader: Reader
+    layers: list[LayerInfo]
+    opened_in: float = 0.0
+    fallbacks: dict = field(default_factory=dict)
+
+    @property
+    def ref(self) -> Reference:
+        return self.resolved.ref
+
+    @property
+    def digest(self) -> str:
+        return self.resolved.manifest.digest
+
+    async def read(self, node: Node, offset: int, size: int) -> bytes:
+        if node.type is not EntryType.FILE:
+            raise UsageError(f"{self.index.path_of(node.ino)} is not a regular file")
+        size = max(0, min(size, node.size - offset))
+        if size == 0 or offset < 0:
+            return b""
+        return await self.reader.read(node.layer, node.data, offset, size)
+
+    def stats(self) -> dict:
+        layers = []
+        for info, layer in zip(self.layers, self.reader.layers):
+            s = layer.stats
+            fb = self.fallbacks.get(info.desc.digest)
+            mode, reason = ("lazy", "") if info.lazy else ("full pull", info.reason)
+            if fb is not None and fb.reason:
+                mode, reason = "full pull", fb.reason
+            layers.append({
+                "digest": info.desc.digest, "format": info.format, "mode": mode,
+                "reason": reason, "size": info.desc.size, "bytes_fetched": s.bytes_fetched,
+                "requests": s.requests, "cache_hits": s.hits, "cache_misses": s.misses,
+                "verify_failures": s.verify_failures})
+        return {"reference": str(self.ref), "digest": self.digest,
+                "open_seconds": round(self.opened_in, 3), "layers": layers}
+
+
+@contextlib.asynccontextmanager
+async def open_image_async(ref: str | Reference, options: OpenOptions | None = None,
+                           store: Store | None = None) -> AsyncIterator[Image]:
+    """Open ``ref``; the registry connection lives as long as the context."""
+    options = options or OpenOptions()
+    ref = parse_reference(ref) if isinstance(ref, str) else ref
+    store = store or Store()
+    started = time.monotonic()
+    async with _client_for(ref, options) as client:
+        source = open_source(ref, store, client, options.full_pull)
+        resolved = await source.resolve(options.platform)
+        descs = list(resolved.manifest.layers)
+        tables = await _layer_tables(descs, source, store)
+        index = await _merged_index(resolved.manifest.digest, descs, tables, store)
+        infos = [LayerInfo(i, d, t.format, t.lazy, t.reason)
+                 for i, (d, t) in enumerate(zip(descs, tables))]
+        layers = [Layer(d.digest, open_reader(t), source.blob(d),
+                        LayerStats(format=t.format, size=d.size))
+                  for d, t in zip(descs, tables)]
+        reader = Reader(layers, ChunkCache(store.root / "chunks"))
+        yield Image(resolved, index, reader, infos, time.monotonic() - started,
+                    getattr(source, "fallbacks", {}))
+
+
+def _client_for(ref: Reference, options: OpenOptions):
+    if ref.transport != "docker":
+        return contextlib.nullcontext()
+    from .registry import RegistryClient
+    return RegistryClient(options.registry)
+
+
+async def _layer_tables(descs: list[Descriptor], source, store: Store) -> list[LayerTable]:
+    tables: list[LayerTable | None] = [None] * len(descs)
+    limit = trio.CapacityLimiter(INDEX_CONCURRENCY)
+
+    async def one(i: int, desc: Descriptor) -> None:
+        async with limit:
+            tables[i] = await _layer_table(desc, source.blob(desc), store)
+
+    async with trio.open_nursery() as nursery:
+        for i, desc in enumerate(descs):
+            nursery.start_soon(one, i, desc)
+    return tables  # type: ignore[return-value]
+
+
+async def _layer_table(desc: Descriptor, blob, store: Store) -> LayerTable:
+    fmt = detect_format(desc.media_type, desc.annotations)
+    path = store.index_path("layer-" + fmt.replace(":", "-"), desc.digest)
+    if path.exists():
+        try:
+            return await trio.to_thread.run_sync(load_layer_table, path)
+        except CacheError:
+            path.unlink(missing_ok=True)
+    table = await build_table(desc, blob)
+    await trio.to_thread.run_sync(save_layer_table, path, table)
+    return table
+
+
+async def _merged_index(manifest_digest: str, descs: list[Descriptor],
+                        tables: list[LayerTable], store: Store) -> MergedIndex:
+    path = store.index_path("merged", manifest_digest)
+    if path.exists():
+        try:
+            return await trio.to_thread.run_sync(MergedIndex.open, path)
+        except CacheError:
+            path.unlink(missing_ok=True)
+    names = [LayerInfo(i, d, "", True, "").name for i, d in enumerate(descs)]
+    return await trio.to_thread.run_sync(
+        lambda: MergedIndex.build(path, [t.entries for t in tables], layer_names=names))
+
+
+# -- the synchronous API for Python users ---------------------------------------------
+
+class SyncImage:
+    """``open_image(ref)``: the image for ordinary (non-async) Python code.
+
+    A private trio thread holds the registry connection; every call is sent
+    there and waited for, so this object may be used from any one thread."""
+
+    def __init__(self, ref: str | Reference, options: OpenOptions | None = None,
+                 store: Store | None = None):
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._image: Image | None = None
+        self._token = None
+        self._done: trio.Event | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main, ref, options, store),
+                                        daemon=True, name="lazyfs-image")
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def _main(self, ref, options, store) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._done = trio.Event()
+        try:
+            async with open_image_async(ref, options, store) as image:
+                self._image = image
+                self._ready.set()
+                await self._done.wait()
+        except BaseException as e:  # handed to the caller's thread
+            self._error = e
+            self._ready.set()
+
+    def close(self) -> None:
+        if self._done is not None and self._thread.is_alive():
+            trio.from_thread.run_sync(self._done.set, trio_token=self._token)
+            self._thread.join()
+
+    def __enter__(self) -> SyncImage:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def image(self) -> Image:
+        assert self._image is not None
+        return self._image
+
+    @property
+    def ref(self) -> Reference:
+        return self.image.ref
+
+    @property
+    def digest(self) -> str:
+        return self.image.digest
+
+    def node(self, path: str, follow_symlinks: bool = True) -> Node:
+        return self.image.index.resolve(path, follow=follow_symlinks)
+
+    def stat(self, path: str, follow_symlinks: bool = True) -> os.stat_result:
+        return stat_result(self.node(path, follow_symlinks))
+
+    def listdir(self, path: str = "/") -> list[str]:
+        node = self.node(path)
+        if node.type is not EntryType.DIR:
+            raise NotFound(f"not a directory: {path}")
+        return [name for name, _, _ in self.image.index.readdir(node.ino)]
+
+    def walk(self, top: str = "/") -> Iterator[tuple[str, list[str], list[str]]]:
+        """Like ``os.walk`` (top-down, symlinks to directories not followed)."""
+        node = self.node(top)
+        stack = [(top.rstrip("/") or "/", node)]
+        while stack:
+            path, node = stack.pop()
+            dirs, files, subdirs = [], [], []
+            for name, child, _ in self.image.index.readdir(node.ino):
+                if child.type is EntryType.DIR:
+                    dirs.append(name)
+                    subdirs.append((os.path.join(path, name), child))
+                else:
+                    files.append(name)
+            yield path, dirs, files
+            stack.extend(reversed(subdirs))
+
+    def readlink(self, path: str) -> str:
+        node = self.node(path, follow_symlinks=False)
+        if node.type is not EntryType.SYMLINK:
+            raise UsageError(f"not a symbolic link: {path}")
+        return node.linkname
+
+    def xattrs(self, path: str) -> dict[str, bytes]:
+        node = self.node(path, follow_symlinks=False)
+        return self.image.index.xattrs(node.ino) if node.has_xattrs else {}
+
+    def read(self, node: Node, offset: int, size: int) -> bytes:
+        return trio.from_thread.run(self.image.read, node, offset, size, trio_token=self._token)
+
+    def open(self, path: str) -> io.BufferedReader:
+        node = self.node(path)
+        if node.type is not EntryType.FILE:
+            raise UsageError(f"not a regular file: {path}")
+        return io.BufferedReader(LazyFile(self, node), buffer_size=1 << 20)
+
+    def stats(self) -> dict:
+        return self.image.stats()
+
+
+class LazyFile(io.RawIOBase):
+    """A seekable, read-only file whose bytes are fetched when read."""
+
+    def __init__(self, image: SyncImage, node: Node):
+        self._image, self._node, self._pos = image, node, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._node.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buf) -> int:
+        data = self._image.read(self._node, self._pos, len(buf))
+        buf[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def open_image(ref: str | Reference, *, platform: str | None = None,
+               full_pull: bool = False, store: Store | None = None) -> SyncImage:
+    """Open an image for browsing and lazy reads from ordinary Python code."""
+    options = OpenOptions(Platform.parse(platform) if platform else None, full_pull=full_pull)
+    return SyncImage(ref, options, store)
+
+
+_TYPE_BITS = {
+    EntryType.FILE: stat_mod.S_IFREG, EntryType.HARDLINK: stat_mod.S_IFREG,
+    EntryType.DIR: stat_mod.S_IFDIR, EntryType.SYMLINK: stat_mod.S_IFLNK,
+    EntryType.CHAR: stat_mod.S_IFCHR, EntryType.BLOCK: stat_mod.S_IFBLK,
+    EntryType.FIFO: stat_mod.S_IFIFO,
+}
+
+
+def mode_of(node: Node) -> int:
+    return _TYPE_BITS[node.type] | node.mode
+
+
+def stat_result(node: Node) -> os.stat_result:
+    t = node.mtime_ns / 1e9
+    return os.stat_result((mode_of(node), node.ino, 0, node.nlink, node.uid, node.gid,
+                           node.size, t, t, t))
