@@ -120,12 +120,11 @@ class RegistryClient:
         """Tag or digest to verified manifest and config; diff_ids are checked by callers."""
         raw, media_type, digest = await self.get_manifest(ref)
         top = parse_manifest(raw, media_type, digest)
-        index = top if isinstance(top, Index) else None
-        manifest = top
-        if index is not None:
-            chosen = select_platform(index, platform)
-            manifest = await self._child_manifest(ref, chosen)
-        assert isinstance(manifest, Manifest)
+        if isinstance(top, Index):
+            index = top
+            manifest = await self._child_manifest(ref, select_platform(index, platform))
+        else:
+            index, manifest = None, top
         if manifest.config.media_type not in CONFIG_TYPES:
             raise UnsupportedMediaType(f"manifest {manifest.digest}: config media type "
                                        f"{manifest.config.media_type} is not a container image")
@@ -405,7 +404,11 @@ class RegistryClient:
 
     async def _send(self, ep: Endpoint, method: str, url: httpx.URL, auth: httpx.Auth | None,
                     headers: dict[str, str] | None, content: bytes | None) -> httpx.Response:
-        """One request with bounded retries on busy answers and dropped connections."""
+        """One request with bounded retries on busy answers and dropped connections.
+
+        A refused connection or a failed TLS handshake is an answer, not a
+        hiccup: it is reported at once rather than retried.
+        """
         assert self._http is not None, "RegistryClient used outside 'async with'"
         o = self.options
         for attempt in range(o.max_retries + 1):
@@ -621,7 +624,8 @@ async def _chunks(resp: httpx.Response, chunk_size: int, ep: Endpoint) -> AsyncI
             async for chunk in chunks:
                 yield chunk
     except httpx.HTTPError as e:
-        raise _unreachable(ep, e) from None
+        raise RegistryError(f"registry {ep.host}: answer for {resp.url.path} cut short "
+                            f"({_reason(e)})") from None
 
 
 def _json(body: bytes, what: str) -> dict:

@@ -18,8 +18,8 @@ from lazyfs.manifest import OCI_INDEX as M_OCI_INDEX
 from lazyfs.manifest import DOCKER_MANIFEST as M_DOCKER_MANIFEST
 from lazyfs.manifest import Descriptor, Platform
 from lazyfs.reference import parse_reference
-from lazyfs.registry import (Endpoint, RegistryClient, RegistryOptions, is_insecure,
-                             most_useful_error)
+from lazyfs.registry import (Endpoint, RegistryClient, RegistryOptions, _next_link, _retry_after,
+                             is_insecure, most_useful_error)
 from tests.support.images import (OCI_MANIFEST, gzip_bytes, make_tar, push_image, push_index,
                                   push_manifest, sha256)
 from tests.support.registry import free_port
@@ -171,7 +171,7 @@ async def test_download_blob_verifies(client, registry, pushed, tmp_path):
         return resp
 
     async with serve(forward(registry.host, cut)) as proxy:
-        with pytest.raises((RegistryError, RegistryUnreachable)):
+        with pytest.raises(RegistryError, match=r"cut short \(peer closed connection"):
             await client.download_blob(ref_to(proxy.host, pushed.repository), desc, io.BytesIO())
 
 
@@ -438,3 +438,23 @@ async def test_push_and_referrers_fallback(client, registry, pushed):
     assert await client.get_referrers(ref, pushed.digest, "application/other") == []
     raw, _, _ = await client.get_manifest(ref_to(registry.host, pushed.repository, artifact_digest))
     assert raw == artifact
+
+
+@pytest.mark.parametrize("values, expected", [
+    (['</v2/r/tags/list?n=2&last=b>; rel="next"'], "/v2/r/tags/list?n=2&last=b"),
+    (['<https://h/a>; rel=next'], "https://h/a"),
+    (['<https://h/p>; rel="prev", <https://h/n>; rel="next"'], "https://h/n"),
+    (['<https://h/p>; rel="prev"'], None),
+    ([], None),
+])
+def test_next_link(values, expected):
+    assert _next_link(values) == expected
+
+
+@pytest.mark.parametrize("value, low, high", [
+    ("5", 5, 5), ("0", 0, 0), (None, None, None), ("soon", None, None),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0, 0),
+])
+def test_retry_after(value, low, high):
+    got = _retry_after(value)
+    assert got == low if low is None else low <= got <= high
