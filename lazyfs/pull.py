@@ -116,13 +116,14 @@ async def pull(ref: Reference, *, platform: Platform | None = None, options=None
         async with _registry_client(options) as c:
             return await pull(ref, platform=platform, store=store, progress=progress, client=c)
     image = _as_resolved(ref, await client.resolve(ref, platform))
-    await trio.to_thread.run_sync(_keep_metadata, store, image)
-    fetched = await _fetch_layers(client, ref, image.manifest.layers, store, progress)
-    rec = image_record(ref, image)
-    known = await trio.to_thread.run_sync(
-        lambda: store.find_image(rec.repository, rec.tag, rec.digest if not rec.tag else None))
-    was_recorded = known is not None and known.digest == rec.digest
-    await trio.to_thread.run_sync(store.record_image, rec)
+    async with store.lease():
+        await trio.to_thread.run_sync(_keep_metadata, store, image)
+        fetched = await _fetch_layers(client, ref, image.manifest.layers, store, progress)
+        rec = image_record(ref, image)
+        known = await trio.to_thread.run_sync(
+            lambda: store.find_image(rec.repository, rec.tag, rec.digest if not rec.tag else None))
+        was_recorded = known is not None and known.digest == rec.digest
+        await trio.to_thread.run_sync(store.record_image, rec)
     return PullResult(ref, rec, len(fetched), sum(d.size for d in fetched), was_recorded)
 
 

@@ -305,6 +305,31 @@ class Store:
         finally:
             w._close()
 
+    @contextlib.asynccontextmanager
+    async def lease(self):
+        """Held by a pull from its first blob to its record: ``prune`` waits for it.
+
+        Without it, a prune running between a layer's download and the
+        image's record would collect blobs that are about to be referenced.
+        """
+        f = open(self.root / "gc.lock", "a+b")
+        try:
+            while True:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await trio.sleep(0.05)
+            yield
+        finally:
+            f.close()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        with open(self.root / "gc.lock", "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            yield
+
     # -- image records -------------------------------------------------------
 
     def record_image(self, rec: ImageRecord) -> None:
@@ -381,15 +406,15 @@ class Store:
     def prune(self, all: bool = False) -> PruneResult:
         """Delete what no recorded image needs; ``all`` forgets every image first."""
         images = 0
-        with self._db() as db:
+        with self._exclusive(), self._db() as db:
             if all:
                 images = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
                 db.execute("DELETE FROM images")
             keep = set()
             for (blobs,) in db.execute("SELECT blobs FROM images"):
                 keep.update(json.loads(blobs))
-            # Blobs are deleted while the write lock is held, so a concurrent
-            # pull cannot record an image whose blobs are vanishing under it.
+            # Pulls hold a lease (shared gc.lock) until their record is
+            # written, so every blob they fetched is in ``keep`` by now.
             tmp_n, tmp_bytes = self._prune_tmp()
             blob_n, blob_bytes = self._prune_blobs(keep)
             idx_n, idx_bytes = self._prune_indexes(keep)

@@ -217,3 +217,43 @@ def test_sigkill_during_pull_then_clean_repull(registry, cache_dir):
     assert store.blob_path(sha256(blob)).read_bytes() == blob
     assert not any((cache_dir / "tmp").iterdir())
     assert len(store.list_images()) == 1
+
+
+def test_tty_progress_and_concurrent_pulls_of_one_image(registry, cache_dir):
+    import pty
+    repo = repo_name("tty")
+    blobs = [gzip_bytes(make_tar({"f": os.urandom(300_000)})) for _ in range(3)]
+    with registry.client() as c:
+        pushed = push_image(c, repo, "v1", blobs)
+    ref = f"{registry.host}/{repo}:v1"
+    other = subprocess.Popen([sys.executable, "-m", "lazyfs", "pull", "-q", ref], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    leader, follower = pty.openpty()
+    try:
+        p = subprocess.run([sys.executable, "-m", "lazyfs", "pull", ref], cwd=ROOT, stdout=follower,
+                           stderr=subprocess.PIPE, timeout=120)
+        os.close(follower)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(leader)
+    out, err = other.communicate(timeout=120)
+    assert p.returncode == 0 and other.returncode == 0, (p.stderr, err)
+    assert out == ref + "\n"
+    text = screen.decode()
+    for b in blobs:
+        short = sha256(b)[7:19]
+        assert f"{short}: " in text
+    assert "\x1b[2K" in text and ("Pull complete" in text or "Already exists" in text)
+    assert f"Digest: {pushed.digest}" in text
+    store = Store(cache_dir)
+    assert all(store.blob_path(sha256(b)).read_bytes() == b for b in blobs)
+    assert not any((cache_dir / "tmp").iterdir())
+    assert len(store.list_images()) == 1

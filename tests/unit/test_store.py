@@ -243,3 +243,24 @@ def test_remove_image_by_tag_digest_and_id(tmp_path):
     with pytest.raises(NotFound):
         store.remove_image(image_id="zzzz")
     assert store.list_images() == []
+
+
+async def test_prune_waits_for_a_pull_lease(tmp_path):
+    store = Store(tmp_path)
+    data = os.urandom(100)
+    done = trio.Event()
+    result = []
+
+    async def prune_in_thread():
+        result.append(await trio.to_thread.run_sync(Store(tmp_path).prune))
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        async with store.lease():
+            store.put_bytes(digest_of(data), data)
+            nursery.start_soon(prune_in_thread)
+            await trio.sleep(0.3)
+            assert not done.is_set()
+            store.record_image(record(blobs=[digest_of(data)]))
+        await done.wait()
+    assert result[0].blobs == 0 and store.has_blob(digest_of(data))
