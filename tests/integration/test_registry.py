@@ -13,14 +13,14 @@ import pytest
 import trio
 
 from lazyfs.errors import (DigestMismatch, NoMatchingPlatform, NotFound, RangeNotSupported,
-                           RegistryError, RegistryUnreachable, Unauthorized)
+                           RegistryError, RegistryUnreachable, Unauthorized, UnsupportedMediaType)
 from lazyfs.manifest import OCI_INDEX as M_OCI_INDEX
 from lazyfs.manifest import DOCKER_MANIFEST as M_DOCKER_MANIFEST
 from lazyfs.manifest import Descriptor, Platform
 from lazyfs.reference import parse_reference
 from lazyfs.registry import (Endpoint, RegistryClient, RegistryOptions, _next_link, _retry_after,
                              is_insecure, most_useful_error)
-from tests.support.images import (OCI_MANIFEST, gzip_bytes, make_tar, push_image, push_index,
+from tests.support.images import (DOCKER_LIST, OCI_MANIFEST, gzip_bytes, make_tar, push_image, push_index,
                                   push_manifest, sha256)
 from tests.support.registry import free_port
 from tests.support.servers import Request, Response, forward, serve, with_ping
@@ -122,6 +122,31 @@ async def test_not_found_names_the_reference(client, registry, pushed):
     missing = sha256(b"missing")
     with pytest.raises(NotFound, match=f"blob unknown: {registry.host}/{pushed.repository}@{missing}"):
         await client.read_blob(ref_to(registry.host, pushed.repository), Descriptor("x", missing, 7))
+
+
+async def test_schema1_from_a_registry_is_refused_clearly(client):
+    body = json.dumps({"schemaVersion": 1, "name": "r/x", "tag": "old", "fsLayers": []}).encode()
+
+    async def handler(req: Request) -> Response:
+        return Response(200, {"content-type": "application/vnd.docker.distribution.manifest.v1+prettyjws",
+                              "docker-content-digest": sha256(body)}, body)
+
+    async with serve(with_ping(handler)) as srv:
+        with pytest.raises(UnsupportedMediaType, match="schema1 manifests are not supported"):
+            await client.resolve(ref_to(srv.host, "r/x", "old"))
+        accept = srv.seen("/v2/r/")[0].headers["accept"]
+    assert {M_OCI_INDEX, OCI_MANIFEST, M_DOCKER_MANIFEST, DOCKER_LIST} <= set(accept.split(", "))
+
+
+async def test_head_manifest_falls_back_to_get_without_digest_header(client, registry, pushed):
+    def strip(req: Request, resp: Response) -> Response:
+        resp.headers.pop("docker-content-digest", None)
+        return resp
+
+    async with serve(forward(registry.host, strip)) as proxy:
+        desc = await client.head_manifest(ref_to(proxy.host, pushed.repository))
+        assert desc == Descriptor(OCI_MANIFEST, pushed.digest, len(pushed.manifest))
+        assert [r.method for r in proxy.seen("/v2/reg")] == ["HEAD", "GET"]
 
 
 # --- digests --------------------------------------------------------------------
@@ -267,6 +292,8 @@ async def test_blob_redirect_keeps_credentials_home_and_refreshes_expired_urls(d
     async def cdn(req: Request) -> Response:
         if req.query.get("token") == "1":
             return Response(403, {}, b"expired")
+        if req.headers.get("range") == "bytes=0-0":
+            return Response(206, {"content-range": f"bytes 0-0/{len(blob)}"}, blob[:1])
         return Response(200, {}, blob)
 
     async with serve(cdn) as cdn_srv:
@@ -285,6 +312,10 @@ async def test_blob_redirect_keeps_credentials_home_and_refreshes_expired_urls(d
             assert [r.query["token"] for r in cdn_srv.requests] == ["1", "2"]
             assert all("authorization" not in r.headers for r in cdn_srv.requests)
             assert all(r.headers.get("authorization") == basic for r in reg.seen("/v2/r/"))
+            async with RegistryClient(opts) as c:
+                assert await c.get_range(ref_to(reg.host, "r/x"), digest, 0, 1) == blob[:1]
+            assert cdn_srv.requests[-1].headers["range"] == "bytes=0-0"
+            assert "authorization" not in cdn_srv.requests[-1].headers
 
 
 async def test_redirect_target_that_keeps_refusing_is_an_error(client):
@@ -320,6 +351,20 @@ async def test_busy_registry_is_retried_with_retry_after(client, registry, pushe
         assert r.manifest.digest == pushed.digest
         assert trio.current_time() - start >= 0.9, "Retry-After: 1 was honoured"
         assert len(srv.seen(f"/v2/{pushed.repository}/manifests/")) == 3
+
+
+async def test_dropped_connection_is_retried(client, registry, pushed):
+    dropped = []
+
+    async def handler(req: Request) -> Response:
+        if "/manifests/" in req.path and not dropped:
+            dropped.append(req)
+            return Response(drop=True)
+        return await forward(registry.host)(req)
+
+    async with serve(handler) as srv:
+        raw, _, digest = await client.get_manifest(ref_to(srv.host, pushed.repository))
+    assert digest == pushed.digest and len(dropped) == 1
 
 
 async def test_retries_are_bounded(docker_config):

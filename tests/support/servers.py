@@ -41,6 +41,8 @@ class Response:
     body: bytes = b""
     cut_after: int | None = None
     """Announce the whole body but drop the connection after this many bytes."""
+    drop: bool = False
+    """Close the connection without answering at all."""
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -114,6 +116,8 @@ async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> Requ
 
 async def _send(conn: h11.Connection, stream: trio.SocketStream, request: Request,
                 response: Response) -> bool:
+    if response.drop:
+        return False
     headers = {k.lower(): v for k, v in response.headers.items()}
     if request.method != "HEAD" or "content-length" not in headers:
         headers["content-length"] = str(len(response.body))
