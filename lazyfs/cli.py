@@ -19,8 +19,6 @@ import sys
 import threading
 import time
 
-import trio
-
 from . import __version__
 from .errors import LazyfsError, UsageError
 
@@ -75,6 +73,8 @@ def print_json(doc) -> None:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    import trio
+
     from . import pull as _pull
     ref = parse_ref(args.ref)
     if args.all_tags and (ref.tag is not None or ref.digest is not None):
@@ -323,6 +323,8 @@ def _parse_time(text: str) -> _dt.datetime | None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import trio
+
     from . import pull as _pull
     ref = parse_ref(args.ref)
     store = open_store(args)

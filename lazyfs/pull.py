@@ -110,6 +110,8 @@ def with_default_tag(ref: Reference) -> Reference:
 async def pull(ref: Reference, *, platform: Platform | None = None, options=None, store: Store,
                progress: Progress | None = None, client=None) -> PullResult:
     """Make ``ref`` present and verified in ``store`` (docker pull, without unpacking)."""
+    if ref.is_local:
+        raise UsageError(f"{ref} is a local image; pull takes a registry reference")
     ref = with_default_tag(ref)
     progress = progress or NoProgress()
     if client is None:

@@ -8,7 +8,8 @@ written: the lock dies with its process, which is how ``prune`` and a later
 writer tell an abandoned partial file from a live one.
 
 Image records sit in SQLite (WAL) so several lazyfs processes can pull,
-list and prune at once.
+list and prune at once. trio is imported only by the async methods: it is
+most of the start-up time of ``lazyfs images``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import AsyncIterable, Iterator
-
-import trio
 
 from .errors import CacheError, DigestMismatch, NotFound
 
@@ -261,6 +260,7 @@ class Store:
         Bytes that fail verification are deleted; an attempt cut short by any
         other error is left unlocked in ``tmp/`` to be resumed or pruned.
         """
+        import trio
         check_digest(digest)
         w = await trio.to_thread.run_sync(self._open_writer, digest, size)
         try:
@@ -312,6 +312,7 @@ class Store:
         Without it, a prune running between a layer's download and the
         image's record would collect blobs that are about to be referenced.
         """
+        import trio
         f = open(self.root / "gc.lock", "a+b")
         try:
             while True:

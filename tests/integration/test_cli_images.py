@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.cli import human_since, human_size, render
-from lazyfs.errors import NotFound, RegistryUnreachable, UsageError
+from lazyfs.errors import CacheError, NotFound, RegistryUnreachable, UsageError
 from lazyfs.store import Store
 from tests.support.images import gzip_bytes, make_tar, push_image, push_index, sha256
 from tests.support.registry import start_registry
@@ -230,3 +230,24 @@ def test_rmi_and_prune(pulled, cache_dir):
     out = lazyfs("prune", "--all").stdout
     assert "Total reclaimed space" in out
     assert not any((cache_dir / "blobs" / "sha256").iterdir())
+
+
+def test_cache_dir_option_and_unusable_store(tmp_path, cache_dir, registry):
+    repo = f"cli/cachedir-{uuid.uuid4().hex[:8]}"
+    with registry.client() as c:
+        push_image(c, repo, "v1", [one_layer()])
+    other = tmp_path / "elsewhere"
+    lazyfs("--cache-dir", str(other), "pull", "-q", f"{registry.host}/{repo}:v1")
+    assert len(lazyfs("images", "-q", "--cache-dir", str(other)).stdout.split()) == 1
+    assert lazyfs("images", "-q").stdout == ""
+    assert (other.stat().st_mode & 0o777) == 0o700
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    p = lazyfs("images", "--cache-dir", str(shared), check=False)
+    assert p.returncode == CacheError.exit_code
+    assert p.stderr == f"lazyfs: cache directory {shared} is world-writable; refusing to use it\n"
+
+    p = lazyfs("pull", "oci:/some/layout:v1", check=False)
+    assert p.returncode == UsageError.exit_code and "local image" in p.stderr
