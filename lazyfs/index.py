@@ -329,6 +329,10 @@ def _implied_dir(layer: int) -> _Node:
     return _Node(EntryType.DIR, 0o755, layer=layer)
 
 
+def _is_whiteout_of(node: _Node, layer: int) -> bool:
+    return node.type is EntryType.CHAR and node.rdev == 0 and node.layer == layer
+
+
 def _whiteout_device(layer: int) -> _Node:
     return _Node(EntryType.CHAR, 0o666, rdev=os.makedev(0, 0), layer=layer)
 
@@ -336,6 +340,7 @@ def _whiteout_device(layer: int) -> _Node:
 class _Tree:
     def __init__(self):
         self.root = _Node(EntryType.DIR)
+        self._view = False
         self._parents: dict[tuple[str, ...], tuple[tuple[str, ...], _Node]] = {}
         """Resolved parent directories of this layer's entries; a parent stays
         valid until some existing name is replaced."""
@@ -346,6 +351,7 @@ class _Tree:
         view: whiteouts become markers, and hardlinks to lower files copy them."""
         upper: set[tuple[str, ...]] = {()}
         self._parents = {}
+        self._view = merged_below is not None
         for e in entries:
             parts = _clean(e.name, layer)
             if not parts:
@@ -366,7 +372,7 @@ class _Tree:
                     if target in ("", ".", ".."):
                         raise UnsafeEntry(f"layer {layer}: whiteout {e.name!r} names no file")
                 if merged_below is None:
-                    self._whiteout(parts[:-1], target, upper)
+                    self._whiteout(parts[:-1], target, upper, layer, e.name)
                 else:
                     self._mark_whiteout(parts[:-1], target, upper, layer, e.name)
                 continue
@@ -375,18 +381,19 @@ class _Tree:
             if known is None:
                 known = self._parents[dir_parts] = self._make_parents(dir_parts, layer, e.name)
             dir_path, parent = known
-            self._place(parent, base, e, layer, merged_below)
             path = dir_path + (base,)
+            self._place(parent, path, e, layer, merged_below)
             while path not in upper:
                 upper.add(path)
                 path = path[:-1]
         self._parents = {}
 
-    def _place(self, parent: _Node, base: str, e: Entry, layer: int,
+    def _place(self, parent: _Node, path: tuple[str, ...], e: Entry, layer: int,
                merged_below: "_Tree | None") -> None:
+        base = path[-1]
         old = parent.children.get(base)
         if e.type is EntryType.HARDLINK:
-            node = self._link_target(e, layer, merged_below)
+            node = self._link_target(e, layer, merged_below, path)
             if node is old:
                 return
         else:
@@ -396,16 +403,20 @@ class _Tree:
                 return
         if old is not None:
             self._parents.clear()
-            if old.rdev == 0 and old.type is EntryType.CHAR and node.children is not None \
-                    and merged_below is not None and old.layer == layer:
+            if self._view and node.children is not None and _is_whiteout_of(old, layer):
                 node.xattrs[_OPAQUE_XATTR] = b"y"
         parent.children[base] = node
 
-    def _link_target(self, e: Entry, layer: int, merged_below: "_Tree | None") -> _Node:
+    def _link_target(self, e: Entry, layer: int, merged_below: "_Tree | None",
+                     path: tuple[str, ...]) -> _Node:
+        """The node a hardlink entry at ``path`` shares; like link(2), the
+        target's last component is not followed."""
         parts = _clean(e.linkname, layer)
-        node = self._find(parts) if parts else None
+        if parts and self._resolve(parts[:-1], layer, e.name) + parts[-1:] == path:
+            raise UnsafeEntry(f"layer {layer}: hardlink {e.name!r} points to itself")
+        node = self._find(parts, layer, e.name) if parts else None
         if node is None and merged_below is not None and parts:
-            below = merged_below._find(parts)
+            below = merged_below._find(parts, layer, e.name)
             if below is not None and below.type is not EntryType.DIR:
                 node = _Node(below.type, below.mode, below.uid, below.gid, below.size,
                              below.mtime_ns, below.linkname, below.rdev, below.layer,
@@ -418,15 +429,15 @@ class _Tree:
                               f"directory {e.linkname!r}")
         return node
 
-    def _find(self, parts: tuple[str, ...]) -> _Node | None:
+    def _find(self, parts: tuple[str, ...], layer: int, raw: str) -> _Node | None:
         """The node at ``parts``, following symlinks in the parent path only."""
-        dir_path = self._resolve(parts[:-1])
+        dir_path = self._resolve(parts[:-1], layer, raw)
         parent = self._walk(dir_path)
         if parent is None or parent.children is None:
             return None
         return parent.children.get(parts[-1])
 
-    def _resolve(self, parts: Sequence[str]) -> tuple[str, ...]:
+    def _resolve(self, parts: Sequence[str], layer: int, raw: str) -> tuple[str, ...]:
         """Expand symlinks in ``parts`` inside the root (chroot-like); parts
         that do not exist are kept as they are, as filepath-securejoin does."""
         pending = deque(parts)
@@ -445,7 +456,8 @@ class _Tree:
             if node is not None and node.type is EntryType.SYMLINK:
                 hops += 1
                 if hops > 255:
-                    raise SymlinkLoop(f"too many levels of symbolic links under /{'/'.join(parts)}")
+                    raise UnsafeEntry(f"layer {layer}: entry {raw!r}: too many levels of "
+                                      "symbolic links in its path")
                 if node.linkname.startswith("/"):
                     done.clear()
                     del nodes[1:]
@@ -467,23 +479,24 @@ class _Tree:
 
     def _make_parents(self, parts: tuple[str, ...], layer: int,
                       raw: str) -> tuple[tuple[str, ...], _Node]:
-        try:
-            path = self._resolve(parts)
-        except SymlinkLoop:
-            raise UnsafeEntry(f"layer {layer}: entry {raw!r}: symlink loop in its parent path") from None
+        path = self._resolve(parts, layer, raw)
         node = self.root
         for i, part in enumerate(path):
             child = node.children.get(part)
             if child is None:
                 child = node.children[part] = _implied_dir(layer)
+            elif self._view and _is_whiteout_of(child, layer):
+                child = node.children[part] = _implied_dir(layer)
+                child.xattrs[_OPAQUE_XATTR] = b"y"
             elif child.children is None:
                 raise UnsafeEntry(f"layer {layer}: entry {raw!r}: parent "
                                   f"/{'/'.join(path[:i + 1])} is not a directory")
             node = child
         return path, node
 
-    def _whiteout(self, dir_parts, target: str | None, upper: set) -> None:
-        dir_path = self._resolve(dir_parts)
+    def _whiteout(self, dir_parts, target: str | None, upper: set, layer: int,
+                  raw: str) -> None:
+        dir_path = self._resolve(dir_parts, layer, raw)
         parent = self._walk(dir_path)
         if parent is None or parent.children is None:
             return
@@ -494,6 +507,13 @@ class _Tree:
 
     def _mark_whiteout(self, dir_parts, target: str | None, upper: set, layer: int,
                        raw: str) -> None:
+        node = self.root
+        for part in self._resolve(dir_parts, layer, raw):
+            node = node.children.get(part)
+            if node is None or _is_whiteout_of(node, layer):
+                break
+            if node.children is None:
+                return
         dir_path, parent = self._make_parents(dir_parts, layer, raw)
         if target is None:
             parent.xattrs[_OPAQUE_XATTR] = b"y"

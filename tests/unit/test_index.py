@@ -432,3 +432,16 @@ def test_without_per_layer_views(tmp_path):
     ix = build(tmp_path, [F("a")], per_layer=False)
     assert ix.layer_roots == []
     assert tree(ix) == {"/a": b""}
+
+
+def test_view_turns_a_whiteout_the_layer_writes_below_into_an_opaque_dir(tmp_path):
+    ix = build(tmp_path, [F("a/old")], [W("a"), F("a/new")])
+    view = dict(ix.layer_roots)["1"]
+    assert tree(ix, view) == {"/a": "dir", "/a/new": b""}
+    assert ix.xattrs(ix.resolve("/a", root=view).ino) == {"trusted.overlay.opaque": b"y"}
+    assert tree(ix) == {"/a": "dir", "/a/new": b""}
+
+
+def test_markers_below_a_file_are_ignored_in_merged_tree_and_views(tmp_path):
+    ix = build(tmp_path, [F("a"), OPQ("a"), W("a/x")])
+    assert tree(ix) == {"/a": b""} == tree(ix, dict(ix.layer_roots)["0"])
