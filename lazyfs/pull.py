@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import trio
 
-from .errors import LazyfsError, NotFound, RangeNotSupported, RegistryUnreachable, UsageError
+from .errors import DigestMismatch, LazyfsError, NotFound, RangeNotSupported, RegistryUnreachable, UsageError
 from .manifest import (Descriptor, Index, Manifest, Platform, image_platforms, parse_config,
                        parse_manifest, select_platform)
 from .reference import Reference
@@ -183,12 +183,27 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 async def _fetch_layer(client, ref: Reference, desc: Descriptor, store: Store,
                        progress: Progress, limit: trio.CapacityLimiter) -> None:
     async with limit:
+        if not await _download(client, ref, desc, store, progress, resume=True):
+            await _download(client, ref, desc, store, progress, resume=False)
+        progress.layer_done(desc.digest)
+
+
+async def _download(client, ref: Reference, desc: Descriptor, store: Store, progress: Progress,
+                    resume: bool) -> bool:
+    """False when a resumed download failed verification: the kept bytes were bad."""
+    resumed = False
+    try:
         async with store.blob_writer(desc.digest, desc.size) as w:
             sink = _Counted(w, desc.digest, progress)
-            if not await _resume(client, ref, desc, w, sink):
+            resumed = resume and await _resume(client, ref, desc, w, sink)
+            if not resumed:
                 await trio.to_thread.run_sync(w.restart)
                 await client.download_blob(ref, desc, sink)
-        progress.layer_done(desc.digest)
+    except DigestMismatch:
+        if resumed:
+            return False
+        raise
+    return True
 
 
 async def _resume(client, ref: Reference, desc: Descriptor, w, sink) -> bool:

@@ -257,3 +257,16 @@ def test_tty_progress_and_concurrent_pulls_of_one_image(registry, cache_dir):
     assert all(store.blob_path(sha256(b)).read_bytes() == b for b in blobs)
     assert not any((cache_dir / "tmp").iterdir())
     assert len(store.list_images()) == 1
+
+
+def test_bad_leftover_partial_download_is_discarded_and_refetched(registry, cache_dir):
+    repo = repo_name("leftover")
+    blob = gzip_bytes(make_tar({"f": os.urandom(50_000)}))
+    with registry.client() as c:
+        push_image(c, repo, "v1", [blob])
+    Store(cache_dir)
+    leftover = cache_dir / "tmp" / f"sha256-{sha256(blob)[7:]}.999999.abcd.part"
+    leftover.write_bytes(b"\0" * (len(blob) // 2))
+    lazyfs("pull", "-q", f"{registry.host}/{repo}:v1")
+    assert Store(cache_dir).blob_path(sha256(blob)).read_bytes() == blob
+    assert not any((cache_dir / "tmp").iterdir())

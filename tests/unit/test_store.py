@@ -264,3 +264,17 @@ async def test_prune_waits_for_a_pull_lease(tmp_path):
             store.record_image(record(blobs=[digest_of(data)]))
         await done.wait()
     assert result[0].blobs == 0 and store.has_blob(digest_of(data))
+
+
+async def test_blob_writer_keeps_an_interrupted_attempt_for_the_next_writer(tmp_path):
+    store = Store(tmp_path)
+    data = os.urandom(10_000)
+    with pytest.raises(ConnectionError):
+        async with store.blob_writer(digest_of(data), len(data)) as w:
+            w.write(data[:4000])
+            raise ConnectionError("network went away")
+    assert not store.has_blob(digest_of(data))
+    async with store.blob_writer(digest_of(data), len(data)) as w:
+        assert w.resume_offset() == 4000
+        w.write(data[4000:])
+    assert store.blob_path(digest_of(data)).read_bytes() == data
