@@ -694,6 +694,8 @@ def _reason(e: httpx.HTTPError) -> str:
     if any(isinstance(c, ConnectionRefusedError) for c in causes):
         return "connection refused"
     for c in causes:
+        if isinstance(c, ssl.SSLCertVerificationError) and c.verify_message:
+            return f"TLS certificate not trusted ({c.verify_message})"
         if isinstance(c, ssl.SSLError):
             return f"TLS failed ({c.reason or c})"
     for c in causes:

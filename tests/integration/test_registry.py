@@ -6,6 +6,8 @@ import base64
 import io
 import json
 import os
+import ssl
+import subprocess
 import uuid
 
 import httpx
@@ -406,6 +408,39 @@ async def test_https_only_for_hosts_not_insecure():
     assert not is_insecure("example.com:5000")
     assert is_insecure("example.com:5000", ("example.com:5000",))
     assert is_insecure("10.1.2.3:443", ("10.0.0.0/8",)) and not is_insecure("10.1.2.3", ("11.0.0.0/8",))
+
+
+@pytest.fixture(scope="module")
+def tls_cert(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"),
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+    return d / "cert.pem", ctx
+
+
+async def _empty_manifest(req: Request) -> Response:
+    return Response(404, {}, json.dumps({"errors": [{"code": "MANIFEST_UNKNOWN"}]}).encode())
+
+
+async def test_untrusted_certificate_is_reported_as_tls(client, tls_cert):
+    async with serve(with_ping(_empty_manifest), tls_cert[1]) as srv:
+        with pytest.raises(RegistryUnreachable) as e:
+            await client.get_manifest(ref_to(srv.host, "r/x"))
+    assert str(e.value).startswith(f"cannot reach registry {srv.host}: TLS certificate not trusted (")
+
+
+async def test_https_is_tried_first_and_uses_the_system_trust_settings(docker_config, tls_cert,
+                                                                        monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_cert[0]))
+    async with serve(with_ping(_empty_manifest), tls_cert[1]) as srv:
+        async with RegistryClient(RegistryOptions(**FAST)) as c:
+            with pytest.raises(NotFound, match=f"manifest unknown: {srv.host}/r/x:v1"):
+                await c.get_manifest(ref_to(srv.host, "r/x"))
+        assert [r.path for r in srv.requests] == ["/v2/", "/v2/r/x/manifests/v1"]
 
 
 # --- mirrors ------------------------------------------------------------------------------------

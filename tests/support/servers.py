@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
+import ssl
+
 import h11
 import httpx
 import trio
@@ -62,9 +64,11 @@ class FakeServer:
 
 
 @asynccontextmanager
-async def serve(handler: Handler) -> AsyncIterator[FakeServer]:
+async def serve(handler: Handler, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[FakeServer]:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     server = FakeServer(f"127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+    if ssl_context is not None:
+        listeners = [trio.SSLListener(lst, ssl_context, https_compatible=True) for lst in listeners]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, partial(_connection, handler, server), listeners)
         try:
@@ -73,7 +77,7 @@ async def serve(handler: Handler) -> AsyncIterator[FakeServer]:
             nursery.cancel_scope.cancel()
 
 
-async def _connection(handler: Handler, server: FakeServer, stream: trio.SocketStream) -> None:
+async def _connection(handler: Handler, server: FakeServer, stream: trio.abc.Stream) -> None:
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
@@ -90,10 +94,14 @@ async def _connection(handler: Handler, server: FakeServer, stream: trio.SocketS
     except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
-        await stream.aclose()
+        with trio.move_on_after(1):
+            try:
+                await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
 
-async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> Request | None:
+async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> Request | None:
     request: Request | None = None
     while True:
         event = conn.next_event()
@@ -114,7 +122,7 @@ async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> Requ
             return None
 
 
-async def _send(conn: h11.Connection, stream: trio.SocketStream, request: Request,
+async def _send(conn: h11.Connection, stream: trio.abc.Stream, request: Request,
                 response: Response) -> bool:
     if response.drop:
         return False
