@@ -1,0 +1,372 @@
+"""A read-only ``pyfuse3.Operations`` over a merged index and a read callable.
+
+The image never changes while mounted, so the kernel is told to cache
+everything for long (entries, attributes, negative lookups, page cache):
+after the first ``find`` or ``cat`` nearly nothing reaches this process.
+
+This is the one place lazyfs errors become errnos. Each handler is wrapped so
+that a ``LazyfsError`` answers with its own errno and anything unexpected is
+logged with its traceback and answers ``EIO``: a bad read must never take the
+daemon (and with it every open file of the mount) down.
+
+Index queries run on the trio loop: each is one indexed SQLite lookup in an
+immutable, memory-mapped file (microseconds), far cheaper than the hop to a
+worker thread. Only ``statfs`` walks the tree, and it does so in a thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import math
+import os
+import stat
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterator
+
+import pyfuse3
+import trio
+
+from .entry import EntryType
+from .errors import LazyfsError, NotFound
+from .index import ROOT_INO, MergedIndex, Node
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 300.0
+"""Seconds the kernel may cache entries and attributes: the image is immutable."""
+BLKSIZE = 128 * 1024
+"""Preferred I/O size reported in ``st_blksize``: big reads cost fewer FUSE round trips."""
+NAME_MAX = 255
+
+ReadFn = Callable[[Node, int, int], Awaitable[bytes]]
+
+_TYPE_BITS = {
+    EntryType.FILE: stat.S_IFREG,
+    EntryType.HARDLINK: stat.S_IFREG,
+    EntryType.DIR: stat.S_IFDIR,
+    EntryType.SYMLINK: stat.S_IFLNK,
+    EntryType.CHAR: stat.S_IFCHR,
+    EntryType.BLOCK: stat.S_IFBLK,
+    EntryType.FIFO: stat.S_IFIFO,
+}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+
+@dataclass(frozen=True, slots=True)
+class _Virtual:
+    """A file or directory that exists only in the mount, not in the image."""
+
+    ino: int
+    name: str
+    content: bytes = b""
+    is_dir: bool = False
+
+
+def _answers(fn):
+    """Turn whatever a handler raises into the errno the caller sees."""
+
+    @functools.wraps(fn)
+    async def handler(self, *args):
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except NotFound as e:
+            log.debug("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except LazyfsError as e:
+            log.warning("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except Exception:
+            log.exception("%s%r failed unexpectedly", fn.__name__, args[:-1] if args else ())
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return handler
+
+
+def _read_only(fn):
+    @functools.wraps(fn)
+    async def handler(self, *args):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    return handler
+
+
+def lowerdir(index: MergedIndex, mountpoint: str | os.PathLike) -> str:
+    """The ``lowerdir=`` value that stacks a ``layers=True`` mount's layer
+    directories with overlayfs: top layer first, absolute paths."""
+    top = os.path.abspath(mountpoint)
+    return ":".join(os.path.join(top, name) for name, _ in reversed(index.layer_roots))
+
+
+class LazyOperations(pyfuse3.Operations):
+    """The image as a read-only filesystem.
+
+    With ``layers`` the root holds one directory per layer (each layer's own
+    tree, in the form overlayfs takes as a lower directory) instead of the
+    merged tree. ``extra_files`` are virtual files at the root, e.g. the
+    ``.lowerdir`` of a layers view.
+    """
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, index: MergedIndex, read: ReadFn, *, layers: bool = False,
+                 extra_files: dict[str, bytes] | None = None):
+        self._index = index
+        self._read = read
+        self._layers = layers
+        self._parents: dict[int, int] = {}
+        self._handles: dict[int, Node | _Virtual] = {}
+        self._next_fh = itertools.count(1)
+        self._statfs: pyfuse3.StatvfsData | None = None
+        self._statfs_lock = trio.Lock()
+        first = _max_ino(index) + 1
+        self._virtual: dict[int, _Virtual] = {}
+        self._root_names: dict[str, int] = {}
+        self._root_list: list[str] = []
+        if layers:
+            for name, ino in index.layer_roots:
+                self._add_root_name(name, ino)
+                self._parents[ino] = ROOT_INO
+        for i, (name, content) in enumerate(sorted((extra_files or {}).items())):
+            v = _Virtual(first + i, name, bytes(content))
+            self._virtual[v.ino] = v
+            self._add_root_name(name, v.ino)
+
+    def _add_root_name(self, name: str, ino: int) -> None:
+        if name in self._root_names or "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"cannot add {name!r} to the root of the mount")
+        self._root_names[name] = ino
+        self._root_list.append(name)
+
+    # ------------------------------------------------------------ metadata
+
+    def _node(self, ino: int) -> Node | _Virtual:
+        v = self._virtual.get(ino)
+        return v if v is not None else self._index.getattr(ino)
+
+    def _attrs(self, item: Node | _Virtual) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        if isinstance(item, _Virtual):
+            a.st_ino = item.ino
+            a.st_mode = stat.S_IFREG | 0o444
+            a.st_nlink = 1
+            a.st_size = len(item.content)
+            root = self._index.getattr(ROOT_INO)
+            a.st_uid, a.st_gid = root.uid, root.gid
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = root.mtime_ns
+        else:
+            a.st_ino = item.ino
+            a.st_mode = _TYPE_BITS[item.type] | item.mode
+            a.st_nlink = item.nlink
+            if item.ino == ROOT_INO and self._layers:
+                a.st_nlink = 2 + len(self._index.layer_roots)
+            a.st_uid, a.st_gid = item.uid, item.gid
+            a.st_rdev = item.rdev
+            a.st_size = item.size
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = item.mtime_ns
+        a.st_blocks = math.ceil(a.st_size / 512)
+        a.st_blksize = BLKSIZE
+        a.entry_timeout = a.attr_timeout = TIMEOUT
+        a.generation = 0
+        return a
+
+    def _child(self, parent: int, name: str) -> Node | _Virtual | None:
+        if parent == ROOT_INO and name in self._root_names:
+            return self._node(self._root_names[name])
+        if parent == ROOT_INO and self._layers:
+            return None
+        node = self._index.lookup(parent, name)
+        if node is not None and node.type is EntryType.DIR:
+            self._parents[node.ino] = parent
+        return node
+
+    def _parent_of(self, ino: int) -> int:
+        known = self._parents.get(ino)
+        if known is not None or ino == ROOT_INO:
+            return known or ROOT_INO
+        path = self._index.path_of(ino)
+        root = ROOT_INO
+        if not path.startswith("/"):
+            layer, _, path = path.partition(":/")
+            root, path = dict(self._index.layer_roots)[layer], "/" + path
+        parent_path = os.path.dirname(path)
+        parent = self._index.resolve(parent_path, follow=False, root=root).ino
+        self._parents[ino] = parent
+        return parent
+
+    @_answers
+    async def lookup(self, parent_inode, name, ctx=None):
+        text = os.fsdecode(name)
+        if text == ".":
+            return self._attrs(self._node(parent_inode))
+        if text == "..":
+            return self._attrs(self._node(self._parent_of(parent_inode)))
+        item = self._child(parent_inode, text)
+        if item is None:
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = TIMEOUT
+            return negative
+        return self._attrs(item)
+
+    @_answers
+    async def getattr(self, inode, ctx=None):
+        return self._attrs(self._node(inode))
+
+    @_answers
+    async def readlink(self, inode, ctx):
+        node = self._node(inode)
+        if isinstance(node, _Virtual) or node.type is not EntryType.SYMLINK:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(node.linkname)
+
+    @_answers
+    async def getxattr(self, inode, name, ctx):
+        node = self._node(inode)
+        if isinstance(node, _Virtual) or not node.has_xattrs:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        value = self._index.xattrs(inode).get(os.fsdecode(name))
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @_answers
+    async def listxattr(self, inode, ctx):
+        node = self._node(inode)
+        if isinstance(node, _Virtual) or not node.has_xattrs:
+            return []
+        return [os.fsencode(name) for name in sorted(self._index.xattrs(inode))]
+
+    @_answers
+    async def access(self, inode, mode, ctx):
+        self._node(inode)
+        if mode & os.W_OK:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return True
+
+    @_answers
+    async def statfs(self, ctx):
+        async with self._statfs_lock:
+            if self._statfs is None:
+                self._statfs = await trio.to_thread.run_sync(self._compute_statfs)
+        return self._statfs
+
+    def _compute_statfs(self) -> pyfuse3.StatvfsData:
+        seen: set[int] = set()
+        total = 0
+        for _, node in self._index.walk(ROOT_INO):
+            if node.ino not in seen:
+                seen.add(node.ino)
+                total += node.size
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = math.ceil(total / 4096)
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = self._index.entry_count
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = NAME_MAX
+        return s
+
+    # ------------------------------------------------------------ directories
+
+    @_answers
+    async def opendir(self, inode, ctx):
+        node = self._node(inode)
+        if isinstance(node, _Virtual) or node.type is not EntryType.DIR:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @_answers
+    async def readdir(self, fh, start_id, token):
+        for name, item, next_id in self._entries(fh, start_id):
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(item), next_id):
+                return
+
+    def _entries(self, ino: int, start: int) -> Iterator[tuple[str, Node | _Virtual, int]]:
+        """Children with stable offsets: the root's added names first, then
+        the index's children (whose own offsets are shifted past them)."""
+        extra = self._root_list if ino == ROOT_INO else []
+        for pos in range(start, len(extra)):
+            yield extra[pos], self._node(self._root_names[extra[pos]]), pos + 1
+        if ino == ROOT_INO and self._layers:
+            return
+        shift = len(extra)
+        for name, node, offset in self._index.readdir(ino, max(start - shift, 0)):
+            if node.type is EntryType.DIR:
+                self._parents[node.ino] = ino
+            yield name, node, offset + shift
+
+    @_answers
+    async def releasedir(self, fh):
+        pass
+
+    # ------------------------------------------------------------ files
+
+    @_answers
+    async def open(self, inode, flags, ctx):
+        if flags & _WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node = self._node(inode)
+        if isinstance(node, Node) and node.type is EntryType.DIR:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        fh = next(self._next_fh)
+        self._handles[fh] = node
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_answers
+    async def read(self, fh, off, size):
+        node = self._handles.get(fh)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if isinstance(node, _Virtual):
+            return node.content[off:off + size]
+        if node.type is not EntryType.FILE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        size = min(size, node.size - off)
+        if size <= 0:
+            return b""
+        return await self._read(node, off, size)
+
+    @_answers
+    async def release(self, fh):
+        self._handles.pop(fh, None)
+
+    # ------------------------------------------------------------ refused
+
+    setattr = _read_only(pyfuse3.Operations.setattr)
+    mknod = _read_only(pyfuse3.Operations.mknod)
+    mkdir = _read_only(pyfuse3.Operations.mkdir)
+    unlink = _read_only(pyfuse3.Operations.unlink)
+    rmdir = _read_only(pyfuse3.Operations.rmdir)
+    symlink = _read_only(pyfuse3.Operations.symlink)
+    rename = _read_only(pyfuse3.Operations.rename)
+    link = _read_only(pyfuse3.Operations.link)
+    create = _read_only(pyfuse3.Operations.create)
+    write = _read_only(pyfuse3.Operations.write)
+    setxattr = _read_only(pyfuse3.Operations.setxattr)
+    removexattr = _read_only(pyfuse3.Operations.removexattr)
+
+
+def _max_ino(index: MergedIndex) -> int:
+    """The highest inode of the index, found by probing: inodes are numbered
+    densely from the root, so a doubling search then a bisection suffices."""
+
+    def exists(ino: int) -> bool:
+        try:
+            index.getattr(ino)
+        except NotFound:
+            return False
+        return True
+
+    lo, hi = ROOT_INO, ROOT_INO * 2
+    while exists(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if exists(mid) else (lo, mid)
+    return lo

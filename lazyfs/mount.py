@@ -1,0 +1,425 @@
+"""Daemon life of a mount: checks, FUSE init, serving, signals, unmount.
+
+``mount()`` is what the CLI calls. Unless asked to stay in the foreground it
+double-forks *before* any trio loop or HTTP client exists (neither survives a
+fork), and the parent only returns once the child has proved the mount works
+by ``stat``-ing it through the kernel: a command that says "mounted" and
+leaves a dead mount behind is worse than one that fails.
+
+Each daemon leaves a small JSON state file (pid, reference, manifest digest,
+mountpoint, log path) under ``$XDG_RUNTIME_DIR/lazyfs`` or ``/run/lazyfs``;
+``/proc/mounts`` says what is mounted, the state file says who serves it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncContextManager, Callable
+
+import pyfuse3
+import trio
+
+from . import errors
+from .errors import LazyfsError, MountError
+
+log = logging.getLogger(__name__)
+
+FS_TYPE = "fuse.lazyfs"
+READ_AHEAD_KB = 1024
+READY_TIMEOUT = 15.0
+"""Seconds the first ``stat`` of a fresh mount may take before we call it dead."""
+STOP_GRACE = 2.0
+"""Seconds in-flight requests get to finish after SIGTERM before they are cancelled."""
+
+OpsFactory = Callable[[], AsyncContextManager[pyfuse3.Operations]]
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    foreground: bool = False
+    allow_other: bool = False
+    suid: bool = False
+    dev: bool = False
+    debug: bool = False
+    log_path: Path | None = None
+    """Where the daemon logs; by default beside its state file."""
+
+
+@dataclass(frozen=True)
+class Mounted:
+    mountpoint: str
+    pid: int
+    log_path: Path | None
+    """None in the foreground, where logging goes wherever the caller set it."""
+    state_path: Path
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    mountpoint: str
+    source: str
+    options: tuple[str, ...]
+    state: dict | None
+    """The daemon's state file, when its daemon is still alive."""
+
+
+# ---------------------------------------------------------------- state files
+
+
+def state_dir() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(runtime) / "lazyfs" if runtime else Path("/run/lazyfs")
+
+
+def state_path(mountpoint: str | os.PathLike) -> Path:
+    key = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
+    return state_dir() / f"mount-{key}.json"
+
+
+def read_state(mountpoint: str | os.PathLike) -> dict | None:
+    """The state of the daemon serving ``mountpoint``, if it is still running."""
+    try:
+        state = json.loads(state_path(mountpoint).read_text())
+    except (OSError, ValueError):
+        return None
+    pid = state.get("pid")
+    return state if isinstance(pid, int) and _alive(pid) else None
+
+
+def _write_state(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- /proc/mounts
+
+
+def _unescape(field: str) -> str:
+    """Undo the octal escapes /proc/mounts uses for space, tab, newline, backslash."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def _proc_mounts() -> list[tuple[str, str, str, tuple[str, ...]]]:
+    rows = []
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 4:
+                rows.append((_unescape(parts[0]), _unescape(parts[1]), parts[2],
+                              tuple(parts[3].split(","))))
+    return rows
+
+
+def list_mounts() -> list[MountInfo]:
+    """Every lazyfs mount the kernel knows of, with its daemon's state if alive."""
+    return [MountInfo(mp, source, opts, read_state(mp))
+            for source, mp, kind, opts in _proc_mounts() if kind == FS_TYPE]
+
+
+def _mounted_type(mountpoint: str) -> str | None:
+    found = None
+    for _, mp, kind, _ in _proc_mounts():
+        if mp == mountpoint:
+            found = kind
+    return found
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check_mountpoint(mountpoint: str | os.PathLike) -> str:
+    """The absolute mountpoint, or a ``MountError`` saying why it cannot be used."""
+    mp = os.path.abspath(mountpoint)
+    stale = MountError(f"mountpoint {mp} is a stale mount whose daemon is gone; "
+                       f"run `lazyfs umount {mp}` to clean it")
+    try:
+        os.stat(mp)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {mp} does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise stale from None
+        raise MountError(f"mountpoint {mp}: {e.strerror}") from None
+    if _mounted_type(mp) is not None or os.path.ismount(mp):
+        if _is_stale(mp):
+            raise stale
+        raise MountError(f"mountpoint {mp} is busy: something is already mounted there")
+    if not os.path.isdir(mp):
+        raise MountError(f"mountpoint {mp} is not a directory")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise MountError("/dev/fuse is missing or not usable: load the fuse module "
+                         "or run the container with --device /dev/fuse")
+    return mp
+
+
+def fuse_options(fsname: str, options: MountOptions) -> set[str]:
+    """Options for ``pyfuse3.init``. ``max_read`` is never passed: this
+    kernel accepts the mount with it and then fails FUSE_INIT."""
+    opts = {"ro", "default_permissions", "noatime", "subtype=lazyfs",
+            "fsname=" + fsname.replace(",", "_").replace("\\", "_")}
+    opts.add("suid" if options.suid else "nosuid")
+    opts.add("dev" if options.dev else "nodev")
+    if options.allow_other:
+        opts.add("allow_other")
+    if options.debug:
+        opts.add("debug")
+    return opts
+
+
+# ---------------------------------------------------------------- serving
+
+
+async def serve(ops: pyfuse3.Operations, mountpoint: str | os.PathLike, *, fsname: str,
+                options: MountOptions = MountOptions(), digest: str = "",
+                ready: Callable[[dict], None] | None = None) -> None:
+    """Mount ``ops`` at ``mountpoint`` and serve until unmounted or signalled.
+
+    ``ready`` is called with the state (also written to the state file) once
+    the mount has answered a ``stat`` through the kernel.
+    """
+    mp = check_mountpoint(mountpoint)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        try:
+            pyfuse3.init(ops, mp, fuse_options(fsname, options))
+        except RuntimeError as e:
+            raise MountError(f"cannot mount {mp}: {e} (FUSE refused the mount)") from None
+        spath = state_path(mp)
+        failed: list[LazyfsError] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                main = trio.CancelScope()
+                nursery.start_soon(_stop_on_signal, signals, main)
+                nursery.start_soon(_announce, mp, fsname, digest, options, spath, ready, failed)
+                with main:
+                    await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        finally:
+            with contextlib.suppress(OSError):
+                spath.unlink()
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", mp)
+        if failed:
+            raise failed[0]
+
+
+async def _stop_on_signal(signals, main: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.info("%s: unmounting", signal.Signals(signum).name)
+        if main.deadline == float("inf"):
+            pyfuse3.terminate()
+            main.deadline = trio.current_time() + STOP_GRACE
+        else:
+            main.cancel()
+
+
+async def _announce(mp: str, fsname: str, digest: str, options: MountOptions, spath: Path,
+                    ready: Callable[[dict], None] | None, failed: list) -> None:
+    """Prove the mount answers, tune it, then say so (state file, ``ready``);
+    on failure stop serving and leave the error in ``failed``."""
+    with trio.move_on_after(READY_TIMEOUT) as waited:
+        try:
+            st = await trio.to_thread.run_sync(os.stat, mp, abandon_on_cancel=True)
+        except OSError as e:
+            failed.append(MountError(f"mount at {mp} does not answer: {e.strerror}"))
+    if waited.cancelled_caught:
+        failed.append(MountError(f"mount at {mp} did not answer within {READY_TIMEOUT:.0f} s"))
+    if failed:
+        pyfuse3.terminate()
+        return
+    _raise_readahead(st.st_dev)
+    state = {"pid": os.getpid(), "reference": fsname, "digest": digest, "mountpoint": mp,
+             "log": str(options.log_path or ""), "started": time.time()}
+    _write_state(spath, state)
+    log.info("mounted %s at %s (pid %d)", fsname, mp, os.getpid())
+    if ready is not None:
+        ready(state)
+
+
+def _raise_readahead(dev: int) -> None:
+    """Bigger kernel readahead doubles sequential throughput; best effort."""
+    bdi = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(bdi, "w") as f:
+            f.write(str(READ_AHEAD_KB))
+    except OSError as e:
+        log.debug("cannot raise readahead via %s: %s", bdi, e)
+
+
+async def _serve_from(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptions,
+                      digest: str, ready: Callable[[dict], None] | None) -> None:
+    async with open_ops() as ops:
+        await serve(ops, mp, fsname=fsname, options=options, digest=digest, ready=ready)
+
+
+# ---------------------------------------------------------------- mount / umount
+
+
+def default_log_path(mountpoint: str | os.PathLike) -> Path:
+    return state_path(mountpoint).with_suffix(".log")
+
+
+def mount(open_ops: OpsFactory, mountpoint: str | os.PathLike, *, fsname: str,
+          options: MountOptions = MountOptions(), digest: str = "") -> Mounted:
+    """Mount and serve. ``open_ops`` makes the operations inside the daemon's
+    own trio loop (so its HTTP client and index handles belong to it).
+
+    In the foreground this returns once unmounted; otherwise once the daemon
+    serves, with its pid and log path. Errors before that are raised here,
+    whichever process met them.
+    """
+    mp = check_mountpoint(mountpoint)
+    if options.foreground:
+        trio.run(_serve_from, open_ops, mp, fsname, options, digest, None)
+        return Mounted(mp, os.getpid(), options.log_path, state_path(mp))
+    options = dataclasses.replace(options, log_path=Path(options.log_path or default_log_path(mp)))
+    return _daemonise(open_ops, mp, fsname, options, digest)
+
+
+def _daemonise(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptions,
+               digest: str) -> Mounted:
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    first = os.fork()
+    if first == 0:
+        os.close(read_end)
+        try:
+            os.setsid()
+            if os.fork() == 0:
+                os._exit(_daemon_main(open_ops, mp, fsname, options, digest, write_end))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(first, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read()
+    try:
+        answer = json.loads(report) if report else {}
+    except ValueError:
+        answer = {}
+    if answer.get("ok"):
+        return Mounted(mp, answer["pid"], options.log_path, state_path(mp))
+    if not answer:
+        raise MountError(f"the daemon for {mp} died before the mount was ready; "
+                         f"see {options.log_path}")
+    cls = getattr(errors, answer.get("error", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, LazyfsError)):
+        cls = MountError
+    raise cls(answer.get("message") or f"mount at {mp} failed; see {options.log_path}")
+
+
+def _daemon_main(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptions,
+                 digest: str, report_fd: int) -> int:
+    """The daemon: log to the log file, serve, report the outcome of start-up
+    through ``report_fd`` exactly once."""
+    reported = False
+
+    def report(answer: dict) -> None:
+        nonlocal reported
+        if not reported:
+            reported = True
+            with contextlib.suppress(OSError):
+                os.write(report_fd, json.dumps(answer).encode())
+                os.close(report_fd)
+
+    try:
+        os.chdir("/")
+        _log_to_file(options.log_path, options.debug)
+        trio.run(_serve_from, open_ops, mp, fsname, options, digest,
+                 lambda state: report({"ok": True, "pid": state["pid"]}))
+        return 0
+    except LazyfsError as e:
+        log.error("%s", e)
+        report({"error": type(e).__name__, "message": str(e)})
+        return e.exit_code
+    except BaseException as e:
+        log.exception("daemon failed")
+        report({"error": "MountError", "message": f"mount at {mp} failed: {e!r}; "
+                                                  f"see {options.log_path}"})
+        return MountError.exit_code
+    finally:
+        report({})
+        logging.shutdown()
+
+
+def _log_to_file(path: Path, debug: bool) -> None:
+    """Send logging and any stray output (fatal tracebacks, libfuse's own
+    messages) to ``path``; the daemon has no terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+    logging.basicConfig(stream=sys.stderr, force=True,
+                        level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+
+
+def umount(mountpoint: str | os.PathLike, lazy: bool = False, *, wait: float = 5.0) -> None:
+    """Unmount with ``fusermount3``; lazily when asked or when the daemon is
+    gone (a stale mount cannot be unmounted any other way). Waits up to
+    ``wait`` seconds for the daemon to exit."""
+    mp = os.path.abspath(mountpoint)
+    state = read_state(mp)
+    stale = _is_stale(mp)
+    if not stale and _mounted_type(mp) is None:
+        raise MountError(f"{mp} is not mounted")
+    args = ["fusermount3", "-uz" if lazy or stale else "-u", mp]
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise MountError(f"cannot unmount {mp}: fusermount3 failed ({e})") from None
+    if done.returncode != 0:
+        why = done.stderr.strip().rpartition(": ")[2] or f"exit {done.returncode}"
+        hint = "; files are open there (try --lazy)" if "busy" in why.lower() else ""
+        raise MountError(f"cannot unmount {mp}: {why}{hint}")
+    if state is not None:
+        deadline = time.monotonic() + wait
+        while _alive(state["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    if read_state(mp) is None:
+        with contextlib.suppress(OSError):
+            state_path(mp).unlink()
+
+
+def _is_stale(mp: str) -> bool:
+    """Whether a dead daemon left ``mp`` behind. ``statfs`` is asked because,
+    unlike ``stat``, the kernel never answers it from its attribute cache."""
+    try:
+        os.statvfs(mp)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
