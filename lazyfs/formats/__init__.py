@@ -19,6 +19,8 @@ __all__ = ["ContentReader", "LayerTable", "Piece", "build_table", "detect_format
 ESTARGZ_TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 ZSTD_CHUNKED_MANIFEST_POSITION = "io.github.containers.zstd-chunked.manifest-position"
 ZSTD_CHUNKED_MANIFEST_CHECKSUM = "io.github.containers.zstd-chunked.manifest-checksum"
+ZSTD_CHUNKED_LEGACY_CHECKSUM = "io.containers.zstd-chunked.manifest-checksum"
+"""The key stargz-snapshotter (ctr-remote) and containers/storage before 2022-11 write."""
 
 _MODULES = {
     "tar": "tar",
@@ -47,7 +49,8 @@ def detect_format(media_type: str, annotations: dict[str, str] | None) -> str:
     if media_type in _GZIP:
         return "estargz" if ESTARGZ_TOC_DIGEST in annotations else "gzip"
     if media_type in _ZSTD:
-        if ZSTD_CHUNKED_MANIFEST_CHECKSUM in annotations:
+        if ZSTD_CHUNKED_MANIFEST_CHECKSUM in annotations \
+                or ZSTD_CHUNKED_LEGACY_CHECKSUM in annotations:
             return "zstd:chunked"
         return "zstd"
     raise UnsupportedMediaType(f"unsupported layer media type {media_type!r}")
