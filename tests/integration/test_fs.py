@@ -36,6 +36,7 @@ BIG = random.Random(7).randbytes(6 * 1024 * 1024 + 12345)
 MANY = 1100
 """Over the index's readdir batch of 1024, and many kernel readdir buffers."""
 REFERENCE = "registry.test/lazy/image:1"
+EXTRA = ".lazyfs-info"
 
 
 def _add(tf: tarfile.TarFile, name: str, kind=tarfile.REGTYPE, data: bytes = b"", *,
@@ -71,6 +72,7 @@ def _layer0(path: Path) -> None:
         _add(tf, "data/empty", data=b"")
         _add(tf, "data/fail.bin", data=b"unreadable" * 100)
         _add(tf, "data/slow.bin", data=b"slow" * 100)
+        _add(tf, "data/crash.bin", data=b"crash" * 100)
         _add(tf, "data/link", tarfile.SYMTYPE, linkname="big.bin", mode=0o777)
         _add(tf, "data/abs", tarfile.SYMTYPE, linkname="/etc/hostname", mode=0o777)
         _add(tf, "data/hard1", data=b"shared inode\n", mode=0o640)
@@ -107,7 +109,7 @@ def _worth_reading(rel: Path) -> bool:
     """Every file but the ones whose reads fail or hang, and a sample of many/."""
     if rel.parts[0] == "many":
         return rel.name.endswith("7")
-    return rel.name not in ("fail.bin", "slow.bin")
+    return rel.name not in ("fail.bin", "crash.bin", "slow.bin")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,8 @@ def layers(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def fs(tmp_path_factory, layers):
     work = tmp_path_factory.mktemp("fs")
-    with mounted(work, layers, fail=["/data/fail.bin"], slow=["/data/slow.bin"]) as m:
+    with mounted(work, layers, fail=["/data/fail.bin"], crash=["/data/crash.bin"],
+                 slow=["/data/slow.bin"], extra={EXTRA: "virtual\n"}) as m:
         yield m
 
 
@@ -194,7 +197,7 @@ def test_tree_equals_gnu_tar_extraction_of_the_base_layer(fs, layers, tmp_path):
 def test_listdir_pages_through_big_directories(fs):
     assert sorted(os.listdir(fs.mountpoint)) == sorted(
         ["bin", "data", "dev", "etc", "home", "many", "new", "opq", "tmp", "xattr.txt",
-         "héllo wörld.txt"])
+         "héllo wörld.txt", EXTRA])
     assert os.listdir(fs.mountpoint / "many") == [f"f{i:04d}" for i in range(MANY)]
     with os.scandir(fs.mountpoint / "many") as it:
         inos = {e.name: e.inode() for e in it}
@@ -286,6 +289,26 @@ def test_failing_read_gives_eio_and_the_mount_keeps_serving(fs):
     assert (fs.mountpoint / "data/hard1").read_bytes() == b"shared inode\n"
     assert alive(fs.pid)
     assert "injected failure" in fs.log_text()
+
+
+def test_unexpected_error_in_a_read_is_logged_and_answered_with_eio(fs):
+    for _ in range(2):
+        with pytest.raises(OSError) as e:
+            (fs.mountpoint / "data/crash.bin").read_bytes()
+        assert e.value.errno == errno.EIO
+    assert alive(fs.pid)
+    assert "ZeroDivisionError: injected crash" in fs.log_text()
+    assert (fs.mountpoint / "data/hard2").read_bytes() == b"shared inode\n"
+
+
+def test_virtual_root_file(fs, index):
+    st = os.stat(fs.mountpoint / EXTRA)
+    assert stat.S_ISREG(st.st_mode) and st.st_size == len(b"virtual\n")
+    assert st.st_ino > max(n.ino for _, n in index.walk())
+    assert (fs.mountpoint / EXTRA).read_bytes() == b"virtual\n"
+    with pytest.raises(OSError) as e:
+        open(fs.mountpoint / EXTRA, "ab")
+    assert e.value.errno == errno.EROFS
 
 
 def test_writes_fail_with_erofs(fs):
@@ -413,7 +436,8 @@ def _tree(top: Path) -> dict:
                 item += (st.st_size, hashlib.sha256(content).hexdigest())
             elif stat.S_ISLNK(st.st_mode):
                 item += (os.readlink(p),)
-            out[str(p.relative_to(top))] = item
+            if name != EXTRA:
+                out[str(p.relative_to(top))] = item
     return out
 
 

@@ -5,7 +5,9 @@
     {"layers": [tar paths, bottom first], "index": path for the index,
      "mountpoint": dir, "reference": fsname, "digest": manifest digest,
      "layers_view": bool, "foreground": bool,
-     "fail": [image paths whose reads raise], "slow": [image paths whose reads hang]}
+     "fail": [image paths whose reads raise a LazyfsError],
+     "crash": [image paths whose reads raise something unexpected],
+     "slow": [image paths whose reads hang], "extra": {root file name: text}}
 
 Entries come from the stdlib ``tarfile`` (an independent parser), content is
 ``pread`` from the tar files: only ``lazyfs.fs``, ``lazyfs.mount`` and the
@@ -70,14 +72,17 @@ def build_index(spec: dict) -> MergedIndex:
 class TarContent:
     """The read callable: bytes straight from the layer tar files."""
 
-    def __init__(self, layers: list[str], fail: set[int], slow: set[int]):
+    def __init__(self, layers: list[str], inos: dict[str, set[int]]):
         self._layers = layers
-        self._fail = fail
-        self._slow = slow
+        self._fail = inos["fail"]
+        self._crash = inos["crash"]
+        self._slow = inos["slow"]
 
     async def __call__(self, node: Node, offset: int, size: int) -> bytes:
         if node.ino in self._fail:
             raise LayerFormatError(f"layer {node.layer}: injected failure reading inode {node.ino}")
+        if node.ino in self._crash:
+            raise ZeroDivisionError(f"injected crash reading inode {node.ino}")
         if node.ino in self._slow:
             await trio.sleep(60)
         layer, start, length = _LOC.unpack(node.data)
@@ -93,17 +98,17 @@ def _pread(path: str, offset: int, size: int) -> bytes:
         os.close(fd)
 
 
-def operations(spec: dict) -> contextlib.AbstractAsyncContextManager:
+def operations(spec: dict):
     @contextlib.asynccontextmanager
     async def open_ops():
         index = await trio.to_thread.run_sync(build_index, spec)
         try:
             inos = {key: {index.resolve(p, follow=False).ino for p in spec.get(key, [])}
-                    for key in ("fail", "slow")}
-            read = TarContent(spec["layers"], inos["fail"], inos["slow"])
-            extra = None
+                    for key in ("fail", "crash", "slow")}
+            read = TarContent(spec["layers"], inos)
+            extra = {name: text.encode() for name, text in spec.get("extra", {}).items()}
             if spec.get("layers_view"):
-                extra = {".lowerdir": lowerdir(index, spec["mountpoint"]).encode()}
+                extra[".lowerdir"] = lowerdir(index, spec["mountpoint"]).encode()
             yield LazyOperations(index, read, layers=bool(spec.get("layers_view")),
                                  extra_files=extra)
         finally:
