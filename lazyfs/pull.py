@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from .errors import DigestMismatch, LazyfsError, NotFound, RangeNotSupported, RegistryUnreachable, UsageError
-from .manifest import (Descriptor, Index, Manifest, Platform, image_platforms, parse_config,
+from .manifest import (Descriptor, ImageConfig, Index, Manifest, Platform, image_platforms, parse_config,
                        parse_manifest, select_platform)
 from .reference import Reference
+from .registry import RegistryClient, RegistryOptions
 from .store import ImageRecord, Store
 
 MAX_CONCURRENT_LAYERS = 4
@@ -54,7 +55,7 @@ class Resolved:
     ref: Reference
     index: Index | None
     manifest: Manifest
-    config: Any
+    config: ImageConfig
     platforms: tuple[Platform, ...]
 
     @property
@@ -85,19 +86,15 @@ class PullResult:
         return self.was_recorded and self.layers_fetched == 0
 
 
-def _registry_client(options):
-    from .registry import RegistryClient
-    return RegistryClient(options)
-
-
 def _as_resolved(ref: Reference, r) -> Resolved:
     """The registry's answer, named as the user named it (the client pins the digest)."""
     return Resolved(ref, r.index, r.manifest, r.config, tuple(r.platforms))
 
 
-async def resolve(ref: Reference, *, platform: Platform | None = None, options=None) -> Resolved:
+async def resolve(ref: Reference, *, platform: Platform | None = None,
+                  options: RegistryOptions | None = None) -> Resolved:
     ref = with_default_tag(ref)
-    async with _registry_client(options) as client:
+    async with RegistryClient(options) as client:
         return _as_resolved(ref, await client.resolve(ref, platform))
 
 
@@ -107,15 +104,16 @@ def with_default_tag(ref: Reference) -> Reference:
     return ref
 
 
-async def pull(ref: Reference, *, platform: Platform | None = None, options=None, store: Store,
-               progress: Progress | None = None, client=None) -> PullResult:
+async def pull(ref: Reference, *, platform: Platform | None = None,
+               options: RegistryOptions | None = None, store: Store,
+               progress: Progress | None = None, client: RegistryClient | None = None) -> PullResult:
     """Make ``ref`` present and verified in ``store`` (docker pull, without unpacking)."""
     if ref.is_local:
         raise UsageError(f"{ref} is a local image; pull takes a registry reference")
     ref = with_default_tag(ref)
     progress = progress or NoProgress()
     if client is None:
-        async with _registry_client(options) as c:
+        async with RegistryClient(options) as c:
             return await pull(ref, platform=platform, store=store, progress=progress, client=c)
     image = _as_resolved(ref, await client.resolve(ref, platform))
     async with store.lease():
@@ -129,12 +127,13 @@ async def pull(ref: Reference, *, platform: Platform | None = None, options=None
     return PullResult(ref, rec, len(fetched), sum(d.size for d in fetched), was_recorded)
 
 
-async def pull_all_tags(ref: Reference, *, platform: Platform | None = None, options=None,
-                        store: Store, progress: Progress | None = None) -> list[PullResult]:
+async def pull_all_tags(ref: Reference, *, platform: Platform | None = None,
+                        options: RegistryOptions | None = None, store: Store,
+                        progress: Progress | None = None) -> list[PullResult]:
     """``docker pull -a``: every tag of the repository, refused with a tag or digest."""
     if ref.tag is not None or ref.digest is not None:
         raise UsageError("tag can't be used with --all-tags/-a")
-    async with _registry_client(options) as client:
+    async with RegistryClient(options) as client:
         tags = await client.list_tags(ref)
         if not tags:
             raise NotFound(f"repository {ref.name} has no tags")
@@ -287,7 +286,8 @@ def _stored_document(store: Store, digest: str, media_type: str):
     return parse_manifest(raw, media_type, digest)
 
 
-async def resolve_for_inspect(ref: Reference, *, platform: Platform | None, options,
+async def resolve_for_inspect(ref: Reference, *, platform: Platform | None,
+                              options: RegistryOptions | None,
                               store: Store) -> Resolved:
     """Registry first; the store when the registry is unreachable and knows the image."""
     try:

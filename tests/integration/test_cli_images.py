@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -77,18 +78,14 @@ def test_render_table_plain_json_and_unknown_placeholder():
 # -- against the registry ---------------------------------------------------------------
 
 
-@pytest.fixture
-def pulled(registry, cache_dir):
-    """Two tags of one repository and a multi-platform image, pulled."""
+@pytest.fixture(scope="module")
+def pulled_once(registry, tmp_path_factory):
+    """Two tags of one repository and a multi-platform image, pulled into a template store."""
     repo = f"cli/app-{uuid.uuid4().hex[:8]}"
     with registry.client() as c:
         v1 = push_image(c, repo, "v1", [one_layer(), one_layer()],
                         config_extra={"created": "2020-05-06T07:08:09Z"})
-        v2 = push_image(c, repo, "v2", [one_layer()],
-                        config_extra={"config": {"Env": ["A=1"], "Entrypoint": ["/bin/app"], "Cmd": ["--serve"],
-                                                 "WorkingDir": "/srv", "User": "1000:1000",
-                                                 "Labels": {"org.example": "yes"}}},
-                        layer_annotations=[{"org.example.layer": "first"}])
+        v2 = push_image(c, repo, "v2", [one_layer()])
         amd = push_image(c, repo, None, [one_layer()], platform=("linux", "amd64"))
         arm = push_image(c, repo, None, [one_layer()], platform=("linux", "arm64"))
         att = push_image(c, repo, None, [b"{}"], layer_media_type="application/vnd.in-toto+json")
@@ -98,10 +95,19 @@ def pulled(registry, cache_dir):
             (att, {"os": "unknown", "architecture": "unknown"}),
         ])
     name = f"{registry.host}/{repo}"
+    template = tmp_path_factory.mktemp("pulled") / "cache"
     for tag in ("v1", "v2"):
-        lazyfs("pull", "-q", f"{name}:{tag}")
-    lazyfs("pull", "-q", "--platform", "linux/amd64", f"{name}:multi")
-    return name, {"v1": v1, "v2": v2, "multi": multi, "amd": amd, "arm": arm}
+        lazyfs("--cache-dir", str(template), "pull", "-q", f"{name}:{tag}")
+    lazyfs("--cache-dir", str(template), "pull", "-q", "--platform", "linux/amd64", f"{name}:multi")
+    return name, {"v1": v1, "v2": v2, "multi": multi, "amd": amd, "arm": arm}, template
+
+
+@pytest.fixture
+def pulled(pulled_once, cache_dir):
+    """A private copy of the template store, so tests may change it."""
+    name, images, template = pulled_once
+    shutil.copytree(template, cache_dir)
+    return name, images
 
 
 def test_images_default_quiet_digests_and_no_trunc(pulled):
