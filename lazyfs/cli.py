@@ -4,7 +4,8 @@ Every ``LazyfsError`` becomes one line on stderr and its class's exit code;
 nothing else is caught, so a traceback always means a bug.
 
 Adding a command is one ``cmd_*`` function plus one ``_add_*`` parser block
-registered in ``COMMANDS``.
+(built with ``add_command``, which brings the common options) listed in
+``COMMANDS``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
                    help="try this mirror before Docker Hub; repeatable")
     p.add_argument("--cache-dir", metavar="DIR", default=s, help="the local store (default: $LAZYFS_CACHE_DIR)")
     p.add_argument("--debug", action="store_true", default=s, help="log requests and decisions to stderr")
+
+
+def add_command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand parser that also takes the common options after its name."""
+    p = sub.add_parser(name, help=help, description=help)
+    add_common_options(p)
+    return p
 
 
 def opt(args: argparse.Namespace, name: str, default=None):
@@ -96,7 +104,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def _add_pull(sub) -> None:
-    p = sub.add_parser("pull", help="download an image into the local store, verified")
+    p = add_command(sub, "pull", "download an image into the local store, verified")
     p.add_argument("-a", "--all-tags", action="store_true", help="download every tag of the repository")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image's full reference")
     p.add_argument("ref", metavar="REF")
@@ -168,7 +176,7 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 def _add_images(sub) -> None:
-    p = sub.add_parser("images", help="list pulled images, like docker images")
+    p = add_command(sub, "images", "list pulled images, like docker images")
     p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     p.add_argument("--digests", action="store_true", help="show digests")
     p.add_argument("--no-trunc", action="store_true", help="do not truncate IDs")
@@ -335,7 +343,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _add_inspect(sub) -> None:
-    p = sub.add_parser("inspect", help="manifest, platforms, config and layers as JSON (no layer download)")
+    p = add_command(sub, "inspect", "manifest, platforms, config and layers as JSON (no layer download)")
     p.add_argument("ref", metavar="REF")
     p.set_defaults(func=cmd_inspect)
 
@@ -373,7 +381,7 @@ def _remove_one(store, text: str):
 
 
 def _add_rmi(sub) -> None:
-    p = sub.add_parser("rmi", help="forget images (by name:tag, name@digest or image ID)")
+    p = add_command(sub, "rmi", "forget images (by name:tag, name@digest or image ID)")
     p.add_argument("refs", metavar="REF", nargs="+")
     p.set_defaults(func=cmd_rmi)
 
@@ -389,7 +397,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _add_prune(sub) -> None:
-    p = sub.add_parser("prune", help="delete blobs and indexes no recorded image needs")
+    p = add_command(sub, "prune", "delete blobs and indexes no recorded image needs")
     p.add_argument("--all", action="store_true", help="forget every image first, emptying the store")
     p.set_defaults(func=cmd_prune)
 
@@ -404,14 +412,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lazyfs {__version__}")
     add_common_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    parent_add = sub.add_parser
-
-    def add_parser(name, **kw):
-        p = parent_add(name, **kw)
-        add_common_options(p)
-        return p
-
-    sub.add_parser = add_parser
     for add in COMMANDS:
         add(sub)
     return parser
