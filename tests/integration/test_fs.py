@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.errors import MountError
+from lazyfs.errors import MountError, UnsafeEntry
 from lazyfs.index import MergedIndex
 from lazyfs.mount import check_mountpoint, list_mounts, read_state, umount
 from tests.support.mounts import (alive, force_cleanup, is_mounted, mounted, run_runner,
@@ -147,6 +147,9 @@ def test_proc_mounts_show_type_source_and_options(fs, monkeypatch):
     assert mine.source == REFERENCE
     assert mine.state["pid"] == fs.pid and mine.state["digest"] == fs.spec["digest"]
     assert read_state(fs.mountpoint)["log"] == str(fs.log)
+    dev = os.stat(fs.mountpoint).st_dev
+    bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    assert bdi.read_text().strip() == "1024"
 
 
 def test_stat_of_every_path_equals_the_index(fs, index):
@@ -265,15 +268,27 @@ def test_contents_small_big_and_random_offsets(fs):
     assert (mp / "héllo wörld.txt").read_text() == "ünïcode\n"
     assert (mp / "data/empty").read_bytes() == b""
     assert (mp / "data/big.bin").read_bytes() == BIG
-    rng = random.Random(11)
-    fd = os.open(mp / "data/big.bin", os.O_RDONLY)
-    try:
-        for _ in range(200):
-            off = rng.randrange(len(BIG) + 10)
-            size = rng.choice([1, 511, 4096, 65536, 300_000])
-            assert os.pread(fd, size, off) == BIG[off:off + size], (off, size)
-    finally:
-        os.close(fd)
+    wrong = []
+
+    def random_reads(seed: int) -> None:
+        rng = random.Random(seed)
+        direct = seed % 2
+        fd = os.open(mp / "data/big.bin", os.O_RDONLY | (os.O_DIRECT if direct else 0))
+        try:
+            for _ in range(100):
+                off = rng.randrange(len(BIG) + 10) & (~4095 if direct else ~0)
+                size = rng.choice([4096, 65536, 294_912] if direct else [1, 511, 4096, 300_000])
+                if os.pread(fd, size, off) != BIG[off:off + size]:
+                    wrong.append((seed, off, size))
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=random_reads, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not wrong
 
 
 def test_dd_sequential_read(fs):
@@ -402,7 +417,10 @@ def test_killed_daemon_leaves_a_stale_mount_that_umount_cleans(tmp_path, layers,
             umount(m.mountpoint)
         again = start(tmp_path, layers)
         try:
-            assert (again.mountpoint / "etc/hostname").read_bytes() == b"top\n"
+            with open(again.mountpoint / "etc/hostname", "rb") as held:
+                with pytest.raises(MountError, match="busy.*--lazy"):
+                    umount(again.mountpoint)
+                assert held.read() == b"top\n"
             umount(again.mountpoint)
             wait_until(lambda: not alive(again.pid), 10, "the daemon to exit after umount")
             assert not is_mounted(again.mountpoint)
@@ -410,9 +428,29 @@ def test_killed_daemon_leaves_a_stale_mount_that_umount_cleans(tmp_path, layers,
             force_cleanup(again.mountpoint, [again.pid])
 
 
-def test_foreground_mount_stops_on_sigint(tmp_path, layers):
-    with mounted(tmp_path, layers, foreground=True) as m:
+def test_daemon_errors_reach_the_caller_with_their_exit_code(tmp_path):
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w", format=tarfile.PAX_FORMAT) as tf:
+        _add(tf, "../escape", data=b"x")
+    (tmp_path / "mnt").mkdir()
+    spec = write_spec(tmp_path, [bad], tmp_path / "mnt")
+    try:
+        done = run_runner(spec, runner_env(tmp_path / "run"))
+        assert done.returncode == UnsafeEntry.exit_code
+        assert "escapes the image root" in done.stderr
+        assert not is_mounted(tmp_path / "mnt")
+    finally:
+        force_cleanup(tmp_path / "mnt", [])
+
+
+def test_foreground_mount_with_suid_dev_allow_other_stops_on_sigint(tmp_path, layers):
+    opts = {"suid": True, "dev": True, "allow_other": True}
+    with mounted(tmp_path, layers, foreground=True, options=opts) as m:
         assert (m.mountpoint / "new/file.txt").read_bytes() == b"added on top\n"
+        (row,) = [line.split() for line in Path("/proc/mounts").read_text().splitlines()
+                  if line.split()[1] == str(m.mountpoint)]
+        shown = set(row[3].split(","))
+        assert "allow_other" in shown and not {"nosuid", "nodev"} & shown
         m.proc.send_signal(signal.SIGINT)
         assert m.proc.wait(15) == 0
         assert not is_mounted(m.mountpoint)
