@@ -17,9 +17,11 @@ Rules, per layer (bottom to top):
 * a later entry replaces an earlier one of any type at the same path, except
   that a directory over a directory keeps the children and takes the new
   attributes; within a layer the last duplicate wins.
-* hardlinks point at a path already in the tree (an earlier entry of the same
-  layer, or a lower one) and share its inode; replacing one name later leaves
-  the others intact.
+* hardlinks point at a non-directory already in the tree (an earlier entry of
+  the same layer, or a lower one) and share its inode; replacing one name
+  later leaves the others intact. A link to a missing path, to a directory or
+  to itself, and an entry below a non-directory, are ``UnsafeEntry`` (umoci
+  and containerd fail on them too).
 * whiteouts (``.wh.NAME``) and opaque markers (``.wh..wh..opq``) remove only
   what lower layers made: whatever this layer itself created, or created
   something beneath, survives whether it comes before or after the marker in
@@ -66,6 +68,9 @@ _READDIR_BATCH = 1024
 
 @dataclass(frozen=True, slots=True)
 class Node:
+    """One inode as FUSE needs it; ``mode`` is permission bits only (the file
+    type is ``type``) and ``data`` the locator of the layer format."""
+
     ino: int
     type: EntryType
     mode: int
@@ -77,7 +82,8 @@ class Node:
     rdev: int
     linkname: str
     layer: int
-    """Index of the layer whose entry made this node (-1: the root no layer set)."""
+    """The layer whose entry made this node (or implied it); -1 for a root no
+    layer has an entry for."""
     data: bytes
     has_xattrs: bool
 

@@ -9,6 +9,7 @@ xattrs, device numbers, file mtimes), or both must refuse the stack.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from lazyfs.entry import Entry, EntryType
 from lazyfs.errors import UnsafeEntry
 from lazyfs.index import ROOT_INO, MergedIndex
+from tests.support.images import gzip_bytes
 from tests.support.ocilayout import tar_from_entries, write_oci_layout
 
 T = EntryType
@@ -193,6 +195,23 @@ AWKWARD = {
 @pytest.mark.parametrize("layers", AWKWARD.values(), ids=AWKWARD.keys())
 def test_awkward_stacks_match_umoci(tmp_path, layers):
     assert_same_as_umoci(layers, tmp_path / "case")
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+def test_layout_holds_several_tags_and_skopeo_reads_it(tmp_path):
+    gz = gzip_bytes(tar_from_entries([F("a", b"x")]))
+    one = write_oci_layout(tmp_path / "oci", [gz, tar_from_entries([D("b")])], tag="one")
+    two = write_oci_layout(tmp_path / "oci", [tar_from_entries([F("z", b"z")])], tag="two")
+    again = write_oci_layout(tmp_path / "oci", [gz], tag="one")
+    assert again.manifest_digest != one.manifest_digest
+    for layout, count in ((again, 1), (two, 1)):
+        out = subprocess.run(["skopeo", "inspect", f"oci:{layout.ref}"], capture_output=True,
+                             text=True, check=True).stdout
+        assert json.loads(out)["Layers"] == layout.layer_digests and len(layout.layer_digests) == count
+    # copy re-reads and verifies every blob against its digest
+    subprocess.run(["skopeo", "copy", "-q", f"oci:{two.ref}", f"dir:{tmp_path / 'copy'}"],
+                   check=True, capture_output=True)
+    assert (tmp_path / "copy" / two.layer_digests[0].split(":")[1]).exists()
 
 
 def test_root_entry_attributes_match_umoci(tmp_path):
