@@ -523,6 +523,19 @@ def export_layout(out: Path, variants: list[str], fmt: str) -> None:
     index_path.write_text(json.dumps(index, separators=(",", ":")))
 
 
+def push_tag(variant: str, fmt: str) -> str:
+    return variant if fmt == "gzip" else f"{variant}-{fmt}"
+
+
+def _push_one(target: str, variant: str, fmt: str) -> str:
+    host, _, repo = target.partition("/")
+    if not repo:
+        raise ImageBuildError(f"--push wants HOST/REPO, got {target!r}")
+    tag = push_tag(variant, fmt)
+    digest = push_layout(layout_dir(variant, fmt), host, repo, tag)
+    return f"pushed {host}/{repo}:{tag}@{digest}"
+
+
 def describe(variant: str, fmt: str) -> str:
     layout = layout_dir(variant, fmt)
     sizes = [i.size for i in layer_infos(layout, variant)]
@@ -543,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="layer format(s) to build (default gzip; repeatable)")
     p.add_argument("--out", type=Path, help="also write an OCI layout here with the "
                    "variants as tags (the first --format)")
+    p.add_argument("--push", metavar="HOST/REPO", help="also push to this plain-HTTP "
+                   "registry repository, as tag VARIANT (gzip) or VARIANT-FORMAT")
     args = p.parse_args(argv)
     fmts = list(FORMATS) if "all" in (args.format or []) else (args.format or ["gzip"])
     variants = ["bookworm", "bookworm-python"] if args.python else ["bookworm"]
@@ -554,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
                     ensure_layout(variant, fmt)
             if args.out:
                 export_layout(args.out.resolve(), variants, fmts[0])
+            pushed = [_push_one(args.push, v, f) for v in variants for f in fmts
+                      if args.push]
     except ImageBuildError as e:
         print(f"build-debian-image: {e}", file=sys.stderr)
         return 1
@@ -562,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(variant, fmt))
     if args.out:
         print(f"layout {args.out} tags: {', '.join(variants)}")
+    for line in pushed:
+        print(line)
     log(f"done in {time.monotonic() - started:.1f}s")
     return 0
 
