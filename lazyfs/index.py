@@ -475,7 +475,9 @@ class _Tree:
                     nodes.pop()
                 continue
             here = nodes[-1]
-            node = here.children.get(part) if here is not None and here.children is not None else None
+            node = None
+            if here is not None and here.children is not None:
+                node = here.children.get(part)
             if node is not None and node.type is EntryType.SYMLINK:
                 hops += 1
                 if hops > 255:
@@ -628,7 +630,8 @@ def _write(path: Path, root: _Node, views: list[tuple[str, _Node]]) -> None:
 
 
 def _write_db(path: Path, rows, dirents, xattr_rows, roots, entry_count: int) -> None:
-    schema, _, indexes = resources.files("lazyfs").joinpath("index.sql").read_text().partition("-- @indexes\n")
+    sql = resources.files("lazyfs").joinpath("index.sql").read_text()
+    schema, _, indexes = sql.partition("-- @indexes\n")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".sqlite", dir=path.parent)

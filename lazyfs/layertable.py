@@ -87,7 +87,8 @@ def _encode(table: LayerTable) -> bytes:
     head = json.dumps({"format": table.format, "lazy": table.lazy, "reason": table.reason,
                        "count": len(entries)}).encode()
     datas = list(map(attrgetter("data"), entries))
-    sections = [head, table.state, bytes(map(_TYPE_CODE.__getitem__, map(attrgetter("type"), entries)))]
+    types = bytes(map(_TYPE_CODE.__getitem__, map(attrgetter("type"), entries)))
+    sections = [head, table.state, types]
     for field in _STR_FIELDS:
         sections.append(_join(map(attrgetter(field), entries)))
     for field in _INT_FIELDS:

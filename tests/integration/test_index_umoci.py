@@ -178,7 +178,8 @@ AWKWARD = {
         [W("a"), D("a", 0o750), F("a/new", b"n"), D("b", 0o751), F("b/new", b"n"), W("b")],
     ],
     "devices, owners, modes, xattrs, root entry": [
-        [D("./", 0o750, uid=0), Entry("dev/null", T.CHAR, 0o666, devmajor=1, devminor=3, mtime_ns=MTIME),
+        [D("./", 0o750, uid=0),
+         Entry("dev/null", T.CHAR, 0o666, devmajor=1, devminor=3, mtime_ns=MTIME),
          Entry("dev/sda1", T.BLOCK, 0o660, gid=6, devmajor=8, devminor=1, mtime_ns=MTIME),
          Entry("run/fifo", T.FIFO, 0o600, uid=33, mtime_ns=MTIME),
          F("usr/bin/sudo", b"s", mode=0o4755), D("tmp", 0o1777),
@@ -207,7 +208,8 @@ def test_layout_holds_several_tags_and_skopeo_reads_it(tmp_path):
     for layout, count in ((again, 1), (two, 1)):
         out = subprocess.run(["skopeo", "inspect", f"oci:{layout.ref}"], capture_output=True,
                              text=True, check=True).stdout
-        assert json.loads(out)["Layers"] == layout.layer_digests and len(layout.layer_digests) == count
+        assert json.loads(out)["Layers"] == layout.layer_digests
+        assert len(layout.layer_digests) == count
     # copy re-reads and verifies every blob against its digest
     subprocess.run(["skopeo", "copy", "-q", f"oci:{two.ref}", f"dir:{tmp_path / 'copy'}"],
                    check=True, capture_output=True)
@@ -242,7 +244,8 @@ stacks = st.lists(st.lists(entries, min_size=1, max_size=6), min_size=1, max_siz
 
 
 @pytest.mark.slow
-@settings(max_examples=int(os.environ.get("LAZYFS_UMOCI_EXAMPLES", "60")), deadline=None, database=None,
+@settings(max_examples=int(os.environ.get("LAZYFS_UMOCI_EXAMPLES", "60")), deadline=None,
+          database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(stacks)
 def test_generated_stacks_match_umoci(tmp_path_factory, layers):

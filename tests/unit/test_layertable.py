@@ -57,7 +57,8 @@ def test_save_replaces_and_leaves_no_temp_files(tmp_path):
     lambda b: b[:-100] + bytes([b[-100] ^ 1]) + b[-99:],
     lambda b: b[:9] + bytes([b[9] ^ 0x80]) + b[10:],
     lambda b: b"SQLite format 3\0" + b[16:],
-], ids=["half", "last-byte", "header-only", "empty", "bit-flip-payload", "bit-flip-digest", "foreign"])
+], ids=["half", "last-byte", "header-only", "empty", "bit-flip-payload", "bit-flip-digest",
+        "foreign"])
 def test_damaged_files_are_cache_errors(tmp_path, damage):
     path = tmp_path / "t"
     save_layer_table(path, sample())
