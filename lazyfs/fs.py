@@ -16,6 +16,7 @@ worker thread. Only ``statfs`` walks the tree, and it does so in a thread.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -24,13 +25,14 @@ import math
 import os
 import stat
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pyfuse3
 import trio
 
 from .entry import EntryType
 from .errors import LazyfsError, NotFound
+from .image import open_image_async
 from .index import ROOT_INO, MergedIndex, Node
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,22 @@ def lowerdir(index: MergedIndex, mountpoint: str | os.PathLike) -> str:
     return ":".join(os.path.join(top, name) for name, _ in reversed(index.layer_roots))
 
 
+def image_operations(ref: str, mountpoint: str | os.PathLike, *, layers: bool = False,
+                     open_options=None, store=None):
+    """A factory for ``mount.mount``: opens the image inside the daemon (its
+    registry client must be born in the daemon's own trio loop) and serves it."""
+
+    @contextlib.asynccontextmanager
+    async def open_ops() -> AsyncIterator[LazyOperations]:
+        async with open_image_async(ref, open_options, store) as image:
+            extra = {".lowerdir": lowerdir(image.index, mountpoint).encode()} if layers else None
+            ops = LazyOperations(image.index, image.read, layers=layers, extra_files=extra)
+            ops.digest = image.digest
+            yield ops
+
+    return open_ops
+
+
 class LazyOperations(pyfuse3.Operations):
     """The image as a read-only filesystem.
 
@@ -113,6 +131,8 @@ class LazyOperations(pyfuse3.Operations):
 
     supports_dot_lookup = True
     enable_writeback_cache = False
+    digest = ""
+    """The manifest digest served, for the daemon's state file."""
 
     def __init__(self, index: MergedIndex, read: ReadFn, *, layers: bool = False,
                  extra_files: dict[str, bytes] | None = None):

@@ -219,7 +219,8 @@ async def serve(ops: pyfuse3.Operations, mountpoint: str | os.PathLike, *, fsnam
             async with trio.open_nursery() as nursery:
                 main = trio.CancelScope()
                 nursery.start_soon(_stop_on_signal, signals, main)
-                nursery.start_soon(_announce, mp, fsname, digest, options, spath, ready, failed)
+                nursery.start_soon(_announce, mp, fsname, digest or getattr(ops, "digest", ""),
+                                   options, spath, ready, failed)
                 with main:
                     await pyfuse3.main()
                 nursery.cancel_scope.cancel()

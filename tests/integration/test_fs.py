@@ -26,6 +26,7 @@ import pytest
 from lazyfs.errors import MountError, UnsafeEntry
 from lazyfs.index import MergedIndex
 from lazyfs.mount import check_mountpoint, list_mounts, read_state, umount
+from tests.support.images import gzip_bytes, push_image, sha256
 from tests.support.mounts import (alive, force_cleanup, is_mounted, mounted, run_runner,
                                   runner_env, start, wait_until, write_spec)
 
@@ -489,6 +490,38 @@ def test_layers_view_stacked_by_overlayfs_equals_the_merged_view(fs, tmp_path, l
         assert stat.S_ISCHR(wh.st_mode) and wh.st_rdev == 0
         assert os.getxattr(m.mountpoint / "1-layer/opq", "trusted.overlay.opaque") == b"y"
         assert os.stat(m.mountpoint / "1-layer/..").st_ino == 1
+        merged = tmp_path / "overlay"
+        merged.mkdir()
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lower}",
+                        str(merged)], check=True, capture_output=True)
+        try:
+            assert _tree(merged) == _tree(fs.mountpoint)
+        finally:
+            subprocess.run(["umount", "-l", str(merged)], check=True)
+
+
+# ---------------------------------------------------------------- from a registry
+
+
+def test_image_from_the_registry_mounts_as_the_same_tree(fs, registry, layers, tmp_path):
+    """The whole stack (registry, formats, reader, index, FUSE) shows what the
+    local-tar harness shows, merged and stacked from its per-layer view."""
+    blobs = [gzip_bytes(p.read_bytes()) for p in layers]
+    with registry.client() as client:
+        pushed = push_image(client, "fs/e2e", "v1", blobs)
+    ref = f"{registry.host}/fs/e2e:v1"
+    with mounted(tmp_path / "merged", [], image=ref, reference=ref, digest="") as m:
+        rows = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+        assert [r[0] for r in rows if r[1] == str(m.mountpoint)] == [ref]
+        state = json.loads(next(Path(m.env["XDG_RUNTIME_DIR"], "lazyfs").glob("*.json")).read_text())
+        assert state["digest"] == pushed.digest and state["pid"] == m.pid
+        assert (m.mountpoint / "data/big.bin").read_bytes() == BIG
+        assert _tree(m.mountpoint) == _tree(fs.mountpoint)
+    with mounted(tmp_path / "layers", [], image=ref, reference=ref, layers_view=True) as m:
+        names = [f"{i}-{sha256(b).partition(':')[2][:12]}" for i, b in enumerate(blobs)]
+        assert sorted(os.listdir(m.mountpoint)) == sorted(names + [".lowerdir"])
+        lower = (m.mountpoint / ".lowerdir").read_text()
+        assert lower == ":".join(str(m.mountpoint / n) for n in reversed(names))
         merged = tmp_path / "overlay"
         merged.mkdir()
         subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lower}",

@@ -3,6 +3,7 @@
 ``python -m tests.support.fsrunner SPEC.json`` where the spec says::
 
     {"layers": [tar paths, bottom first], "index": path for the index,
+     "image": a reference to mount instead of the layers (through ``open_image``),
      "mountpoint": dir, "reference": fsname, "digest": manifest digest,
      "layers_view": bool, "foreground": bool,
      "fail": [image paths whose reads raise a LazyfsError],
@@ -30,7 +31,7 @@ import trio
 
 from lazyfs.entry import Entry, EntryType
 from lazyfs.errors import LayerFormatError, LazyfsError
-from lazyfs.fs import LazyOperations, lowerdir
+from lazyfs.fs import LazyOperations, image_operations, lowerdir
 from lazyfs.index import MergedIndex, Node
 from lazyfs.mount import MountOptions, mount
 
@@ -99,6 +100,9 @@ def _pread(path: str, offset: int, size: int) -> bytes:
 
 
 def operations(spec: dict):
+    if "image" in spec:
+        return image_operations(spec["image"], spec["mountpoint"],
+                                layers=bool(spec.get("layers_view")))
     @contextlib.asynccontextmanager
     async def open_ops():
         index = await trio.to_thread.run_sync(build_index, spec)

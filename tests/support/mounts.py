@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -29,8 +29,8 @@ class RunningMount:
     pid: int
     log: Path | None
     spec: dict
-    env: dict
-    proc: subprocess.Popen | None = None
+    env: dict = field(repr=False)
+    proc: subprocess.Popen | None = field(default=None, repr=False)
     """The foreground runner, when there is one."""
 
     def log_text(self) -> str:
@@ -41,8 +41,9 @@ class RunningMount:
 
 
 def runner_env(runtime_dir: Path) -> dict:
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime_dir), PYTHONPATH=str(REPO))
-    return env
+    """Private state, log and cache folders beside ``runtime_dir``."""
+    return dict(os.environ, XDG_RUNTIME_DIR=str(runtime_dir), PYTHONPATH=str(REPO),
+                LAZYFS_CACHE_DIR=str(runtime_dir.parent / "cache"))
 
 
 def write_spec(work: Path, layers: list[Path], mountpoint: Path, **extra) -> Path:
