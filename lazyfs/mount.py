@@ -322,18 +322,24 @@ def _daemonise(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptions
             os._exit(0)
     os.close(write_end)
     os.waitpid(first, 0)
+    answer, pid = {}, None
     with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read()
-    try:
-        answer = json.loads(report) if report else {}
-    except ValueError:
-        answer = {}
+        try:
+            for line in pipe:
+                with contextlib.suppress(ValueError):
+                    answer = json.loads(line)
+                pid = answer.get("pid", pid)
+        except KeyboardInterrupt:
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+            raise
     if answer.get("ok"):
-        return Mounted(mp, answer["pid"], options.log_path, state_path(mp))
-    if not answer:
+        return Mounted(mp, pid, options.log_path, state_path(mp))
+    if "error" not in answer:
         raise MountError(f"the daemon for {mp} died before the mount was ready; "
                          f"see {options.log_path}")
-    cls = getattr(errors, answer.get("error", ""), None)
+    cls = getattr(errors, answer["error"], None)
     if not (isinstance(cls, type) and issubclass(cls, LazyfsError)):
         cls = MountError
     raise cls(answer.get("message") or f"mount at {mp} failed; see {options.log_path}")
@@ -341,8 +347,8 @@ def _daemonise(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptions
 
 def _daemon_main(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptions,
                  digest: str, report_fd: int) -> int:
-    """The daemon: log to the log file, serve, report the outcome of start-up
-    through ``report_fd`` exactly once."""
+    """The daemon: log to the log file, serve, report through ``report_fd``
+    its pid at once and the outcome of start-up exactly once (JSON lines)."""
     reported = False
 
     def report(answer: dict) -> None:
@@ -350,14 +356,17 @@ def _daemon_main(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptio
         if not reported:
             reported = True
             with contextlib.suppress(OSError):
-                os.write(report_fd, json.dumps(answer).encode())
+                os.write(report_fd, json.dumps(answer).encode() + b"\n")
                 os.close(report_fd)
+
+    with contextlib.suppress(OSError):
+        os.write(report_fd, json.dumps({"pid": os.getpid()}).encode() + b"\n")
 
     try:
         os.chdir("/")
         _log_to_file(options.log_path, options.debug)
         trio.run(_serve_from, open_ops, mp, fsname, options, digest,
-                 lambda state: report({"ok": True, "pid": state["pid"]}))
+                 lambda state: report({"ok": True}))
         return 0
     except LazyfsError as e:
         log.error("%s", e)
@@ -395,9 +404,12 @@ def umount(mountpoint: str | os.PathLike, lazy: bool = False, *, wait: float = 5
     ``wait`` seconds for the daemon to exit."""
     mp = os.path.abspath(mountpoint)
     state = read_state(mp)
-    stale = _is_stale(mp)
-    if not stale and _mounted_type(mp) is None:
+    kind = _mounted_type(mp)
+    if kind is None:
         raise MountError(f"{mp} is not mounted")
+    if kind != FS_TYPE:
+        raise MountError(f"{mp} is not a lazyfs mount (it is {kind})")
+    stale = _is_stale(mp)
     args = ["fusermount3", "-uz" if lazy or stale else "-u", mp]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=30)

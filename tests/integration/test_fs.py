@@ -496,6 +496,8 @@ def test_layers_view_stacked_by_overlayfs_equals_the_merged_view(fs, tmp_path, l
                         str(merged)], check=True, capture_output=True)
         try:
             assert _tree(merged) == _tree(fs.mountpoint)
+            with pytest.raises(MountError, match="not a lazyfs mount .it is overlay"):
+                umount(merged)
         finally:
             subprocess.run(["umount", "-l", str(merged)], check=True)
 
