@@ -140,14 +140,18 @@ def check_digest(data: bytes, expected: str, what: str) -> None:
 
 # --- locators ---------------------------------------------------------------
 
-_CHUNK = struct.Struct("<QQQQ32sB")
-"""blob start, blob end, inner offset, size, sha256, kind: one chunk of a file."""
+_CHUNK = struct.Struct("<QQQQQ32sB")
+"""content offset, blob start, blob end, inner offset, size, sha256, kind:
+one chunk of a file. Fixed-size records, so a read finds its first chunk by
+bisection even in a file of many thousand chunks."""
 _PARAMS = struct.Struct("<QQ32sB")
 DATA, ZEROS = 0, 1
 
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
+    offset: int
+    """Offset of the chunk in the file's content."""
     start: int
     """Blob offset of the compressed stream holding the chunk."""
     end: int
@@ -160,25 +164,39 @@ class Chunk:
 
 
 def pack_chunks(chunks: Sequence[Chunk]) -> bytes:
-    return b"".join(_CHUNK.pack(c.start, c.end, c.inner, c.size, c.digest, c.kind) for c in chunks)
+    return b"".join(_CHUNK.pack(c.offset, c.start, c.end, c.inner, c.size, c.digest, c.kind)
+                    for c in chunks)
 
 
 def unpack_chunks(data: bytes) -> list[Chunk]:
+    _check_locator(data)
+    return [Chunk(*t) for t in _CHUNK.iter_unpack(data)]
+
+
+def _check_locator(data: bytes) -> None:
     if len(data) % _CHUNK.size:
         raise LayerFormatError(f"chunk locator of {len(data)} bytes is corrupt")
-    return [Chunk(*t) for t in _CHUNK.iter_unpack(data)]
 
 
 def plan(data: bytes, offset: int, size: int, codec: Callable[[Chunk], str]) -> list[Piece]:
     """Pieces for ``[offset, offset + size)`` of a file made of ``data``'s chunks."""
-    out, pos, stop = [], 0, offset + size
-    for c in unpack_chunks(data):
-        if pos >= stop:
+    _check_locator(data)
+    count = len(data) // _CHUNK.size
+    lo, hi = 0, count
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _CHUNK.unpack_from(data, mid * _CHUNK.size)[0] <= offset:
+            lo = mid
+        else:
+            hi = mid
+    out, stop = [], offset + size
+    for i in range(lo, count if size > 0 else 0):
+        c = Chunk(*_CHUNK.unpack_from(data, i * _CHUNK.size))
+        if c.offset >= stop:
             break
-        if pos + c.size > offset and size > 0:
+        if c.offset + c.size > offset:
             out.append(Piece(c.start, c.end, codec(c), _PARAMS.pack(c.inner, c.size, c.digest, c.kind),
-                             0, c.size, pos))
-        pos += c.size
+                             0, c.size, c.offset))
     return out
 
 
@@ -340,7 +358,7 @@ def _locate(files: list[_File], layer: str, data_end: int, end_offsets: bool) ->
             kind = ZEROS if c.get("chunkType") == "zeros" else DATA
             if c.get("chunkType") not in (None, "", "zeros"):
                 raise LayerFormatError(f"{what}: unknown chunkType {c.get('chunkType')!r}")
-            chunks.append(Chunk(start, end, inner, csize, _digest_bytes(digest, what), kind))
+            chunks.append(Chunk(pos, start, end, inner, csize, _digest_bytes(digest, what), kind))
             members.setdefault(start, []).append((inner, csize, f.entry.name))
             pos += csize
         if pos != f.entry.size:

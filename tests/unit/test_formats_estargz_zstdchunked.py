@@ -644,3 +644,21 @@ async def test_live_ctr_remote_conversion(tmp_path):
     for e in table.entries:
         if e.type is EntryType.FILE:
             assert await read_content(reader, blob, e.data, 0, e.size) == want[_norm(e.name)][1]
+
+
+def test_plan_finds_chunks_by_bisection():
+    rnd = random.Random(3)
+    chunks, pos = [], 0
+    for i in range(5000):
+        size = rnd.randint(1, 100)
+        chunks.append(estargz.Chunk(pos, i * 10, i * 10 + 10, 0, size, bytes(32)))
+        pos += size
+    data = estargz.pack_chunks(chunks)
+    assert estargz.unpack_chunks(data) == chunks
+    for _ in range(300):
+        off, size = rnd.randrange(pos + 5), rnd.randint(0, 400)
+        want = [c.offset for c in chunks if size and c.offset < off + size and c.offset + c.size > off]
+        got = estargz.plan(data, off, size, lambda c: "gzip-member")
+        assert [p.content_offset for p in got] == want
+        assert [(p.start, p.length) for p in got] == [
+            (c.start, c.size) for c in chunks if c.offset in set(want)]
