@@ -177,7 +177,8 @@ def parse_manifest(raw: bytes, content_type: str, digest: str) -> Manifest | Ind
     doc = _load_object(raw, f"manifest {digest}")
     media_type = _media_type(doc, content_type.split(";")[0].strip().lower(), digest)
     if doc.get("schemaVersion", 2) != 2:
-        raise RegistryError(f"manifest {digest}: schemaVersion {doc.get('schemaVersion')!r} is not 2")
+        raise RegistryError(
+            f"manifest {digest}: schemaVersion {doc.get('schemaVersion')!r} is not 2")
     what = f"manifest {digest}"
     if media_type in INDEX_TYPES:
         entries = _list(doc, "manifests", what)
@@ -205,7 +206,8 @@ def _media_type(doc: dict, content_type: str, digest: str) -> str:
         raise RegistryError(f"manifest {digest}: 'mediaType' is not a string")
     if body_type:
         if body_type not in MANIFEST_TYPES + INDEX_TYPES:
-            raise UnsupportedMediaType(f"manifest {digest}: media type {body_type} is not supported")
+            raise UnsupportedMediaType(
+                f"manifest {digest}: media type {body_type} is not supported")
         return body_type
     if content_type in (OCI_MANIFEST, OCI_INDEX):
         return content_type
@@ -214,7 +216,8 @@ def _media_type(doc: dict, content_type: str, digest: str) -> str:
     if "config" in doc and "layers" in doc:
         return OCI_MANIFEST
     raise UnsupportedMediaType(
-        f"manifest {digest}: neither an image manifest nor an index (Content-Type {content_type or 'none'})")
+        f"manifest {digest}: neither an image manifest nor an index "
+        f"(Content-Type {content_type or 'none'})")
 
 
 def _descriptor(d: object, what: str) -> Descriptor:

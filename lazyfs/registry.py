@@ -90,7 +90,7 @@ class Endpoint:
 
 
 class RegistryClient:
-    """``async with RegistryClient(options) as client:`` — one connection pool for all registries."""
+    """``async with RegistryClient(options) as client:``, one connection pool for all registries."""
 
     def __init__(self, options: RegistryOptions | None = None) -> None:
         self.options = options or RegistryOptions()
@@ -145,7 +145,8 @@ class RegistryClient:
             raise DigestMismatch(f"manifest {digest}: {len(raw)} bytes, the index says {desc.size}")
         child = parse_manifest(raw, media_type or desc.media_type, digest)
         if not isinstance(child, Manifest):
-            raise UnsupportedMediaType(f"manifest {digest}: an index inside an index is not supported")
+            raise UnsupportedMediaType(
+                f"manifest {digest}: an index inside an index is not supported")
         return child
 
     async def get_manifest(self, ref: Reference) -> tuple[bytes, str, str]:
@@ -162,7 +163,7 @@ class RegistryClient:
         return await self._each_endpoint(ref, fetch)
 
     async def head_manifest(self, ref: Reference) -> Descriptor:
-        """Digest and type without the body; falls back to GET for registries that omit the digest."""
+        """Digest and type without the body; GET for registries that omit the digest."""
         what = _shown(ref)
 
         async def head(ep: Endpoint) -> Descriptor | None:
@@ -192,10 +193,12 @@ class RegistryClient:
             async with aclosing(_chunks(resp, chunk_size, ep)) as chunks:
                 yield chunks
 
-    async def read_blob(self, ref: Reference, desc: Descriptor, limit: int = MAX_CONFIG_SIZE) -> bytes:
+    async def read_blob(self, ref: Reference, desc: Descriptor,
+                        limit: int = MAX_CONFIG_SIZE) -> bytes:
         """A small blob (a config) in memory, verified."""
         if desc.size > limit:
-            raise RegistryError(f"blob {desc.digest}: {desc.size} bytes is too large to read into memory")
+            raise RegistryError(
+                f"blob {desc.digest}: {desc.size} bytes is too large to read into memory")
         hasher = _hasher(desc.digest)
         parts = []
         received = 0
@@ -210,7 +213,7 @@ class RegistryClient:
         return data
 
     async def download_blob(self, ref: Reference, desc: Descriptor, file: BinaryIO) -> None:
-        """Stream a blob into ``file``, hashing as it goes; raises before the caller can trust a bad file."""
+        """Stream a blob into ``file``, hashing as it goes, so a bad file is never trusted."""
         hasher = _hasher(desc.digest)
         written = 0
         async with self.get_blob_stream(ref, desc.digest) as chunks:
@@ -221,7 +224,7 @@ class RegistryClient:
         _check_blob(written, _digest_of(hasher), desc)
 
     async def get_range(self, ref: Reference, digest: str, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of a blob; a registry that ignores Range raises ``RangeNotSupported``."""
+        """Bytes ``[start, end)`` of a blob; ``RangeNotSupported`` if Range is ignored."""
         if not 0 <= start < end:
             raise RegistryError(f"blob {digest}: invalid range {start}-{end}")
         what = f"{ref.name}@{digest}"
@@ -273,7 +276,8 @@ class RegistryClient:
                               scope=scope) as resp:
             location = resp.headers.get("location")
             if not location:
-                raise RegistryError(f"registry {ep.host} started an upload for {what} without a Location")
+                raise RegistryError(
+                    f"registry {ep.host} started an upload for {what} without a Location")
             upload = resp.url.join(location).copy_merge_params({"digest": digest})
         async with self._open(ep, "PUT", str(upload), what, scope=scope, content=data,
                               headers={"Content-Type": "application/octet-stream"}):
@@ -295,13 +299,14 @@ class RegistryClient:
 
     async def get_referrers(self, ref: Reference, digest: str,
                             artifact_type: str | None = None) -> list[Descriptor]:
-        """Manifests whose subject is ``digest``; the ``<alg>-<hex>`` tag where the API is missing."""
+        """Manifests whose subject is ``digest``; the ``<alg>-<hex>`` tag without the API."""
         what = f"referrers of {ref.name}@{digest}"
         path = _path(ref, "referrers", digest)
         if artifact_type:
             path += "?" + str(httpx.QueryParams({"artifactType": artifact_type}))
         ep = self._upstream(ref)
-        async with self._open(ep, "GET", path, what, scope=_scope(ref), headers={"Accept": OCI_INDEX},
+        async with self._open(ep, "GET", path, what, scope=_scope(ref),
+                              headers={"Accept": OCI_INDEX},
                               ok=(200, 404)) as resp:
             body = await _read_limited(resp, MAX_MANIFEST_SIZE, what, ep)
             api = resp.status_code == 200 and _content_type(resp) == OCI_INDEX
@@ -368,7 +373,8 @@ class RegistryClient:
 
     async def _open_checked(self, ep: Endpoint, method: str, path: str, what: str, *,
                             scope: str, headers: dict[str, str] | None = None,
-                            content: bytes | None = None, ok: tuple[int, ...] = ()) -> httpx.Response:
+                            content: bytes | None = None,
+                            ok: tuple[int, ...] = ()) -> httpx.Response:
         """An open streaming response with an acceptable status, redirects followed."""
         base = await self._base(ep)
         url = httpx.URL(base).join(path)
@@ -468,7 +474,8 @@ class RegistryClient:
                     return
 
     async def _auth(self, host: str, scope: str) -> httpx.Auth | None:
-        """One auth per registry and scope; the ping's challenge lets the first request carry credentials."""
+        """One auth per registry and scope; the ping's challenge lets the first request
+        carry credentials."""
         key = (host, scope)
         if key not in self._auths:
             if self.options.auth is not None:
@@ -482,7 +489,8 @@ class RegistryClient:
 
 
 def most_useful_error(errors: list[tuple[Endpoint, LazyfsError]]) -> LazyfsError:
-    """The registry's own answer unless it was unreachable; then a mirror's answer over its silence."""
+    """The registry's own answer unless it was unreachable; then a mirror's answer
+    over its silence."""
     if not errors:
         return RegistryUnreachable("no registry endpoint left to try")
     upstream = errors[-1][1]
@@ -581,7 +589,8 @@ def _check_manifest_digest(resp: httpx.Response, raw: bytes, ref: Reference, wha
 
 def _check_not_longer(received: int, desc: Descriptor) -> None:
     if received > desc.size:
-        raise DigestMismatch(f"blob {desc.digest}: registry sent more than the {desc.size} bytes expected")
+        raise DigestMismatch(
+            f"blob {desc.digest}: registry sent more than the {desc.size} bytes expected")
 
 
 def _check_blob(received: int, got: str, desc: Descriptor) -> None:
