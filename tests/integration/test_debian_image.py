@@ -113,16 +113,15 @@ def test_zstd_layers_are_zstd(fmt):
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["gzip", "tar", "estargz"])
 def test_push_keeps_every_digest(registry, fmt):
-    layout = debian.debian_layout("bookworm", fmt)
-    digest = debian.push_layout(layout, registry.host, f"debian-{fmt}", "bookworm")
-    assert digest == debian.manifest_descriptor(layout, "bookworm")["digest"]
+    image = debian.debian_image(registry.host, "bookworm", fmt)
+    assert image.tag == ("bookworm" if fmt == "gzip" else f"bookworm-{fmt}")
+    assert image.digest == debian.manifest_descriptor(image.layout, "bookworm")["digest"]
     with registry.client() as c:
-        r = c.get(f"/v2/debian-{fmt}/manifests/bookworm",
-                  headers={"accept": debian.OCI_MANIFEST})
+        r = c.get(f"/v2/debian/manifests/{image.tag}", headers={"accept": debian.OCI_MANIFEST})
         r.raise_for_status()
-        assert r.headers["docker-content-digest"] == digest
-        for info in debian.layer_infos(layout, "bookworm"):
-            h = c.head(f"/v2/debian-{fmt}/blobs/{info.digest}")
+        assert r.headers["docker-content-digest"] == image.digest
+        for info in debian.layer_infos(image.layout, "bookworm"):
+            h = c.head(f"/v2/debian/blobs/{info.digest}")
             assert h.status_code == 200 and int(h.headers["content-length"]) == info.size
 
 

@@ -194,6 +194,7 @@ def cache_lock():
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
+        shutil.rmtree(root / "tmp", ignore_errors=True)  # left by a killed build
         yield
 
 
@@ -488,6 +489,33 @@ def push_layout(layout: Path, registry_host: str, repo: str, tag: str, *,
     return want
 
 
+@dataclass(frozen=True)
+class PushedImage:
+    host: str
+    repo: str
+    tag: str
+    digest: str
+    layout: Path
+
+    @property
+    def ref(self) -> str:
+        return f"{self.host}/{self.repo}:{self.tag}"
+
+
+def debian_image(registry_host: str, variant: str = "bookworm", fmt: str = "gzip",
+                 repo: str = "debian") -> PushedImage:
+    """Build (cached) and push one variant in one format; for session fixtures::
+
+        @pytest.fixture(scope="session")
+        def debian_estargz(registry):
+            return debian.debian_image(registry.host, fmt="estargz")
+    """
+    layout = debian_layout(variant, fmt)
+    tag = push_tag(variant, fmt)
+    return PushedImage(registry_host, repo, tag,
+                       push_layout(layout, registry_host, repo, tag), layout)
+
+
 def _default_tag(layout: Path, tag: str) -> str:
     """``tag`` itself, or the layout's only tag (cached layouts hold one)."""
     tags = tags_of(layout)
@@ -502,7 +530,8 @@ def tags_of(layout: Path) -> list[str]:
 # -- the command ----------------------------------------------------------------------
 
 def export_layout(out: Path, variants: list[str], fmt: str) -> None:
-    """One layout at ``out`` holding every variant as its own tag (blobs hard-linked)."""
+    """One layout at ``out`` holding every variant as its own tag (blobs hard-linked
+    where the file system allows)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     index_path = out / "index.json"
@@ -516,7 +545,7 @@ def export_layout(out: Path, variants: list[str], fmt: str) -> None:
                 dst.mkdir(parents=True, exist_ok=True)
             elif not dst.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                os.link(blob, dst)
+                _link_or_copy(blob, dst)
         desc = manifest_descriptor(src, variant)
         index["manifests"] = [d for d in index["manifests"]
                               if d.get("annotations", {}).get(REF_NAME) != variant] + [desc]
@@ -534,6 +563,13 @@ def _push_one(target: str, variant: str, fmt: str) -> str:
     tag = push_tag(variant, fmt)
     digest = push_layout(layout_dir(variant, fmt), host, repo, tag)
     return f"pushed {host}/{repo}:{tag}@{digest}"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
 
 
 def describe(variant: str, fmt: str) -> str:
