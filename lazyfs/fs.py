@@ -67,6 +67,19 @@ class _Virtual:
     is_dir: bool = False
 
 
+@dataclass(slots=True)
+class _Cursor:
+    """Where a listing of an open directory stands. The kernel asks for the
+    next page at the offset the last one ended; resuming the same iterator
+    then costs nothing, where a fresh query would skip every earlier entry."""
+
+    ino: int
+    offset: int = 0
+    items: Iterator | None = None
+    held: tuple | None = None
+    """An entry produced but not taken (the kernel's buffer was full)."""
+
+
 def _answers(fn):
     """Turn whatever a handler raises into the errno the caller sees."""
 
@@ -141,6 +154,7 @@ class LazyOperations(pyfuse3.Operations):
         self._layers = layers
         self._parents: dict[int, int] = {}
         self._handles: dict[int, Node | _Virtual] = {}
+        self._dirs: dict[int, _Cursor] = {}
         self._next_fh = itertools.count(1)
         self._statfs: pyfuse3.StatvfsData | None = None
         self._statfs_lock = trio.Lock()
@@ -299,13 +313,26 @@ class LazyOperations(pyfuse3.Operations):
         node = self._node(inode)
         if isinstance(node, _Virtual) or node.type is not EntryType.DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return inode
+        fh = next(self._next_fh)
+        self._dirs[fh] = _Cursor(inode)
+        return fh
 
     @_answers
     async def readdir(self, fh, start_id, token):
-        for name, item, next_id in self._entries(fh, start_id):
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(item), next_id):
+        cur = self._dirs.get(fh)
+        if cur is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if cur.items is None or cur.offset != start_id:
+            cur.items, cur.held, cur.offset = self._entries(cur.ino, start_id), None, start_id
+        while True:
+            entry, cur.held = cur.held or next(cur.items, None), None
+            if entry is None:
                 return
+            name, item, next_id = entry
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(item), next_id):
+                cur.held = entry
+                return
+            cur.offset = next_id
 
     def _entries(self, ino: int, start: int) -> Iterator[tuple[str, Node | _Virtual, int]]:
         """Children with stable offsets: the root's added names first, then
@@ -323,7 +350,7 @@ class LazyOperations(pyfuse3.Operations):
 
     @_answers
     async def releasedir(self, fh):
-        pass
+        self._dirs.pop(fh, None)
 
     # ------------------------------------------------------------ files
 

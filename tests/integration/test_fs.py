@@ -8,6 +8,7 @@ kernel's overlayfs stacking those layers.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import io
@@ -209,6 +210,42 @@ def test_listdir_pages_through_big_directories(fs):
     assert inos["f0777"] == os.stat(fs.mountpoint / "many/f0777").st_ino
     assert sorted(os.listdir(fs.mountpoint / "opq")) == ["c"]
     assert sorted(os.listdir(fs.mountpoint / "etc")) == ["hostname"]
+
+
+class _Dirent(ctypes.Structure):
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64),
+                ("d_reclen", ctypes.c_ushort), ("d_type", ctypes.c_ubyte),
+                ("d_name", ctypes.c_char * 256)]
+
+
+def test_directory_offsets_survive_seekdir(fs):
+    """``telldir``/``seekdir`` hand our offsets back: listing resumes there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.opendir.argtypes = [ctypes.c_char_p]
+    libc.readdir64.restype = ctypes.POINTER(_Dirent)
+    libc.readdir64.argtypes = [ctypes.c_void_p]
+    libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+    libc.closedir.argtypes = [ctypes.c_void_p]
+    d = libc.opendir(os.fsencode(fs.mountpoint / "many"))
+    assert d
+    try:
+        def next_entry():
+            p = libc.readdir64(d)
+            return (p.contents.d_name.decode(), p.contents.d_off) if p else None
+
+        entries = []
+        while (e := next_entry()) is not None:
+            entries.append(e)
+        names = [n for n, _ in entries if n not in (".", "..")]
+        assert names == [f"f{i:04d}" for i in range(MANY)]
+        entries.append(None)
+        for k in (1000, 3, len(entries) - 3, 500):
+            libc.seekdir(d, entries[k][1])
+            assert next_entry() == entries[k + 1]
+            assert next_entry() == entries[k + 2]
+    finally:
+        libc.closedir(d)
 
 
 def test_dot_and_dotdot(fs):
