@@ -30,8 +30,9 @@ from lazyfs.formats.estargz import footer_bytes, parse_time, unpack_chunks
 DATA = Path(__file__).resolve().parent.parent / "data"
 ESTARGZ = "estargz-ctr-remote"
 ZC_CTR = "zstdchunked-ctr-remote"
+ZC_SKOPEO = "zstdchunked-skopeo"
 ZC_STORAGE = "zstdchunked-storage"
-SAMPLES = [ESTARGZ, ZC_CTR, ZC_STORAGE]
+SAMPLES = [ESTARGZ, ZC_CTR, ZC_SKOPEO, ZC_STORAGE]
 FORMAT_META = {"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"}
 
 
@@ -88,7 +89,8 @@ def _blob_path(layout: Path, digest: str) -> Path:
 def _norm(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
-    return name.strip("/")
+    name = name.strip("/")
+    return "" if name == "." else name
 
 
 def oracle(sample: Sample) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
@@ -169,6 +171,18 @@ async def test_sample_covers_what_it_should():
     kinds = [c.kind for c in unpack_chunks(st["data/sparse"].data)]
     assert kinds == [estargz.DATA, estargz.ZEROS, estargz.DATA]
     assert len(unpack_chunks(st["usr/share/words.txt"].data)) > 10
+
+
+async def test_own_writer_chunks_like_skopeo():
+    """The containers/storage-style sample (our writer, today's layout) cuts
+    the same chunks with the same digests as skopeo's real writer."""
+    ours = (await _build(load(ZC_STORAGE)))[0].entries
+    real = (await _build(load(ZC_SKOPEO)))[0].entries
+    assert len(ours) == len(real)
+    for a, b in zip(ours, real):
+        assert dataclasses.replace(a, data=b"") == dataclasses.replace(b, data=b""), a.name
+        assert [(c.offset, c.size, c.digest, c.kind) for c in unpack_chunks(a.data)] == \
+            [(c.offset, c.size, c.digest, c.kind) for c in unpack_chunks(b.data)], a.name
 
 
 @pytest.mark.parametrize("name", SAMPLES)
@@ -283,7 +297,8 @@ def _flip(raw: bytes, at: int) -> bytes:
 async def test_flipped_byte_fails_only_its_chunk(name, tmp_path):
     sample = load(name)
     table, _ = await _build(sample)
-    target = _by_name(table.entries)["usr/share/words.txt" if name == ZC_STORAGE else "usr/bin/big"]
+    target = _by_name(table.entries)["usr/share/words.txt" if name in (ZC_SKOPEO, ZC_STORAGE)
+                                     else "usr/bin/big"]
     chunks = unpack_chunks(target.data)
     bad = chunks[2]
     path = tmp_path / "tampered"
