@@ -28,6 +28,9 @@ class BlobSource(Protocol):
     async def path(self) -> Path:
         """A local file holding the whole blob, verified against ``digest``."""
 
+    def local_path(self) -> Path | None:
+        """The verified local file, if ``path()`` has already made one."""
+
 
 class FileBlob:
     """A blob that already lies in a local file (store, OCI layout, tests)."""
@@ -37,6 +40,9 @@ class FileBlob:
         self.digest = digest
         self.size = os.path.getsize(self._path) if size is None else size
         self._verified = False
+
+    def local_path(self) -> Path | None:
+        return self._path if self._verified else None
 
     async def read_range(self, start: int, end: int) -> bytes:
         check_range(self, start, end)

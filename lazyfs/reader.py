@@ -19,7 +19,7 @@ from typing import Sequence
 
 import trio
 
-from .blob import BlobSource
+from .blob import BlobSource, _pread
 from .errors import DigestMismatch, LayerFormatError, LazyfsError
 from .formats import ContentReader, Piece, slice_piece
 
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 MERGE_GAP = 64 * 1024
 """Pieces closer than this in the blob are fetched in one request."""
+
+INLINE_DECODE = 64 * 1024
+"""Pieces smaller than this decode on the event loop: a worker-thread hop
+costs more than the work."""
 
 
 @dataclass
@@ -67,13 +71,13 @@ class ChunkCache:
         tag = hashlib.sha256(repr(piece.key).encode()).hexdigest()[:32]
         return self.root / algo / hexd[:2] / hexd / tag
 
-    def get(self, layer: str, piece: Piece) -> bytes | None:
+    def get(self, layer: str, piece: Piece, disk: bool = True) -> bytes | None:
         key = (layer, piece.key)
         data = self._mem.get(key)
         if data is not None:
             self._mem.move_to_end(key)
             return data
-        if self.root is None:
+        if self.root is None or not disk:
             return None
         try:
             data = self._path(layer, piece).read_bytes()
@@ -82,9 +86,9 @@ class ChunkCache:
         self._remember(key, data)
         return data
 
-    def put(self, layer: str, piece: Piece, data: bytes) -> None:
+    def put(self, layer: str, piece: Piece, data: bytes, disk: bool = True) -> None:
         self._remember((layer, piece.key), data)
-        if self.root is None:
+        if self.root is None or not disk:
             return
         path = self._path(layer, piece)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -115,6 +119,22 @@ class Reader:
         pieces = layer.content.pieces(data, offset, size)
         decoded = await self._decoded(layer, pieces)
         return b"".join(slice_piece(p, d, offset, size) for p, d in zip(pieces, decoded))
+
+    def read_local(self, layer_index: int, data: bytes, offset: int, size: int) -> bytes:
+        """The same read, blocking, for a layer whose blob is whole on local
+        disk (after ``fetch_all``): for bulk work in one worker thread."""
+        layer = self.layers[layer_index]
+        path = layer.blob.local_path()
+        if path is None:
+            raise LazyfsError(f"layer {layer.digest} is not on local disk")
+        out = []
+        for p in layer.content.pieces(data, offset, size):
+            decoded = self.cache.get(layer.digest, p, disk=False)
+            if decoded is None:
+                decoded = layer.content.decode(p, _pread(path, p.start, p.end - p.start))
+                self.cache.put(layer.digest, p, decoded, disk=False)
+            out.append(slice_piece(p, decoded, offset, size))
+        return b"".join(out)
 
     async def _decoded(self, layer: Layer, pieces: Sequence[Piece]) -> list[bytes]:
         out: list[bytes | None] = [self.cache.get(layer.digest, p) for p in pieces]
@@ -149,17 +169,28 @@ class Reader:
             layer.stats.bytes_fetched += len(raw)
             for p in group:
                 try:
-                    data = await trio.to_thread.run_sync(
-                        layer.content.decode, p, raw[p.start - start: p.end - start])
+                    data = await _decode(layer.content, p, raw[p.start - start: p.end - start])
                 except (DigestMismatch, LayerFormatError) as e:
                     layer.stats.verify_failures += 1
                     log.error("layer %s: %s", layer.digest, e)
                     raise
-                self.cache.put(layer.digest, p, data)
+                self.cache.put(layer.digest, p, data, disk=not _is_local(layer.blob))
         finally:
             for k, ev in events.items():
                 self._inflight.pop(k, None)
                 ev.set()
+
+
+async def _decode(content: ContentReader, piece: Piece, raw: bytes) -> bytes:
+    if len(raw) < INLINE_DECODE and piece.length < INLINE_DECODE:
+        return content.decode(piece, raw)
+    return await trio.to_thread.run_sync(content.decode, piece, raw)
+
+
+def _is_local(blob: BlobSource) -> bool:
+    """Whether the whole blob is on local disk already (then caching decoded
+    pieces on disk too would only double the space)."""
+    return blob.local_path() is not None
 
 
 def _groups(pieces: list[Piece]) -> list[list[Piece]]:

@@ -59,6 +59,9 @@ class RegistryBlob:
         self._full_pull = full_pull
         self._lock = trio.Lock()
 
+    def local_path(self) -> Path | None:
+        return self._store.blob_path(self.digest)
+
     async def read_range(self, start: int, end: int) -> bytes:
         check_range(self, start, end)
         if start == end:
@@ -178,9 +181,7 @@ class OCILayoutSource:
         config = parse_config(self._read(top.config.digest), top.config.digest)
         check_config(top, config)
         platforms = tuple(image_platforms(index)) if index is not None else ()
-        ref = self.ref.with_digest(index.digest if index is not None else top.digest) \
-            if self.ref.digest is None and hasattr(self.ref, "with_digest") else self.ref
-        return Resolved(ref, index, top, config, platforms)
+        return Resolved(self.ref, index, top, config, platforms)
 
     def blob(self, desc: Descriptor) -> BlobSource:
         return FileBlob(self._blob_path(desc.digest), desc.digest, desc.size)
@@ -206,6 +207,9 @@ class SliceBlob:
         check_range(self, start, end)
         return await trio.to_thread.run_sync(
             _pread, self._archive, self._member.offset + start, end - start)
+
+    def local_path(self) -> Path | None:
+        return self._store.blob_path(self.digest)
 
     async def path(self) -> Path:
         local = self._store.blob_path(self.digest)
