@@ -21,6 +21,7 @@ the same JSON (containers/storage adds ``endOffset`` and ``chunkType``).
 from __future__ import annotations
 
 import base64
+import calendar
 import hashlib
 import json
 import re
@@ -212,12 +213,13 @@ _RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+)
 
 def parse_time(text: str) -> int:
     """Nanoseconds since the epoch of an RFC 3339 time (Go's format, any
-    fraction); 0 for an empty or zero time."""
-    import calendar
+    fraction); 0 for Go's zero time (year 1), which means "unknown"."""
     m = _RFC3339.match(text)
     if not m:
         raise ValueError(text)
     y, mo, d, h, mi, s = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    if y <= 1:
+        return 0
     secs = calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
     if m.group(9):
         delta = int(m.group(10)) * 3600 + int(m.group(11)) * 60
