@@ -32,9 +32,11 @@ Rules, per layer (bottom to top):
 
 Per-layer views hold each layer's own tree with whiteouts as 0/0 character
 devices and opaque directories marked with ``trusted.overlay.opaque=y``, which
-is what overlayfs expects of a lower directory. A directory the layer both
-whites out and recreates is marked opaque, so overlayfs shows what the merged
-tree shows.
+is what overlayfs expects of a lower directory. A directory the layer
+recreates after whiting out or replacing it is marked opaque, and one it only implies carries the
+attributes of the directory below, so overlayfs shows what the merged tree
+shows (except below symlinked directories, which a view cannot express: there
+the view keeps the path as written in the tar).
 """
 
 from __future__ import annotations
@@ -352,6 +354,15 @@ def _implied_dir(layer: int) -> _Node:
     return _Node(EntryType.DIR, 0o755, layer=layer)
 
 
+def _copy_lower_dir(implied: _Node, lower: _Node | None) -> None:
+    """A directory a layer implies is the lower one left as it was; in a view
+    it must say so, or overlayfs would show the view's defaults instead."""
+    if lower is not None and lower.children is not None:
+        implied.mode, implied.uid, implied.gid = lower.mode, lower.uid, lower.gid
+        implied.mtime_ns = lower.mtime_ns
+        implied.xattrs = {k: v for k, v in lower.xattrs.items() if k != _OPAQUE_XATTR}
+
+
 def _is_whiteout_of(node: _Node, layer: int) -> bool:
     return node.type is EntryType.CHAR and node.rdev == 0 and node.layer == layer
 
@@ -364,6 +375,7 @@ class _Tree:
     def __init__(self):
         self.root = _Node(EntryType.DIR)
         self._view = False
+        self._below: _Tree | None = None
         self._parents: dict[tuple[str, ...], tuple[tuple[str, ...], _Node]] = {}
         """Resolved parent directories of this layer's entries; a parent stays
         valid until some existing name is replaced."""
@@ -375,6 +387,7 @@ class _Tree:
         upper: set[tuple[str, ...]] = {()}
         self._parents = {}
         self._view = merged_below is not None
+        self._below = merged_below
         for e in entries:
             parts = _clean(e.name, layer)
             if not parts:
@@ -426,7 +439,8 @@ class _Tree:
                 return
         if old is not None:
             self._parents.clear()
-            if self._view and node.children is not None and _is_whiteout_of(old, layer):
+            if self._view and node.children is not None and old.children is None:
+                # whatever this layer put here first already removed the lower directory
                 node.xattrs[_OPAQUE_XATTR] = b"y"
         parent.children[base] = node
 
@@ -510,6 +524,8 @@ class _Tree:
             child = node.children.get(part)
             if child is None:
                 child = node.children[part] = _implied_dir(layer)
+                if self._view:
+                    _copy_lower_dir(child, self._visible_below(path[:i + 1]))
             elif self._view and _is_whiteout_of(child, layer):
                 child = node.children[part] = _implied_dir(layer)
                 child.xattrs[_OPAQUE_XATTR] = b"y"
@@ -530,24 +546,46 @@ class _Tree:
             if name in parent.children:
                 _prune(parent, name, dir_path + (name,), upper)
 
+    def _visible_below(self, path: tuple[str, ...], dirs_only: bool = True) -> _Node | None:
+        """The lower node (by default: directory) at ``path`` if nothing in
+        this view hides it (an opaque directory, a whiteout or a file on the way)."""
+        node = self.root
+        for part in path:
+            if _OPAQUE_XATTR in node.xattrs:
+                return None
+            child = node.children.get(part)
+            if child is None:
+                break
+            if child.children is None:
+                return None
+            node = child
+        lower = self._below._walk(path)
+        if lower is None or (dirs_only and lower.children is None):
+            return None
+        return lower
+
     def _mark_whiteout(self, dir_parts, target: str | None, upper: set, layer: int,
                        raw: str) -> None:
-        node = self.root
-        for part in self._resolve(dir_parts, layer, raw):
-            node = node.children.get(part)
-            if node is None or _is_whiteout_of(node, layer):
-                break
-            if node.children is None:
+        """Write a whiteout into the view only where it hides something below:
+        overlayfs lists whiteouts in directories that have no lower
+        counterpart, and the view must not grow directories for them."""
+        dir_path = self._resolve(dir_parts, layer, raw)
+        here = self._walk(dir_path)
+        if here is None:
+            if self._visible_below(dir_path) is None:
                 return
+        elif here.children is None:
+            return
         dir_path, parent = self._make_parents(dir_parts, layer, raw)
         if target is None:
             parent.xattrs[_OPAQUE_XATTR] = b"y"
             return
         old = parent.children.get(target)
-        if dir_path + (target,) not in upper:
+        if dir_path + (target,) in upper:
+            if old is not None and old.type is EntryType.DIR:
+                old.xattrs[_OPAQUE_XATTR] = b"y"
+        elif self._visible_below(dir_path + (target,), dirs_only=False) is not None:
             parent.children[target] = _whiteout_device(layer)
-        elif old is not None and old.type is EntryType.DIR:
-            old.xattrs[_OPAQUE_XATTR] = b"y"
 
 
 def _prune(parent: _Node, name: str, path: tuple[str, ...], upper: set) -> None:

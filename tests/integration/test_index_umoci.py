@@ -228,18 +228,17 @@ def test_root_entry_attributes_match_umoci(tmp_path):
 
 NAMES = ("a", "b", "c")
 paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
-entries = st.one_of(
-    st.builds(F, paths, st.sampled_from([b"", b"x", b"hello"]),
-              st.sampled_from([0o644, 0o600, 0o755, 0o4755]), uid=st.sampled_from([0, 1000]),
-              xattrs=st.sampled_from([{}, {"user.t": b"1"}])),
-    st.builds(D, paths, st.sampled_from([0o755, 0o700, 0o1777]), gid=st.sampled_from([0, 7])),
-    st.builds(L, paths, st.one_of(paths, paths.map("/{}".format),
-                                  paths.map("../{}".format), st.just("/"))),
-    st.builds(H, paths, st.one_of(st.sampled_from(NAMES), paths)),
-    paths.map(W),
-    paths.map(OPQ),
-    st.builds(lambda p: Entry(p, T.CHAR, 0o600, devmajor=1, devminor=7, mtime_ns=MTIME), paths),
-)
+files = st.builds(F, paths, st.sampled_from([b"", b"x", b"hello"]),
+                 st.sampled_from([0o644, 0o600, 0o755, 0o4755]), uid=st.sampled_from([0, 1000]),
+                 xattrs=st.sampled_from([{}, {"user.t": b"1"}]))
+dirs = st.builds(D, paths, st.sampled_from([0o755, 0o700, 0o1777]), gid=st.sampled_from([0, 7]))
+symlinks = st.builds(L, paths, st.one_of(paths, paths.map("/{}".format),
+                                         paths.map("../{}".format), st.just("/")))
+hardlinks = st.builds(H, paths, st.one_of(st.sampled_from(NAMES), paths))
+devices = st.builds(
+    lambda p: Entry(p, T.CHAR, 0o600, devmajor=1, devminor=7, mtime_ns=MTIME), paths)
+markers = st.one_of(paths.map(W), paths.map(OPQ))
+entries = st.one_of(files, dirs, symlinks, hardlinks, markers, devices)
 stacks = st.lists(st.lists(entries, min_size=1, max_size=6), min_size=1, max_size=3)
 
 
@@ -250,3 +249,102 @@ stacks = st.lists(st.lists(entries, min_size=1, max_size=6), min_size=1, max_siz
 @given(stacks)
 def test_generated_stacks_match_umoci(tmp_path_factory, layers):
     event(assert_same_as_umoci(layers, tmp_path_factory.mktemp("stack") / "case"))
+
+
+# ----------------------------------------------------------------- per-layer views
+
+def materialize(ix: MergedIndex, root_ino: int, dest: Path) -> None:
+    """Write one per-layer view to ``dest`` as a real directory tree."""
+    made: dict[int, str] = {}
+    dirs = []
+    for path, node in ix.walk(root_ino):
+        target = str(dest) + path.split(":", 1)[1]
+        if node.ino in made:
+            os.link(made[node.ino], target)
+            continue
+        made[node.ino] = target
+        if node.type is T.DIR:
+            os.makedirs(target, exist_ok=True)
+            dirs.append((target, node))
+        else:
+            if node.type is T.FILE:
+                Path(target).write_bytes(node.data)
+            elif node.type is T.SYMLINK:
+                os.symlink(node.linkname, target)
+            else:
+                kind = {T.CHAR: stat.S_IFCHR, T.BLOCK: stat.S_IFBLK, T.FIFO: stat.S_IFIFO}
+                os.mknod(target, kind[node.type] | 0o600, node.rdev)
+            _restore(target, node, ix)
+    for target, node in reversed(dirs):
+        _restore(target, node, ix)
+
+
+def _restore(target: str, node, ix: MergedIndex) -> None:
+    os.chown(target, node.uid, node.gid, follow_symlinks=False)
+    if node.type is not T.SYMLINK:
+        os.chmod(target, node.mode)
+        for key, value in ix.xattrs(node.ino).items():
+            os.setxattr(target, key, value)
+    os.utime(target, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
+
+
+def assert_views_overlay_to_merged(layers: list[list[Entry]], work: Path) -> None:
+    work.mkdir(parents=True)
+    try:
+        ix = MergedIndex.build(work / "index.sqlite", layers)
+    except UnsafeEntry:
+        return
+    with ix:
+        lowers = []
+        for name, ino in ix.layer_roots:
+            materialize(ix, ino, work / name)
+            lowers.insert(0, str(work / name))
+        (work / "empty").mkdir()
+        lowers.append(str(work / "empty"))
+        mnt = work / "mnt"
+        mnt.mkdir()
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "lowerdir=" + ":".join(lowers),
+                        str(mnt)], check=True, capture_output=True)
+        try:
+            seen = {p: r[:-1] for p, r in fs_tree(mnt).items()}
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+        assert seen == {p: r[:-1] for p, r in index_tree(ix).items()}
+
+
+def _can_mount_overlay() -> bool:
+    return os.geteuid() == 0 and "overlay" in Path("/proc/filesystems").read_text()
+
+
+overlay_only = pytest.mark.skipif(not _can_mount_overlay(), reason="needs root and overlayfs")
+VIEW_CASES = {k: v for k, v in AWKWARD.items() if "symlinked parents" not in k}
+
+
+@overlay_only
+@pytest.mark.parametrize("layers", VIEW_CASES.values(), ids=VIEW_CASES.keys())
+def test_views_stacked_by_overlayfs_show_the_merged_tree(tmp_path, layers):
+    assert_views_overlay_to_merged(layers, tmp_path / "case")
+
+
+def test_view_implied_dirs_keep_lower_attributes(tmp_path):
+    ix = MergedIndex.build(tmp_path / "index.sqlite",
+                           [[D("etc", 0o700, uid=5)], [F("etc/new", b"n")]])
+    view = dict(ix.layer_roots)["1"]
+    etc = ix.resolve("/etc", root=view)
+    assert (etc.mode, etc.uid) == (0o700, 5) == (ix.resolve("/etc").mode, ix.resolve("/etc").uid)
+
+
+# Symlinks only as leaves: a view cannot express entries written through a
+# symlinked directory of a lower layer.
+leaf_symlinks = st.builds(L, paths.map(lambda p: p + "l"), paths)
+view_entries = st.one_of(files, dirs, leaf_symlinks, hardlinks, markers, devices)
+
+
+@overlay_only
+@pytest.mark.slow
+@settings(max_examples=int(os.environ.get("LAZYFS_UMOCI_EXAMPLES", "60")), deadline=None,
+          database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(st.lists(view_entries, min_size=1, max_size=6), min_size=1, max_size=3))
+def test_generated_views_stacked_by_overlayfs_show_the_merged_tree(tmp_path_factory, layers):
+    assert_views_overlay_to_merged(layers, tmp_path_factory.mktemp("views") / "case")

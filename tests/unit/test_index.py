@@ -397,14 +397,14 @@ def test_layer_names_must_match_layers(tmp_path):
 
 def test_per_layer_views(tmp_path):
     ix = build(tmp_path,
-               [F("d/a", b"1"), F("d/b", b"2"), F("h1", b"h"), H("h2", "h1")],
-               [W("d/a"), OPQ("e"), F("e/new", b"3")],
+               [F("d/a", b"1"), F("d/b", b"2"), F("h1", b"h"), H("h2", "h1"), F("e/old")],
+               [W("d/a"), OPQ("e"), F("e/new", b"3"), OPQ("gone"), W("no/such/x")],
                [F("x", b"4"), H("y", "h1")],
                layer_names=["0-aaaa", "1-bbbb", "2-cccc"])
     assert [name for name, _ in ix.layer_roots] == ["0-aaaa", "1-bbbb", "2-cccc"]
     roots = dict(ix.layer_roots)
     assert tree(ix, roots["0-aaaa"]) == {"/d": "dir", "/d/a": b"1", "/d/b": b"2",
-                                         "/h1": b"h", "/h2": b"h"}
+                                         "/h1": b"h", "/h2": b"h", "/e": "dir", "/e/old": b""}
     assert tree(ix, roots["1-bbbb"]) == {"/d": "dir", "/d/a": "char 0:0",
                                          "/e": "dir", "/e/new": b"3"}
     assert tree(ix, roots["2-cccc"]) == {"/x": b"4", "/y": b"h"}
