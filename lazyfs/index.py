@@ -33,10 +33,11 @@ Rules, per layer (bottom to top):
 Per-layer views hold each layer's own tree with whiteouts as 0/0 character
 devices and opaque directories marked with ``trusted.overlay.opaque=y``, which
 is what overlayfs expects of a lower directory. A directory the layer
-recreates after whiting out or replacing it is marked opaque, and one it only implies carries the
-attributes of the directory below, so overlayfs shows what the merged tree
-shows (except below symlinked directories, which a view cannot express: there
-the view keeps the path as written in the tar).
+recreates after whiting out or replacing it is marked opaque, one it only
+implies carries the attributes of the directory below, and whiteouts appear
+only where they hide something, so overlayfs shows what the merged tree shows
+(except below symlinked directories, which a view cannot express: there the
+view keeps the path as written in the tar).
 """
 
 from __future__ import annotations
