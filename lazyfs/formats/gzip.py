@@ -259,52 +259,121 @@ def inflate(raw: bytes, bits: int, window: bytes, want: int) -> bytes:
     whose first bit is the ``bits``-th highest of its first byte (0: the
     whole byte), continuing across gzip member boundaries.
 
-    A checkpoint inside a byte is resumed by shifting the input right so the
-    stream starts on a byte boundary (stdlib zlib has no ``inflatePrime``);
-    only the input actually fed is shifted.
+    stdlib zlib has no ``inflatePrime``, so a checkpoint inside a byte is
+    resumed by replacing the byte's low bits with a made-up prefix of
+    complete deflate blocks that ends exactly there (see ``_prime``). The
+    stream keeps its byte alignment, which stored blocks need. A checkpoint
+    without a window (the library leaves it out when nothing refers back)
+    gets a dummy one-byte window for the prefix to emit.
     """
-    shift = 8 - bits if bits else 0
     pos = 0
-    if not window and not shift and raw[:2] == b"\x1f\x8b":
+    skip = 0
+    head = b""
+    if bits:
+        window = window or b"\0"
+        head = _prime(window[-1], 8 - bits, raw[0])
+        window = window[:-1]
+        skip = 1
+        pos = 1
+    elif not window and raw[:2] == b"\x1f\x8b":
         pos = skip_header(raw, 0)
     d = zlib.decompressobj(-15, zdict=window) if window else zlib.decompressobj(-15)
-    out = []
-    got = 0
+    out = [d.decompress(head)] if head else []
+    got = sum(map(len, out)) - skip
+    view = memoryview(raw)
     while got < want:
         if d.eof:
-            pos = _next_member(raw, pos - len(d.unused_data), shift)
+            pos = _next_member(raw, pos - len(d.unused_data))
             if pos is None:
                 break
-            shift = 0
             d = zlib.decompressobj(-15)
             continue
         if pos >= len(raw):
             break
-        n = min(FEED, len(raw) - pos)
-        chunk = _shifted(raw, pos, n, shift) if shift else raw[pos:pos + n]
-        pos += n
+        chunk = view[pos:pos + FEED]
+        pos += len(chunk)
         data = d.decompress(chunk)
         out.append(data)
         got += len(data)
     result = b"".join(out)
-    return result[:want] if len(result) > want else result
+    return result[skip:skip + want]
 
 
-def _shifted(raw: bytes, pos: int, n: int, shift: int) -> bytes:
-    v = int.from_bytes(raw[pos:pos + n + 1], "little") >> shift
-    return v.to_bytes(n + 1, "little")[:n]
-
-
-def _next_member(raw: bytes, end: int, shift: int) -> int | None:
-    """Where the deflate data of the member after the one that just ended
-    starts, or None at the end of ``raw``. ``end`` counts shifted bytes when
-    ``shift``: the last deflate bit then lies in original byte ``end - 1``
-    or ``end``, and the trailer is followed by a member header only after
-    the right one."""
-    for c in ((end, end + 1) if shift else (end,)):
-        if raw[c + 8:c + 11] == b"\x1f\x8b\x08":
-            return skip_header(raw, c + 8)
+def _next_member(raw: bytes, end: int) -> int | None:
+    """Where the next member's deflate data starts after a member that ended
+    at ``end``, or None at the end of ``raw``."""
+    if raw[end + 8:end + 11] == b"\x1f\x8b\x08":
+        return skip_header(raw, end + 8)
     return None
+
+
+_CL_ORDER = (16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15)
+_CL_LENGTHS = {18: 1, 0: 2, 1: 2}
+_CL_CODES = {18: (0b0, 1), 0: (0b10, 2), 1: (0b11, 2)}
+
+
+class _Bits:
+    def __init__(self):
+        self.value = 0
+        self.n = 0
+
+    def put(self, value: int, n: int) -> None:
+        self.value |= value << self.n
+        self.n += n
+
+    def code(self, code: int, n: int) -> None:
+        """Huffman codes go most significant bit first."""
+        for i in range(n - 1, -1, -1):
+            self.put(code >> i & 1, 1)
+
+
+def _prime(last: int, k: int, first: int) -> bytes:
+    """Bytes of complete non-final deflate blocks whose bit length is ``k``
+    modulo 8, that output the one byte ``last``, followed by the top ``8 - k``
+    bits of ``first``: inflating them (with the window minus its last byte as
+    dictionary) leaves the decoder in the state of the checkpoint, one byte
+    of known output ahead.
+
+    An empty fixed block is 10 bits; the one dynamic block (a literal/length
+    code of just ``last`` and end-of-block, no distance code) can be made 3
+    bits longer by one more code-length-code entry, so every residue mod 8
+    is reachable.
+    """
+    for extra_cl in (0, 1):
+        for empties in range(4):
+            bits = _Bits()
+            for _ in range(empties):
+                bits.put(0, 1)
+                bits.put(1, 2)
+                bits.put(0, 7)
+            _dynamic_literal_block(bits, last, 18 + extra_cl)
+            if bits.n % 8 == k:
+                q = bits.n // 8
+                prefix = bits.value.to_bytes(q + 1, "little")
+                return prefix[:q] + bytes([(first & (0xFF << k) & 0xFF) | prefix[q]])
+    raise AssertionError("unreachable: every residue has a prefix")
+
+
+def _dynamic_literal_block(bits: _Bits, last: int, ncl: int) -> None:
+    bits.put(0, 1)
+    bits.put(2, 2)
+    bits.put(0, 5)
+    bits.put(0, 5)
+    bits.put(ncl - 4, 4)
+    for sym in _CL_ORDER[:ncl]:
+        bits.put(_CL_LENGTHS.get(sym, 0), 3)
+    for run, one in ((last, True), (255 - last, True), (1, False)):
+        while run >= 11:
+            r = min(run, 138)
+            bits.code(*_CL_CODES[18])
+            bits.put(r - 11, 7)
+            run -= r
+        for _ in range(run):
+            bits.code(*_CL_CODES[0])
+        if one:
+            bits.code(*_CL_CODES[1])
+    bits.code(0, 1)
+    bits.code(1, 1)
 
 
 def skip_header(raw: bytes, pos: int) -> int:
