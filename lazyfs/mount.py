@@ -43,6 +43,9 @@ READY_TIMEOUT = 15.0
 STOP_GRACE = 2.0
 """Seconds in-flight requests get to finish after SIGTERM before they are cancelled."""
 
+_DEAD = (errno.ENOTCONN, errno.ECONNABORTED)
+"""What the kernel answers on a FUSE mount whose daemon is gone."""
+
 OpsFactory = Callable[[], AsyncContextManager[pyfuse3.Operations]]
 
 
@@ -167,7 +170,7 @@ def check_mountpoint(mountpoint: str | os.PathLike) -> str:
     except FileNotFoundError:
         raise MountError(f"mountpoint {mp} does not exist") from None
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
+        if e.errno in _DEAD:
             raise stale from None
         raise MountError(f"mountpoint {mp}: {e.strerror}") from None
     if _mounted_type(mp) is not None or os.path.ismount(mp):
@@ -434,5 +437,5 @@ def _is_stale(mp: str) -> bool:
     try:
         os.statvfs(mp)
     except OSError as e:
-        return e.errno == errno.ENOTCONN
+        return e.errno in _DEAD
     return False
