@@ -1,8 +1,9 @@
 """A private containerd for tests and sample generation.
 
 Image converters such as ``ctr-remote images convert`` only work against a
-running containerd. This one lives entirely under a temporary folder (its own
-root, state and socket), runs no CRI plugin and never touches the host's
+running containerd. This one keeps its content under the folder it is given
+(its own root; its state and sockets in a short private folder under /tmp,
+removed on ``stop()``), runs no CRI plugin and never touches the host's
 containerd. Use ``handle.ctr(...)`` to run ``ctr-remote`` against it.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ class Containerd:
     log_path: Path
     namespace: str = "lazyfs-test"
     snapshotter: str = "native"
+    state: Path | None = None
 
     def ctr(self, *args: str, timeout: float = 120) -> str:
         """Run ``ctr-remote`` against this containerd; its stdout, or an error
@@ -52,6 +55,8 @@ class Containerd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.state is not None:
+            shutil.rmtree(self.state, ignore_errors=True)
 
     def __enter__(self) -> Containerd:
         return self
@@ -63,9 +68,11 @@ class Containerd:
 def start_containerd(tmpdir: Path | str, snapshotter: str = "native") -> Containerd:
     """Start containerd with everything under ``tmpdir``; stop it with ``.stop()``."""
     base = Path(tmpdir)
-    root, state = base / "root", base / "state"
+    root = base / "root"
     root.mkdir(parents=True, exist_ok=True)
-    state.mkdir(parents=True, exist_ok=True)
+    # sockets live in a short path of their own: a unix socket path has at
+    # most 107 bytes, and pytest's tmp_path alone can come close
+    state = Path(tempfile.mkdtemp(prefix="lazyfs-ctd-"))
     address = str(state / "containerd.sock")
     config = base / "config.toml"
     disabled = ", ".join(f'"{p}"' for p in _DISABLED)
@@ -89,10 +96,11 @@ def start_containerd(tmpdir: Path | str, snapshotter: str = "native") -> Contain
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([CONTAINERD_BIN, "--config", str(config)], stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    handle = Containerd(address, root, proc, log_path, snapshotter=snapshotter)
+    handle = Containerd(address, root, proc, log_path, snapshotter=snapshotter, state=state)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            handle.stop()
             raise RuntimeError(f"containerd exited: {log_path.read_text(errors='replace')}")
         if os.path.exists(address):
             r = subprocess.run([CTR_BIN, "--address", address, "version"],
