@@ -31,7 +31,7 @@ import pyfuse3
 import trio
 
 from .entry import EntryType
-from .errors import LazyfsError, NotFound
+from .errors import LazyfsError, NotFound, UsageError
 from .image import open_image_async
 from .index import ROOT_INO, MergedIndex, Node
 
@@ -173,7 +173,7 @@ class LazyOperations(pyfuse3.Operations):
 
     def _add_root_name(self, name: str, ino: int) -> None:
         if name in self._root_names or "/" in name or name in ("", ".", ".."):
-            raise ValueError(f"cannot add {name!r} to the root of the mount")
+            raise UsageError(f"cannot add {name!r} to the root of the mount")
         self._root_names[name] = ino
         self._root_list.append(name)
 
