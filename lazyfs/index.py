@@ -662,9 +662,10 @@ def _write(path: Path, root: _Node, views: list[tuple[str, _Node]]) -> None:
         else:
             nlink = links.get(ino, 1)
         rows.append((ino, _TYPE_CODE[node.type], node.mode, node.uid, node.gid, node.size,
-                     node.mtime_ns, nlink, node.rdev, _b(node.linkname), node.layer,
-                     node.data, 1 if node.xattrs else 0))
-        xattr_rows.extend((ino, _b(k), v) for k, v in node.xattrs.items())
+                     node.mtime_ns, nlink, node.rdev, _b(node.linkname) if node.linkname else b"",
+                     node.layer, node.data, 1 if node.xattrs else 0))
+        if node.xattrs:
+            xattr_rows.extend((ino, _b(k), v) for k, v in node.xattrs.items())
     _write_db(path, rows, dirents, xattr_rows, roots, entry_count)
 
 
@@ -680,8 +681,9 @@ def _write_db(path: Path, rows, dirents, xattr_rows, roots, entry_count: int) ->
     try:
         conn = sqlite3.connect(tmp)
         try:
-            conn.execute("PRAGMA journal_mode = OFF")
-            conn.execute("PRAGMA synchronous = OFF")
+            for pragma in ("journal_mode = OFF", "synchronous = OFF", "locking_mode = EXCLUSIVE",
+                           "cache_size = -65536"):
+                conn.execute(f"PRAGMA {pragma}")
             conn.executescript(schema)
             with conn:
                 conn.executemany("INSERT INTO inodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
