@@ -117,7 +117,7 @@ async def pull(ref: Reference, *, platform: Platform | None = None,
             return await pull(ref, platform=platform, store=store, progress=progress, client=c)
     image = _as_resolved(ref, await client.resolve(ref, platform))
     async with store.lease():
-        await trio.to_thread.run_sync(_keep_metadata, store, image)
+        await trio.to_thread.run_sync(keep_metadata, store, image)
         fetched = await _fetch_layers(client, ref, image.manifest.layers, store, progress)
         rec = image_record(ref, image)
         known = await trio.to_thread.run_sync(
@@ -141,7 +141,8 @@ async def pull_all_tags(ref: Reference, *, platform: Platform | None = None,
                            client=client) for t in tags]
 
 
-def _keep_metadata(store: Store, image: Resolved) -> None:
+def keep_metadata(store: Store, image: Resolved) -> None:
+    """Index, manifest and config as blobs, so the image can be described offline. Blocking."""
     store.put_bytes(image.manifest.digest, image.manifest.raw)
     store.put_bytes(image.manifest.config.digest, image.config.raw)
     if image.index is not None:
@@ -160,7 +161,7 @@ async def _fetch_layers(client, ref: Reference, layers, store: Store,
     try:
         async with trio.open_nursery() as nursery:
             for desc in missing:
-                nursery.start_soon(_fetch_layer, client, ref, desc, store, progress, limit)
+                nursery.start_soon(fetch_layer, client, ref, desc, store, progress, limit)
     except BaseExceptionGroup as group:
         raise _first_error(group) from None
     return missing
@@ -179,9 +180,11 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
     return next((e for e in leaves if isinstance(e, LazyfsError)), None) or group
 
 
-async def _fetch_layer(client, ref: Reference, desc: Descriptor, store: Store,
-                       progress: Progress, limit: trio.CapacityLimiter) -> None:
-    async with limit:
+async def fetch_layer(client: RegistryClient, ref: Reference, desc: Descriptor, store: Store,
+                      progress: Progress | None = None, limit: trio.CapacityLimiter | None = None) -> None:
+    """One layer into the store, verified; resumes an interrupted earlier attempt."""
+    progress = progress or NoProgress()
+    async with limit or trio.CapacityLimiter(1):
         if not await _download(client, ref, desc, store, progress, resume=True):
             await _download(client, ref, desc, store, progress, resume=False)
         progress.layer_done(desc.digest)
@@ -297,7 +300,7 @@ async def resolve_for_inspect(ref: Reference, *, platform: Platform | None,
             return await trio.to_thread.run_sync(resolve_from_store, store, ref, platform)
         except NotFound:
             raise unreachable from None
-    await trio.to_thread.run_sync(_keep_metadata, store, image)
+    await trio.to_thread.run_sync(keep_metadata, store, image)
     return image
 
 
@@ -327,3 +330,8 @@ def describe(image: Resolved) -> dict:
              "Annotations": dict(d.annotations)} for d in m.layers
         ],
     }
+
+
+# Earlier names, still imported elsewhere.
+_fetch_layer = fetch_layer
+_keep_metadata = keep_metadata
