@@ -408,15 +408,30 @@ async def build(desc, blob: BlobSource) -> LayerTable:
                                f"data ({data_end} bytes)")
     raw = await blob.read_range(toc_offset, data_end)
 
-    def decode() -> list[Entry]:
+    def decode() -> tuple[list[Entry], int | None]:
         toc_json = toc_json_from_member(raw, layer)
         check_digest(toc_json, expected, f"layer {layer}: eStargz TOC")
-        return entries_from_toc(parse_toc(toc_json, layer), layer, toc_offset)
+        items = parse_toc(toc_json, layer)
+        return entries_from_toc(items, layer, toc_offset), prefetch_end(items)
 
-    entries = await trio.to_thread.run_sync(decode)
+    entries, prefetch = await trio.to_thread.run_sync(decode)
     state = pack_state(layer=layer, toc_digest=expected, toc_offset=toc_offset,
-                       footer=footer)
+                       footer=footer, prefetch_end=prefetch)
     return LayerTable(format="estargz", lazy=True, state=state, entries=entries)
+
+
+def prefetch_end(items: list[dict]) -> int | None:
+    """Where the producer's prioritized files end in the blob: the offset of
+    ``.prefetch.landmark``, 0 with ``.no.prefetch.landmark``, None without
+    either. Kept in the state for a prefetcher; reads do not need it."""
+    for item in items:
+        if isinstance(item, dict) and item.get("type") == "reg":
+            name = _plain(str(item.get("name", "")))
+            if name == ".no.prefetch.landmark":
+                return 0
+            if name == ".prefetch.landmark" and isinstance(item.get("offset"), int):
+                return item["offset"]
+    return None
 
 
 def reader(table: LayerTable) -> "EstargzReader":

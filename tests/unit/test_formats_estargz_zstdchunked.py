@@ -517,6 +517,24 @@ async def test_zstdchunked_position_outside_blob():
         await _build(sample, desc)
 
 
+async def test_prefetch_landmark_recorded_in_state(tmp_path):
+    sample = load(ESTARGZ)
+    table, _ = await _build(sample)
+    assert estargz.unpack_state(table.state)["prefetch_end"] == 0
+
+    def prioritise(entries):
+        landmark = _entry(entries, ".no.prefetch.landmark")
+        landmark["name"] = ".prefetch.landmark"
+    blob, desc = _estargz_with_toc(sample, prioritise)
+    path = tmp_path / "blob"
+    path.write_bytes(blob)
+    table, _ = await _build(sample, desc, path)
+    offset = json.loads(estargz.toc_json_from_member(blob[estargz.parse_footer(blob[-51:])[0]:-51], "x"))
+    landmark_offset = _entry(offset["entries"], ".prefetch.landmark")["offset"]
+    assert estargz.unpack_state(table.state)["prefetch_end"] == landmark_offset > 0
+    assert ".prefetch.landmark" not in _by_name(table.entries)
+
+
 # --- innerOffset: several payloads in one gzip stream ---------------------------
 
 def _gz(data: bytes) -> bytes:
