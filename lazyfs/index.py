@@ -622,51 +622,61 @@ def _clean(raw: str, layer: int) -> tuple[str, ...]:
 
 
 def _write(path: Path, root: _Node, views: list[tuple[str, _Node]]) -> None:
-    """Number the inodes (merged tree first, so the root is 1) and write the
-    file beside ``path``, renaming it into place only once complete."""
+    """Number the inodes breadth first (merged tree first, so the root is 1)
+    and stream the rows into the file; numbering parents in the order they are
+    written makes the dirents arrive already sorted by (parent, name)."""
     inos: dict[int, int] = {}
     nodes: list[_Node] = []
-    dirents: list[tuple[int, bytes, int]] = []
-    links: dict[int, int] = {}
+    extra_links: dict[int, int] = {}
+    entry_count = _number(root, inos, nodes, extra_links)
+    roots = []
+    for name, top in views:
+        _number(top, inos, nodes, extra_links)
+        roots.append((name, inos[id(top)]))
+    xattr_rows = [(ino, _b(k), v) for ino, node in enumerate(nodes, 1)
+                  for k, v in node.xattrs.items()]
+    _write_db(path, _inode_rows(nodes, extra_links), _dirent_rows(nodes, inos), xattr_rows,
+              roots, entry_count)
 
-    def number(node: _Node) -> int:
-        ino = inos.get(id(node))
-        if ino is None:
-            ino = inos[id(node)] = len(nodes) + 1
-            nodes.append(node)
-        return ino
 
-    def number_tree(top: _Node) -> int:
-        top_ino = number(top)
-        stack = [top]
-        while stack:
-            node = stack.pop()
-            parent = inos[id(node)]
-            for raw, child in sorted((_b(n), c) for n, c in node.children.items()):
-                fresh = id(child) not in inos
-                ino = number(child)
-                links[ino] = links.get(ino, 0) + 1
-                dirents.append((parent, raw, ino))
-                if fresh and child.children is not None:
-                    stack.append(child)
-        return top_ino
+def _number(top: _Node, inos: dict[int, int], nodes: list[_Node],
+            extra_links: dict[int, int]) -> int:
+    """Give every node under ``top`` an inode; return how many names it holds."""
+    inos[id(top)] = len(nodes) + 1
+    nodes.append(top)
+    queue = deque([top])
+    names = 0
+    while queue:
+        node = queue.popleft()
+        names += len(node.children)
+        for child in node.children.values():
+            ino = inos.get(id(child))
+            if ino is not None:
+                extra_links[ino] = extra_links.get(ino, 0) + 1
+                continue
+            inos[id(child)] = len(nodes) + 1
+            nodes.append(child)
+            if child.children is not None:
+                queue.append(child)
+    return names
 
-    number_tree(root)
-    entry_count = len(dirents)
-    roots = [(name, number_tree(top)) for name, top in views]
-    rows = []
-    xattr_rows = []
+
+def _inode_rows(nodes: list[_Node], extra_links: dict[int, int]) -> Iterator[tuple]:
     for ino, node in enumerate(nodes, 1):
         if node.children is not None:
             nlink = 2 + sum(1 for c in node.children.values() if c.children is not None)
         else:
-            nlink = links.get(ino, 1)
-        rows.append((ino, _TYPE_CODE[node.type], node.mode, node.uid, node.gid, node.size,
-                     node.mtime_ns, nlink, node.rdev, _b(node.linkname) if node.linkname else b"",
-                     node.layer, node.data, 1 if node.xattrs else 0))
-        if node.xattrs:
-            xattr_rows.extend((ino, _b(k), v) for k, v in node.xattrs.items())
-    _write_db(path, rows, dirents, xattr_rows, roots, entry_count)
+            nlink = 1 + extra_links.get(ino, 0)
+        yield (ino, _TYPE_CODE[node.type], node.mode, node.uid, node.gid, node.size,
+               node.mtime_ns, nlink, node.rdev, _b(node.linkname) if node.linkname else b"",
+               node.layer, node.data, 1 if node.xattrs else 0)
+
+
+def _dirent_rows(nodes: list[_Node], inos: dict[int, int]) -> Iterator[tuple[int, bytes, int]]:
+    for ino, node in enumerate(nodes, 1):
+        if node.children:
+            for raw, child in sorted((_b(n), c) for n, c in node.children.items()):
+                yield ino, raw, inos[id(child)]
 
 
 def _write_db(path: Path, rows, dirents, xattr_rows, roots, entry_count: int) -> None:
@@ -687,7 +697,6 @@ def _write_db(path: Path, rows, dirents, xattr_rows, roots, entry_count: int) ->
             conn.executescript(schema)
             with conn:
                 conn.executemany("INSERT INTO inodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-                dirents.sort(key=lambda d: (d[0], d[1]))
                 conn.executemany("INSERT INTO dirents VALUES (?,?,?)", dirents)
                 conn.executemany("INSERT INTO xattrs VALUES (?,?,?)", xattr_rows)
                 conn.executemany("INSERT INTO layer_roots VALUES (?,?,?)",
