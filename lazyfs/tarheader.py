@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import struct
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -137,17 +138,18 @@ class TarParser:
             return None
         if self._zero_at >= 0:
             raise self._fail(f"header after a lone zero block at {self._zero_at}", at)
-        name = _cstr(block[0:100])
+        fields = _FIELDS.unpack(block)
+        name = _cstr(fields[0])
         if not _checksum_ok(block):
             raise self._fail("bad header checksum", at, name)
-        flag = block[156]
-        size = self._number(block[124:136], "size", at, name)
+        size = self._numbers(fields, (4,), at, name)[0]
         if size < 0 or size >= MAX_SIZE:
             raise self._fail(f"impossible size {size}", at, name)
+        flag = block[156]
         if flag in _META:
             self._start_meta(flag, size, at, name)
             return None
-        return self._member(block, flag, size, at, name)
+        return self._member(fields, flag, size, at, name)
 
     def _start_meta(self, flag: int, size: int, at: int, name: str) -> None:
         if size > MAX_META:
@@ -203,13 +205,13 @@ class TarParser:
             pos = end
         return records
 
-    def _member(self, block: bytes, flag: int, size: int, at: int, name: str) -> Member:
-        magic = block[257:263]
-        if magic == b"ustar\x00" and block[345]:
-            name = _cstr(block[345:500]) + "/" + name
-        if ord("L") in self._long:
-            name = _text(self._long[ord("L")])
-        linkname = _cstr(block[157:257])
+    def _member(self, fields: tuple, flag: int, size: int, at: int, name: str) -> Member:
+        if fields[9][:6] == b"ustar\x00" and fields[14][:1] != b"\0":
+            name = _cstr(fields[14]) + "/" + name
+        if self._long:
+            if ord("L") in self._long:
+                name = _text(self._long[ord("L")])
+        linkname = _cstr(fields[8])
         if ord("K") in self._long:
             linkname = _text(self._long[ord("K")])
         etype = _TYPES.get(bytes((flag,)))
@@ -219,19 +221,11 @@ class TarParser:
             raise self._fail(what, at, name)
         if flag == 0 and name.endswith("/"):
             etype = EntryType.DIR
-        entry = Entry(
-            name=name, type=etype,
-            mode=self._number(block[100:108], "mode", at, name) & 0o7777,
-            uid=self._number(block[108:116], "uid", at, name),
-            gid=self._number(block[116:124], "gid", at, name),
-            uname=_cstr(block[265:297]), gname=_cstr(block[297:329]),
-            size=size,
-            mtime_ns=self._number(block[136:148], "mtime", at, name) * 1_000_000_000,
-            linkname=linkname,
-        )
-        if etype in (EntryType.CHAR, EntryType.BLOCK):
-            entry.devmajor = self._number(block[329:337], "devmajor", at, name)
-            entry.devminor = self._number(block[337:345], "devminor", at, name)
+        mode, uid, gid, mtime = self._numbers(fields, (1, 2, 3, 5), at, name)
+        entry = Entry(name, etype, mode & 0o7777, uid, gid, _cstr(fields[10]),
+                      _cstr(fields[11]), size, mtime * 1_000_000_000, linkname)
+        if etype is EntryType.CHAR or etype is EntryType.BLOCK:
+            entry.devmajor, entry.devminor = self._numbers(fields, (12, 13), at, name)
         if self._global or self._pax:
             self._apply_pax({**self._global, **self._pax}, entry, at)
         self._pax = {}
@@ -281,17 +275,32 @@ class TarParser:
         ns = int(whole) * 1_000_000_000 + int((frac[:9] or b"0").ljust(9, b"0"))
         return -ns if neg else ns
 
+    def _numbers(self, fields: tuple, which: tuple[int, ...], at: int, name: str) -> list[int]:
+        try:
+            return [int(fields[i].split(b"\0", 1)[0] or b"0", 8) for i in which]
+        except ValueError:
+            return [self._number(fields[i], _FIELD_NAMES[i], at, name) for i in which]
+
     def _number(self, field: bytes, what: str, at: int, name: str) -> int:
+        """Octal (space or NUL padded), or GNU base-256 when the top bit is set."""
         if field[0] & 0x80:
             if field[0] == 0xFF:
                 return int.from_bytes(field, "big", signed=True)
             return int.from_bytes(bytes((field[0] & 0x7F,)) + field[1:], "big")
+        digits = field.split(b"\0", 1)[0].strip(b" ")
+        if not digits:
+            return 0
+        if not digits.isdigit():
+            raise self._fail(f"bad {what} field {field!r}", at, name)
         try:
-            return int(field.split(b"\0", 1)[0] or b"0", 8)
+            return int(digits, 8)
         except ValueError:
             raise self._fail(f"bad {what} field {field!r}", at, name) from None
 
 
+_FIELDS = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+_FIELD_NAMES = {1: "mode", 2: "uid", 3: "gid", 4: "size", 5: "mtime", 12: "devmajor",
+                13: "devminor"}
 _PAX_INT = {"size": "size", "uid": "uid", "gid": "gid",
             "SCHILY.devmajor": "devmajor", "SCHILY.devminor": "devminor"}
 
