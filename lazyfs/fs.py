@@ -20,6 +20,7 @@ import contextlib
 import errno
 import functools
 import itertools
+import json
 import logging
 import math
 import os
@@ -42,6 +43,9 @@ TIMEOUT = 300.0
 BLKSIZE = 128 * 1024
 """Preferred I/O size reported in ``st_blksize``: big reads cost fewer FUSE round trips."""
 NAME_MAX = 255
+STATS_XATTR = "user.lazyfs.stats"
+"""Asked of the mount's root, answers the daemon's statistics as JSON; it is
+not listed, so copies and comparisons of the tree never see it."""
 
 ReadFn = Callable[[Node, int, int], Awaitable[bytes]]
 
@@ -65,6 +69,14 @@ class _Virtual:
     name: str
     content: bytes = b""
     is_dir: bool = False
+
+
+@dataclass(slots=True)
+class Counters:
+    reads: int = 0
+    bytes_read: int = 0
+    errors: int = 0
+    """Requests answered with an error other than ENOENT."""
 
 
 @dataclass(slots=True)
@@ -93,9 +105,11 @@ def _answers(fn):
             log.debug("%s: %s", fn.__name__, e)
             raise pyfuse3.FUSEError(e.errno) from None
         except LazyfsError as e:
+            self.counters.errors += 1
             log.warning("%s: %s", fn.__name__, e)
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception:
+            self.counters.errors += 1
             log.exception("%s%r failed unexpectedly", fn.__name__, args[:-1] if args else ())
             raise pyfuse3.FUSEError(errno.EIO) from None
 
@@ -126,7 +140,8 @@ def image_operations(ref: str, mountpoint: str | os.PathLike, *, layers: bool = 
     async def open_ops() -> AsyncIterator[LazyOperations]:
         async with open_image_async(ref, open_options, store) as image:
             extra = {".lowerdir": lowerdir(image.index, mountpoint).encode()} if layers else None
-            ops = LazyOperations(image.index, image.read, layers=layers, extra_files=extra)
+            ops = LazyOperations(image.index, image.read, layers=layers, extra_files=extra,
+                                 stats=image.stats)
             ops.digest = image.digest
             yield ops
 
@@ -148,8 +163,11 @@ class LazyOperations(pyfuse3.Operations):
     """The manifest digest served, for the daemon's state file."""
 
     def __init__(self, index: MergedIndex, read: ReadFn, *, layers: bool = False,
-                 extra_files: dict[str, bytes] | None = None):
+                 extra_files: dict[str, bytes] | None = None,
+                 stats: Callable[[], dict] | None = None):
         self._index = index
+        self._stats = stats
+        self.counters = Counters()
         self._read = read
         self._layers = layers
         self._parents: dict[int, int] = {}
@@ -261,6 +279,8 @@ class LazyOperations(pyfuse3.Operations):
 
     @_answers
     async def getxattr(self, inode, name, ctx):
+        if inode == ROOT_INO and name == STATS_XATTR.encode():
+            return json.dumps(self.stats()).encode()
         node = self._node(inode)
         if isinstance(node, _Virtual) or not node.has_xattrs:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -268,6 +288,13 @@ class LazyOperations(pyfuse3.Operations):
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
+
+    def stats(self) -> dict:
+        """The image's statistics (if given) plus this mount's own counters."""
+        out = dict(self._stats()) if self._stats is not None else {}
+        out["fuse"] = {"reads": self.counters.reads, "bytes_read": self.counters.bytes_read,
+                       "errors": self.counters.errors, "open_files": len(self._handles)}
+        return out
 
     @_answers
     async def listxattr(self, inode, ctx):
@@ -377,7 +404,10 @@ class LazyOperations(pyfuse3.Operations):
         size = min(size, node.size - off)
         if size <= 0:
             return b""
-        return await self._read(node, off, size)
+        data = await self._read(node, off, size)
+        self.counters.reads += 1
+        self.counters.bytes_read += len(data)
+        return data
 
     @_answers
     async def release(self, fh):

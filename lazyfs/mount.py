@@ -33,6 +33,7 @@ import trio
 
 from . import errors
 from .errors import LazyfsError, MountError
+from .fs import STATS_XATTR
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,17 @@ def _write_state(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2))
     os.replace(tmp, path)
+
+
+def read_stats(mountpoint: str | os.PathLike) -> dict:
+    """Statistics of the daemon serving ``mountpoint``, asked through the mount."""
+    mp = os.path.abspath(mountpoint)
+    if _mounted_type(mp) != FS_TYPE:
+        raise MountError(f"{mp} is not a lazyfs mount")
+    try:
+        return json.loads(os.getxattr(mp, STATS_XATTR))
+    except OSError as e:
+        raise MountError(f"cannot read statistics of {mp}: {e.strerror}") from None
 
 
 def _alive(pid: int) -> bool:

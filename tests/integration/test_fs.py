@@ -26,7 +26,8 @@ import pytest
 
 from lazyfs.errors import MountError, UnsafeEntry
 from lazyfs.index import MergedIndex
-from lazyfs.mount import check_mountpoint, list_mounts, read_state, umount
+from lazyfs.fs import STATS_XATTR
+from lazyfs.mount import check_mountpoint, list_mounts, read_state, read_stats, umount
 from tests.support.images import gzip_bytes, push_image, sha256
 from tests.support.mounts import (alive, force_cleanup, is_mounted, mounted, run_runner,
                                   runner_env, start, wait_until, write_spec)
@@ -364,6 +365,26 @@ def test_virtual_root_file(fs, index):
     assert e.value.errno == errno.EROFS
 
 
+def test_stats_through_the_root_xattr(fs):
+    before = read_stats(fs.mountpoint)["fuse"]
+    fd = os.open(fs.mountpoint / "data/big.bin", os.O_RDONLY | os.O_DIRECT)
+    try:
+        assert os.pread(fd, 65536, 1 << 20) == BIG[1 << 20:(1 << 20) + 65536]
+        during = read_stats(fs.mountpoint)["fuse"]
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        (fs.mountpoint / "data/fail.bin").read_bytes()
+    after = read_stats(fs.mountpoint)["fuse"]
+    assert during["open_files"] == before["open_files"] + 1
+    assert during["bytes_read"] >= before["bytes_read"] + 65536
+    assert during["reads"] > before["reads"]
+    assert after["errors"] > during["errors"]
+    assert STATS_XATTR not in os.listxattr(fs.mountpoint)
+    with pytest.raises(MountError, match="not a lazyfs mount"):
+        read_stats(fs.mountpoint / "data")
+
+
 def test_writes_fail_with_erofs(fs):
     mp = fs.mountpoint
     attempts = {
@@ -556,6 +577,10 @@ def test_image_from_the_registry_mounts_as_the_same_tree(fs, registry, layers, t
         state = json.loads(next(Path(m.env["XDG_RUNTIME_DIR"], "lazyfs").glob("*.json")).read_text())
         assert state["digest"] == pushed.digest and state["pid"] == m.pid
         assert (m.mountpoint / "data/big.bin").read_bytes() == BIG
+        stats = read_stats(m.mountpoint)
+        assert stats["digest"] == pushed.digest
+        assert sum(layer["bytes_fetched"] for layer in stats["layers"]) > 0
+        assert stats["fuse"]["bytes_read"] >= len(BIG)
         assert _tree(m.mountpoint) == _tree(fs.mountpoint)
     with mounted(tmp_path / "layers", [], image=ref, reference=ref, layers_view=True) as m:
         names = [f"{i}-{sha256(b).partition(':')[2][:12]}" for i, b in enumerate(blobs)]
