@@ -1,0 +1,108 @@
+"""ls, cat, stat, find, diff and export from the command line, on real images
+in the real registry; the tree they show is checked against umoci elsewhere."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.awkward import awkward_tars
+from tests.support.images import make_tar, push_image
+from tests.support.trees import describe
+
+LAZYFS = [sys.executable, "-m", "lazyfs"]
+
+
+@pytest.fixture(scope="module")
+def images(registry):
+    tars = awkward_tars(many=50)
+    extra = make_tar({"etc/": None, "etc/os-release": "ID=awkward\nVERSION_ID=3\n",
+                      "added": "new file\n"})
+    with registry.client() as c:
+        push_image(c, "browse/awkward", "v1", [gzip.compress(t, mtime=0) for t in tars])
+        push_image(c, "browse/awkward", "v2", [gzip.compress(t, mtime=0) for t in tars + [extra]])
+    return f"{registry.host}/browse/awkward:v1", f"{registry.host}/browse/awkward:v2"
+
+
+def run(*args, cache, check=True):
+    env = dict(os.environ, LAZYFS_CACHE_DIR=str(cache))
+    p = subprocess.run([*LAZYFS, *args], capture_output=True, env=env, timeout=120)
+    if check and p.returncode != 0:
+        raise AssertionError(f"lazyfs {args} exited {p.returncode}: {p.stderr.decode()}")
+    return p
+
+
+def test_ls_long_shows_modes_owners_links_and_devices(images, tmp_path):
+    out = run("ls", "-l", images[0], "/", cache=tmp_path).stdout.decode().splitlines()
+    assert out[0].startswith("total ")
+    by_name = {line.split()[-1] if "->" not in line else line.split()[-3]: line for line in out[1:]}
+    assert by_name["bin"].startswith("lrwxrwxrwx") and by_name["bin"].endswith("bin -> usr/bin")
+    assert by_name["tmp"].startswith("drwxrwxrwt")
+    owned = by_name["owned"].split()
+    assert owned[0] == "-rw-r-----" and owned[2:5] == ["user", "users", "5"]
+    dev = run("ls", "-l", images[0], "/dev", cache=tmp_path).stdout.decode()
+    assert any(l.startswith("crw-rw-rw-") and "1, 3" in l and l.endswith("null") for l in dev.splitlines())
+    su = run("ls", "-l", images[0], "/usr/bin/su", cache=tmp_path).stdout.decode()
+    assert su.startswith("-rwsr-xr-x")
+
+
+def test_ls_plain_and_recursive(images, tmp_path):
+    names = run("ls", images[0], "/data", cache=tmp_path).stdout.decode().split()
+    assert names == ["new"]  # opaque directory hid the lower content
+    rec = run("ls", "-R", images[0], "/x", cache=tmp_path).stdout.decode()
+    assert rec.splitlines()[0] == "/x:" and "child" in rec
+
+
+def test_cat_follows_symlinks_inside_the_image_only(images, tmp_path):
+    p = run("cat", images[0], "/etc/os-release", "/with space", cache=tmp_path)
+    assert p.stdout == b"ID=awkward\nVERSION_ID=2\n" + b"space\n"
+    # /bin -> usr/bin, so /bin/su is /usr/bin/su inside the image
+    assert run("cat", images[0], "/bin/su", cache=tmp_path).stdout == b"setuid"
+    missing = run("cat", images[0], "/etc/localtime", cache=tmp_path, check=False)
+    assert missing.returncode == 3 and missing.stderr.decode().count("\n") == 1
+    assert b"Traceback" not in missing.stderr
+
+
+def test_stat_json(images, tmp_path):
+    doc = json.loads(run("stat", images[0], "/usr/bin/tool", cache=tmp_path).stdout)
+    assert doc["type"] == "file" and doc["mode"] == "0755" and doc["nlink"] == 2
+    assert doc["size"] == 7004 and doc["layer"].startswith("sha256:")
+    caps = json.loads(run("stat", images[0], "/caps", cache=tmp_path).stdout)
+    assert caps["xattrs"] == {"user.comment": "hello"}
+    link = json.loads(run("stat", images[0], "/etc/localtime", cache=tmp_path).stdout)
+    assert link["type"] == "symlink" and link["target"] == "/usr/share/zoneinfo/UTC"
+
+
+def test_find_by_name_and_type(images, tmp_path):
+    out = run("find", images[0], "/", "-name", "tool*", cache=tmp_path).stdout.decode().split()
+    assert out == ["/usr/bin/tool", "/usr/bin/tool-link", "/usr/bin/tool-link2"]
+    links = run("find", images[0], "-type", "l", cache=tmp_path).stdout.decode().split()
+    assert links == ["/bin", "/etc/localtime"]
+    bad = run("find", images[0], "-type", "z", cache=tmp_path, check=False)
+    assert bad.returncode == 2
+
+
+def test_diff_names_what_changed(images, tmp_path):
+    out = run("diff", images[0], images[1], cache=tmp_path).stdout.decode().splitlines()
+    assert "A /added" in out
+    assert any(l.startswith("C /etc/os-release") and "content" in l for l in out)
+    doc = json.loads(run("diff", "--json", images[0], images[1], cache=tmp_path).stdout)
+    changed = {c["path"]: c for c in doc}
+    assert changed["/etc/os-release"]["what"]["content"][0] != changed["/etc/os-release"]["what"]["content"][1]
+    assert {"/added", "/etc/os-release"} <= set(changed) <= {"/", "/etc", "/added", "/etc/os-release"}
+
+
+def test_export_writes_the_tree(images, tmp_path):
+    run("export", "-q", images[0], str(tmp_path / "out"), cache=tmp_path / "c")
+    tree = describe(tmp_path / "out")
+    assert tree["/usr/bin/su"]["mode"] == 0o4755
+    assert tree["/dev/null"]["rdev"] == (1, 3)
+    assert tree["/usr/bin/tool"]["link_group"] == tree["/usr/bin/tool-link2"]["link_group"]
+    assert "link_group" not in tree["/usr/bin/tool-link"]  # keeps the replaced content
+    again = run("export", images[0], str(tmp_path / "out"), cache=tmp_path / "c", check=False)
+    assert again.returncode == 2 and b"not empty" in again.stderr
