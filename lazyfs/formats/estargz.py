@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import functools
 import hashlib
 import json
 import re
@@ -211,6 +212,7 @@ _RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+)
                       r"(?:([Zz])|([+-])(\d\d):(\d\d))$")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_time(text: str) -> int:
     """Nanoseconds since the epoch of an RFC 3339 time (Go's format, any
     fraction); 0 for Go's zero time (year 1), which means "unknown"."""
@@ -271,7 +273,7 @@ def entries_from_toc(items: list[dict], layer: str, data_end: int,
             continue
         if kind not in _TYPES:
             raise LayerFormatError(f"{what}: unknown type {kind!r}")
-        if _plain(name) in LANDMARKS and kind == "reg":
+        if kind == "reg" and name.endswith("landmark") and _plain(name) in LANDMARKS:
             continue
         entry = _entry(item, kind, what, unames, gnames)
         entries.append(entry)
@@ -288,90 +290,101 @@ def _plain(name: str) -> str:
 
 
 def _entry(item: dict, kind: str, what: str, unames: dict, gnames: dict) -> Entry:
+    get = item.get
     try:
-        uid, gid = int(item.get("uid", 0)), int(item.get("gid", 0))
-        mode = int(item.get("mode", 0))
-        size = int(item.get("size", 0)) if kind == "reg" else 0
-        mtime = parse_time(item["modtime"]) if item.get("modtime") else 0
-        xattrs = {k: base64.b64decode(v, validate=True)
-                  for k, v in (item.get("xattrs") or {}).items()}
-        dev = (int(item.get("devMajor", 0)), int(item.get("devMinor", 0)))
-    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        uid, gid = int(get("uid", 0)), int(get("gid", 0))
+        mode = int(get("mode", 0))
+        size = int(get("size", 0)) if kind == "reg" else 0
+        modtime = get("modtime")
+        mtime = parse_time(modtime) if modtime else 0
+        xattrs = get("xattrs")
+        xattrs = {k: base64.b64decode(v, validate=True) for k, v in xattrs.items()} if xattrs else {}
+        dev = (int(get("devMajor", 0)), int(get("devMinor", 0))) if kind in ("char", "block") else (0, 0)
+    except (TypeError, ValueError, AttributeError) as e:
         raise LayerFormatError(f"{what}: malformed field ({e})") from None
     if size < 0 or uid < 0 or gid < 0:
         raise LayerFormatError(f"{what}: negative size or owner")
-    uname = item.get("userName") or unames.get(uid, "")
-    gname = item.get("groupName") or gnames.get(gid, "")
-    unames.setdefault(uid, uname)
-    gnames.setdefault(gid, gname)
-    link = item.get("linkName", "")
-    if kind in ("symlink", "hardlink") and not link:
+    uname = get("userName") or unames.get(uid, "")
+    gname = get("groupName") or gnames.get(gid, "")
+    if uid not in unames:
+        unames[uid] = uname
+    if gid not in gnames:
+        gnames[gid] = gname
+    link = get("linkName", "")
+    if not link and kind in ("symlink", "hardlink"):
         raise LayerFormatError(f"{what}: {kind} has no linkName")
-    return Entry(name=item["name"], type=_TYPES[kind], mode=mode & 0o7777, uid=uid, gid=gid,
-                 uname=uname, gname=gname, size=size, mtime_ns=mtime, linkname=link,
-                 devmajor=dev[0], devminor=dev[1], xattrs=xattrs)
+    return Entry(item["name"], _TYPES[kind], mode & 0o7777, uid, gid, uname, gname, size,
+                 mtime, link, dev[0], dev[1], xattrs)
 
 
 def _locate(files: list[_File], layer: str, data_end: int, end_offsets: bool) -> None:
-    """Fill each file's ``data`` with its verified chunk list."""
-    offsets = set()
+    """Fill each file's ``data`` with its checked chunk list."""
+    shared: dict[int, int] = {}
     for f in files:
+        if not f.entry.size:
+            continue
         for c in f.chunks:
-            if f.entry.size or c.get("offset"):
-                off = c.get("offset")
-                if not isinstance(off, int) or not 0 <= off < data_end:
-                    raise LayerFormatError(
-                        f"layer {layer}: TOC entry {f.entry.name!r}: offset {off!r} outside "
-                        f"the blob's data (0-{data_end})")
-                offsets.add(off)
-    ordered = sorted(offsets)
-    nxt = {a: b for a, b in zip(ordered, ordered[1:] + [data_end])}
+            off = c.get("offset")
+            if type(off) is not int or not 0 <= off < data_end:
+                raise LayerFormatError(
+                    f"layer {layer}: TOC entry {f.entry.name!r}: offset {off!r} outside "
+                    f"the blob's data (0-{data_end})")
+            shared[off] = shared.get(off, 0) + 1
+    ordered = sorted(shared)
+    nxt = dict(zip(ordered, ordered[1:] + [data_end]))
     members: dict[int, list[tuple[int, int, str]]] = {}
     for f in files:
-        what = f"layer {layer}: TOC entry {f.entry.name!r}"
-        if f.entry.size == 0:
-            f.entry.data = b""
-            continue
-        chunks, pos = [], 0
-        end_offset = f.chunks[0].get("endOffset") if end_offsets else None
-        for n, c in enumerate(f.chunks):
-            try:
-                coff = int(c.get("chunkOffset", 0))
-                csize = int(c.get("chunkSize", 0)) or f.entry.size - coff
-                inner = int(c.get("innerOffset", 0))
-            except (TypeError, ValueError):
-                raise LayerFormatError(f"{what}: malformed chunk fields") from None
-            if coff != pos:
-                raise LayerFormatError(f"{what}: chunk at {coff} overlaps or leaves a gap "
-                                       f"(expected {pos})")
-            if csize <= 0 or inner < 0 or pos + csize > f.entry.size:
-                raise LayerFormatError(f"{what}: chunk at {coff} of {csize} bytes does not fit "
-                                       f"a file of {f.entry.size} bytes")
-            start = c["offset"]
-            last = n == len(f.chunks) - 1
-            end = nxt[start]
-            if last and isinstance(end_offset, int) and end_offset:
-                if not start < end_offset <= data_end:
-                    raise LayerFormatError(f"{what}: endOffset {end_offset} outside its data")
-                end = end_offset
-            digest = c.get("chunkDigest") or (f.digest if len(f.chunks) == 1 else None)
-            if not digest:
-                raise LayerFormatError(f"{what}: chunk at {coff} has no digest")
-            kind = ZEROS if c.get("chunkType") == "zeros" else DATA
-            if c.get("chunkType") not in (None, "", "zeros"):
-                raise LayerFormatError(f"{what}: unknown chunkType {c.get('chunkType')!r}")
-            chunks.append(Chunk(pos, start, end, inner, csize, _digest_bytes(digest, what), kind))
-            members.setdefault(start, []).append((inner, csize, f.entry.name))
-            pos += csize
-        if pos != f.entry.size:
-            raise LayerFormatError(f"{what}: chunks hold {pos} bytes, the file has {f.entry.size}")
-        f.entry.data = pack_chunks(chunks)
+        if f.entry.size:
+            chunks = _chunks(f, nxt, layer, data_end, end_offsets)
+            for c in chunks:
+                if shared[c.start] > 1:
+                    members.setdefault(c.start, []).append((c.inner, c.size, f.entry.name))
+            f.entry.data = pack_chunks(chunks)
     for start, spans in members.items():
         spans.sort()
         for (a, asize, aname), (b, _, bname) in zip(spans, spans[1:]):
             if b < a + asize:
                 raise LayerFormatError(f"layer {layer}: TOC entries {aname!r} and {bname!r} "
                                        f"overlap in the stream at {start}")
+
+
+def _chunks(f: _File, nxt: dict[int, int], layer: str, data_end: int,
+            end_offsets: bool) -> list[Chunk]:
+    what = f"layer {layer}: TOC entry {f.entry.name!r}"
+    size = f.entry.size
+    end_offset = f.chunks[0].get("endOffset") if end_offsets else None
+    chunks, pos = [], 0
+    for n, c in enumerate(f.chunks):
+        try:
+            coff = int(c.get("chunkOffset", 0))
+            csize = int(c.get("chunkSize", 0)) or size - coff
+            inner = int(c.get("innerOffset", 0))
+        except (TypeError, ValueError):
+            raise LayerFormatError(f"{what}: malformed chunk fields") from None
+        if coff != pos:
+            raise LayerFormatError(f"{what}: chunk at {coff} overlaps or leaves a gap "
+                                   f"(expected {pos})")
+        if csize <= 0 or inner < 0 or pos + csize > size:
+            raise LayerFormatError(f"{what}: chunk at {coff} of {csize} bytes does not fit "
+                                   f"a file of {size} bytes")
+        start = c["offset"]
+        end = nxt[start]
+        if end_offset and n == len(f.chunks) - 1:
+            if type(end_offset) is not int or not start < end_offset <= data_end:
+                raise LayerFormatError(f"{what}: endOffset {end_offset!r} outside its data")
+            end = end_offset
+        digest = c.get("chunkDigest") or (f.digest if len(f.chunks) == 1 else None)
+        if not digest:
+            raise LayerFormatError(f"{what}: chunk at {coff} has no digest")
+        chunk_type = c.get("chunkType")
+        if chunk_type not in (None, "", "zeros"):
+            raise LayerFormatError(f"{what}: unknown chunkType {chunk_type!r}")
+        chunks.append(Chunk(pos, start, end, inner, csize, _digest_bytes(digest, what),
+                            ZEROS if chunk_type == "zeros" else DATA))
+        pos += csize
+    if pos != size:
+        raise LayerFormatError(f"{what}: chunks hold {pos} bytes, the file has {size}")
+    return chunks
 
 
 # --- state ------------------------------------------------------------------
