@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import logging
 import os
 import stat as stat_mod
 import threading
@@ -26,12 +28,16 @@ from .formats import LayerTable, build_table, detect_format, open_reader
 from .index import ROOT_INO, MergedIndex, Node
 from .layertable import load_layer_table, save_layer_table
 from .manifest import Descriptor, Platform
-from .reader import ChunkCache, Layer, LayerStats, Reader
+from .cache import ChunkCache
+from .reader import Layer, LayerStats, Reader
 from .reference import Reference, parse_reference
-from .source import open_source
+from .source import RegistryBlob, open_source
 from .store import Store
 
 INDEX_CONCURRENCY = 2
+PREFETCH_CONCURRENCY = 2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +47,8 @@ class OpenOptions:
     """``RegistryOptions`` for the registry client."""
     full_pull: bool = False
     """Download whole layers instead of reading ranges."""
+    prefetch: bool = False
+    """Download whole layers in the background after opening; reads use ranges until then."""
 
 
 @dataclass
@@ -67,6 +75,9 @@ class Image:
     layers: list[LayerInfo]
     opened_in: float = 0.0
     fallbacks: dict = field(default_factory=dict)
+    nursery: trio.Nursery | None = None
+    prefetching: dict = field(default_factory=dict)
+    """Layer digest -> ``"running"``, ``"done"`` or the error that stopped it."""
 
     @property
     def ref(self) -> Reference:
@@ -98,7 +109,39 @@ class Image:
             for layer in self.reader.layers:
                 nursery.start_soon(layer.blob.path)
 
+    def prefetch(self) -> None:
+        """Start pulling every layer whole in the background (two at a time,
+        in layer order); reads keep using ranges until a layer has landed."""
+        if self.nursery is None:
+            raise UsageError("prefetch needs an image opened with open_image_async")
+        todo = [layer for layer in self.reader.layers
+                if layer.blob.local_path() is None and layer.digest not in self.prefetching]
+        for layer in todo:
+            self.prefetching[layer.digest] = "waiting"
+        self.nursery.start_soon(self._prefetch, todo)
+
+    async def _prefetch(self, layers: list[Layer]) -> None:
+        limit = trio.CapacityLimiter(PREFETCH_CONCURRENCY)
+
+        async def one(layer: Layer) -> None:
+            async with limit:
+                self.prefetching[layer.digest] = "running"
+                try:
+                    if isinstance(layer.blob, RegistryBlob):
+                        await layer.blob.path("prefetch")
+                    else:
+                        await layer.blob.path()
+                    self.prefetching[layer.digest] = "done"
+                except LazyfsError as e:
+                    self.prefetching[layer.digest] = f"failed: {e}"
+                    log.warning("layer %s: prefetch failed: %s", layer.digest, e)
+
+        async with trio.open_nursery() as nursery:
+            for layer in layers:
+                nursery.start_soon(one, layer)
+
     def stats(self) -> dict:
+        """Per layer: how it is read and what that cost; JSON-ready."""
         layers = []
         for info, layer in zip(self.layers, self.reader.layers):
             s = layer.stats
@@ -106,13 +149,35 @@ class Image:
             mode, reason = ("lazy", "") if info.lazy else ("full pull", info.reason)
             if fb is not None and fb.reason:
                 mode, reason = "full pull", fb.reason
+            local = layer.blob.local_path() is not None
             layers.append({
                 "digest": info.desc.digest, "format": info.format, "mode": mode,
-                "reason": reason, "size": info.desc.size, "bytes_fetched": s.bytes_fetched,
+                "reason": reason, "size": info.desc.size,
+                "bytes_fetched": s.bytes_fetched + (fb.pulled_bytes if fb else 0),
+                "range_bytes": s.bytes_fetched,
+                "pulled_bytes": fb.pulled_bytes if fb else 0,
+                "pull_reason": fb.pull_reason if fb else "",
+                "local": local, "prefetch": self.prefetching.get(info.desc.digest, ""),
                 "requests": s.requests, "cache_hits": s.hits, "cache_misses": s.misses,
-                "verify_failures": s.verify_failures})
+                "verify_failures": s.verify_failures, "retries": s.retries,
+                "failed_reads": s.failed_reads, "readahead_pieces": s.readahead_pieces})
         return {"reference": str(self.ref), "digest": self.digest,
-                "open_seconds": round(self.opened_in, 3), "layers": layers}
+                "open_seconds": round(self.opened_in, 3),
+                "cache_corrupt": self.reader.cache.corrupt, "layers": layers}
+
+
+def write_stats(path: str | os.PathLike, image: Image) -> None:
+    """``image.stats()`` as JSON at ``path``, replaced atomically so a reader
+    never sees half a file. Blocking; small."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(image.stats(), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CacheError(f"cannot write stats to {path}: {e.strerror}") from None
 
 
 @contextlib.asynccontextmanager
@@ -134,9 +199,25 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
         layers = [Layer(d.digest, open_reader(t), source.blob(d),
                         LayerStats(format=t.format, size=d.size))
                   for d, t in zip(descs, tables)]
-        reader = Reader(layers, ChunkCache(store.root / "chunks"))
-        yield Image(resolved, index, reader, infos, time.monotonic() - started,
-                    getattr(source, "fallbacks", {}))
+        cache = ChunkCache(store.root / "chunks")
+        with cache.lease([d.digest for d in descs]):
+            async with trio.open_nursery() as nursery:
+                reader = Reader(layers, cache, nursery)
+                image = Image(resolved, index, reader, infos, time.monotonic() - started,
+                              getattr(source, "fallbacks", {}), nursery)
+                if options.prefetch and not options.full_pull:
+                    image.prefetch()
+                failed = None
+                try:
+                    yield image
+                except BaseException as e:
+                    # Raised again below, so callers see it as it was and not
+                    # wrapped in the nursery's exception group.
+                    failed = e
+                finally:
+                    nursery.cancel_scope.cancel()
+            if failed is not None:
+                raise failed
 
 
 def _client_for(ref: Reference, options: OpenOptions):

@@ -1,36 +1,52 @@
 """Reads of entry content: the one place fetching, caching and coalescing live.
 
 A read asks the layer's format which pieces hold the range, serves what it
-can from the chunk cache, fetches the rest with as few range requests as
-possible (adjacent pieces merged, identical in-flight fetches shared), decodes
-and verifies in a worker thread, and only then caches. Nothing unverified is
-ever cached or returned.
+can from the chunk cache (memory, then disk), and fetches the rest: nearby
+pieces merged into spans, all spans of one read in one multi-range request
+where the registry allows, and a piece someone else is already fetching
+waited for rather than fetched twice. Pieces are decoded and verified in a
+worker thread and only then cached or returned. A failed fetch wakes its
+waiters, who try again themselves; transient failures (a dropped or
+truncated answer, bytes that fail verification) are retried a few times
+before the read fails.
+
+Reads that keep starting where the previous one of the same entry ended
+start a bounded readahead in the background.
 """
 
 from __future__ import annotations
 
-import hashlib
+import bisect
 import logging
-import os
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import trio
 
 from .blob import BlobSource, _pread
-from .errors import DigestMismatch, LayerFormatError, LazyfsError
+from .cache import ChunkCache
+from .errors import (CacheError, DigestMismatch, LayerFormatError, LazyfsError, RegistryError,
+                     RegistryUnreachable, UnsafeEntry)
 from .formats import ContentReader, Piece, slice_piece
+from .ranges import Span, coalesce
+
+__all__ = ["ChunkCache", "Layer", "LayerStats", "Reader"]
 
 log = logging.getLogger(__name__)
 
 MERGE_GAP = 64 * 1024
-"""Pieces closer than this in the blob are fetched in one request."""
-
+"""Pieces closer than this in the blob are fetched in one range."""
 INLINE_DECODE = 64 * 1024
 """Pieces smaller than this decode on the event loop: a worker-thread hop
 costs more than the work."""
+FETCH_ATTEMPTS = 3
+RETRY_DELAY = 0.2
+READAHEAD_MIN = 1 << 20
+READAHEAD_MAX = 8 << 20
+READAHEAD_TASKS = 2
+"""Readaheads in flight at once per reader; a sequential read past this is not prefetched."""
+TRACKED_STREAMS = 256
 
 
 @dataclass
@@ -40,10 +56,17 @@ class LayerStats:
     reason: str = ""
     size: int = 0
     bytes_fetched: int = 0
+    """Compressed bytes received by range requests for reads."""
     requests: int = 0
     hits: int = 0
     misses: int = 0
     verify_failures: int = 0
+    retries: int = 0
+    failed_reads: int = 0
+    readahead_pieces: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -56,68 +79,44 @@ class Layer:
     stats: LayerStats = field(default_factory=LayerStats)
 
 
-class ChunkCache:
-    """Decoded, verified pieces on disk (shared by every process) with a small
-    in-memory LRU in front. A file appears only by rename once complete."""
+@dataclass
+class _Flight:
+    """One piece being fetched; others wanting it wait on ``done``."""
 
-    def __init__(self, root: Path | None, memory_bytes: int = 64 << 20):
-        self.root = root
-        self._mem: OrderedDict[tuple, bytes] = OrderedDict()
-        self._mem_bytes = 0
-        self._mem_limit = memory_bytes
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+    error: BaseException | None = None
 
-    def _path(self, layer: str, piece: Piece) -> Path:
-        algo, _, hexd = layer.partition(":")
-        tag = hashlib.sha256(repr(piece.key).encode()).hexdigest()[:32]
-        return self.root / algo / hexd[:2] / hexd / tag
 
-    def get(self, layer: str, piece: Piece, disk: bool = True) -> bytes | None:
-        key = (layer, piece.key)
-        data = self._mem.get(key)
-        if data is not None:
-            self._mem.move_to_end(key)
-            return data
-        if self.root is None or not disk:
-            return None
-        try:
-            data = self._path(layer, piece).read_bytes()
-        except OSError:
-            return None
-        self._remember(key, data)
-        return data
+@dataclass
+class _Stream:
+    """Where the last read of one entry ended, and how far readahead has reached."""
 
-    def put(self, layer: str, piece: Piece, data: bytes, disk: bool = True) -> None:
-        self._remember((layer, piece.key), data)
-        if self.root is None or not disk:
-            return
-        path = self._path(layer, piece)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-
-    def _remember(self, key: tuple, data: bytes) -> None:
-        if len(data) > self._mem_limit // 4:
-            return
-        if key in self._mem:
-            return
-        self._mem[key] = data
-        self._mem_bytes += len(data)
-        while self._mem_bytes > self._mem_limit:
-            _, old = self._mem.popitem(last=False)
-            self._mem_bytes -= len(old)
+    end: int = 0
+    window: int = 0
+    ahead: int = 0
 
 
 class Reader:
-    def __init__(self, layers: Sequence[Layer], cache: ChunkCache):
+    def __init__(self, layers: Sequence[Layer], cache: ChunkCache,
+                 nursery: trio.Nursery | None = None):
         self.layers = list(layers)
         self.cache = cache
-        self._inflight: dict[tuple, trio.Event] = {}
+        self.nursery = nursery
+        """Where readahead runs; ``None`` turns readahead off."""
+        self._inflight: dict[tuple, _Flight] = {}
+        self._streams: OrderedDict[tuple, _Stream] = OrderedDict()
+        self._readaheads = 0
 
     async def read(self, layer_index: int, data: bytes, offset: int, size: int) -> bytes:
         layer = self.layers[layer_index]
         pieces = layer.content.pieces(data, offset, size)
-        decoded = await self._decoded(layer, pieces)
+        try:
+            decoded = await self._decoded(layer, pieces)
+        except LazyfsError:
+            layer.stats.failed_reads += 1
+            raise
+        self._sequential(layer_index, data, offset, size)
         return b"".join(slice_piece(p, d, offset, size) for p, d in zip(pieces, decoded))
 
     def read_local(self, layer_index: int, data: bytes, offset: int, size: int) -> bytes:
@@ -136,49 +135,170 @@ class Reader:
             out.append(slice_piece(p, decoded, offset, size))
         return b"".join(out)
 
-    async def _decoded(self, layer: Layer, pieces: Sequence[Piece]) -> list[bytes]:
-        out: list[bytes | None] = [self.cache.get(layer.digest, p) for p in pieces]
+    # -- cache, then fetch -------------------------------------------------------
+
+    async def _decoded(self, layer: Layer, pieces: Sequence[Piece],
+                       foreground: bool = True) -> list[bytes]:
+        out: list[bytes | None] = [self.cache.get(layer.digest, p, disk=False) for p in pieces]
         missing = [i for i, d in enumerate(out) if d is None]
-        layer.stats.hits += len(pieces) - len(missing)
-        layer.stats.misses += len(missing)
-        for group in _groups([pieces[i] for i in missing]):
-            await self._fetch_group(layer, group)
-        for i in missing:
-            data = self.cache.get(layer.digest, pieces[i])
-            if data is None:
-                raise LazyfsError(f"layer {layer.digest}: piece vanished from the cache")
-            out[i] = data
+        if missing and not _is_local(layer.blob) and self.cache.root is not None:
+            found = await trio.to_thread.run_sync(
+                self._load, layer.digest, [pieces[i] for i in missing])
+            for i, d in zip(missing, found):
+                out[i] = d
+            missing = [i for i in missing if out[i] is None]
+        if foreground:
+            layer.stats.hits += len(pieces) - len(missing)
+            layer.stats.misses += len(missing)
+        if missing:
+            got = await self._fetch(layer, [pieces[i] for i in missing])
+            for i in missing:
+                out[i] = got[pieces[i].key]
         return out  # type: ignore[return-value]
 
-    async def _fetch_group(self, layer: Layer, group: list[Piece]) -> None:
-        keys = [(layer.digest, p.key) for p in group]
-        waits = [self._inflight[k] for k in keys if k in self._inflight]
-        if waits:
-            for ev in waits:
-                await ev.wait()
-            group = [p for p in group if self.cache.get(layer.digest, p) is None]
-            if not group:
-                return
-            keys = [(layer.digest, p.key) for p in group]
-        events = {k: trio.Event() for k in keys}
-        self._inflight.update(events)
-        try:
-            start, end = group[0].start, max(p.end for p in group)
-            raw = await layer.blob.read_range(start, end)
-            layer.stats.requests += 1
-            layer.stats.bytes_fetched += len(raw)
-            for p in group:
-                try:
-                    data = await _decode(layer.content, p, raw[p.start - start: p.end - start])
-                except (DigestMismatch, LayerFormatError) as e:
-                    layer.stats.verify_failures += 1
-                    log.error("layer %s: %s", layer.digest, e)
+    def _load(self, layer: str, pieces: list[Piece]) -> list[bytes | None]:
+        out = []
+        for p in pieces:
+            data = self.cache.load(layer, p)
+            if data is not None:
+                self.cache.put(layer, p, data, disk=False)
+            out.append(data)
+        return out
+
+    async def _fetch(self, layer: Layer, pieces: list[Piece]) -> dict[tuple, bytes]:
+        results: dict[tuple, bytes] = {}
+        error: LazyfsError | None = None
+        for attempt in range(FETCH_ATTEMPTS):
+            todo = [p for p in pieces if p.key not in results]
+            if not todo:
+                break
+            if attempt:
+                layer.stats.retries += 1
+                log.warning("layer %s: retrying a read after: %s", layer.digest, error)
+                await trio.sleep(RETRY_DELAY * attempt)
+            try:
+                await self._fetch_once(layer, todo, results)
+            except LazyfsError as e:
+                if not _retryable(e):
                     raise
-                self.cache.put(layer.digest, p, data, disk=not _is_local(layer.blob))
+                error = e
+        if any(p.key not in results for p in pieces):
+            raise error or LazyfsError(f"layer {layer.digest}: a shared fetch was abandoned")
+        return results
+
+    async def _fetch_once(self, layer: Layer, pieces: list[Piece],
+                          results: dict[tuple, bytes]) -> None:
+        mine: list[tuple[Piece, _Flight]] = []
+        theirs: list[tuple[Piece, _Flight]] = []
+        for p in pieces:
+            key = (layer.digest, p.key)
+            flight = self._inflight.get(key)
+            if flight is None:
+                flight = self._inflight[key] = _Flight()
+                mine.append((p, flight))
+            else:
+                theirs.append((p, flight))
+        if mine:
+            try:
+                got = await self._download(layer, [p for p, _ in mine])
+                for p, flight in mine:
+                    flight.data = results[p.key] = got[p.key]
+            except BaseException as e:
+                for _, flight in mine:
+                    flight.error = e
+                raise
+            finally:
+                for p, flight in mine:
+                    if self._inflight.get((layer.digest, p.key)) is flight:
+                        del self._inflight[(layer.digest, p.key)]
+                    flight.done.set()
+        for p, flight in theirs:
+            await flight.done.wait()
+            if flight.data is not None:
+                results[p.key] = flight.data
+            elif isinstance(flight.error, LazyfsError):
+                raise type(flight.error)(str(flight.error))
+
+    async def _download(self, layer: Layer, pieces: list[Piece]) -> dict[tuple, bytes]:
+        spans = coalesce([(p.start, p.end) for p in pieces], MERGE_GAP)
+        local = _is_local(layer.blob)
+        raws, requests = await _read_spans(layer.blob, spans)
+        if not local:
+            layer.stats.requests += requests
+            layer.stats.bytes_fetched += sum(len(r) for r in raws) if requests else 0
+        starts = [s for s, _ in spans]
+        out: dict[tuple, bytes] = {}
+        for p in pieces:
+            k = bisect.bisect_right(starts, p.start) - 1
+            base = spans[k][0]
+            try:
+                out[p.key] = await _decode(layer.content, p, raws[k][p.start - base:p.end - base])
+            except (DigestMismatch, LayerFormatError) as e:
+                layer.stats.verify_failures += 1
+                log.error("layer %s: %s", layer.digest, e)
+                raise
+        for p in pieces:
+            self.cache.put(layer.digest, p, out[p.key], disk=False)
+        if not local and self.cache.root is not None:
+            await self._store(layer.digest, [(p, out[p.key]) for p in pieces])
+        return out
+
+    async def _store(self, layer: str, items: list[tuple[Piece, bytes]]) -> None:
+        def store_all() -> None:
+            for p, data in items:
+                self.cache.store(layer, p, data)
+        try:
+            await trio.to_thread.run_sync(store_all)
+        except CacheError as e:
+            log.warning("layer %s: not cached: %s", layer, e)
+
+    # -- readahead ---------------------------------------------------------------
+
+    def _sequential(self, layer_index: int, data: bytes, offset: int, size: int) -> None:
+        key = (layer_index, data)
+        s = self._streams.pop(key, None)
+        if s is None or s.end != offset:
+            s = _Stream()
+        elif s.window:
+            s.window = min(s.window * 2, READAHEAD_MAX)
+        else:
+            s.window = READAHEAD_MIN
+        s.end = offset + size
+        self._streams[key] = s
+        while len(self._streams) > TRACKED_STREAMS:
+            self._streams.popitem(last=False)
+        if not s.window or self.nursery is None or self._readaheads >= READAHEAD_TASKS:
+            return
+        start = max(s.end, s.ahead)
+        stop = s.end + s.window
+        if stop - start < s.window // 2:
+            return
+        layer = self.layers[layer_index]
+        if _is_local(layer.blob):
+            return
+        s.ahead = stop
+        self._readaheads += 1
+        self.nursery.start_soon(self._readahead, layer, data, start, stop - start)
+
+    async def _readahead(self, layer: Layer, data: bytes, offset: int, size: int) -> None:
+        try:
+            pieces = layer.content.pieces(data, offset, size)
+            if pieces:
+                await self._decoded(layer, pieces, foreground=False)
+                layer.stats.readahead_pieces += len(pieces)
+        except LazyfsError as e:
+            log.info("layer %s: readahead stopped: %s", layer.digest, e)
         finally:
-            for k, ev in events.items():
-                self._inflight.pop(k, None)
-                ev.set()
+            self._readaheads -= 1
+
+
+async def _read_spans(blob: BlobSource, spans: list[Span]) -> tuple[list[bytes], int]:
+    """The bytes of each span and how many requests it took; blobs that can
+    answer several ranges at once (``read_ranges``) are asked that way."""
+    many = getattr(blob, "read_ranges", None)
+    if many is not None:
+        return await many(spans)
+    return [await blob.read_range(s, e) for s, e in spans], len(spans)
 
 
 async def _decode(content: ContentReader, piece: Piece, raw: bytes) -> bytes:
@@ -187,18 +307,16 @@ async def _decode(content: ContentReader, piece: Piece, raw: bytes) -> bytes:
     return await trio.to_thread.run_sync(content.decode, piece, raw)
 
 
+def _retryable(e: LazyfsError) -> bool:
+    """Failures another attempt may not meet: the network's, and bytes that
+    arrived wrong (the registry's copy is checked by digest, so a mismatch
+    is more likely a bad transfer than a bad blob)."""
+    if isinstance(e, UnsafeEntry):
+        return False
+    return isinstance(e, (RegistryError, RegistryUnreachable, DigestMismatch, LayerFormatError))
+
+
 def _is_local(blob: BlobSource) -> bool:
     """Whether the whole blob is on local disk already (then caching decoded
     pieces on disk too would only double the space)."""
     return blob.local_path() is not None
-
-
-def _groups(pieces: list[Piece]) -> list[list[Piece]]:
-    """Pieces merged into runs that one range request can serve."""
-    groups: list[list[Piece]] = []
-    for p in sorted(pieces, key=lambda p: p.start):
-        if groups and p.start <= max(q.end for q in groups[-1]) + MERGE_GAP:
-            groups[-1].append(p)
-        else:
-            groups.append([p])
-    return groups

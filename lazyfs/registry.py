@@ -35,6 +35,8 @@ from .errors import (DigestMismatch, LazyfsError, NoMatchingPlatform, NotFound,
 from .manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, ImageConfig, Index,
                        Manifest, Platform, image_platforms, parse_config, parse_manifest,
                        select_platform)
+from .ranges import (Part, Span, batches, boundary_of, coalesce, cut, parse_content_range,
+                     parse_multipart, range_header)
 from .reference import Reference
 
 DOCKER_HUB = "docker.io"
@@ -43,6 +45,10 @@ MAX_MANIFEST_SIZE = 4 << 20
 """Registries must accept manifests up to 4 MiB; anything bigger is not a manifest."""
 MAX_CONFIG_SIZE = 64 << 20
 MAX_REDIRECTS = 8
+MAX_RANGES_PER_REQUEST = 32
+"""Go's ``http.ServeContent`` has no cap, but S3 and CDNs refuse long Range headers."""
+MULTIPART_OVERHEAD = 512
+"""Generous bytes per part for the boundary and part headers of a multi-range answer."""
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _RETRY_ERRORS = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError,
@@ -68,6 +74,8 @@ class RegistryOptions:
     user_agent: str = f"lazyfs/{__version__}"
     auth: AuthFactory | None = None
     """``(registry, scope) -> httpx.Auth``; by default docker/podman credentials."""
+    max_range_requests: int = 8
+    """Range requests in flight at once per registry host."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,8 @@ class RegistryClient:
         self._auths: dict[tuple[str, str], httpx.Auth | None] = {}
         self._down: set[Endpoint] = set()
         self._challenges: dict[str, tuple[str, dict[str, str]]] = {}
+        self._multi_range: dict[str, bool] = {}
+        self._range_limits: dict[str, trio.CapacityLimiter] = {}
 
     async def __aenter__(self) -> RegistryClient:
         o = self.options
@@ -228,9 +238,10 @@ class RegistryClient:
         if not 0 <= start < end:
             raise RegistryError(f"blob {digest}: invalid range {start}-{end}")
         what = f"{ref.name}@{digest}"
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        async with self._reading(ref, "GET", _path(ref, "blobs", digest), what,
-                                 headers=headers) as (ep, resp):
+        headers = {"Range": range_header([(start, end)])}
+        async with self._range_limit(ref), \
+                self._reading(ref, "GET", _path(ref, "blobs", digest), what,
+                              headers=headers) as (ep, resp):
             if resp.status_code != 206:
                 raise RangeNotSupported(f"registry {ep.host} answered a Range request for blob "
                                         f"{digest} with HTTP {resp.status_code}, not 206")
@@ -240,6 +251,73 @@ class RegistryClient:
             raise RegistryError(f"blob {digest}: range {start}-{end - 1} returned "
                                 f"{len(data)} of {end - start} bytes")
         return data
+
+    async def get_ranges(self, ref: Reference, digest: str, spans: list[Span]) -> list[bytes]:
+        """The bytes of each ``(start, end)`` span of a blob, in the order asked.
+
+        Overlapping and adjacent spans are merged; what remains goes in one
+        multi-range request per ``MAX_RANGES_PER_REQUEST`` while the host
+        answers those with 206. The first answer that is not a usable 206
+        (a 200 with the whole blob, as S3-style backends send) marks the host
+        as single-range for the life of this client: a 200 is never taken as
+        a partial answer.
+        """
+        for start, end in spans:
+            if not 0 <= start < end:
+                raise RegistryError(f"blob {digest}: invalid range {start}-{end}")
+        merged = coalesce(spans)
+        host = self._upstream(ref).api_host
+        if len(merged) > 1 and self._multi_range.get(host, True):
+            parts: list[Part] = []
+            for batch in batches(merged, MAX_RANGES_PER_REQUEST):
+                got = await self._get_multi(ref, digest, batch)
+                if got is None:
+                    self._multi_range[host] = False
+                    break
+                parts += got
+            else:
+                self._multi_range[host] = True
+                return cut(spans, parts, f"blob {digest}")
+        parts = [Part(s, e, await self.get_range(ref, digest, s, e)) for s, e in merged]
+        return cut(spans, parts, f"blob {digest}")
+
+    def multi_range(self, ref: Reference) -> bool | None:
+        """Whether ``ref``'s registry answered multi-range requests; ``None`` before the probe."""
+        return self._multi_range.get(self._upstream(ref).api_host)
+
+    async def _get_multi(self, ref: Reference, digest: str, spans: list[Span]) -> list[Part] | None:
+        """The parts of one multi-range answer, or ``None`` if it was not a 206."""
+        what = f"{ref.name}@{digest}"
+        wanted = sum(e - s for s, e in spans)
+        async with self._range_limit(ref), \
+                self._reading(ref, "GET", _path(ref, "blobs", digest), what,
+                              headers={"Range": range_header(spans)}, ok=(416,)) as (ep, resp):
+            if resp.status_code != 206:
+                return None
+            boundary = boundary_of(resp.headers.get("content-type"))
+            if boundary is not None:
+                body = await _read_limited(resp, wanted + MULTIPART_OVERHEAD * len(spans),
+                                           what, ep)
+                return parse_multipart(body, boundary, f"blob {digest}")
+            cr = parse_content_range(resp.headers.get("content-range"))
+            if cr is None:
+                raise RegistryError(f"blob {digest}: multi-range answer with Content-Range "
+                                    f"{resp.headers.get('content-range')!r}")
+            data = await _read_limited(resp, cr.end - cr.start, what, ep)
+        if len(data) != cr.end - cr.start:
+            raise RegistryError(f"blob {digest}: range {cr.start}-{cr.end - 1} returned "
+                                f"{len(data)} of {cr.end - cr.start} bytes")
+        return [Part(cr.start, cr.end, data)]
+
+    @asynccontextmanager
+    async def _range_limit(self, ref: Reference):
+        host = self._upstream(ref).api_host
+        limit = self._range_limits.get(host)
+        if limit is None:
+            limit = self._range_limits[host] = trio.CapacityLimiter(
+                self.options.max_range_requests)
+        async with limit:
+            yield
 
     # --- tags, pushes, referrers ---------------------------------------------
 
@@ -352,10 +430,10 @@ class RegistryClient:
 
     @asynccontextmanager
     async def _reading(self, ref: Reference, method: str, path: str, what: str,
-                       headers: dict[str, str] | None = None):
+                       headers: dict[str, str] | None = None, ok: tuple[int, ...] = ()):
         async def open_at(ep: Endpoint):
             return ep, await self._open_checked(ep, method, path, what, scope=_scope(ref),
-                                                headers=headers)
+                                                headers=headers, ok=ok)
 
         ep, resp = await self._each_endpoint(ref, open_at)
         try:

@@ -32,11 +32,21 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 
+WHOLE_BLOB_ASKED = "the whole blob was asked for (index build or export)"
+
+
 @dataclass
 class Fallback:
-    """Why a layer is served from a whole download rather than ranges."""
+    """Per layer, shared by every ``RegistryBlob`` of it: why it is served from
+    a whole download rather than ranges, and what whole downloads cost."""
 
     reason: str = ""
+    """Why reads of this layer cannot use ranges (empty while they can)."""
+    pulled_bytes: int = 0
+    """Bytes of whole-blob pulls (index builds, fallbacks, prefetch, ``--full-pull``)."""
+    pull_reason: str = ""
+    """Why the last whole pull was made."""
+    lock: trio.Lock = field(default_factory=trio.Lock, repr=False, compare=False)
 
 
 class ImageSource(Protocol):
@@ -49,7 +59,8 @@ class ImageSource(Protocol):
 
 class RegistryBlob:
     """Ranges from the registry until the whole blob is in the store; then the
-    store alone. A registry that ignores Range makes this pull the blob whole."""
+    store alone. A registry that ignores Range makes this pull the blob whole,
+    once, however many readers ask at the same time."""
 
     def __init__(self, client, ref: Reference, desc: Descriptor, store: Store,
                  fallback: Fallback, full_pull: bool = False):
@@ -57,7 +68,8 @@ class RegistryBlob:
         self._client, self._ref, self._desc, self._store = client, ref, desc, store
         self.fallback = fallback
         self._full_pull = full_pull
-        self._lock = trio.Lock()
+        if full_pull and not fallback.reason:
+            fallback.reason = "whole layers requested (--full-pull)"
 
     def local_path(self) -> Path | None:
         return self._store.blob_path(self.digest)
@@ -66,27 +78,56 @@ class RegistryBlob:
         check_range(self, start, end)
         if start == end:
             return b""
-        local = self._store.blob_path(self.digest)
-        if local is None and not (self._full_pull or self.fallback.reason):
-            try:
-                return await self._client.get_range(self._ref, self.digest, start, end)
-            except RangeNotSupported as e:
-                self.fallback.reason = str(e)
-                log.warning("layer %s: %s; pulling it whole", self.digest, e)
-        if local is None:
-            local = await self.path()
-        return await trio.to_thread.run_sync(_pread, local, start, end - start)
+        parts, _ = await self.read_ranges([(start, end)])
+        return parts[0]
 
-    async def path(self) -> Path:
-        async with self._lock:
+    async def read_ranges(self, spans: list[tuple[int, int]]) -> tuple[list[bytes], int]:
+        """The bytes of each (non-empty) span and the number of requests it
+        took: 0 when the store had the whole blob."""
+        for start, end in spans:
+            check_range(self, start, end)
+        local = self._store.blob_path(self.digest)
+        if local is None and not self.fallback.reason:
+            try:
+                if len(spans) == 1:
+                    parts = [await self._client.get_range(self._ref, self.digest, *spans[0])]
+                else:
+                    parts = await self._client.get_ranges(self._ref, self.digest, spans)
+                return parts, self._requests(spans)
+            except RangeNotSupported as e:
+                if not self.fallback.reason:
+                    self.fallback.reason = str(e)
+                    log.warning("layer %s: %s; pulling it whole", self.digest, e)
+        if local is None:
+            local = await self.path(self.fallback.reason)
+        return await trio.to_thread.run_sync(_pread_all, local, spans), 0
+
+    def _requests(self, spans: list[tuple[int, int]]) -> int:
+        if len(spans) <= 1:
+            return len(spans)
+        multi = getattr(self._client, "multi_range", None)
+        if multi is not None and multi(self._ref):
+            from .registry import MAX_RANGES_PER_REQUEST
+            return -(-len(spans) // MAX_RANGES_PER_REQUEST)
+        return len(spans)
+
+    async def path(self, why: str = "") -> Path:
+        """The verified blob in the store, pulled once for every concurrent caller."""
+        async with self.fallback.lock:
             local = self._store.blob_path(self.digest)
             if local is None:
                 await _fetch_layer(self._client, self._ref, self._desc, self._store,
                                    NoProgress(), trio.CapacityLimiter(1))
+                self.fallback.pulled_bytes += self.size
+                self.fallback.pull_reason = why or self.fallback.reason or WHOLE_BLOB_ASKED
                 local = self._store.blob_path(self.digest)
             if local is None:
                 raise LazyfsError(f"layer {self.digest} vanished from the store after its pull")
             return local
+
+
+def _pread_all(path: Path, spans: list[tuple[int, int]]) -> list[bytes]:
+    return [_pread(path, s, e - s) if s < e else b"" for s, e in spans]
 
 
 class RegistrySource:

@@ -1,0 +1,403 @@
+"""Decoded, verified pieces of layer content, on disk and shared by every
+lazyfs process, with a small in-memory LRU in front.
+
+A piece lives at ``chunks/<algo>/<hex[:2]>/<hex>/<key>`` (one directory per
+layer) and starts with a header holding its length and a blake2b of its key
+and bytes. Files appear only by renaming a complete tmp file, and every read
+checks the header, so neither a crash mid-write nor a torn or corrupted file
+after a power cut can put wrong bytes in front of a reader: such a file is
+deleted and its piece fetched again. That check is also why writes are not
+fsynced: durability would buy nothing the check does not already give.
+
+The disk part is bounded (``LAZYFS_CACHE_SIZE``). Eviction drops the least
+recently used pieces, going by mtime, which a hit refreshes at most once a
+minute so that hits stay read-only on the disk. Pieces of layers that a live
+process holds a *lease* on are never evicted: a lease is a small file under
+``chunks/leases/`` listing layer digests, held with a shared ``flock`` that
+dies with its process, so a lease nobody holds any more is recognised as
+stale without trusting pids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import secrets
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import CacheError, UsageError
+from .formats import Piece
+
+MAGIC = b"LZC1"
+_HEAD = struct.Struct("<4sQ32s")
+TOUCH_EVERY = 60.0
+"""Seconds between mtime refreshes of a piece that keeps being hit."""
+DEFAULT_CACHE_SIZE = 10 << 30
+DEFAULT_FRACTION = 0.10
+"""Without ``LAZYFS_CACHE_SIZE``: this share of the file system, at most ``DEFAULT_CACHE_SIZE``."""
+EVICT_TO = 0.9
+"""Eviction goes this far below the limit, so it does not run again on the next put."""
+STALE_TMP_SECONDS = 600
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_TMP = re.compile(r"^\..*\.(\d+)\.[0-9a-f]+\.tmp$")
+
+
+@dataclass(frozen=True)
+class ChunkPrune:
+    files: int = 0
+    bytes_freed: int = 0
+
+
+def parse_size(text: str) -> int:
+    """``10G``, ``500M``, ``1.5GiB``, ``4096``: binary units, as ``du -h`` shows them."""
+    m = _SIZE.match(text)
+    if not m:
+        raise UsageError(f"not a size: {text!r} (use e.g. 500M or 10G)")
+    return int(float(m[1]) * _UNITS[m[2].upper()])
+
+
+def cache_size_limit(root: Path) -> int:
+    """``LAZYFS_CACHE_SIZE``, or a tenth of the file system the cache is on (at most 10 GiB)."""
+    if text := os.environ.get("LAZYFS_CACHE_SIZE"):
+        return parse_size(text)
+    try:
+        st = os.statvfs(_existing(root))
+    except OSError:
+        return DEFAULT_CACHE_SIZE
+    return min(DEFAULT_CACHE_SIZE, int(st.f_blocks * st.f_frsize * DEFAULT_FRACTION))
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+class Lease:
+    """Held while a reader may use pieces of ``layers``; see the module docstring."""
+
+    def __init__(self, directory: Path, layers: Iterable[str]):
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        name = f"{os.getpid()}.{secrets.token_hex(6)}"
+        tmp = directory / f".{name}.tmp"
+        self._file = open(tmp, "w+")
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)
+        self._file.write("".join(f"{d}\n" for d in sorted(set(layers))))
+        self._file.flush()
+        self.path = directory / name
+        os.rename(tmp, self.path)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self._file.close()
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ChunkCache:
+    def __init__(self, root: Path | None, memory_bytes: int = 64 << 20,
+                 limit: int | None = None):
+        self.root = root
+        self.limit = limit if limit is not None else (cache_size_limit(root) if root else 0)
+        self.corrupt = 0
+        """Pieces found torn or corrupted on disk (and deleted) by this process."""
+        self._mem: OrderedDict[tuple, bytes] = OrderedDict()
+        self._mem_bytes = 0
+        self._mem_limit = memory_bytes
+        self._disk_bytes: int | None = None
+
+    # -- memory ----------------------------------------------------------------
+
+    def get(self, layer: str, piece: Piece, disk: bool = True) -> bytes | None:
+        """Memory first, then (blocking) disk."""
+        key = (layer, piece.key)
+        data = self._mem.get(key)
+        if data is not None:
+            self._mem.move_to_end(key)
+            return data
+        if not disk:
+            return None
+        data = self.load(layer, piece)
+        if data is not None:
+            self._remember(key, data)
+        return data
+
+    def put(self, layer: str, piece: Piece, data: bytes, disk: bool = True) -> None:
+        self._remember((layer, piece.key), data)
+        if disk:
+            self.store(layer, piece, data)
+
+    def _remember(self, key: tuple, data: bytes) -> None:
+        if len(data) > self._mem_limit // 4 or key in self._mem:
+            return
+        self._mem[key] = data
+        self._mem_bytes += len(data)
+        while self._mem_bytes > self._mem_limit:
+            _, old = self._mem.popitem(last=False)
+            self._mem_bytes -= len(old)
+
+    def forget(self, layer: str, piece: Piece) -> None:
+        old = self._mem.pop((layer, piece.key), None)
+        if old is not None:
+            self._mem_bytes -= len(old)
+
+    # -- disk (blocking: call from a worker thread) -----------------------------
+
+    def path(self, layer: str, piece: Piece) -> Path:
+        if self.root is None:
+            raise CacheError("this chunk cache has no directory")
+        algo, _, hexd = layer.partition(":")
+        return self.root / algo / hexd[:2] / hexd / _tag(piece)
+
+    def load(self, layer: str, piece: Piece) -> bytes | None:
+        """The piece from disk if it is there and intact; a bad file is deleted."""
+        if self.root is None:
+            return None
+        path = self.path(layer, piece)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+                mtime = os.fstat(f.fileno()).st_mtime
+        except OSError:
+            return None
+        data = _unwrap(raw, _tag(piece))
+        if data is None:
+            self.corrupt += 1
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        if time.time() - mtime > TOUCH_EVERY:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+        return data
+
+    def store(self, layer: str, piece: Piece, data: bytes) -> None:
+        """Write the piece (already verified by its format) and keep the size limit."""
+        if self.root is None:
+            return
+        path = self.path(layer, piece)
+        try:
+            _write_piece(path, _header(_tag(piece), data), data)
+        except FileNotFoundError:
+            # An eviction in another process removed the layer's empty directory.
+            self._write_or_fail(path, piece, data)
+        except OSError as e:
+            raise CacheError(f"cannot write to chunk cache {self.root}: {e.strerror}") from None
+        if self._disk_bytes is None:
+            self._disk_bytes = sum(f.size for f in self._scan())
+        else:
+            self._disk_bytes += _HEAD.size + len(data)
+        if self._disk_bytes > self.limit:
+            self.evict()
+
+    def _write_or_fail(self, path: Path, piece: Piece, data: bytes) -> None:
+        try:
+            _write_piece(path, _header(_tag(piece), data), data)
+        except OSError as e:
+            raise CacheError(f"cannot write to chunk cache {self.root}: {e.strerror}") from None
+
+    def lease(self, layers: Iterable[str]) -> Lease | contextlib.nullcontext:
+        if self.root is None:
+            return contextlib.nullcontext()
+        return Lease(self.root / "leases", layers)
+
+    def leased(self) -> set[str]:
+        """Layer digests some live process holds a lease on; stale leases are removed."""
+        found: set[str] = set()
+        if self.root is None or not (self.root / "leases").is_dir():
+            return found
+        for entry in os.scandir(self.root / "leases"):
+            if entry.name.startswith("."):
+                continue
+            try:
+                f = open(entry.path)
+            except FileNotFoundError:
+                continue
+            with f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    found.update(line.strip() for line in f if line.strip())
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+        return found
+
+    def evict(self, target: int | None = None, everything: bool = False) -> ChunkPrune:
+        """Drop least recently used pieces of unleased layers until the cache
+        holds at most ``target`` bytes (default: just under the limit)."""
+        if self.root is None or not self.root.is_dir():
+            return ChunkPrune()
+        target = int(self.limit * EVICT_TO) if target is None else target
+        with _try_lock(self.root / "evict.lock") as locked:
+            if not locked:
+                return ChunkPrune()
+            keep = self.leased()
+            files = []
+            n = freed = 0
+            for f in self._scan():
+                if not f.tmp:
+                    files.append(f)
+                elif _abandoned(f) and _unlink(f.path):
+                    n, freed = n + 1, freed + f.size
+            files.sort(key=lambda f: f.mtime)
+            total = sum(f.size for f in files)
+            for f in files:
+                if not everything and total <= target:
+                    break
+                if f.layer in keep:
+                    continue
+                if _unlink(f.path):
+                    n, freed = n + 1, freed + f.size
+                total -= f.size
+            self._disk_bytes = total
+            _remove_empty_dirs(self.root)
+        return ChunkPrune(n, freed)
+
+    def _scan(self) -> Iterator[_File]:
+        if self.root is None:
+            return
+        for algo in _dirs(self.root):
+            if algo.name == "leases":
+                continue
+            for prefix in _dirs(Path(algo.path)):
+                for layer in _dirs(Path(prefix.path)):
+                    digest = f"{algo.name}:{layer.name}"
+                    for entry in os.scandir(layer.path):
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        yield _File(entry.path, digest, st.st_size, st.st_mtime,
+                                    entry.name.startswith("."))
+
+
+def prune_chunks(store, all: bool = False) -> ChunkPrune:
+    """For ``lazyfs prune``: the chunk cache brought under its limit (abandoned
+    tmp files and stale leases removed too); with ``all``, every piece of
+    every layer no live process holds a lease on. Blocking."""
+    cache = ChunkCache(Path(store.root) / "chunks")
+    return cache.evict(target=0 if all else None, everything=all)
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    path: str
+    layer: str
+    size: int
+    mtime: float
+    tmp: bool
+
+
+def _tag(piece: Piece) -> str:
+    return hashlib.sha256(repr(piece.key).encode()).hexdigest()[:32]
+
+
+def _header(tag: str, data: bytes) -> bytes:
+    h = hashlib.blake2b(tag.encode(), digest_size=32)
+    h.update(data)
+    return _HEAD.pack(MAGIC, len(data), h.digest())
+
+
+def _unwrap(raw: bytes, tag: str) -> bytes | None:
+    if len(raw) < _HEAD.size:
+        return None
+    magic, length, digest = _HEAD.unpack_from(raw)
+    if magic != MAGIC or length != len(raw) - _HEAD.size:
+        return None
+    data = raw[_HEAD.size:]
+    h = hashlib.blake2b(tag.encode(), digest_size=32)
+    h.update(data)
+    return data if h.digest() == digest else None
+
+
+def _write_piece(path: Path, header: bytes, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            _write_all(fd, header)
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[:1 << 20]):]
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _abandoned(f: _File) -> bool:
+    """A tmp file whose writer died, or one so old that no writer can still be at it."""
+    if time.time() - f.mtime > STALE_TMP_SECONDS:
+        return True
+    m = _TMP.match(os.path.basename(f.path))
+    if not m:
+        return True
+    try:
+        os.kill(int(m[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _dirs(path: Path) -> list[os.DirEntry]:
+    try:
+        return [e for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    for algo in _dirs(root):
+        if algo.name == "leases":
+            continue
+        for prefix in _dirs(Path(algo.path)):
+            for layer in _dirs(Path(prefix.path)):
+                with contextlib.suppress(OSError):
+                    os.rmdir(layer.path)
+            with contextlib.suppress(OSError):
+                os.rmdir(prefix.path)
+
+
+@contextlib.contextmanager
+def _try_lock(path: Path) -> Iterator[bool]:
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
