@@ -66,6 +66,8 @@ _WH = ".wh."
 _WH_META = ".wh..wh."
 _WH_OPAQUE = ".wh..wh..opq"
 _OPAQUE_XATTR = "trusted.overlay.opaque"
+_READDIR_FIRST = 64
+"""FUSE takes a page of a few dozen entries per call; fetch little at first."""
 _READDIR_BATCH = 1024
 
 
@@ -103,6 +105,7 @@ class MergedIndex:
         self.entry_count: int = meta["entry_count"]
         self.layer_roots = layer_roots
         self._layer_of_root = {ino: name for name, ino in layer_roots}
+        self._cursors: dict[int, tuple[int, bytes]] = {}
 
     @classmethod
     def build(cls, path: Path, layers: Sequence[Sequence[Entry]], *,
@@ -173,16 +176,29 @@ class MergedIndex:
 
     def readdir(self, ino: int, offset: int = 0) -> Iterator[tuple[str, Node, int]]:
         """Children after ``offset`` in a fixed order; each comes with the
-        offset to resume after it, so FUSE can page through big directories."""
+        offset to resume after it, so FUSE can page through big directories.
+        Resuming where the last call stopped seeks by name rather than
+        skipping ``offset`` rows, so paging stays linear in directory size."""
+        cursor = self._cursors.get(ino)
+        after = cursor[1] if cursor is not None and cursor[0] == offset else None
+        batch = _READDIR_FIRST
         while True:
-            rows = self._all(f"SELECT d.name, {_COLS} FROM dirents d "
-                             "JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? "
-                             f"ORDER BY d.name LIMIT {_READDIR_BATCH} OFFSET ?", (ino, offset))
+            if after is None:
+                rows = self._all(f"SELECT d.name, {_COLS} FROM dirents d "
+                                 "JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? "
+                                 "ORDER BY d.name LIMIT ? OFFSET ?", (ino, batch, offset))
+            else:
+                rows = self._all(f"SELECT d.name, {_COLS} FROM dirents d "
+                                 "JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? "
+                                 "AND d.name > ? ORDER BY d.name LIMIT ?", (ino, after, batch))
             for row in rows:
                 offset += 1
+                self._cursors[ino] = (offset, row[0])
                 yield _s(row[0]), _node(row[1:]), offset
-            if len(rows) < _READDIR_BATCH:
+            if len(rows) < batch:
                 return
+            after = rows[-1][0]
+            batch = min(batch * 4, _READDIR_BATCH)
 
     def listdir(self, ino: int) -> list[str]:
         rows = self._all("SELECT name FROM dirents WHERE parent = ? ORDER BY name", (ino,))
