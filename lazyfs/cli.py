@@ -548,10 +548,124 @@ def _add_export(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
+# -- mount, umount, mounts, stats ---------------------------------------------------
+
+
+def _mount_options(args: argparse.Namespace):
+    from .mount import MountOptions
+    flags = set()
+    for group in args.o or []:
+        flags.update(f for f in group.split(",") if f)
+    unknown = flags - {"suid", "dev", "nosuid", "nodev", "allow_other", "ro"}
+    if unknown:
+        raise UsageError(f"unsupported mount option(s): {', '.join(sorted(unknown))} "
+                         "(lazyfs takes suid, dev, allow_other)")
+    return MountOptions(foreground=args.foreground,
+                        allow_other=args.allow_other or "allow_other" in flags,
+                        suid="suid" in flags, dev="dev" in flags, debug=bool(opt(args, "debug")))
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from .fs import image_operations
+    from .mount import mount
+    ref = parse_ref(args.ref)
+    factory = image_operations(str(ref) if ref.transport == "docker" else args.ref,
+                               args.mountpoint, layers=args.layers,
+                               open_options=open_options(args), store=open_store(args))
+    mounted = mount(factory, args.mountpoint, fsname=str(ref), options=_mount_options(args))
+    if opt(args, "debug") and not args.foreground:
+        print(f"lazyfs: daemon {mounted.pid} logs to {mounted.log_path}", file=sys.stderr)
+    return 0
+
+
+def _add_mount(sub) -> None:
+    p = add_command(sub, "mount", "mount an image read-only at MOUNTPOINT, fetching what is read")
+    p.add_argument("-f", "--foreground", action="store_true", help="serve in this process until unmounted")
+    p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    p.add_argument("--layers", action="store_true",
+                   help="show each layer as its own directory (overlayfs lowerdir form) and .lowerdir")
+    p.add_argument("--full-pull", action="store_true", help="download whole layers instead of ranges")
+    p.add_argument("-o", metavar="OPTS", action="append",
+                   help="mount options: suid, dev, allow_other (default nosuid,nodev)")
+    p.add_argument("ref", metavar="REF")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(func=cmd_mount)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from .mount import umount
+    umount(args.mountpoint, lazy=args.lazy)
+    return 0
+
+
+def _add_umount(sub) -> None:
+    p = add_command(sub, "umount", "unmount a lazyfs mount (also one whose daemon died)")
+    p.add_argument("-l", "--lazy", action="store_true", help="detach now, even if files are open")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(func=cmd_umount)
+
+
+def cmd_mounts(args: argparse.Namespace) -> int:
+    from .mount import list_mounts
+    rows = []
+    for m in list_mounts():
+        state = m.state or {}
+        rows.append({"mountpoint": m.mountpoint, "reference": m.source,
+                     "digest": state.get("digest", ""), "pid": state.get("pid"),
+                     "alive": m.state is not None})
+    if args.json:
+        print_json(rows)
+        return 0
+    lines = ["MOUNTPOINT\tREFERENCE\tDIGEST\tPID"]
+    for r in rows:
+        pid = str(r["pid"]) if r["alive"] else "dead (run lazyfs umount)"
+        lines.append(f"{r['mountpoint']}\t{r['reference']}\t{r['digest'][:19]}\t{pid}")
+    sys.stdout.write(_align(lines))
+    return 0
+
+
+def _add_mounts(sub) -> None:
+    p = add_command(sub, "mounts", "list active lazyfs mounts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_mounts)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .mount import read_stats
+    doc = read_stats(args.mountpoint)
+    if args.json:
+        print_json(doc)
+        return 0
+    sys.stdout.write(render_stats(doc))
+    return 0
+
+
+def render_stats(doc: dict) -> str:
+    head = [f"{doc.get('reference', '')}", f"digest {doc.get('digest', '')}",
+            f"opened in {doc.get('open_seconds', 0):.2f}s"]
+    lines = ["LAYER\tFORMAT\tMODE\tFETCHED\tSIZE\tREQUESTS\tHITS\tMISSES\tBAD"]
+    for layer in doc.get("layers", []):
+        mode = layer["mode"] + (f" ({layer['reason']})" if layer.get("reason") else "")
+        lines.append("\t".join([
+            layer["digest"].partition(":")[2][:12], layer["format"], mode,
+            human_size(layer["bytes_fetched"]), human_size(layer["size"]),
+            str(layer["requests"]), str(layer["cache_hits"]), str(layer["cache_misses"]),
+            str(layer["verify_failures"])]))
+    return "\n".join(head) + "\n" + _align(lines)
+
+
+def _add_stats(sub) -> None:
+    p = add_command(sub, "stats", "what a mount has fetched, per layer")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(func=cmd_stats)
+
+
 # -- main ----------------------------------------------------------------------
 
 COMMANDS = [_add_pull, _add_images, _add_inspect, _add_rmi, _add_prune,
-            _add_ls, _add_cat, _add_stat, _add_find, _add_diff, _add_export]
+            _add_ls, _add_cat, _add_stat, _add_find, _add_diff, _add_export,
+            _add_mount, _add_umount, _add_mounts, _add_stats]
 
 
 def build_parser() -> argparse.ArgumentParser:
