@@ -77,6 +77,12 @@ class TarParser:
 
     def feed(self, data) -> list[Member]:
         mv = memoryview(data).cast("B")
+        try:
+            return self._feed(mv)
+        finally:
+            mv.release()
+
+    def _feed(self, mv: memoryview) -> list[Member]:
         n = len(mv)
         pos = 0
         out: list[Member] = []

@@ -60,7 +60,8 @@ class Span:
     ustart: int
     ulen: int
     bits: int
-    """Bits of the byte at ``start`` already used by the previous span, 0 if none."""
+    """How many high bits of the byte at ``start`` begin this span; 0 when the
+    span starts on a byte boundary."""
     window: bytes
     """zlib-compressed inflate window; empty at a stream start."""
     digest: bytes

@@ -17,6 +17,7 @@ from lazyfs.entry import EntryType
 from lazyfs.errors import DigestMismatch, LayerFormatError
 from lazyfs.formats import build_table, gzip as gzfmt, open_reader, read_content
 from lazyfs.formats import zstd as zfmt
+from tests.support import tarbytes as tb
 
 TAR = "application/vnd.docker.image.rootfs.diff.tar"
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -162,6 +163,10 @@ async def test_tar_build_verifies_the_blob_and_the_stream(tree, tmp_path):
     cut.write_bytes(tar.read_bytes()[:700_000])
     with pytest.raises(LayerFormatError, match="truncated"):
         await build_table(*layer(cut, TAR))
+    bad = tmp_path / "bad-header.tar"
+    bad.write_bytes(tb.member("a", b"x" * 5000) + tb.member("b", checksum=5) + tb.end())
+    with pytest.raises(LayerFormatError, match="'b' at offset 5632: bad header checksum"):
+        await build_table(*layer(bad, TAR))
 
 
 # -- gzip ------------------------------------------------------------------------
