@@ -57,7 +57,12 @@ class Member:
 
 
 class TarParser:
-    """Feed bytes with ``feed``, collect members, then call ``close``."""
+    """Feed bytes with ``feed``, collect members, then call ``close``.
+
+    ``layer`` only names the layer in error messages. ``offset`` counts the
+    bytes fed so far (the stream's length once all is fed); ``done`` turns
+    true at the end-of-archive marker.
+    """
 
     def __init__(self, layer: str = "layer"):
         self.layer = layer
@@ -76,6 +81,7 @@ class TarParser:
         self._zero_at = -1
 
     def feed(self, data) -> list[Member]:
+        """The members whose header ends in ``data`` (any bytes-like object)."""
         mv = memoryview(data).cast("B")
         try:
             return self._feed(mv)
