@@ -18,6 +18,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -292,8 +293,17 @@ def _restore(target: str, node, ix: MergedIndex) -> None:
     os.utime(target, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
 
 
-def assert_views_overlay_to_merged(layers: list[list[Entry]], work: Path) -> None:
-    work.mkdir(parents=True)
+def assert_views_overlay_to_merged(layers: list[list[Entry]]) -> None:
+    # A private directory rather than pytest's: a concurrent pytest session
+    # pruning old temp dirs must never walk into a live mount.
+    work = Path(tempfile.mkdtemp(prefix="lazyfs-views-"))
+    try:
+        _views_overlay_to_merged(layers, work)
+    finally:
+        shutil.rmtree(work)
+
+
+def _views_overlay_to_merged(layers: list[list[Entry]], work: Path) -> None:
     try:
         ix = MergedIndex.build(work / "index.sqlite", layers)
     except UnsafeEntry:
@@ -312,31 +322,35 @@ def assert_views_overlay_to_merged(layers: list[list[Entry]], work: Path) -> Non
         try:
             seen = {p: r[:-1] for p, r in fs_tree(mnt).items()}
         finally:
-            subprocess.run(["umount", str(mnt)], check=True)
+            if subprocess.run(["umount", str(mnt)]).returncode != 0:
+                subprocess.run(["umount", "--lazy", str(mnt)], check=True)
         assert seen == {p: r[:-1] for p, r in index_tree(ix).items()}
 
 
 @pytest.fixture(scope="session")
-def overlayfs(tmp_path_factory) -> None:
+def overlayfs() -> None:
     """Skip unless this process can really mount an overlay (root alone is not
     enough inside some containers)."""
     if "overlay" not in Path("/proc/filesystems").read_text():
         pytest.skip("the kernel has no overlayfs")
-    base = tmp_path_factory.mktemp("overlay-probe")
-    for name in ("l1", "l2", "mnt"):
-        (base / name).mkdir()
-    done = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                           f"lowerdir={base / 'l1'}:{base / 'l2'}", str(base / "mnt")],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount overlayfs here: {done.stderr.strip()}")
-    subprocess.run(["umount", str(base / "mnt")], check=True)
+    base = Path(tempfile.mkdtemp(prefix="lazyfs-overlay-probe-"))
+    try:
+        for name in ("l1", "l2", "mnt"):
+            (base / name).mkdir()
+        done = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                               f"lowerdir={base / 'l1'}:{base / 'l2'}", str(base / "mnt")],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount overlayfs here: {done.stderr.strip()}")
+        subprocess.run(["umount", str(base / "mnt")], check=True)
+    finally:
+        shutil.rmtree(base)
 VIEW_CASES = {k: v for k, v in AWKWARD.items() if "symlinked parents" not in k}
 
 
 @pytest.mark.parametrize("layers", VIEW_CASES.values(), ids=VIEW_CASES.keys())
-def test_views_stacked_by_overlayfs_show_the_merged_tree(overlayfs, tmp_path, layers):
-    assert_views_overlay_to_merged(layers, tmp_path / "case")
+def test_views_stacked_by_overlayfs_show_the_merged_tree(overlayfs, layers):
+    assert_views_overlay_to_merged(layers)
 
 
 def test_view_implied_dirs_keep_lower_attributes(tmp_path):
@@ -358,6 +372,5 @@ view_entries = st.one_of(files, dirs, leaf_symlinks, hardlinks, markers, devices
           database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(st.lists(view_entries, min_size=1, max_size=6), min_size=1, max_size=3))
-def test_generated_views_stacked_by_overlayfs_show_the_merged_tree(overlayfs, tmp_path_factory,
-                                                                   layers):
-    assert_views_overlay_to_merged(layers, tmp_path_factory.mktemp("views") / "case")
+def test_generated_views_stacked_by_overlayfs_show_the_merged_tree(overlayfs, layers):
+    assert_views_overlay_to_merged(layers)
