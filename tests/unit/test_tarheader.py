@@ -1,7 +1,9 @@
+import io
 import os
 import random
 import stat
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -298,3 +300,52 @@ def test_matches_gnu_tar(tmp_path, fmt):
         assert by_name["dir/file.txt"].mtime_ns == 1_234_567_891_987_654_321
         assert by_name["dir/empty"].uid == 4_000_000
 
+
+
+# -- archives written by tarfile, read back by tarfile -------------------------
+
+_TARFILE_TYPES = {tarfile.REGTYPE: EntryType.FILE, tarfile.DIRTYPE: EntryType.DIR,
+                  tarfile.SYMTYPE: EntryType.SYMLINK, tarfile.LNKTYPE: EntryType.HARDLINK,
+                  tarfile.CHRTYPE: EntryType.CHAR, tarfile.BLKTYPE: EntryType.BLOCK,
+                  tarfile.FIFOTYPE: EntryType.FIFO}
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_random_archives_match_tarfile(fmt):
+    rng = random.Random(fmt)
+    buf = io.BytesIO()
+    ustar = fmt == tarfile.USTAR_FORMAT
+    limit, link_limit = (120, 99) if ustar else (400, 400)
+    alphabet = "abxyz-_." if ustar else "ab\u00e9\u4e2dxyz-_."
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for i in range(300):
+            name = "/".join("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+                            for _ in range(rng.randint(1, 6)))[:limit] + str(i)
+            ti = tarfile.TarInfo(name)
+            ti.type = rng.choice(list(_TARFILE_TYPES))
+            ti.mode = rng.randrange(0o10000)
+            ti.uid, ti.gid = rng.randrange(1 << 21), rng.randrange(1 << 21)
+            ti.mtime = rng.randrange(1 << 33)
+            ti.uname, ti.gname = "u" * rng.randint(0, 31), "g"
+            data = b""
+            if ti.type == tarfile.REGTYPE:
+                data = rng.randbytes(rng.choice([0, 1, 511, 512, 513, 5000]))
+                ti.size = len(data)
+            elif ti.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                ti.linkname = "t" * rng.randint(1, link_limit)
+            elif ti.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+                ti.devmajor, ti.devminor = rng.randrange(4096), rng.randrange(1 << 20)
+            tf.addfile(ti, io.BytesIO(data) if data else None)
+    data = buf.getvalue()
+    ours = parse(data, LAYER)
+    theirs = tarfile.open(fileobj=io.BytesIO(data)).getmembers()
+    assert len(ours) == len(theirs) == 300
+    for m, ti in zip(ours, theirs):
+        e = m.entry
+        assert (e.name.rstrip("/"), e.type, e.mode, e.uid, e.gid, e.mtime_ns, e.uname, e.gname,
+                e.linkname) == (ti.name, _TARFILE_TYPES[ti.type], ti.mode, ti.uid, ti.gid,
+                                int(ti.mtime) * 10**9, ti.uname, ti.gname, ti.linkname)
+        if e.type is EntryType.FILE:
+            assert (e.size, m.offset) == (ti.size, ti.offset_data)
+        if e.type in (EntryType.CHAR, EntryType.BLOCK):
+            assert (e.devmajor, e.devminor) == (ti.devmajor, ti.devminor)
