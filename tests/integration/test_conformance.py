@@ -4,29 +4,14 @@ writes for the same image, attribute by attribute."""
 from __future__ import annotations
 
 import gzip
-import subprocess
 
 import pytest
 
 from lazyfs import browse
 from lazyfs.image import open_image_async
 from lazyfs.store import Store
-from tests.support.awkward import awkward_tars
 from tests.support.images import OCI_LAYER_GZIP, OCI_LAYER_TAR, push_image
-from tests.support.ocilayout import write_oci_layout
 from tests.support.trees import describe, differences
-
-
-@pytest.fixture(scope="module")
-def awkward(tmp_path_factory):
-    tars = awkward_tars()
-    root = tmp_path_factory.mktemp("awkward")
-    layout = write_oci_layout(root / "layout", [gzip.compress(t, mtime=0) for t in tars],
-                              tag="awkward")
-    bundle = root / "bundle"
-    subprocess.run(["umoci", "unpack", "--image", layout.ref, str(bundle)], check=True,
-                   capture_output=True)
-    return tars, layout, describe(bundle / "rootfs")
 
 
 @pytest.mark.parametrize("media_type", [OCI_LAYER_GZIP, OCI_LAYER_TAR])
