@@ -37,6 +37,8 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
                    help="try this mirror before Docker Hub; repeatable")
     p.add_argument("--cache-dir", metavar="DIR", default=s, help="the local store (default: $LAZYFS_CACHE_DIR)")
     p.add_argument("--debug", action="store_true", default=s, help="log requests and decisions to stderr")
+    p.add_argument("--no-shared-index", action="store_true", default=s,
+                   help="build layer tables here instead of using ones published in the registry")
 
 
 def add_command(sub, name: str, help: str) -> argparse.ArgumentParser:
@@ -408,7 +410,8 @@ def _add_prune(sub) -> None:
 def open_options(args: argparse.Namespace):
     from .image import OpenOptions
     return OpenOptions(platform=platform_of(args), registry=registry_options(args),
-                       full_pull=bool(opt(args, "full_pull")))
+                       full_pull=bool(opt(args, "full_pull")),
+                       use_shared_index=not opt(args, "no_shared_index"))
 
 
 def with_image(args: argparse.Namespace, ref_text: str, body):
@@ -661,11 +664,36 @@ def _add_stats(sub) -> None:
     p.set_defaults(func=cmd_stats)
 
 
+# -- index: shared layer tables --------------------------------------------------------
+
+
+def cmd_index_push(args: argparse.Namespace) -> int:
+    from .indexshare import publish_index
+
+    async def body(image):
+        from .registry import RegistryClient
+        async with RegistryClient(registry_options(args)) as client:
+            return await publish_index(client, image)
+    if parse_ref(args.ref).transport != "docker":
+        raise UsageError(f"{args.ref}: only images in a registry can carry a shared index")
+    print(with_image(args, args.ref, body))
+    return 0
+
+
+def _add_index(sub) -> None:
+    p = add_command(sub, "index", "share layer tables through the registry")
+    index_sub = p.add_subparsers(dest="index_command", metavar="COMMAND")
+    push = add_command(index_sub, "push",
+                       "build any missing layer tables and publish them as a referrer of REF")
+    push.add_argument("ref", metavar="REF")
+    push.set_defaults(func=cmd_index_push)
+
+
 # -- main ----------------------------------------------------------------------
 
 COMMANDS = [_add_pull, _add_images, _add_inspect, _add_rmi, _add_prune,
             _add_ls, _add_cat, _add_stat, _add_find, _add_diff, _add_export,
-            _add_mount, _add_umount, _add_mounts, _add_stats]
+            _add_mount, _add_umount, _add_mounts, _add_stats, _add_index]
 
 
 def build_parser() -> argparse.ArgumentParser:

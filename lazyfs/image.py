@@ -49,6 +49,8 @@ class OpenOptions:
     """Download whole layers instead of reading ranges."""
     prefetch: bool = False
     """Download whole layers in the background after opening; reads use ranges until then."""
+    use_shared_index: bool = True
+    """Before a full pass over a layer, look for its table among the image's referrers."""
 
 
 @dataclass
@@ -78,6 +80,9 @@ class Image:
     nursery: trio.Nursery | None = None
     prefetching: dict = field(default_factory=dict)
     """Layer digest -> ``"running"``, ``"done"`` or the error that stopped it."""
+    store: Store | None = None
+    shared_tables: list[str] = field(default_factory=list)
+    """Layer digests whose table came from an index artifact in the registry."""
 
     @property
     def ref(self) -> Reference:
@@ -158,7 +163,7 @@ class Image:
                 "pulled_bytes": fb.pulled_bytes if fb else 0,
                 "pull_reason": fb.pull_reason if fb else "",
                 "local": local, "prefetch": self.prefetching.get(info.desc.digest, ""),
-                "requests": s.requests, "cache_hits": s.hits, "cache_misses": s.misses,
+                "requests": s.requests, "cache_hits": s.hits, "cache_misses": s.misses, "shared_fetches": s.shared,
                 "verify_failures": s.verify_failures, "retries": s.retries,
                 "failed_reads": s.failed_reads, "readahead_pieces": s.readahead_pieces})
         return {"reference": str(self.ref), "digest": self.digest,
@@ -192,7 +197,8 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
         source = open_source(ref, store, client, options.full_pull)
         resolved = await source.resolve(options.platform)
         descs = list(resolved.manifest.layers)
-        tables = await _layer_tables(descs, source, store)
+        shared = _shared_index(client, resolved, options)
+        tables = await _layer_tables(descs, source, store, shared)
         index = await _merged_index(resolved.manifest.digest, descs, tables, store)
         infos = [LayerInfo(i, d, t.format, t.lazy, t.reason)
                  for i, (d, t) in enumerate(zip(descs, tables))]
@@ -204,7 +210,8 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
             async with trio.open_nursery() as nursery:
                 reader = Reader(layers, cache, nursery)
                 image = Image(resolved, index, reader, infos, time.monotonic() - started,
-                              getattr(source, "fallbacks", {}), nursery)
+                              getattr(source, "fallbacks", {}), nursery, store=store,
+                              shared_tables=shared.loaded if shared else [])
                 if options.prefetch and not options.full_pull:
                     image.prefetch()
                 failed = None
@@ -227,13 +234,21 @@ def _client_for(ref: Reference, options: OpenOptions):
     return RegistryClient(options.registry)
 
 
-async def _layer_tables(descs: list[Descriptor], source, store: Store) -> list[LayerTable]:
+def _shared_index(client, resolved, options: OpenOptions):
+    if client is None or not options.use_shared_index:
+        return None
+    from .indexshare import SharedIndex
+    return SharedIndex(client, resolved.ref, resolved.manifest.digest)
+
+
+async def _layer_tables(descs: list[Descriptor], source, store: Store,
+                        shared=None) -> list[LayerTable]:
     tables: list[LayerTable | None] = [None] * len(descs)
     limit = trio.CapacityLimiter(INDEX_CONCURRENCY)
 
     async def one(i: int, desc: Descriptor) -> None:
         async with limit:
-            tables[i] = await _layer_table(desc, source.blob(desc), store)
+            tables[i] = await _layer_table(desc, source.blob(desc), store, shared)
 
     async with trio.open_nursery() as nursery:
         for i, desc in enumerate(descs):
@@ -241,7 +256,7 @@ async def _layer_tables(descs: list[Descriptor], source, store: Store) -> list[L
     return tables  # type: ignore[return-value]
 
 
-async def _layer_table(desc: Descriptor, blob, store: Store) -> LayerTable:
+async def _layer_table(desc: Descriptor, blob, store: Store, shared=None) -> LayerTable:
     fmt = detect_format(desc.media_type, desc.annotations)
     path = store.index_path("layer-" + fmt.replace(":", "-"), desc.digest)
     if path.exists():
@@ -249,6 +264,8 @@ async def _layer_table(desc: Descriptor, blob, store: Store) -> LayerTable:
             return await trio.to_thread.run_sync(load_layer_table, path)
         except CacheError:
             path.unlink(missing_ok=True)
+    if shared is not None and (table := await shared.table(desc, fmt, path)) is not None:
+        return table
     table = await build_table(desc, blob)
     await trio.to_thread.run_sync(save_layer_table, path, table)
     return table

@@ -1,0 +1,380 @@
+"""Layer tables shared through the registry, so a gzip image is indexed once.
+
+A layer with no table of contents (plain gzip, tar, zstd) needs one full
+pass before its first lazy read. Whoever makes that pass can publish the
+result as an OCI artifact whose ``subject`` is the image manifest (see
+``docs/index-artifact.md``); everyone else finds it among the manifest's
+referrers and skips the pass.
+
+An artifact is never trusted for more than it can be checked against: each
+table blob must hash to the digest its manifest lists, describe the layer it
+is annotated for (the layer digest is also inside the table), and hold spans
+that stay inside the layer blob. Every span the reader later fetches is
+checked against the span digest in the table, so the bytes inflated are the
+real blob's; what a forged table can still lie about is documented with the
+format, and ``verify_table`` checks a table fully against the blob.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import trio
+import zstandard
+
+from .entry import EntryType
+from .errors import CacheError, LayerFormatError, LazyfsError, NotFound, RegistryError, UsageError
+from .formats import LayerTable, build_table, detect_format
+from .formats import gzip as gzip_format
+from .formats import tar as tar_format
+from .layertable import MAGIC as TABLE_MAGIC
+from .layertable import load_layer_table
+from .manifest import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Descriptor, Manifest, parse_manifest
+from .reference import Reference
+
+ARTIFACT_TYPE = "application/vnd.lazyfs.index.v1"
+TABLE_MEDIA_TYPE = "application/vnd.lazyfs.layer-table.v1"
+ANNOTATION_LAYER = "dev.lazyfs.layer.digest"
+ANNOTATION_FORMAT = "dev.lazyfs.layer.format"
+ANNOTATION_CREATED = "org.opencontainers.image.created"
+SHARED_FORMATS = ("tar", "gzip", "zstd")
+"""Formats whose table costs a full pass; estargz and zstd:chunked carry their own TOC."""
+EMPTY_CONFIG = b"{}"
+MAX_TABLE_BLOB = 256 << 20
+MAX_TABLE_INFLATED = 4 << 30
+"""A table's payload may not claim to inflate to more than this (a zstd bomb)."""
+MAX_WINDOW = 32 << 10
+MAX_ARTIFACTS = 8
+"""Artifacts tried per image, newest first."""
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SharedLayer:
+    """One table blob of an artifact, and the layer it claims to describe."""
+
+    layer: str
+    format: str
+    blob: Descriptor
+
+
+# -- the artifact, as pure functions of bytes ------------------------------------------
+
+def artifact_manifest(subject: Descriptor, tables: Sequence[tuple[str, str, bytes]],
+                      created: str | None = None) -> bytes:
+    """The artifact manifest for ``(layer digest, format, table bytes)`` rows."""
+    created = created or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": _descriptor(OCI_EMPTY, EMPTY_CONFIG),
+        "layers": [dict(_descriptor(TABLE_MEDIA_TYPE, data),
+                        annotations={ANNOTATION_LAYER: layer, ANNOTATION_FORMAT: fmt})
+                   for layer, fmt, data in tables],
+        "subject": {"mediaType": subject.media_type, "digest": subject.digest,
+                    "size": subject.size},
+        "annotations": {ANNOTATION_CREATED: created},
+    }
+    return json.dumps(doc, indent=2, sort_keys=True).encode()
+
+
+def shared_layers(manifest: Manifest, subject: str) -> list[SharedLayer]:
+    """The table blobs of an artifact manifest that really is one for ``subject``."""
+    what = f"index artifact {manifest.digest}"
+    if manifest.artifact_type != ARTIFACT_TYPE:
+        raise LayerFormatError(f"{what}: artifactType is {manifest.artifact_type!r}")
+    if manifest.subject is None or manifest.subject.digest != subject:
+        raise LayerFormatError(f"{what}: its subject is not image {subject}")
+    out = []
+    for d in manifest.layers:
+        layer, fmt = d.annotations.get(ANNOTATION_LAYER), d.annotations.get(ANNOTATION_FORMAT)
+        if d.media_type == TABLE_MEDIA_TYPE and layer and fmt in SHARED_FORMATS:
+            out.append(SharedLayer(layer, fmt, d))
+    return out
+
+
+def referrers_entry(digest: str, raw: bytes) -> dict:
+    """The descriptor a referrers index lists for the artifact manifest ``raw``."""
+    doc = json.loads(raw)
+    entry = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(raw),
+             "artifactType": doc.get("artifactType", ARTIFACT_TYPE)}
+    if doc.get("annotations"):
+        entry["annotations"] = doc["annotations"]
+    return entry
+
+
+def merge_referrers(existing: bytes | None, entry: dict) -> bytes:
+    """The referrers tag's index with ``entry`` added; other entries kept as they were."""
+    doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    if existing is not None:
+        try:
+            doc = json.loads(existing)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+            raise RegistryError("the referrers tag holds something other than an OCI index; "
+                                "not overwriting it")
+    manifests = [m for m in doc["manifests"]
+                 if not (isinstance(m, dict) and m.get("digest") == entry["digest"])]
+    doc["manifests"] = manifests + [entry]
+    return json.dumps(doc, indent=2).encode()
+
+
+def referrers_tag(digest: str) -> str:
+    """The OCI tag-schema fallback name, ``<alg>-<hex>`` (truncated to 128 characters)."""
+    return digest.replace(":", "-")[:128]
+
+
+def _descriptor(media_type: str, data: bytes) -> dict:
+    return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+            "size": len(data)}
+
+
+# -- loading one shared table, with every check that needs no fetch ----------------------
+
+def load_shared_table(data: bytes, desc: Descriptor, fmt: str, directory: Path) -> Path:
+    """Check ``data`` (a table blob already verified by digest) against the layer
+    ``desc``; on success it becomes a file in ``directory`` whose path is
+    returned, ready to be renamed into place. ``LayerFormatError`` otherwise."""
+    what = f"shared table for layer {desc.digest}"
+    if not data.startswith(TABLE_MAGIC):
+        raise LayerFormatError(f"{what}: not a lazyfs layer table")
+    try:
+        claimed = zstandard.frame_content_size(data[len(TABLE_MAGIC) + 32:])
+    except zstandard.ZstdError:
+        raise LayerFormatError(f"{what}: payload is not zstd") from None
+    if claimed < 0 or claimed > MAX_TABLE_INFLATED:
+        raise LayerFormatError(f"{what}: payload size unknown or too large ({claimed})")
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".shared-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            table = load_layer_table(Path(tmp))
+        except CacheError as e:
+            raise LayerFormatError(f"{what}: {e}") from None
+        check_table(table, desc, fmt)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def check_table(table: LayerTable, desc: Descriptor, fmt: str) -> None:
+    """What can be checked of a table without the blob: it is for this layer,
+    of this format, and every locator points inside what the table describes."""
+    what = f"shared table for layer {desc.digest}"
+    if table.format != fmt:
+        raise LayerFormatError(f"{what}: format {table.format!r}, the layer is {fmt!r}")
+    try:
+        if fmt == "tar":
+            _check_tar(table, desc, what)
+        else:
+            _check_spans(table, desc, what)
+    except (ValueError, IndexError, TypeError, UnicodeDecodeError, zlib.error) as e:
+        raise LayerFormatError(f"{what}: malformed state ({e})") from None
+    if not all(isinstance(e.name, str) for e in table.entries):
+        raise LayerFormatError(f"{what}: malformed entry names")
+
+
+def _check_tar(table: LayerTable, desc: Descriptor, what: str) -> None:
+    layer, _, digests = table.state.partition(b"\n")
+    if layer.decode() != desc.digest:
+        raise LayerFormatError(f"{what}: the table was built for layer {layer.decode()}")
+    if len(digests) % 32 or not table.lazy:
+        raise LayerFormatError(f"{what}: malformed chunk digests")
+    chunks = len(digests) // 32
+    for e in _files(table):
+        start, size, first = _unpack(tar_format._LOC, e.data, what)
+        if start + size > desc.size or first + -(-size // tar_format.CHUNK) > chunks:
+            raise LayerFormatError(f"{what}: {e.name} lies outside the layer")
+
+
+def _check_spans(table: LayerTable, desc: Descriptor, what: str) -> None:
+    magic = b"LZG1" if table.format == "gzip" else b"LZZ1"
+    try:
+        layer, spans = gzip_format.decode_state(table.state, magic)
+    except LayerFormatError:
+        raise LayerFormatError(f"{what}: state is not a {table.format} span table") from None
+    except Exception as e:  # struct.error from a truncated state
+        raise LayerFormatError(f"{what}: truncated state ({type(e).__name__})") from None
+    if layer != desc.digest:
+        raise LayerFormatError(f"{what}: the table was built for layer {layer}")
+    if table.lazy != (table.format == "gzip" or len(spans) > 1):
+        raise LayerFormatError(f"{what}: claims lazy={table.lazy} for {len(spans)} spans")
+    out = 0
+    for i, s in enumerate(spans):
+        if s.ustart != out or s.ulen <= 0 or not 0 <= s.start < s.end <= desc.size \
+                or not 0 <= s.bits < 8 or len(s.digest) != 32:
+            raise LayerFormatError(f"{what}: span {i} is malformed or outside the layer")
+        if s.window and len(zlib.decompressobj().decompress(s.window, MAX_WINDOW + 1)) \
+                > MAX_WINDOW:
+            raise LayerFormatError(f"{what}: span {i} has an oversized window")
+        out += s.ulen
+    for e in _files(table):
+        start, size = _unpack(gzip_format._LOC, e.data, what)
+        if start + size > out:
+            raise LayerFormatError(f"{what}: {e.name} lies outside the layer")
+
+
+def _files(table: LayerTable):
+    return (e for e in table.entries if e.type is EntryType.FILE)
+
+
+def _unpack(st, data: bytes, what: str) -> tuple:
+    if len(data) != st.size:
+        raise LayerFormatError(f"{what}: malformed file locator")
+    return st.unpack(data)
+
+
+# -- finding and loading shared tables when an image is opened ------------------------
+
+class SharedIndex:
+    """The index artifacts of one image manifest, looked up at most once."""
+
+    def __init__(self, client, ref: Reference, subject: str):
+        self._client = client
+        self._ref = dataclasses.replace(ref, tag=None, digest=subject)
+        self._subject = subject
+        self._lock = trio.Lock()
+        self._layers: list[SharedLayer] | None = None
+        self.loaded: list[str] = []
+        """Layer digests whose table came from an artifact."""
+
+    async def table(self, desc: Descriptor, fmt: str, path: Path) -> LayerTable | None:
+        """The shared table for ``desc``, checked and saved at ``path``; ``None``
+        (with a warning for a bad artifact) when there is none to use."""
+        if fmt not in SHARED_FORMATS:
+            return None
+        for shared in await self._lookup():
+            if shared.layer != desc.digest:
+                continue
+            if shared.format != fmt:
+                log.warning("layer %s: ignoring a shared %s table; the layer is %s",
+                            desc.digest, shared.format, fmt)
+                continue
+            try:
+                table = await self._load(shared, desc, fmt, path)
+            except LazyfsError as e:
+                log.warning("layer %s: ignoring shared table %s: %s",
+                            desc.digest, shared.blob.digest, e)
+                continue
+            self.loaded.append(desc.digest)
+            return table
+        return None
+
+    async def _load(self, shared: SharedLayer, desc: Descriptor, fmt: str,
+                    path: Path) -> LayerTable:
+        data = await self._client.read_blob(self._ref, shared.blob, limit=MAX_TABLE_BLOB)
+
+        def place() -> LayerTable:
+            tmp = load_shared_table(data, desc, fmt, path.parent)
+            os.replace(tmp, path)
+            return load_layer_table(path)
+
+        return await trio.to_thread.run_sync(place)
+
+    async def _lookup(self) -> list[SharedLayer]:
+        async with self._lock:
+            if self._layers is None:
+                self._layers = []
+                try:
+                    self._layers = await self._find()
+                except LazyfsError as e:
+                    log.warning("image %s: no shared index: %s", self._subject, e)
+            return self._layers
+
+    async def _find(self) -> list[SharedLayer]:
+        found = await self._client.get_referrers(self._ref, self._subject, ARTIFACT_TYPE)
+        found.sort(key=lambda d: d.annotations.get(ANNOTATION_CREATED, ""), reverse=True)
+        out: list[SharedLayer] = []
+        for d in found[:MAX_ARTIFACTS]:
+            try:
+                raw, media_type, digest = await self._client.get_manifest(
+                    dataclasses.replace(self._ref, digest=d.digest))
+                manifest = parse_manifest(raw, media_type, digest)
+                if not isinstance(manifest, Manifest):
+                    raise LayerFormatError(f"index artifact {d.digest} is not a manifest")
+                out += shared_layers(manifest, self._subject)
+            except LazyfsError as e:
+                log.warning("image %s: ignoring index artifact %s: %s",
+                            self._subject, d.digest, e)
+        return out
+
+
+# -- publishing ------------------------------------------------------------------------
+
+async def publish_index(client, image) -> str:
+    """Publish the tables of ``image``'s layers that cost a full pass as an
+    index artifact; returns the artifact manifest's digest."""
+    ref = image.ref
+    if ref.transport != "docker":
+        raise UsageError(f"{ref}: only images in a registry can carry a shared index")
+    manifest = image.resolved.manifest
+    subject = Descriptor(manifest.media_type, manifest.digest, len(manifest.raw))
+    tables = await trio.to_thread.run_sync(_table_bytes, image)
+    if not tables:
+        raise UsageError(f"{ref}: no layer needs a shared index (every layer has its own TOC)")
+    return await push_artifact(client, ref, subject, tables)
+
+
+async def push_artifact(client, ref: Reference, subject: Descriptor,
+                        tables: Sequence[tuple[str, str, bytes]]) -> str:
+    """Push the blobs, then the artifact manifest by digest, then add it to the
+    referrers tag; returns the manifest's digest."""
+    at = dataclasses.replace(ref, tag=None, digest=None)
+    await client.push_blob(at, EMPTY_CONFIG)
+    for _, _, data in tables:
+        await client.push_blob(at, data)
+    raw = artifact_manifest(subject, tables)
+    digest = "sha256:" + _sha256(raw)
+    await client.push_manifest(dataclasses.replace(at, digest=digest), raw, OCI_MANIFEST)
+    await _add_referrer(client, at, subject.digest, referrers_entry(digest, raw))
+    return digest
+
+
+async def _add_referrer(client, ref: Reference, subject: str, entry: dict) -> None:
+    """Update the tag-schema fallback; registries with the referrers API list
+    the artifact anyway, and the tag is harmless there."""
+    tag_ref = dataclasses.replace(ref, tag=referrers_tag(subject), digest=None)
+    try:
+        existing, _, _ = await client.get_manifest(tag_ref)
+    except NotFound:
+        existing = None
+    await client.push_manifest(tag_ref, merge_referrers(existing, entry), OCI_INDEX)
+
+
+def _table_bytes(image) -> list[tuple[str, str, bytes]]:
+    out = []
+    for info in image.layers:
+        if info.format not in SHARED_FORMATS:
+            continue
+        path = image.store.index_path(table_kind(info.format), info.desc.digest)
+        try:
+            out.append((info.desc.digest, info.format, path.read_bytes()))
+        except OSError as e:
+            raise CacheError(f"layer {info.desc.digest}: cannot read its table: "
+                             f"{e.strerror or e}") from None
+    return out
+
+
+def table_kind(fmt: str) -> str:
+    """The store's index kind for a layer table of ``fmt``."""
+    return "layer-" + fmt.replace(":", "-")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
