@@ -34,7 +34,7 @@ import zstandard
 
 from .entry import EntryType
 from .errors import CacheError, LayerFormatError, LazyfsError, NotFound, RegistryError, UsageError
-from .formats import LayerTable, build_table, detect_format
+from .formats import LayerTable
 from .formats import gzip as gzip_format
 from .formats import tar as tar_format
 from .layertable import MAGIC as TABLE_MAGIC
@@ -313,6 +313,76 @@ class SharedIndex:
                 log.warning("image %s: ignoring index artifact %s: %s",
                             self._subject, d.digest, e)
         return out
+
+
+# -- verifying a shared table against the whole blob ----------------------------------
+
+def verify_table(table: LayerTable, desc: Descriptor, blob: Path) -> list[str]:
+    """What is wrong with a shared ``table`` for the verified local ``blob``
+    (empty: it reads exactly like a table built here). As costly as building:
+    a full pass for the entries, and every span inflated from its checkpoint
+    and compared with the real stream. Blocking; run it in a worker thread."""
+    built = _module(table.format).build_from_file(blob, desc.digest)
+    problems = _entry_differences(table.entries, built.entries)
+    if table.format == "gzip":
+        problems += _span_differences(table, blob)
+    elif table.state != built.state:
+        problems.append("chunk or frame digests differ from the layer's")
+    return problems
+
+
+def _module(fmt: str):
+    from .formats import zstd as zstd_format
+    return {"gzip": gzip_format, "tar": tar_format, "zstd": zstd_format}[fmt]
+
+
+def _entry_differences(shared, built, limit: int = 5) -> list[str]:
+    if len(shared) != len(built):
+        return [f"{len(shared)} entries, the layer has {len(built)}"]
+    out = [f"entry {a.name!r} differs from the layer's {b.name!r}"
+           for a, b in zip(shared, built) if a != b]
+    return out[:limit]
+
+
+def _span_differences(table: LayerTable, blob: Path) -> list[str]:
+    import rapidgzip
+    _, spans = gzip_format.decode_state(table.state)
+    out = []
+    with open(blob, "rb") as raw, rapidgzip.RapidgzipFile(str(blob)) as real:
+        for i, s in enumerate(spans):
+            truth = real.read(s.ulen)
+            data = os.pread(raw.fileno(), s.end - s.start, s.start)
+            if hashlib.sha256(data).digest() != s.digest:
+                out.append(f"span {i}: digest differs from the blob's bytes {s.start}-{s.end}")
+                continue
+            window = zlib.decompress(s.window) if s.window else b""
+            try:
+                got = gzip_format.inflate(data, s.bits, window, s.ulen)
+            except zlib.error as e:
+                got = str(e).encode()
+            if got != truth:
+                out.append(f"span {i}: inflates to other bytes than the layer at {s.ustart}")
+    return out
+
+
+async def verify_image(client, image) -> dict[str, list[str] | None]:
+    """Per shareable layer of ``image``: the problems of the newest usable shared
+    table (``[]`` when it is exact), or ``None`` when there is none. Fetches
+    each such layer whole."""
+    shared = SharedIndex(client, image.resolved.ref, image.digest)
+    out: dict[str, list[str] | None] = {}
+    with tempfile.TemporaryDirectory(prefix="lazyfs-verify-") as tmp:
+        for info, layer in zip(image.layers, image.reader.layers):
+            if info.format not in SHARED_FORMATS:
+                continue
+            table = await shared.table(info.desc, info.format, Path(tmp) / "table")
+            if table is None:
+                out[info.desc.digest] = None
+                continue
+            path = await layer.blob.path()
+            out[info.desc.digest] = await trio.to_thread.run_sync(
+                verify_table, table, info.desc, path)
+    return out
 
 
 # -- publishing ------------------------------------------------------------------------
