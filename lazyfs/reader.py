@@ -47,6 +47,8 @@ READAHEAD_MAX = 8 << 20
 READAHEAD_TASKS = 2
 """Readaheads in flight at once per reader; a sequential read past this is not prefetched."""
 TRACKED_STREAMS = 256
+RAW_MEMORY = 32 << 20
+"""Recently fetched compressed bytes kept in memory, per reader."""
 
 
 @dataclass
@@ -60,6 +62,8 @@ class LayerStats:
     requests: int = 0
     hits: int = 0
     misses: int = 0
+    shared: int = 0
+    """Pieces a read waited for because another read (or readahead) was already fetching them."""
     verify_failures: int = 0
     retries: int = 0
     failed_reads: int = 0
@@ -107,6 +111,9 @@ class Reader:
         self._inflight: dict[tuple, _Flight] = {}
         self._streams: OrderedDict[tuple, _Stream] = OrderedDict()
         self._readaheads = 0
+        self._raw: OrderedDict[tuple, bytes] = OrderedDict()
+        self._raw_bytes = 0
+        self._raw_inflight: dict[tuple, trio.Event] = {}
 
     async def read(self, layer_index: int, data: bytes, offset: int, size: int) -> bytes:
         layer = self.layers[layer_index]
@@ -148,8 +155,10 @@ class Reader:
                 out[i] = d
             missing = [i for i in missing if out[i] is None]
         if foreground:
+            shared = sum(1 for i in missing if (layer.digest, pieces[i].key) in self._inflight)
             layer.stats.hits += len(pieces) - len(missing)
-            layer.stats.misses += len(missing)
+            layer.stats.misses += len(missing) - shared
+            layer.stats.shared += shared
         if missing:
             got = await self._fetch(layer, [pieces[i] for i in missing])
             for i in missing:
@@ -188,6 +197,9 @@ class Reader:
 
     async def _fetch_once(self, layer: Layer, pieces: list[Piece],
                           results: dict[tuple, bytes]) -> None:
+        for done in {self._raw_inflight[k] for p in pieces
+                     if (k := (layer.digest, p.start, p.end)) in self._raw_inflight}:
+            await done.wait()
         mine: list[tuple[Piece, _Flight]] = []
         theirs: list[tuple[Piece, _Flight]] = []
         for p in pieces:
@@ -220,28 +232,66 @@ class Reader:
                 raise type(flight.error)(str(flight.error))
 
     async def _download(self, layer: Layer, pieces: list[Piece]) -> dict[tuple, bytes]:
-        spans = coalesce([(p.start, p.end) for p in pieces], MERGE_GAP)
+        raw = {(p.start, p.end): self._raw.get((layer.digest, p.start, p.end)) for p in pieces}
+        wanted = [s for s, r in raw.items() if r is None]
+        # Others wanting these compressed bytes under another piece key wait
+        # for them (until they are verified and kept) instead of fetching them too.
+        done = trio.Event()
+        keys = [(layer.digest, s, e) for s, e in wanted]
+        for k in keys:
+            self._raw_inflight.setdefault(k, done)
+        try:
+            return await self._fetch_and_decode(layer, pieces, raw, wanted)
+        finally:
+            for k in keys:
+                if self._raw_inflight.get(k) is done:
+                    del self._raw_inflight[k]
+            done.set()
+
+    async def _fetch_and_decode(self, layer: Layer, pieces: list[Piece],
+                                raw: dict[Span, bytes | None],
+                                wanted: list[Span]) -> dict[tuple, bytes]:
         local = _is_local(layer.blob)
-        raws, requests = await _read_spans(layer.blob, spans)
-        if not local:
-            layer.stats.requests += requests
-            layer.stats.bytes_fetched += sum(len(r) for r in raws) if requests else 0
-        starts = [s for s, _ in spans]
+        if wanted:
+            spans = coalesce(wanted, MERGE_GAP)
+            parts, requests = await _read_spans(layer.blob, spans)
+            if not local:
+                layer.stats.requests += requests
+                layer.stats.bytes_fetched += sum(len(r) for r in parts) if requests else 0
+            starts = [s for s, _ in spans]
+            for start, end in wanted:
+                k = bisect.bisect_right(starts, start) - 1
+                base = spans[k][0]
+                raw[start, end] = parts[k][start - base:end - base]
         out: dict[tuple, bytes] = {}
         for p in pieces:
-            k = bisect.bisect_right(starts, p.start) - 1
-            base = spans[k][0]
             try:
-                out[p.key] = await _decode(layer.content, p, raws[k][p.start - base:p.end - base])
+                out[p.key] = await _decode(layer.content, p, raw[p.start, p.end])
             except (DigestMismatch, LayerFormatError) as e:
                 layer.stats.verify_failures += 1
                 log.error("layer %s: %s", layer.digest, e)
+                self._raw.pop((layer.digest, p.start, p.end), None)
                 raise
+            self._keep_raw((layer.digest, p.start, p.end), raw[p.start, p.end])
         for p in pieces:
             self.cache.put(layer.digest, p, out[p.key], disk=False)
         if not local and self.cache.root is not None:
             await self._store(layer.digest, [(p, out[p.key]) for p in pieces])
         return out
+
+    def _keep_raw(self, key: tuple, raw: bytes) -> None:
+        """Keep verified compressed bytes a while: formats whose pieces of one
+        span differ only in how far they decode (gzip) need them again soon."""
+        if key in self._raw:
+            self._raw.move_to_end(key)
+            return
+        if len(raw) > RAW_MEMORY // 4:
+            return
+        self._raw[key] = raw
+        self._raw_bytes += len(raw)
+        while self._raw_bytes > RAW_MEMORY:
+            _, old = self._raw.popitem(last=False)
+            self._raw_bytes -= len(old)
 
     async def _store(self, layer: str, items: list[tuple[Piece, bytes]]) -> None:
         def store_all() -> None:

@@ -1,0 +1,365 @@
+"""The lazy read path against a real registry behind a misbehaving proxy.
+
+Every image here is indexed once (the gzip and tar formats need the whole
+blob for that), then its layer blobs are removed from the store, so reads
+must go to the registry by range, the way they do on a machine that has the
+index but not the layer.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+
+from lazyfs.cache import ChunkCache
+from lazyfs.errors import LazyfsError, RangeNotSupported
+from lazyfs.image import OpenOptions, open_image_async, write_stats
+from lazyfs.reference import parse_reference
+from lazyfs.registry import RegistryClient, RegistryOptions
+from lazyfs.store import Store
+from tests.support.faultproxy import fault_proxy
+from tests.support.images import OCI_LAYER_GZIP, OCI_LAYER_TAR, gzip_bytes, make_tar, push_image
+
+OPTIONS = RegistryOptions(timeout=1.0, connect_timeout=1.0, max_retries=1, backoff=0.01)
+
+
+def _text(rng: random.Random, size: int) -> bytes:
+    words = [bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9)))
+             for _ in range(4000)]
+    out, n = [], 0
+    while n < size:
+        line = b" ".join(rng.choices(words, k=12)) + b"\n"
+        out.append(line)
+        n += len(line)
+    return b"".join(out)[:size]
+
+
+def _files() -> dict[str, bytes]:
+    rng = random.Random(5)
+    files = {"etc/": None, "data/": None,
+             "etc/small.txt": _text(rng, 9_000),
+             "data/big.bin": _text(rng, 12 << 20),
+             "data/mid.bin": rng.randbytes(300_000)}
+    for i in range(8):
+        files[f"etc/f{i}"] = _text(rng, 3_000 + i)
+    return files
+
+
+FILES = _files()
+
+
+class Prepared:
+    def __init__(self, host: str, repo: str, template: Path, layer: str, size: int):
+        self.host, self.repo, self.template, self.layer, self.size = host, repo, template, layer, size
+
+    def store(self, tmp_path: Path) -> Store:
+        dst = tmp_path / "store"
+        shutil.copytree(self.template, dst)
+        return Store(dst)
+
+
+@pytest.fixture(scope="module")
+def images(registry, tmp_path_factory) -> dict[str, Prepared]:
+    tar = make_tar(FILES)
+    out = {}
+    for fmt, blob, media_type in (("gzip", gzip_bytes(tar), OCI_LAYER_GZIP),
+                                  ("tar", tar, OCI_LAYER_TAR)):
+        repo = f"faults/{fmt}-{uuid.uuid4().hex[:8]}"
+        with registry.client() as c:
+            pushed = push_image(c, repo, "v1", [blob], layer_media_type=media_type)
+        template = tmp_path_factory.mktemp(f"store-{fmt}")
+        layer = json.loads(pushed.manifest)["layers"][0]["digest"]
+
+        async def index() -> None:
+            async with open_image_async(f"{registry.host}/{repo}:v1", store=Store(template)):
+                pass
+
+        trio.run(index)
+        (template / "blobs" / "sha256" / layer.split(":")[1]).unlink()
+        out[fmt] = Prepared(registry.host, repo, template, layer, len(blob))
+    return out
+
+
+@pytest.fixture(params=["gzip", "tar"])
+def image(request, images) -> Prepared:
+    return images[request.param]
+
+
+def opened(proxy, image: Prepared, store: Store, **kw):
+    return open_image_async(f"{proxy.host}/{image.repo}:v1",
+                            OpenOptions(registry=OPTIONS, **kw), store=store)
+
+
+async def read(img, path: str, offset: int = 0, size: int | None = None) -> bytes:
+    node = img.index.resolve(path)
+    return await img.read(node, offset, node.size if size is None else size)
+
+
+def expect(path: str, offset: int = 0, size: int | None = None) -> bytes:
+    data = FILES[path.lstrip("/")]
+    return data[offset:] if size is None else data[offset:offset + size]
+
+
+def pieces_on_disk(store: Store, layer: str) -> list[Path]:
+    d = store.root / "chunks" / "sha256" / layer[7:9] / layer[7:]
+    return [p for p in d.iterdir() if not p.name.startswith(".")] if d.is_dir() else []
+
+
+def layer_stats(img) -> dict:
+    return img.stats()["layers"][0]
+
+
+# --- the happy path ------------------------------------------------------------
+
+async def test_reads_fetch_little_and_a_second_open_fetches_nothing(registry, image, tmp_path,
+                                                                   docker_config):
+    store = image.store(tmp_path)
+    async with fault_proxy(registry.host) as proxy:
+        async with opened(proxy, image, store) as img:
+            assert await read(img, "/etc/small.txt") == expect("/etc/small.txt")
+            assert await read(img, "/data/big.bin", 3 << 20, 100_000) == \
+                expect("/data/big.bin", 3 << 20, 100_000)
+            s = layer_stats(img)
+        ranged = proxy.bytes_sent("range", "multirange")
+        assert proxy.count("blob", path=image.layer) == 0
+        assert s["mode"] == "lazy" and s["range_bytes"] == ranged
+        assert 0 < ranged < image.size / 2
+        assert s["cache_misses"] >= 2 and s["requests"] == proxy.count("range", "multirange")
+        assert pieces_on_disk(store, image.layer)
+
+        proxy.reset_counts()
+        async with opened(proxy, image, store) as img:
+            assert await read(img, "/etc/small.txt") == expect("/etc/small.txt")
+            assert await read(img, "/data/big.bin", 3 << 20, 100_000) == \
+                expect("/data/big.bin", 3 << 20, 100_000)
+            s = layer_stats(img)
+        assert proxy.count("range", "multirange", "blob", path=image.layer) == 0
+        assert s["bytes_fetched"] == 0 and s["cache_misses"] == 0 and s["cache_hits"] >= 2
+
+
+# --- faults that one more try gets past -------------------------------------------
+
+TRANSIENT = {
+    "stall-before-headers": dict(action="stall", seconds=2.5),
+    "stall-mid-body": dict(action="stall", seconds=2.5, at=0.5),
+    "reset-mid-body": dict(action="reset", at=0.3),
+    "truncated-body": dict(action="truncate"),
+    "wrong-content-range": dict(action="wrong_range"),
+    "flipped-bytes": dict(action="flip"),
+    "503-retry-after": dict(action="status", status=503, retry_after="0"),
+    "429-retry-after": dict(action="status", status=429, retry_after="1"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(TRANSIENT))
+async def test_a_passing_fault_is_retried_and_the_read_succeeds(registry, image, tmp_path,
+                                                               docker_config, fault):
+    store = image.store(tmp_path)
+    async with fault_proxy(registry.host) as proxy:
+        async with opened(proxy, image, store) as img:
+            proxy.arm(("range", "multirange"), times=1, **TRANSIENT[fault])
+            got = await read(img, "/data/big.bin", 1 << 20, 50_000)
+            s = layer_stats(img)
+    assert got == expect("/data/big.bin", 1 << 20, 50_000)
+    assert [x.fault for x in proxy.seen if x.kind == "range"][:2] == \
+        [TRANSIENT[fault]["action"], ""]
+    assert s["verify_failures"] == (1 if fault == "flipped-bytes" else 0)
+    assert s["failed_reads"] == 0
+    cache = ChunkCache(store.root / "chunks")
+    for p in pieces_on_disk(store, image.layer):
+        raw = p.read_bytes()
+        assert raw[:4] == b"LZC1"
+    assert cache.corrupt == 0
+
+
+# --- faults that last: the read fails, nothing is cached, the next read works -------
+
+PERSISTENT = {
+    "reset-mid-body": dict(action="reset", at=0.5),
+    "truncated-body": dict(action="truncate"),
+    "wrong-content-range": dict(action="wrong_range"),
+    "flipped-bytes": dict(action="flip"),
+    "500": dict(action="status", status=500),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(PERSISTENT))
+async def test_a_lasting_fault_fails_the_read_caches_nothing_and_passes(registry, image, tmp_path,
+                                                                        docker_config, fault):
+    store = image.store(tmp_path)
+    async with fault_proxy(registry.host) as proxy:
+        async with opened(proxy, image, store) as img:
+            proxy.arm(("range", "multirange"), times=None, **PERSISTENT[fault])
+            with pytest.raises(LazyfsError) as info:
+                await read(img, "/data/big.bin", 2 << 20, 10_000)
+            assert "\n" not in str(info.value)
+            assert pieces_on_disk(store, image.layer) == []
+            s = layer_stats(img)
+            assert s["failed_reads"] == 1 and s["retries"] >= 1
+            if fault == "flipped-bytes":
+                assert s["verify_failures"] >= 2
+            proxy.clear()
+            assert await read(img, "/data/big.bin", 2 << 20, 10_000) == \
+                expect("/data/big.bin", 2 << 20, 10_000)
+        assert pieces_on_disk(store, image.layer)
+        proxy.reset_counts()
+        async with opened(proxy, image, store) as img:
+            assert await read(img, "/data/big.bin", 2 << 20, 10_000) == \
+                expect("/data/big.bin", 2 << 20, 10_000)
+        assert proxy.count("range", "multirange", "blob", path=image.layer) == 0
+
+
+# --- fallback to whole pulls ---------------------------------------------------------
+
+async def test_registry_ignoring_range_makes_one_whole_pull_for_all_readers(
+        registry, images, tmp_path, docker_config):
+    image = images["gzip"]
+    store = image.store(tmp_path)
+    names = ["/etc/small.txt", "/data/mid.bin"] + [f"/etc/f{i}" for i in range(8)]
+    async with fault_proxy(registry.host) as proxy:
+        proxy.arm(("range", "multirange"), "ignore_range", times=None)
+        async with opened(proxy, image, store) as img:
+            got = {}
+
+            async def one(name):
+                got[name] = await read(img, name)
+
+            async with trio.open_nursery() as nursery:
+                for name in names:
+                    nursery.start_soon(one, name)
+            assert got == {n: expect(n) for n in names}
+            s = layer_stats(img)
+            before = proxy.count()
+            assert await read(img, "/data/big.bin", 5 << 20, 10) == expect("/data/big.bin", 5 << 20, 10)
+            assert proxy.count() == before
+    assert proxy.count("blob", path=image.layer) == 1
+    assert s["mode"] == "full pull" and "HTTP 200" in s["reason"]
+    assert s["pulled_bytes"] == image.size and s["bytes_fetched"] >= image.size
+    assert s["verify_failures"] == 0
+    assert store.blob_path(image.layer) is not None
+
+
+async def test_full_pull_option_reads_no_ranges(registry, image, tmp_path, docker_config):
+    store = image.store(tmp_path)
+    async with fault_proxy(registry.host) as proxy:
+        async with opened(proxy, image, store, full_pull=True) as img:
+            assert await read(img, "/etc/f3") == expect("/etc/f3")
+            s = layer_stats(img)
+    assert proxy.count("range", "multirange") == 0 and proxy.count("blob", path=image.layer) == 1
+    assert s["mode"] == "full pull" and "--full-pull" in s["reason"]
+    assert s["pulled_bytes"] == image.size
+
+
+async def test_prefetch_pulls_in_the_background_while_reads_use_ranges(
+        registry, image, tmp_path, docker_config):
+    store = image.store(tmp_path)
+    async with fault_proxy(registry.host) as proxy:
+        proxy.arm("blob", "stall", seconds=0.8, at=0.05)
+        async with opened(proxy, image, store, prefetch=True) as img:
+            assert await read(img, "/etc/small.txt") == expect("/etc/small.txt")
+            assert proxy.count("range") == 1
+            with trio.fail_after(20):
+                while img.prefetching.get(image.layer) != "done":
+                    await trio.sleep(0.05)
+            before = proxy.count()
+            assert await read(img, "/data/big.bin", 4 << 20, 1000) == \
+                expect("/data/big.bin", 4 << 20, 1000)
+            assert proxy.count() == before
+            s = layer_stats(img)
+    assert s["mode"] == "lazy" and s["pull_reason"] == "prefetch"
+    assert s["pulled_bytes"] == image.size and s["local"] is True
+
+
+# --- sharing, readahead, stats -------------------------------------------------------
+
+async def test_identical_concurrent_reads_share_one_fetch_even_when_it_fails(
+        registry, images, tmp_path, docker_config):
+    image = images["tar"]
+    store = image.store(tmp_path)
+    async with fault_proxy(registry.host) as proxy:
+        async with opened(proxy, image, store) as img:
+            results = []
+
+            async def one():
+                results.append(await read(img, "/data/big.bin", 100, 1000))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(10):
+                    nursery.start_soon(one)
+            assert proxy.count("range") == 1
+            proxy.arm("range", "reset", at=0.5, times=1)
+            results.clear()
+
+            async def other():
+                results.append(await read(img, "/data/big.bin", 3 << 20, 1000))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(10):
+                    nursery.start_soon(other)
+    assert results == [expect("/data/big.bin", 3 << 20, 1000)] * 10
+    ranges = [x for x in proxy.seen if x.kind == "range"]
+    assert [x.fault for x in ranges] == ["", "reset", ""]
+
+
+async def test_sequential_reads_trigger_readahead(registry, image, tmp_path, docker_config):
+    store = image.store(tmp_path)
+    size = len(FILES["data/big.bin"])
+    async with fault_proxy(registry.host) as proxy:
+        async with opened(proxy, image, store) as img:
+            node = img.index.resolve("/data/big.bin")
+            out = []
+            for off in range(0, size, 128 << 10):
+                out.append(await img.read(node, off, 128 << 10))
+                await trio.sleep(0)
+            s = layer_stats(img)
+    assert b"".join(out) == FILES["data/big.bin"]
+    assert s["readahead_pieces"] > 0
+    assert s["range_bytes"] <= image.size * 1.05, s
+    assert s["requests"] <= 16, s
+
+
+async def test_write_stats_is_atomic_json(registry, images, tmp_path, docker_config):
+    image = images["gzip"]
+    store = image.store(tmp_path)
+    async with fault_proxy(registry.host) as proxy:
+        async with opened(proxy, image, store) as img:
+            await read(img, "/etc/f1")
+            target = tmp_path / "stats.json"
+            write_stats(target, img)
+            assert json.loads(target.read_text()) == img.stats()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    doc = json.loads(target.read_text())
+    assert doc["open_seconds"] > 0 and doc["layers"][0]["format"] == "gzip"
+    assert doc["layers"][0]["requests"] == 1
+
+
+# --- multi-range requests ----------------------------------------------------------------
+
+async def test_get_ranges_uses_multi_range_and_never_takes_a_200(registry, images, docker_config):
+    image = images["tar"]
+    blob = make_tar(FILES)
+    spans = [(0, 10), (100, 200), (150, 160), (5000, 5100), (len(blob) - 5, len(blob))]
+    want = [blob[s:e] for s, e in spans]
+    async with RegistryClient(OPTIONS) as client:
+        ref = parse_reference(f"{registry.host}/{image.repo}:v1")
+        assert await client.get_ranges(ref, image.layer, spans) == want
+        assert client.multi_range(ref) is True
+    async with fault_proxy(registry.host) as proxy:
+        proxy.arm("multirange", "ignore_range", times=None)
+        async with RegistryClient(OPTIONS) as client:
+            ref = parse_reference(f"{proxy.host}/{image.repo}:v1")
+            assert await client.get_ranges(ref, image.layer, spans) == want
+            assert client.multi_range(ref) is False
+            assert await client.get_ranges(ref, image.layer, spans) == want
+        assert proxy.count("multirange") == 1 and proxy.count("range") == 8
+        proxy.arm("range", "ignore_range", times=None)
+        async with RegistryClient(OPTIONS) as client:
+            ref = parse_reference(f"{proxy.host}/{image.repo}:v1")
+            with pytest.raises(RangeNotSupported):
+                await client.get_ranges(ref, image.layer, spans)
