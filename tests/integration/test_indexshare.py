@@ -137,7 +137,7 @@ async def test_index_push_then_a_fresh_store_reads_without_any_full_pass(registr
 
 
 @pytest.mark.slow
-async def test_tampered_artifact_blob_is_ignored_and_the_table_rebuilt(registry, tmp_path):
+async def test_tampered_artifact_blob_is_ignored_and_the_table_rebuilt(registry, tmp_path, caplog):
     ref, pushed, files = _push(registry, "share/tampered", 2)
     digest = _run("index", "push", ref, cache=tmp_path / "publisher").stdout.decode().strip()
     with registry.client() as c:
@@ -156,6 +156,35 @@ async def test_tampered_artifact_blob_is_ignored_and_the_table_rebuilt(registry,
         assert await image.read(node, 1000, 50) == files["data/f3"][1000:1050]
     gets = _blob_gets(registry, since, "share/tampered")
     assert (sha256(pushed.layers[0]), 200) in gets
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("ignoring shared table" in m and doc["layers"][0]["digest"] in m for m in warned), warned
+
+
+@pytest.mark.slow
+async def test_referrers_that_are_not_artifacts_or_about_another_image_are_skipped(registry, tmp_path):
+    ref, pushed, files = _push(registry, "share/strays", 8)
+    _, other, _ = _push(registry, "share/strays-other", 9)
+    layer = sha256(pushed.layers[0])
+    table = _table_bytes(await _built_table(ref, layer, tmp_path), tmp_path)
+    # listed: an artifact that names our layer but has another image as subject,
+    # and a plain image manifest mislabelled with our artifact type
+    stray = json.loads(indexshare.artifact_manifest(
+        Descriptor(other.media_type, other.digest, len(other.manifest)), [(layer, "gzip", table)]))
+    with registry.client() as c:
+        push_blob(c, "share/strays", b"{}")
+        push_blob(c, "share/strays", table)
+        raw = json.dumps(stray).encode()
+        push_manifest(c, "share/strays", sha256(raw), raw, OCI_MANIFEST)
+        listing = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": sha256(raw), "size": len(raw),
+             "artifactType": indexshare.ARTIFACT_TYPE},
+            {"mediaType": OCI_MANIFEST, "digest": pushed.digest, "size": len(pushed.manifest),
+             "artifactType": indexshare.ARTIFACT_TYPE}]}
+        push_manifest(c, "share/strays", indexshare.referrers_tag(pushed.digest),
+                      json.dumps(listing).encode(), OCI_INDEX)
+    async with open_image_async(ref, store=Store(tmp_path / "fresh")) as image:
+        assert image.shared_tables == []
+        assert await image.read(_node(image, "/data/f1"), 10, 10) == files["data/f1"][10:20]
 
 
 @pytest.mark.slow
