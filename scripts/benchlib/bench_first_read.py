@@ -130,7 +130,8 @@ def _lazy(ref: str, phase: str, mp: Path, env: dict, store: Path, cursor, total:
                                capture_output=True, text=True, timeout=300)
             out["chroot_s"] = (out["s"] + time.perf_counter() - t) if r.returncode == 0 else None
             if r.returncode != 0:
-                out["error"] = f"chroot python3: {r.stderr.strip()[-200:]}"
+                out["error"] = (f"chroot python3 exited {r.returncode}: "
+                                f"{r.stderr.strip()[-200:]} {_daemon_error(env)}")
             stats = mount_stats(mp)
             out["stats_mib"] = (fetched(stats.get("image", stats)) or 0) / 2**20 if stats else None
     except (RuntimeError, OSError) as e:
@@ -141,6 +142,15 @@ def _lazy(ref: str, phase: str, mp: Path, env: dict, store: Path, cursor, total:
     out["chroot_mib"] = chroot.blob_bytes / 2**20
     out["chroot_requests"] = chroot.requests
     return {f"{phase}_{k}": v for k, v in out.items()}
+
+
+def _daemon_error(env: dict) -> str:
+    """The last warning or error the mount daemon logged, for the report."""
+    lines: list[str] = []
+    for path in Path(env["XDG_RUNTIME_DIR"]).glob("lazyfs/*.log"):
+        lines += [ln for ln in path.read_text(errors="replace").splitlines()
+                  if "WARNING" in ln or "ERROR" in ln]
+    return f"(daemon: {lines[-1][-300:]})" if lines else ""
 
 
 def _served(served, total: int) -> dict:
