@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -198,7 +199,7 @@ def _check_tar(table: LayerTable, desc: Descriptor, what: str) -> None:
         raise LayerFormatError(f"{what}: malformed chunk digests")
     chunks = len(digests) // 32
     for e in _files(table):
-        start, size, first = _unpack(tar_format._LOC, e.data, what)
+        start, size, first = _unpack(tar_format._LOC, e, what)
         if start + size > desc.size or first + -(-size // tar_format.CHUNK) > chunks:
             raise LayerFormatError(f"{what}: {e.name} lies outside the layer")
 
@@ -209,8 +210,8 @@ def _check_spans(table: LayerTable, desc: Descriptor, what: str) -> None:
         layer, spans = gzip_format.decode_state(table.state, magic)
     except LayerFormatError:
         raise LayerFormatError(f"{what}: state is not a {table.format} span table") from None
-    except Exception as e:  # struct.error from a truncated state
-        raise LayerFormatError(f"{what}: truncated state ({type(e).__name__})") from None
+    except (struct.error, UnicodeDecodeError) as e:
+        raise LayerFormatError(f"{what}: truncated state ({e})") from None
     if layer != desc.digest:
         raise LayerFormatError(f"{what}: the table was built for layer {layer}")
     if table.lazy != (table.format == "gzip" or len(spans) > 1):
@@ -225,7 +226,7 @@ def _check_spans(table: LayerTable, desc: Descriptor, what: str) -> None:
             raise LayerFormatError(f"{what}: span {i} has an oversized window")
         out += s.ulen
     for e in _files(table):
-        start, size = _unpack(gzip_format._LOC, e.data, what)
+        start, size = _unpack(gzip_format._LOC, e, what)
         if start + size > out:
             raise LayerFormatError(f"{what}: {e.name} lies outside the layer")
 
@@ -234,10 +235,15 @@ def _files(table: LayerTable):
     return (e for e in table.entries if e.type is EntryType.FILE)
 
 
-def _unpack(st, data: bytes, what: str) -> tuple:
-    if len(data) != st.size:
-        raise LayerFormatError(f"{what}: malformed file locator")
-    return st.unpack(data)
+def _unpack(st: struct.Struct, entry, what: str) -> tuple:
+    """A file's locator, whose size must be the entry's: reads are clipped to both."""
+    if len(entry.data) != st.size:
+        raise LayerFormatError(f"{what}: malformed locator of {entry.name!r}")
+    fields = st.unpack(entry.data)
+    if fields[1] != entry.size:
+        raise LayerFormatError(f"{what}: {entry.name!r} is {entry.size} bytes, "
+                               f"its locator says {fields[1]}")
+    return fields
 
 
 # -- finding and loading shared tables when an image is opened ------------------------
