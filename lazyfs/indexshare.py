@@ -10,9 +10,10 @@ An artifact is never trusted for more than it can be checked against: each
 table blob must hash to the digest its manifest lists, describe the layer it
 is annotated for (the layer digest is also inside the table), and hold spans
 that stay inside the layer blob. Every span the reader later fetches is
-checked against the span digest in the table, so the bytes inflated are the
-real blob's; what a forged table can still lie about is documented with the
-format, and ``verify_table`` checks a table fully against the blob.
+checked against the span digest in the table, so what is inflated is the
+compressed bytes the table's author hashed. What a forged table can still
+lie about is documented with the format; ``verify_table`` checks a table
+fully against the blob.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ SHARED_FORMATS = ("tar", "gzip", "zstd")
 """Formats whose table costs a full pass; estargz and zstd:chunked carry their own TOC."""
 EMPTY_CONFIG = b"{}"
 MAX_TABLE_BLOB = 256 << 20
-MAX_TABLE_INFLATED = 4 << 30
+MAX_TABLE_INFLATED = 1 << 30
 """A table's payload may not claim to inflate to more than this (a zstd bomb)."""
 MAX_WINDOW = 32 << 10
 MAX_ARTIFACTS = 8
