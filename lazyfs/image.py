@@ -47,6 +47,8 @@ class OpenOptions:
     """``RegistryOptions`` for the registry client."""
     full_pull: bool = False
     """Download whole layers instead of reading ranges."""
+    layer_views: bool = False
+    """Also index each layer as its own tree (``mount --layers``); doubles the index build."""
     prefetch: bool = False
     """Download whole layers in the background after opening; reads use ranges until then."""
     use_shared_index: bool = True
@@ -199,7 +201,7 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
         descs = list(resolved.manifest.layers)
         shared = _shared_index(client, resolved, options)
         tables = await _layer_tables(descs, source, store, shared)
-        index = await _merged_index(resolved.manifest.digest, descs, tables, store)
+        index = await _merged_index(resolved.manifest.digest, descs, tables, store, options.layer_views)
         infos = [LayerInfo(i, d, t.format, t.lazy, t.reason)
                  for i, (d, t) in enumerate(zip(descs, tables))]
         layers = [Layer(d.digest, open_reader(t), source.blob(d),
@@ -272,8 +274,9 @@ async def _layer_table(desc: Descriptor, blob, store: Store, shared=None) -> Lay
 
 
 async def _merged_index(manifest_digest: str, descs: list[Descriptor],
-                        tables: list[LayerTable], store: Store) -> MergedIndex:
-    path = store.index_path("merged", manifest_digest)
+                        tables: list[LayerTable], store: Store,
+                        layer_views: bool) -> MergedIndex:
+    path = store.index_path("merged-layers" if layer_views else "merged", manifest_digest)
     if path.exists():
         try:
             return await trio.to_thread.run_sync(MergedIndex.open, path)
@@ -281,7 +284,8 @@ async def _merged_index(manifest_digest: str, descs: list[Descriptor],
             path.unlink(missing_ok=True)
     names = [LayerInfo(i, d, "", True, "").name for i, d in enumerate(descs)]
     return await trio.to_thread.run_sync(
-        lambda: MergedIndex.build(path, [t.entries for t in tables], layer_names=names))
+        lambda: MergedIndex.build(path, [t.entries for t in tables], layer_names=names,
+                                  per_layer=layer_views))
 
 
 # -- the synchronous API for Python users ---------------------------------------------
