@@ -45,6 +45,11 @@ STEP = 512 << 10
 """A piece inflates its span only up to a multiple of this, so small reads stay cheap
 while pieces of one span still share few distinct cache keys."""
 FEED = 64 << 10
+CHUNK = 512 << 10
+"""rapidgzip's chunk size, which also spaces its checkpoints. One thread per
+layer: a mount indexes its layers concurrently anyway, and on a 99 MB layer
+two threads peaked at ~130 MB against ~45 MB for one, for little gain on 2
+cores."""
 
 _LOC = struct.Struct("<QQ")
 _PARAMS = struct.Struct("<IQ")
@@ -80,8 +85,8 @@ def build_from_file(path: Path, layer: str, span: int = SPAN) -> LayerTable:
     parser = TarParser(layer)
     members = []
     try:
-        with rapidgzip.RapidgzipFile(str(path), parallelization=_threads(),
-                                     chunk_size=min(span, 1 << 20)) as f:
+        with rapidgzip.RapidgzipFile(str(path), parallelization=1,
+                                     chunk_size=min(span, CHUNK)) as f:
             while chunk := f.read(4 << 20):
                 members += parser.feed(chunk)
             exported = io.BytesIO()
@@ -98,10 +103,6 @@ def build_from_file(path: Path, layer: str, span: int = SPAN) -> LayerTable:
             m.entry.data = _LOC.pack(m.offset, m.entry.size)
     return LayerTable("gzip", True, state=encode_state(layer, spans),
                       entries=[m.entry for m in members])
-
-
-def _threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _first_line(e: Exception) -> str:
