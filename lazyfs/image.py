@@ -102,6 +102,12 @@ class Image:
             return b""
         return await self.reader.read(node.layer, node.data, offset, size)
 
+    async def warm(self, nodes: list[Node]) -> None:
+        """Fetch the content of many (small) files at once, ahead of their
+        reads: far fewer round trips than reading them one by one."""
+        await self.reader.warm([(n.layer, n.data, 0, n.size) for n in nodes
+                                if n.type is EntryType.FILE and n.size])
+
     def read_local(self, node: Node, offset: int, size: int) -> bytes:
         """Blocking read once ``fetch_all`` has brought every layer local."""
         size = max(0, min(size, node.size - offset))
@@ -156,6 +162,7 @@ class Image:
             mode, reason = ("lazy", "") if info.lazy else ("full pull", info.reason)
             if fb is not None and fb.reason:
                 mode, reason = "full pull", fb.reason
+            s.mode, s.reason = mode, reason
             local = layer.blob.local_path() is not None
             layers.append({
                 "digest": info.desc.digest, "format": info.format, "mode": mode,

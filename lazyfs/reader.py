@@ -126,6 +126,18 @@ class Reader:
         self._sequential(layer_index, data, offset, size)
         return b"".join(slice_piece(p, d, offset, size) for p, d in zip(pieces, decoded))
 
+    async def warm(self, reads: Sequence[tuple[int, bytes, int, int]]) -> None:
+        """Bring the pieces of many ``(layer_index, data, offset, size)`` reads
+        into the cache, one layer at a time: each layer's misses go out
+        together, as one multi-range request where the registry takes them."""
+        by_layer: dict[int, dict[tuple, Piece]] = {}
+        for layer_index, data, offset, size in reads:
+            pieces = by_layer.setdefault(layer_index, {})
+            for p in self.layers[layer_index].content.pieces(data, offset, size):
+                pieces.setdefault(p.key, p)
+        for layer_index, pieces in by_layer.items():
+            await self._decoded(self.layers[layer_index], list(pieces.values()))
+
     def read_local(self, layer_index: int, data: bytes, offset: int, size: int) -> bytes:
         """The same read, blocking, for a layer whose blob is whole on local
         disk (after ``fetch_all``): for bulk work in one worker thread."""

@@ -363,3 +363,35 @@ async def test_get_ranges_uses_multi_range_and_never_takes_a_200(registry, image
             ref = parse_reference(f"{proxy.host}/{image.repo}:v1")
             with pytest.raises(RangeNotSupported):
                 await client.get_ranges(ref, image.layer, spans)
+
+
+async def test_warming_scattered_files_takes_one_multi_range_request(registry, image, tmp_path,
+                                                                     docker_config):
+    store = image.store(tmp_path)
+    names = ["/etc/small.txt"] + [f"/etc/f{i}" for i in range(8)]
+    async with fault_proxy(registry.host) as proxy:
+        async with opened(proxy, image, store) as img:
+            await img.warm([img.index.resolve(n) for n in names])
+            assert proxy.count("multirange") == 1 and proxy.count("range") == 0
+            assert [await read(img, n) for n in names] == [expect(n) for n in names]
+            s = layer_stats(img)
+    assert proxy.count("range", "multirange") == 1
+    assert s["requests"] == 1 and s["range_bytes"] < image.size / 2
+
+
+async def test_an_open_image_keeps_its_pieces_from_eviction(registry, images, tmp_path,
+                                                            docker_config, monkeypatch):
+    from lazyfs.cache import prune_chunks
+    image = images["tar"]
+    store = image.store(tmp_path)
+    monkeypatch.setenv("LAZYFS_CACHE_SIZE", "1")
+    async with fault_proxy(registry.host) as proxy:
+        async with opened(proxy, image, store) as img:
+            assert await read(img, "/data/mid.bin") == expect("/data/mid.bin")
+            kept = pieces_on_disk(store, image.layer)
+            assert kept
+            assert prune_chunks(store).files == 0
+            assert prune_chunks(store, all=True).files == 0
+            assert pieces_on_disk(store, image.layer) == kept
+        assert prune_chunks(store).files == len(kept)
+        assert pieces_on_disk(store, image.layer) == []
