@@ -191,11 +191,13 @@ class ChunkCache:
         if self.root is None:
             return
         path = self.path(layer, piece)
+        header = _header(_tag(piece), data)
         try:
-            _write_piece(path, _header(_tag(piece), data), data)
-        except FileNotFoundError:
-            # An eviction in another process removed the layer's empty directory.
-            self._write_or_fail(path, piece, data)
+            try:
+                _write_piece(path, header, data)
+            except FileNotFoundError:
+                # An eviction elsewhere removed the layer's directory once it was empty.
+                _write_piece(path, header, data)
         except OSError as e:
             raise CacheError(f"cannot write to chunk cache {self.root}: {e.strerror}") from None
         if self._disk_bytes is None:
@@ -204,12 +206,6 @@ class ChunkCache:
             self._disk_bytes += _HEAD.size + len(data)
         if self._disk_bytes > self.limit:
             self.evict()
-
-    def _write_or_fail(self, path: Path, piece: Piece, data: bytes) -> None:
-        try:
-            _write_piece(path, _header(_tag(piece), data), data)
-        except OSError as e:
-            raise CacheError(f"cannot write to chunk cache {self.root}: {e.strerror}") from None
 
     def lease(self, layers: Iterable[str]) -> Lease | contextlib.nullcontext:
         if self.root is None:

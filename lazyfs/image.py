@@ -172,7 +172,8 @@ class Image:
                 "pulled_bytes": fb.pulled_bytes if fb else 0,
                 "pull_reason": fb.pull_reason if fb else "",
                 "local": local, "prefetch": self.prefetching.get(info.desc.digest, ""),
-                "requests": s.requests, "cache_hits": s.hits, "cache_misses": s.misses, "shared_fetches": s.shared,
+                "requests": s.requests, "cache_hits": s.hits, "cache_misses": s.misses,
+                "shared_fetches": s.shared,
                 "verify_failures": s.verify_failures, "retries": s.retries,
                 "failed_reads": s.failed_reads, "readahead_pieces": s.readahead_pieces})
         return {"reference": str(self.ref), "digest": self.digest,

@@ -25,6 +25,7 @@ from .errors import (DigestMismatch, LayerFormatError, LazyfsError, NotFound,
 from .manifest import (Descriptor, Index, Manifest, Platform, check_config,
                        image_platforms, parse_config, parse_manifest, select_platform)
 from .reference import Reference
+from .registry import MAX_RANGES_PER_REQUEST
 from .pull import (NoProgress, Resolved, _fetch_layer, _keep_metadata, resolve_from_store,
                    with_default_tag)
 from .store import Store
@@ -67,7 +68,6 @@ class RegistryBlob:
         self.digest, self.size = desc.digest, desc.size
         self._client, self._ref, self._desc, self._store = client, ref, desc, store
         self.fallback = fallback
-        self._full_pull = full_pull
         if full_pull and not fallback.reason:
             fallback.reason = "whole layers requested (--full-pull)"
 
@@ -105,9 +105,7 @@ class RegistryBlob:
     def _requests(self, spans: list[tuple[int, int]]) -> int:
         if len(spans) <= 1:
             return len(spans)
-        multi = getattr(self._client, "multi_range", None)
-        if multi is not None and multi(self._ref):
-            from .registry import MAX_RANGES_PER_REQUEST
+        if self._client.multi_range(self._ref):
             return -(-len(spans) // MAX_RANGES_PER_REQUEST)
         return len(spans)
 

@@ -194,7 +194,7 @@ from pathlib import Path
 from lazyfs.cache import ChunkCache
 from lazyfs.formats import Piece
 cache = ChunkCache(Path(sys.argv[1]), limit=1 << 40)
-blob = bytes(range(256)) * (1 << 18)   # 64 MiB
+blob = bytes(range(256)) * (1 << 16)   # 16 MiB
 i = 0
 while True:
     cache.store("sha256:" + "c" * 64, Piece(i, i + 1, "raw", b"", 0, len(blob), 0), blob)
@@ -223,10 +223,10 @@ def test_a_writer_killed_mid_piece_leaves_nothing_trusted(tmp_path):
             proc.wait()
     tmps = list(layer_dir.glob(".*.tmp"))
     assert tmps, "the kill should have left a partly written piece behind"
-    assert any(p.stat().st_size < 64 << 20 for p in tmps)
+    assert any(p.stat().st_size < 16 << 20 for p in tmps)
     cache = ChunkCache(root, limit=1 << 40)
     finished = [p for p in layer_dir.iterdir() if not p.name.startswith(".")]
-    blob = bytes(range(256)) * (1 << 18)
+    blob = bytes(range(256)) * (1 << 16)
     for i in range(len(finished) + 2):
         got = cache.load("sha256:" + "c" * 64, Piece(i, i + 1, "raw", b"", 0, len(blob), 0))
         assert got is None or got == blob
