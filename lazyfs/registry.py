@@ -13,6 +13,7 @@ that an expired signed URL can be asked for again.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import ipaddress
 import json
@@ -45,6 +46,10 @@ MAX_MANIFEST_SIZE = 4 << 20
 """Registries must accept manifests up to 4 MiB; anything bigger is not a manifest."""
 MAX_CONFIG_SIZE = 64 << 20
 MAX_REDIRECTS = 8
+REDIRECT_TTL = 60.0
+"""Seconds a blob's redirect target is reused when its URL states no expiry."""
+REDIRECT_MARGIN = 30.0
+"""A signed URL is given up this long before it says it expires."""
 MAX_RANGES_PER_REQUEST = 32
 """Go's ``http.ServeContent`` has no cap, but S3 and CDNs refuse long Range headers."""
 MULTIPART_OVERHEAD = 512
@@ -109,6 +114,7 @@ class RegistryClient:
         self._down: set[Endpoint] = set()
         self._challenges: dict[str, tuple[str, dict[str, str]]] = {}
         self._multi_range: dict[str, bool] = {}
+        self._redirects: dict[str, tuple[httpx.URL, float]] = {}
         self._range_limits: dict[str, trio.CapacityLimiter] = {}
 
     async def __aenter__(self) -> RegistryClient:
@@ -456,6 +462,9 @@ class RegistryClient:
         """An open streaming response with an acceptable status, redirects followed."""
         base = await self._base(ep)
         url = httpx.URL(base).join(path)
+        reusable = method == "GET" and "/blobs/" in url.path
+        if reusable and (resp := await self._via_known_redirect(ep, url, headers)) is not None:
+            return resp
         auth = await self._auth(ep.host, scope)
         resp = await self._send(ep, method, url, auth, headers, content)
         refreshed = False
@@ -477,6 +486,8 @@ class RegistryClient:
                 refreshed = True
                 resp = await self._send(ep, method, url, auth, headers, None)
         if 200 <= resp.status_code < 300 or resp.status_code in ok:
+            if reusable and hops and _origin(resp.url) != _origin(url):
+                self._redirects[str(url)] = (resp.url, _redirect_expiry(resp.url))
             return resp
         try:
             body = await resp.aread() if method != "HEAD" else b""
@@ -485,6 +496,25 @@ class RegistryClient:
         finally:
             await resp.aclose()
         raise _error_for(resp.status_code, body, ep, what, auth)
+
+    async def _via_known_redirect(self, ep: Endpoint, url: httpx.URL,
+                                  headers: dict[str, str] | None) -> httpx.Response | None:
+        """A blob request sent straight to where the registry last redirected
+        it (a CDN, a presigned URL) while that target is fresh: one round trip
+        instead of two. Any refusal there forgets it and goes back to the registry."""
+        known = self._redirects.get(str(url))
+        if known is None:
+            return None
+        target, expires = known
+        if time.time() >= expires:
+            del self._redirects[str(url)]
+            return None
+        resp = await self._send(ep, "GET", target, None, headers, None)
+        if 200 <= resp.status_code < 300:
+            return resp
+        await resp.aclose()
+        self._redirects.pop(str(url), None)
+        return None
 
     async def _send(self, ep: Endpoint, method: str, url: httpx.URL, auth: httpx.Auth | None,
                     headers: dict[str, str] | None, content: bytes | None) -> httpx.Response:
@@ -622,6 +652,25 @@ def _hostname(host: str) -> str:
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port
+
+
+def _redirect_expiry(target: httpx.URL) -> float:
+    """When a redirect target stops being usable: from S3's ``X-Amz-Date`` +
+    ``X-Amz-Expires`` or an ``Expires`` epoch (CloudFront, GCS), else soon."""
+    params = target.params
+    now = time.time()
+    expires = None
+    try:
+        if "X-Amz-Date" in params and "X-Amz-Expires" in params:
+            signed = time.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
+            expires = calendar.timegm(signed) + int(params["X-Amz-Expires"])
+        elif "Expires" in params:
+            expires = int(params["Expires"])
+    except (ValueError, OverflowError):
+        expires = None
+    if expires is None:
+        return now + REDIRECT_TTL
+    return expires - REDIRECT_MARGIN
 
 
 def _path(ref: Reference, kind: str, name: str) -> str:

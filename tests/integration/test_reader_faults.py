@@ -8,6 +8,7 @@ index but not the layer.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from lazyfs.cache import ChunkCache
+from lazyfs.cache import ChunkCache, prune_chunks
 from lazyfs.errors import LazyfsError, RangeNotSupported
 from lazyfs.image import OpenOptions, open_image_async, write_stats
 from lazyfs.reference import parse_reference
@@ -25,6 +26,7 @@ from lazyfs.registry import RegistryClient, RegistryOptions
 from lazyfs.store import Store
 from tests.support.faultproxy import fault_proxy
 from tests.support.images import OCI_LAYER_GZIP, OCI_LAYER_TAR, gzip_bytes, make_tar, push_image
+from tests.support.servers import Request, Response, serve, with_ping
 
 OPTIONS = RegistryOptions(timeout=1.0, connect_timeout=1.0, max_retries=1, backoff=0.01)
 
@@ -381,7 +383,6 @@ async def test_warming_scattered_files_takes_one_multi_range_request(registry, i
 
 async def test_an_open_image_keeps_its_pieces_from_eviction(registry, images, tmp_path,
                                                             docker_config, monkeypatch):
-    from lazyfs.cache import prune_chunks
     image = images["tar"]
     store = image.store(tmp_path)
     monkeypatch.setenv("LAZYFS_CACHE_SIZE", "1")
@@ -395,3 +396,42 @@ async def test_an_open_image_keeps_its_pieces_from_eviction(registry, images, tm
             assert pieces_on_disk(store, image.layer) == kept
         assert prune_chunks(store).files == len(kept)
         assert pieces_on_disk(store, image.layer) == []
+
+
+# --- redirect targets ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("query, reused", [
+    ("", True),
+    ("?X-Amz-Date=20300101T000000Z&X-Amz-Expires=3600", True),
+    ("?X-Amz-Date=20200101T000000Z&X-Amz-Expires=3600", False),
+    ("?Expires=1000", False),
+])
+async def test_blob_redirect_targets_are_reused_until_they_expire(docker_config, query, reused):
+    blob = bytes(range(256)) * 40
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    refuse = []
+
+    async def cdn(req: Request) -> Response:
+        if refuse:
+            return Response(403, {}, b"expired")
+        start, _, last = req.headers["range"].removeprefix("bytes=").partition("-")
+        s, e = int(start), int(last) + 1
+        return Response(206, {"content-range": f"bytes {s}-{e - 1}/{len(blob)}"}, blob[s:e])
+
+    async with serve(cdn) as cdn_srv:
+        async def registry_handler(req: Request) -> Response:
+            return Response(307, {"location": f"{cdn_srv.url}/b/{digest}{query}"})
+
+        async with serve(with_ping(registry_handler)) as reg:
+            async with RegistryClient(OPTIONS) as client:
+                ref = parse_reference(f"{reg.host}/r/x:v1")
+                for i in range(3):
+                    assert await client.get_range(ref, digest, i * 100, i * 100 + 50) == \
+                        blob[i * 100:i * 100 + 50]
+                assert len(reg.seen("/v2/r/")) == (1 if reused else 3)
+                assert len(cdn_srv.requests) == 3
+                refuse.append(True)
+                with pytest.raises(LazyfsError):
+                    await client.get_range(ref, digest, 0, 10)
+                refuse.clear()
+                assert await client.get_range(ref, digest, 0, 10) == blob[:10]
