@@ -15,6 +15,7 @@ import datetime as _dt
 import fnmatch
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -754,3 +755,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``lazyfs ls ... | head``): stop quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
