@@ -18,6 +18,7 @@ from .proxy import DelayProxy
 
 def run(quick: bool) -> Run:
     delays = (0.03,) if quick else (0.02, 0.05)
+    formats = ("gzip", "estargz")
     last = None
     for delay in delays:
         ms = int(delay * 1000)
@@ -29,7 +30,8 @@ def run(quick: bool) -> Run:
                 proxies.append(proxy)
                 yield proxy.host
 
-        last = first_read(quick, name=f"latency-{ms}ms", host_wrapper=behind_proxy)
+        last = first_read(quick, name=f"latency-{ms}ms", host_wrapper=behind_proxy,
+                          formats=formats)
         for row, proxy in zip([r for r in last.rows if "error" not in r or r.get("full_s")],
                               proxies):
             row["delay_ms"], row["proxy_connections"] = ms, proxy.connections
