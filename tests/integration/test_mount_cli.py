@@ -52,11 +52,22 @@ def debian_images(registry):
             for fmt in ("gzip", "estargz", "zstd-chunked", "tar", "zstd")}
 
 
+@pytest.fixture(scope="module")
+def debian_unpacked(debian_images, tmp_path_factory):
+    """The reference tree: ``umoci unpack`` of the gzip image."""
+    bundle = tmp_path_factory.mktemp("debian") / "bundle"
+    layout = debian_images["gzip"].layout
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:bookworm-python", str(bundle)],
+                   check=True, capture_output=True)
+    return describe(bundle / "rootfs")
+
+
 @pytest.mark.parametrize("fmt", ["gzip", "estargz", "zstd-chunked", "tar", "zstd"])
-def test_debian_image_runs_as_a_chroot(debian_images, tmp_path, fmt):
+def test_debian_image_runs_as_a_chroot(debian_images, debian_unpacked, tmp_path, fmt):
     img = debian_images[fmt]
     env = lazyfs_env(tmp_path)
-    with cli_mount(img.ref, tmp_path / "mnt", env) as mnt:
+    with cli_mount(img.ref, tmp_path / "mnt", env, "-o", "dev") as mnt:
+        assert differences(debian_unpacked, describe(mnt)) == []
         out = subprocess.run(["chroot", str(mnt), "python3", "-c",
                               "import json, sqlite3; print('ok')"],
                              capture_output=True, text=True, timeout=120)
