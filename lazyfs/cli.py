@@ -22,7 +22,7 @@ import threading
 import time
 
 from . import __version__
-from .errors import LazyfsError, UsageError
+from .errors import LazyfsError, UsageError, lazyfs_error_in
 
 # -- shared helpers ------------------------------------------------------------
 
@@ -751,6 +751,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except LazyfsError as e:
+        print(f"lazyfs: {e}", file=sys.stderr)
+        return e.exit_code
+    except BaseExceptionGroup as group:
+        e = lazyfs_error_in(group)
+        if e is None:
+            raise
         print(f"lazyfs: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

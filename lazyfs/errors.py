@@ -130,3 +130,20 @@ class CacheError(LazyfsError):
 
     exit_code = 11
     errno = _errno.EIO
+
+
+def lazyfs_error_in(group: BaseExceptionGroup) -> LazyfsError | None:
+    """The error to report for a task group that failed: its first
+    ``LazyfsError`` if every leaf is one (concurrent layers failing for
+    reasons of their own), else None, so a bug elsewhere still shows whole."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        e = stack.pop(0)
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(e.exceptions)
+        else:
+            leaves.append(e)
+    if leaves and all(isinstance(e, LazyfsError) for e in leaves):
+        return leaves[0]  # type: ignore[return-value]
+    return None
