@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import trio
 
 from .entry import EntryType
-from .errors import LazyfsError, NotFound, UsageError
+from .errors import LazyfsError, UsageError
 from .image import Image, mode_of
 from .index import ROOT_INO, Node
 

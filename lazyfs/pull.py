@@ -16,7 +16,8 @@ from typing import Protocol
 
 import trio
 
-from .errors import DigestMismatch, LazyfsError, NotFound, RangeNotSupported, RegistryUnreachable, UsageError
+from .errors import (DigestMismatch, NotFound, RangeNotSupported, RegistryUnreachable,
+                     UsageError, lazyfs_error_in)
 from .manifest import (Descriptor, ImageConfig, Index, Manifest, Platform, image_platforms, parse_config,
                        parse_manifest, select_platform)
 from .reference import Reference
@@ -163,21 +164,11 @@ async def _fetch_layers(client, ref: Reference, layers, store: Store,
             for desc in missing:
                 nursery.start_soon(fetch_layer, client, ref, desc, store, progress, limit)
     except BaseExceptionGroup as group:
-        raise _first_error(group) from None
+        error = lazyfs_error_in(group)
+        if error is None:
+            raise
+        raise error from None
     return missing
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """One layer's failure, as the user should see it, rather than a group of them."""
-    leaves = []
-    stack = [group]
-    while stack:
-        e = stack.pop(0)
-        if isinstance(e, BaseExceptionGroup):
-            stack.extend(e.exceptions)
-        else:
-            leaves.append(e)
-    return next((e for e in leaves if isinstance(e, LazyfsError)), None) or group
 
 
 async def fetch_layer(client: RegistryClient, ref: Reference, desc: Descriptor, store: Store,
