@@ -23,5 +23,11 @@ async def test_open_image_lists_and_reads_gzip_and_tar_images(registry, tmp_path
         with open_image(f"{registry.host}/e2e/a:v1", store=Store(tmp_path / "c")) as im:
             assert im.listdir("/etc") == ["hostname", "os-release"]
             assert im.open("/etc/hostname").read() == b"box\n"
+            assert im.readlink("/link") == "/etc/os-release"
+            assert im.stat("/link").st_size == 8 and im.stat("/link", follow_symlinks=False).st_size == 0
+            with im.open("/bin/sh") as f:
+                f.seek(99_990)
+                assert f.read() == b"x" * 10
+            assert im.stats()["layers"][0]["format"] == "gzip"
             assert list(im.walk("/")) == [("/", ["bin", "etc"], ["link"]), ("/bin", [], ["sh"]), ("/etc", [], ["hostname", "os-release"])]
     await trio.to_thread.run_sync(sync)
