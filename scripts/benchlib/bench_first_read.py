@@ -6,8 +6,9 @@ Side by side in one run, per layer format of bookworm-python:
 * cold: an empty store; mount, read ``/etc/os-release``, ``chroot MNT python3 -c pass``;
 * warm: the same store again (a second mount): nothing read before may be fetched;
 * indexed: the store keeps its indexes but loses every blob and chunk, which
-  is where a gzip image stands once its index exists (built before, or
-  pulled from the registry).
+  is where a gzip image stands once its index exists;
+* shared (formats that need a full pass to index): ``lazyfs index push``,
+  then a mount from an empty store that finds the tables in the registry.
 
 Bytes are counted by the registry's own access log.
 """
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from . import common
-from .common import BENCH_DIR, Run, drop_caches, log, ratio, table
+from .common import BENCH_DIR, PYTHON, REPO, Run, drop_caches, log, ratio
 from .fullpull import full_pull
 from .lazy import FORMATS, SEEKABLE, fetched, layer_sizes, push_debian, run_probe
 from .mounting import bench_env, mount_stats, mounted
@@ -86,6 +87,8 @@ def measure(ref: str, fmt: str, layers: dict[str, int], cursor, name: str) -> di
                     shutil.rmtree(store / sub, ignore_errors=True)
             drop_caches()
             row.update(_lazy(ref, phase, work / "mnt", env, store, cursor, total))
+        if fmt not in SEEKABLE:
+            row.update(_shared(ref, work, env, cursor, total))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(f"{name} {fmt}: full {row.get('full_s')} cold {row.get('cold_s')} "
@@ -106,6 +109,10 @@ class _LayerCursor:
     def served(self):
         time.sleep(0.2)  # the registry logs a request just after answering it
         return self._cursor.served(self._layers)
+
+    def served_all(self):
+        """Every blob, shared index artifacts included."""
+        return self._cursor.served()
 
 
 def _full(ref: str, work: Path, cursor, total: int) -> dict:
@@ -128,6 +135,7 @@ def _lazy(ref: str, phase: str, mp: Path, env: dict, store: Path, cursor, total:
             out = {"mount_s": m.seconds, "read_s": read_s, "s": m.seconds + read_s,
                    "via": m.via}
             out.update(_served(cursor.served(), total))
+            out["all_kib"] = cursor.served_all().blob_bytes / 1024
             t = time.perf_counter()
             r = subprocess.run(["chroot", str(mp), "python3", "-c", "pass"],
                                capture_output=True, text=True, timeout=300)
@@ -145,6 +153,19 @@ def _lazy(ref: str, phase: str, mp: Path, env: dict, store: Path, cursor, total:
     out["chroot_mib"] = chroot.blob_bytes / 2**20
     out["chroot_requests"] = chroot.requests
     return {f"{phase}_{k}": v for k, v in out.items()}
+
+
+def _shared(ref: str, work: Path, env: dict, cursor, total: int) -> dict:
+    """``lazyfs index push`` from the store that has the tables, then a mount
+    from an empty store, which finds them in the registry: no full pass."""
+    r = subprocess.run([PYTHON, "-m", "lazyfs", "index", "push", ref], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        return {"shared_error": f"lazyfs index push: {r.stderr.strip()[-200:]}"}
+    store = work / "store-shared"
+    env = bench_env(store, work / "run-shared")
+    drop_caches()
+    return _lazy(ref, "shared", work / "mnt", env, store, cursor, total)
 
 
 def _daemon_error(env: dict) -> str:
@@ -181,6 +202,7 @@ def _verdict(row: dict, gzip_full: float | None) -> None:
         row["baseline"] = "gzip image's full pull"
     row["cold_ratio"] = ratio(row.get("cold_s"), full)
     row["indexed_ratio"] = ratio(row.get("indexed_s"), full)
+    row["shared_ratio"] = ratio(row.get("shared_s"), full)
     if fmt in SEEKABLE:
         r, pct = row["cold_ratio"], row.get("cold_pct")
         row["target"] = "cold ≤ 0.10× full, ≤ 2% bytes"
@@ -196,22 +218,26 @@ def _verdict(row: dict, gzip_full: float | None) -> None:
 
 
 def print_tables(res: Run) -> None:
-    table(f"First read of /{READ}: seconds ({res.name})", res.rows, [
+    res.table(f"First read of /{READ}: seconds ({res.name})", res.rows, [
         ("format", "format"), ("full_s", "full pull+unpack+read"),
         ("cold_mount_s", "cold mount"), ("cold_s", "cold first read"),
         ("cold_chroot_s", "cold chroot python3"), ("warm_s", "warm first read"),
-        ("indexed_s", "indexed first read"), ("cold_ratio", "cold/full"),
-        ("indexed_ratio", "indexed/full"), ("baseline", "baseline if not its own")])
-    table(f"First read of /{READ}: bytes served by the registry ({res.name})", res.rows, [
+        ("indexed_s", "indexed first read"), ("shared_s", "shared-index first read"),
+        ("cold_ratio", "cold/full"), ("indexed_ratio", "indexed/full"),
+        ("shared_ratio", "shared/full"), ("baseline", "baseline if not its own")])
+    res.table(f"First read of /{READ}: bytes served by the registry ({res.name})", res.rows, [
         ("format", "format"), ("image_mib", "image MiB"), ("full_mib", "full MiB"),
         ("cold_kib", "cold KiB"), ("cold_pct", "cold %"), ("warm_kib", "warm KiB"),
         ("indexed_kib", "indexed KiB"), ("indexed_pct", "indexed %"),
+        ("shared_kib", "shared-index KiB"), ("shared_pct", "shared-index %"),
+        ("shared_all_kib", "shared-index KiB incl. index artifact"),
         ("cold_requests", "cold requests"), ("indexed_requests", "indexed requests"),
         ("cold_chroot_mib", "cold, through chroot python3, MiB"),
         ("indexed_chroot_mib", "indexed, through chroot python3, MiB"),
         ("target", "target"), ("met", "met"), ("warm_zero", "warm 0 bytes")])
     errors = [r for r in res.rows if any(k.endswith("error") and r[k] for k in r)]
     if errors:
-        table("Errors", errors, [("format", "format"), ("error", "push"),
+        res.table("Errors", errors, [("format", "format"), ("error", "push"),
                                  ("full_error", "full pull"), ("cold_error", "cold"),
-                                 ("warm_error", "warm"), ("indexed_error", "indexed")])
+                                 ("warm_error", "warm"), ("indexed_error", "indexed"),
+                                 ("shared_error", "shared index")])

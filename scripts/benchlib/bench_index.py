@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from .common import BENCH_DIR, Run, log, table
+from .common import BENCH_DIR, Run, log
 from .lazy import FORMATS, fetched, image_bytes, push_debian, run_probe
 from .registry import running_registry
 from .synthetic import many_files_tar, push_synthetic
@@ -28,12 +28,12 @@ def run(quick: bool) -> Run:
         for fmt in formats:
             res.add(**_one_format(reg.host, cursor, fmt))
         big = _many_files(reg, cursor, files)
-    table("Index build (cold store) and load (warm store), bookworm-python", res.rows, [
+    res.table("Index build (cold store) and load (warm store), bookworm-python", res.rows, [
         ("format", "format"), ("image_mib", "image MiB"), ("build_s", "build s"),
         ("served_mib", "served MiB (registry log)"), ("fetched_mib", "fetched MiB (stats)"),
         ("served_pct", "% of image"), ("requests", "requests"), ("load_s", "load s"),
         ("index_kib", "index KiB"), ("error", "error")])
-    table(f"{files:,}-entry image", [big], [
+    res.table(f"{files:,}-entry image", [big], [
         ("entries", "entries"), ("build_s", "build s"), ("load_s", "load s"),
         ("target", "target"), ("rss_mib", "RSS after open MiB"), ("hwm_mib", "peak RSS MiB"),
         ("index_kib", "index KiB"), ("error", "error")])

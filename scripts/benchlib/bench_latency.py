@@ -12,7 +12,7 @@ import contextlib
 import json
 
 from .bench_first_read import run as first_read
-from .common import BENCH_DIR, Run, table
+from .common import BENCH_DIR, Run
 from .proxy import DelayProxy
 
 
@@ -32,30 +32,31 @@ def run(quick: bool) -> Run:
 
         last = first_read(quick, name=f"latency-{ms}ms", host_wrapper=behind_proxy,
                           formats=formats)
-        for row, proxy in zip([r for r in last.rows if "error" not in r or r.get("full_s")],
-                              proxies):
+        measured = [r for r in last.rows if "full_s" in r or "full_error" in r]
+        for row, proxy in zip(measured, proxies):
             row["delay_ms"], row["proxy_connections"] = ms, proxy.connections
-            row["proxy_requests"] = proxy.sends
+            row["proxy_sends"] = proxy.sends
         last.save({"delay_ms": ms})
-    _compare(delays)
+    _compare(delays, last)
+    last.save({"delay_ms": int(delays[-1] * 1000)})
     return last
 
 
-def _compare(delays) -> None:
+def _compare(delays, res: Run) -> None:
     """One table: first-read seconds per format with no delay and each delay."""
     runs = {"0 ms": BENCH_DIR / "results-first-read.json"}
     runs |= {f"{int(d * 1000)} ms": BENCH_DIR / f"results-latency-{int(d * 1000)}ms.json"
              for d in delays}
-    by_format: dict[str, dict] = {}
+    rows = []
     for label, path in runs.items():
         if not path.exists():
             continue
         for row in json.loads(path.read_text())["rows"]:
-            r = by_format.setdefault(row["format"], {"format": row["format"]})
-            for key in ("full_s", "cold_s", "indexed_s", "cold_requests", "indexed_requests"):
-                r[f"{key}@{label}"] = row.get(key)
-    cols = [("format", "format")]
-    for label in runs:
-        cols += [(f"full_s@{label}", f"full s, {label}"), (f"cold_s@{label}", f"cold s, {label}"),
-                 (f"indexed_s@{label}", f"indexed s, {label}")]
-    table("First read under added per-request delay", list(by_format.values()), cols)
+            if row["format"] in ("gzip", "estargz"):
+                rows.append({"delay": label, **row})
+    res.table("First read under added per-request delay (seconds, requests)", rows, [
+        ("format", "format"), ("delay", "delay"), ("full_pull_s", "skopeo copy"),
+        ("full_s", "full pull+unpack+read"), ("cold_s", "cold first read"),
+        ("cold_requests", "cold requests"), ("indexed_s", "indexed first read"),
+        ("indexed_requests", "indexed requests"), ("shared_s", "shared-index first read"),
+        ("shared_requests", "shared-index requests")])

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import BENCH_DIR, Run, log, rss_mib, table
+from .common import BENCH_DIR, Run, log, rss_mib
 from .mounting import bench_env, mounted
 from .registry import running_registry
 from .synthetic import PER_DIR, many_files_tar, push_synthetic
@@ -43,12 +43,12 @@ def run(quick: bool) -> Run:
                 rss = rss_mib(m.pid) if m.pid else (None, None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table(f"Metadata on a {files:,}-file image (mounted, index already built)", res.rows, [
+    res.table(f"Metadata on a {files:,}-file image (mounted, index already built)", res.rows, [
         ("what", "what"), ("entries", "entries"), ("s", "seconds"),
         ("per_s", "entries/s"), ("us", "µs each")])
     daemon = {"rss_mib": rss[0], "hwm_mib": rss[1], "target": f"< {RSS_TARGET_MIB} MiB",
               "met": rss[0] is not None and rss[0] < RSS_TARGET_MIB, "mount_s": m.seconds}
-    table("Daemon memory after the walks", [daemon], [
+    res.table("Daemon memory after the walks", [daemon], [
         ("rss_mib", "RSS MiB"), ("hwm_mib", "peak RSS MiB"), ("target", "target"),
         ("met", "met"), ("mount_s", "mount s (index loaded)")])
     res.save({"files": files, "daemon": daemon})

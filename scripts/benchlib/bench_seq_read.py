@@ -21,7 +21,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from .common import BENCH_DIR, PYTHON, REPO, Run, log, ratio, table
+from .common import BENCH_DIR, PYTHON, REPO, Run, log, ratio
 from .lazy import run_probe
 from .mounting import bench_env, is_mounted, mounted, unmount
 from .registry import running_registry
@@ -52,7 +52,7 @@ def run(quick: bool) -> Run:
     top = ceiling.get("warm_mb_s")
     for row in res.rows:
         row["vs_ceiling"] = ratio(row.get("warm_mb_s"), top)
-    table(f"Sequential read of a {size // 10**6} MB file, MB/s", res.rows, [
+    res.table(f"Sequential read of a {size // 10**6} MB file, MB/s", res.rows, [
         ("source", "source"), ("cold_mb_s", "cold"), ("warm_mb_s", "warm"),
         ("page_cache_mb_s", "page cache"), ("vs_ceiling", "warm / FUSE ceiling"),
         ("error", "error")])

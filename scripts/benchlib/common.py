@@ -26,6 +26,8 @@ class Run:
     quick: bool
     rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    """Markdown, as printed; saved beside the JSON for the docs."""
     started: float = field(default_factory=time.time)
 
     def add(self, **row) -> dict:
@@ -36,6 +38,9 @@ class Run:
         print(f"  note: {text}", flush=True)
         self.notes.append(text)
 
+    def table(self, title: str, rows: list[dict], columns: list[tuple[str, str]]) -> None:
+        self.tables.append(table(title, rows, columns))
+
     def save(self, extra: dict | None = None) -> Path:
         BENCH_DIR.mkdir(exist_ok=True)
         path = BENCH_DIR / f"results-{self.name}.json"
@@ -44,7 +49,8 @@ class Run:
                "seconds": round(time.time() - self.started, 1),
                "rows": self.rows, "notes": self.notes, **(extra or {})}
         path.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"results: {path}", flush=True)
+        path.with_suffix(".md").write_text("\n".join(self.tables))
+        print(f"results: {path} (tables: {path.with_suffix('.md').name})", flush=True)
         return path
 
 
