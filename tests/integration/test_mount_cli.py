@@ -75,3 +75,86 @@ def test_debian_image_runs_as_a_chroot(debian_images, debian_unpacked, tmp_path,
         apt = subprocess.run(["chroot", str(mnt), "apt", "list", "--installed"],
                              capture_output=True, text=True, timeout=120)
         assert "python3/" in apt.stdout and "bash/" in apt.stdout
+
+
+def test_layers_view_stacks_to_the_merged_tree(registry, awkward, tmp_path):
+    tars, _, expected = awkward
+    with registry.client() as c:
+        push_image(c, "mount/awkward-layers", "v1", [gzip.compress(t, mtime=0) for t in tars])
+    env = lazyfs_env(tmp_path)
+    ref = f"{registry.host}/mount/awkward-layers:v1"
+    with cli_mount(ref, tmp_path / "mnt", env, "--layers", "-o", "dev,suid") as mnt:
+        lower = (mnt / ".lowerdir").read_text()
+        assert lower.count(":") == len(tars) - 1
+        assert sorted(p.name for p in mnt.iterdir() if p.is_dir()) == sorted(
+            p.rpartition("/")[2] for p in lower.split(":"))
+        over = tmp_path / "overlay"
+        over.mkdir()
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower}", str(over)],
+                       check=True, capture_output=True)
+        try:
+            # overlayfs itself reports a lower file's link count even when an
+            # upper layer replaced the other names of its hardlink group
+            def unlinked(tree):
+                return {p: {k: v for k, v in a.items() if k not in ("link_group", "nlink")}
+                        for p, a in tree.items()}
+            assert differences(unlinked(expected), unlinked(describe(over))) == []
+        finally:
+            subprocess.run(["umount", str(over)], check=True)
+
+
+def _push_layout(client, repo: str, layout) -> str:
+    """Push an OCI layout's single image as it is (blobs unchanged)."""
+    import json
+
+    from tests.support.images import push_blob, push_manifest
+    index = json.loads((layout / "index.json").read_text())
+    desc = index["manifests"][0]
+    raw = (layout / "blobs" / "sha256" / desc["digest"].split(":")[1]).read_bytes()
+    manifest = json.loads(raw)
+    for d in [manifest["config"], *manifest["layers"]]:
+        push_blob(client, repo, (layout / "blobs" / "sha256" / d["digest"].split(":")[1]).read_bytes())
+    push_manifest(client, repo, "v1", raw, desc["mediaType"])
+    return f"{repo}:v1"
+
+
+def test_registry_outage_is_eio_and_the_mount_recovers(tmp_path):
+    from pathlib import Path
+
+    from tests.support.registry import start_registry
+    golden = Path(__file__).parents[1] / "data" / "estargz-ctr-remote"
+    reg = start_registry(tmp_path / "reg")
+    try:
+        with reg.client() as c:
+            name = _push_layout(c, "outage/estargz", golden)
+        env = lazyfs_env(tmp_path)
+        with cli_mount(f"{reg.host}/{name}", tmp_path / "mnt", env) as mnt:
+            assert (mnt / "etc/hostname").read_bytes()
+            port = int(reg.host.rsplit(":", 1)[1])
+            reg.stop()
+            try:
+                (mnt / "usr/share/words.txt").read_bytes()
+                raise AssertionError("read succeeded with the registry down")
+            except OSError as e:
+                assert e.errno == 5  # EIO
+            assert (mnt / "etc/hostname").read_bytes()  # cached content still served
+            reg = start_registry(tmp_path / "reg", port=port)
+            words = (mnt / "usr/share/words.txt").read_bytes()
+            assert len(words) == (mnt / "usr/share/words.txt").stat().st_size > 380_000
+    finally:
+        reg.stop()
+
+
+def test_two_mounts_share_the_cache(registry, tmp_path):
+    from pathlib import Path
+    golden = Path(__file__).parents[1] / "data" / "estargz-ctr-remote"
+    with registry.client() as c:
+        name = _push_layout(c, "mount/shared", golden)
+    ref = f"{registry.host}/{name}"
+    env = lazyfs_env(tmp_path)
+    with cli_mount(ref, tmp_path / "a", env) as a, cli_mount(ref, tmp_path / "b", env) as b:
+        first = (a / "usr/bin/big").read_bytes()
+        assert (b / "usr/bin/big").read_bytes() == first
+        import json
+        stats_b = json.loads(lazyfs("stats", "--json", str(b), env=env).stdout)
+        assert sum(layer["bytes_fetched"] for layer in stats_b["layers"]) == 0
