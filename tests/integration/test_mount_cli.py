@@ -59,15 +59,19 @@ def debian_unpacked(debian_images, tmp_path_factory):
     layout = debian_images["gzip"].layout
     subprocess.run(["umoci", "unpack", "--image", f"{layout}:bookworm-python", str(bundle)],
                    check=True, capture_output=True)
-    return describe(bundle / "rootfs")
+    return bundle / "rootfs"
 
 
 @pytest.mark.parametrize("fmt", ["gzip", "estargz", "zstd-chunked", "tar", "zstd"])
 def test_debian_image_runs_as_a_chroot(debian_images, debian_unpacked, tmp_path, fmt):
     img = debian_images[fmt]
     env = lazyfs_env(tmp_path)
+    # every byte is compared for the two most common formats; the others'
+    # content is checked against tar's own extraction in the format tests
+    content = fmt in ("gzip", "estargz")
     with cli_mount(img.ref, tmp_path / "mnt", env, "-o", "dev") as mnt:
-        assert differences(debian_unpacked, describe(mnt)) == []
+        assert differences(describe(debian_unpacked, content=content),
+                           describe(mnt, content=content)) == []
         out = subprocess.run(["chroot", str(mnt), "python3", "-c",
                               "import json, sqlite3; print('ok')"],
                              capture_output=True, text=True, timeout=120)
