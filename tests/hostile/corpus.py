@@ -241,16 +241,24 @@ def bad_crc_gzip(data: bytes) -> bytes:
     return bytes(blob)
 
 
-def bomb_gzip(gib: int = 2) -> tuple[bytes, bytes]:
+def bomb_gzip(gib: int = 2) -> tuple[bytes, bytes, str]:
     """A gzip layer of a few MB holding a file of ``gib`` GiB of zeros,
     followed by a small file; built from repeated identical gzip members so
-    making it costs one compression of 64 MiB. Returns (blob, small file)."""
-    piece = 64 << 20
+    making it costs one compression of 8 MiB. Returns (blob, small file,
+    diff_id), the diff_id hashed without ever holding the tar."""
+    piece = 8 << 20
     zeros = gzip.compress(bytes(piece), compresslevel=9, mtime=0)
     after = b"after the bomb\n"
-    head = gzip.compress(tb.header("zeros", size=gib * GIB), mtime=0)
-    tail = gzip.compress(file("after", after) + end(), mtime=0)
-    return head + zeros * (gib * GIB // piece) + tail, after
+    head_tar = tb.header("zeros", size=gib * GIB)
+    tail_tar = file("after", after) + end()
+    diff = hashlib.sha256(head_tar)
+    block = bytes(piece)
+    for _ in range(gib * GIB // piece):
+        diff.update(block)
+    diff.update(tail_tar)
+    blob = (gzip.compress(head_tar, mtime=0) + zeros * (gib * GIB // piece)
+            + gzip.compress(tail_tar, mtime=0))
+    return blob, after, "sha256:" + diff.hexdigest()
 
 
 def raw_deflate_zlib(data: bytes) -> bytes:
