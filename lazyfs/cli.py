@@ -11,7 +11,6 @@ Adding a command is one ``cmd_*`` function plus one ``_add_*`` parser block
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import fnmatch
 import json
 import logging
@@ -23,6 +22,7 @@ import time
 
 from . import __version__
 from .errors import LazyfsError, UsageError, lazyfs_error_in
+from .listing import align, familiar_repo, human_size, image_fields, render
 
 # -- shared helpers ------------------------------------------------------------
 
@@ -161,11 +161,6 @@ class TtyProgress:
 
 # -- images --------------------------------------------------------------------
 
-_FIELDS = {"Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST", "ID": "IMAGE ID",
-           "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "Size": "SIZE"}
-_PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")
-
-
 def cmd_images(args: argparse.Namespace) -> int:
     store = open_store(args)
     rows = [image_fields(r, args.no_trunc) for r in _filtered(store.list_images(), args.filter)]
@@ -207,127 +202,6 @@ def _filtered(records, pattern: str | None):
             if any(fnmatch.fnmatchcase(r.repository, n) or fnmatch.fnmatchcase(familiar_repo(r.repository), n)
                    for n in names)
             and (tag is None or (r.tag is not None and fnmatch.fnmatchcase(r.tag, tag)))]
-
-
-def familiar_repo(repository: str) -> str:
-    """``docker.io/library/ubuntu`` is shown as ``ubuntu``, as docker does."""
-    if repository.startswith("docker.io/"):
-        short = repository.removeprefix("docker.io/")
-        rest = short.removeprefix("library/")
-        return rest if "/" not in rest else short
-    return repository
-
-
-def image_fields(rec, no_trunc: bool = False, now: float | None = None) -> dict[str, str]:
-    hexid = rec.config_digest.split(":", 1)[-1]
-    created = _parse_time(rec.created)
-    return {
-        "Repository": familiar_repo(rec.repository),
-        "Tag": rec.tag or "<none>",
-        "Digest": rec.digest or "<none>",
-        "ID": rec.config_digest if no_trunc else hexid[:12],
-        "CreatedSince": human_since(created, now) if created else "N/A",
-        "CreatedAt": created.strftime("%Y-%m-%d %H:%M:%S +0000 UTC") if created else "N/A",
-        "Size": human_size(rec.size),
-    }
-
-
-def render(template: str, rows: list[dict[str, str]]) -> str:
-    """Docker's ``--format``: a Go-template subset, ``table`` adding a header and alignment."""
-    template = template.replace("\\t", "\t").replace("\\n", "\n")
-    table = template.startswith("table")
-    if table:
-        template = template[len("table"):].lstrip(" ")
-    _check_placeholders(template)
-    lines = [_fill(template, row) for row in rows]
-    if not table:
-        return "".join(line + "\n" for line in lines)
-    header = _fill(template, None)
-    return _align([header] + lines)
-
-
-def _check_placeholders(template: str) -> None:
-    for expr in _PLACEHOLDER.findall(template):
-        if expr == "json .":
-            continue
-        if not expr.startswith(".") or expr[1:] not in _FIELDS:
-            raise UsageError(f"template: unknown placeholder {{{{{expr}}}}} "
-                             f"(known: {', '.join('.' + f for f in _FIELDS)}, json .)")
-
-
-def _fill(template: str, row: dict[str, str] | None) -> str:
-    def one(m: re.Match) -> str:
-        expr = m.group(1)
-        if expr == "json .":
-            return "" if row is None else _go_json(row)
-        return _FIELDS[expr[1:]] if row is None else row[expr[1:]]
-    return _PLACEHOLDER.sub(one, template)
-
-
-def _go_json(row: dict[str, str]) -> str:
-    text = json.dumps(dict(sorted(row.items())), separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _align(lines: list[str]) -> str:
-    """Go's tabwriter as docker sets it up: minimum width 10, padding 3."""
-    cells = [line.split("\t") for line in lines]
-    ncols = max(len(c) for c in cells)
-    widths = [max([10] + [len(c[i]) + 3 for c in cells if i < len(c) - 1]) for i in range(ncols)]
-    out = []
-    for c in cells:
-        out.append("".join(cell.ljust(widths[i]) if i < len(c) - 1 else cell for i, cell in enumerate(c)))
-    return "".join(line + "\n" for line in out)
-
-
-def human_size(size: float) -> str:
-    """docker's units.HumanSize: decimal units, three significant digits."""
-    units = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"]
-    i = 0
-    while size >= 1000 and i < len(units) - 1:
-        size /= 1000
-        i += 1
-    return f"{size:.3g}{units[i]}"
-
-
-def human_since(then: _dt.datetime, now: float | None = None) -> str:
-    """docker's units.HumanDuration, plus " ago"."""
-    now_dt = _dt.datetime.fromtimestamp(time.time() if now is None else now, _dt.timezone.utc)
-    secs = (now_dt - then).total_seconds()
-    if secs < 1:
-        return "Less than a second ago"
-    if secs < 2:
-        return "1 second ago"
-    if secs < 60:
-        return f"{int(secs)} seconds ago"
-    minutes = int(secs // 60)
-    if minutes == 1:
-        return "About a minute ago"
-    if minutes < 60:
-        return f"{minutes} minutes ago"
-    hours = int((secs + 1800) // 3600)
-    if hours == 1:
-        return "About an hour ago"
-    if hours < 48:
-        return f"{hours} hours ago"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days ago"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks ago"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months ago"
-    return f"{int(secs // 3600) // 24 // 365} years ago"
-
-
-def _parse_time(text: str) -> _dt.datetime | None:
-    if not text:
-        return None
-    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$", text)
-    if not m:
-        return None
-    tz = m.group(3) or "Z"
-    base = _dt.datetime.fromisoformat(m.group(1) + (m.group(2) or "")[:7] + ("+00:00" if tz == "Z" else tz))
-    return base.astimezone(_dt.timezone.utc)
 
 
 # -- inspect -------------------------------------------------------------------
@@ -626,7 +500,7 @@ def cmd_mounts(args: argparse.Namespace) -> int:
     for r in rows:
         pid = str(r["pid"]) if r["alive"] else "dead (run lazyfs umount)"
         lines.append(f"{r['mountpoint']}\t{r['reference']}\t{r['digest'][:19]}\t{pid}")
-    sys.stdout.write(_align(lines))
+    sys.stdout.write(align(lines))
     return 0
 
 
@@ -657,7 +531,7 @@ def render_stats(doc: dict) -> str:
             human_size(layer["bytes_fetched"]), human_size(layer["size"]),
             str(layer["requests"]), str(layer["cache_hits"]), str(layer["cache_misses"]),
             str(layer["verify_failures"])]))
-    return "\n".join(head) + "\n" + _align(lines)
+    return "\n".join(head) + "\n" + align(lines)
 
 
 def _add_stats(sub) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.cli import human_since, human_size, render
+from lazyfs.listing import human_since, human_size, render
 from lazyfs.errors import CacheError, NotFound, RegistryUnreachable, UsageError
 from lazyfs.store import Store
 from tests.support.images import gzip_bytes, make_tar, push_image, push_index, sha256
