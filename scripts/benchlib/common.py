@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class Run:
         BENCH_DIR.mkdir(exist_ok=True)
         path = BENCH_DIR / f"results-{self.name}.json"
         doc = {"benchmark": self.name, "quick": self.quick, "machine": machine(),
+               "commit": _commit(),
                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
                "seconds": round(time.time() - self.started, 1),
                "rows": self.rows, "notes": self.notes, **(extra or {})}
@@ -68,6 +70,15 @@ def machine() -> dict:
 DROP_CACHES = False
 """Set by ``--drop-caches``: dropping slows every process on the machine,
 so it is asked for, never the default."""
+
+
+def _commit() -> str:
+    """The commit measured, marked when the working tree differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "lazyfs"],
+                           cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return head + (" + uncommitted changes in lazyfs/" if dirty else "")
 
 
 def drop_caches() -> bool:

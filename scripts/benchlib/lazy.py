@@ -13,7 +13,9 @@ from .common import PYTHON, REPO, log
 from tests.support import debian
 
 FORMATS = ("gzip", "tar", "zstd", "zstd-chunked", "estargz", "zstd-chunked-stargz")
-SEEKABLE = {"tar", "zstd-chunked", "estargz", "zstd-chunked-stargz"}
+TOC_FORMATS = {"zstd-chunked", "estargz", "zstd-chunked-stargz"}
+"""Formats whose table comes from a TOC fetched by range; the others need one
+pass over every layer (tar's headers are spread over the whole blob)."""
 
 
 def run_probe(spec: dict, env: dict | None = None, timeout: float = 900) -> dict:
