@@ -283,7 +283,11 @@ def _stored_document(store: Store, digest: str, media_type: str):
 async def resolve_for_inspect(ref: Reference, *, platform: Platform | None,
                               options: RegistryOptions | None,
                               store: Store) -> Resolved:
-    """Registry first; the store when the registry is unreachable and knows the image."""
+    """Registry first; the store when the registry is unreachable and knows the image.
+    ``oci:`` and ``docker-archive:`` references are read where they lie."""
+    if ref.transport != "docker":
+        from .source import open_source
+        return await open_source(ref, store).resolve(platform)
     try:
         image = await resolve(ref, platform=platform, options=options)
     except RegistryUnreachable as unreachable:
