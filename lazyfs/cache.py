@@ -86,15 +86,18 @@ class Lease:
     """Held while a reader may use pieces of ``layers``; see the module docstring."""
 
     def __init__(self, directory: Path, layers: Iterable[str]):
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         name = f"{os.getpid()}.{secrets.token_hex(6)}"
         tmp = directory / f".{name}.tmp"
-        self._file = open(tmp, "w+")
-        fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)
-        self._file.write("".join(f"{d}\n" for d in sorted(set(layers))))
-        self._file.flush()
         self.path = directory / name
-        os.rename(tmp, self.path)
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._file = open(tmp, "w+")
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)
+            self._file.write("".join(f"{d}\n" for d in sorted(set(layers))))
+            self._file.flush()
+            os.rename(tmp, self.path)
+        except OSError as e:
+            raise CacheError(f"cannot take a lease in {directory}: {e.strerror}") from None
 
     def close(self) -> None:
         if not self._file.closed:
