@@ -338,9 +338,12 @@ class Reader:
         layer = self.layers[layer_index]
         if _is_local(layer.blob):
             return
+        try:
+            self.nursery.start_soon(self._readahead, layer, data, start, stop - start)
+        except RuntimeError:  # the image is closing
+            return
         s.ahead = stop
         self._readaheads += 1
-        self.nursery.start_soon(self._readahead, layer, data, start, stop - start)
 
     async def _readahead(self, layer: Layer, data: bytes, offset: int, size: int) -> None:
         try:
