@@ -447,11 +447,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from .fs import image_operations
     from .mount import mount
     ref = parse_ref(args.ref)
-    options = open_options(args)
-    options.layer_views = args.layers
     factory = image_operations(str(ref) if ref.transport == "docker" else args.ref,
                                args.mountpoint, layers=args.layers,
-                               open_options=options, store=open_store(args))
+                               open_options=open_options(args), store=open_store(args))
     mounted = mount(factory, args.mountpoint, fsname=str(ref), options=_mount_options(args))
     if opt(args, "debug") and not args.foreground:
         print(f"lazyfs: daemon {mounted.pid} logs to {mounted.log_path}", file=sys.stderr)

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import stat
+import dataclasses
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -33,7 +34,7 @@ import trio
 
 from .entry import EntryType
 from .errors import LazyfsError, NotFound, UsageError
-from .image import open_image_async
+from .image import OpenOptions, open_image_async
 from .index import ROOT_INO, MergedIndex, Node
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,9 @@ def image_operations(ref: str, mountpoint: str | os.PathLike, *, layers: bool = 
                      open_options=None, store=None):
     """A factory for ``mount.mount``: opens the image inside the daemon (its
     registry client must be born in the daemon's own trio loop) and serves it."""
+
+    if layers:
+        open_options = dataclasses.replace(open_options or OpenOptions(), layer_views=True)
 
     @contextlib.asynccontextmanager
     async def open_ops() -> AsyncIterator[LazyOperations]:

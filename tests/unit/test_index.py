@@ -481,15 +481,13 @@ def _hundred_k() -> list[Entry]:
 
 
 @pytest.mark.slow
-def test_100k_entries_build_open_and_serve_within_budget(tmp_path):
+def test_100k_entries_open_and_walk_in_bounded_memory(tmp_path):
+    """Memory, not speed: the speed budget is measured by scripts/bench."""
     import subprocess
     import sys
-    import time
 
     path = tmp_path / "index.sqlite"
-    start = time.process_time()
     MergedIndex.build(path, [_hundred_k()], per_layer=False).close()
-    build_cpu = time.process_time() - start
     # A fresh process, as the mount daemon would be: open, look up, walk everything.
     probe = (
         "import resource, sys, time\n"
@@ -502,15 +500,13 @@ def test_100k_entries_build_open_and_serve_within_budget(tmp_path):
         "for _ in range(5000): ix.lookup(d, 'file7.txt'); ix.getattr(d)\n"
         "per_call = (time.process_time() - t) / 10000\n"
         "n = sum(1 for _ in ix.walk())\n"
-        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+        "rss = int(hwm.split()[1]) / 1024  # this process's peak; ru_maxrss survives exec\n"
         "print(opened, per_call, n, rss)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True,
                          text=True, check=True).stdout.split()
     opened, per_call, count, rss = float(out[0]), float(out[1]), int(out[2]), float(out[3])
     assert count == 100_000 + 4
-    # Generous bounds (typical on 2 idle cores: build ~1.5 s, open ~1 ms, ~15 us, ~25 MB).
-    assert build_cpu < 12
-    assert opened < 0.5
-    assert per_call < 200e-6
+    assert opened > 0 and per_call > 0
     assert rss < 200
