@@ -434,7 +434,7 @@ def parse_token_response(body: bytes, realm: str) -> Token:
     """The token in a token server's JSON answer (``token`` or ``access_token``)."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise RegistryError(f"token server {realm} answered with something that is not JSON") \
             from None
     if not isinstance(data, dict):

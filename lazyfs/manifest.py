@@ -259,6 +259,8 @@ def _load_object(raw: bytes, what: str) -> dict:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise RegistryError(f"{what}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise RegistryError(f"{what}: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise RegistryError(f"{what}: not a JSON object")
     return doc

@@ -125,6 +125,8 @@ def toc_json_from_member(raw: bytes, layer: str) -> bytes:
 def parse_toc(toc_json: bytes, layer: str) -> list[dict]:
     try:
         toc = json.loads(toc_json)
+    except RecursionError:
+        raise LayerFormatError(f"layer {layer}: TOC is JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise LayerFormatError(f"layer {layer}: TOC is not JSON ({e})") from None
     if not isinstance(toc, dict) or not isinstance(toc.get("entries"), list):
@@ -395,9 +397,12 @@ def pack_state(**fields) -> bytes:
 
 def unpack_state(state: bytes) -> dict:
     try:
-        return json.loads(state)
-    except ValueError:
+        fields = json.loads(state)
+    except (ValueError, RecursionError):
         raise LayerFormatError("format state of the layer table is corrupt") from None
+    if not isinstance(fields, dict):
+        raise LayerFormatError("format state of the layer table is corrupt")
+    return fields
 
 
 # --- build and read ---------------------------------------------------------
