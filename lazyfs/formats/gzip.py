@@ -184,6 +184,18 @@ def encode_state(layer: str, spans: Sequence[Span], magic: bytes = _MAGIC) -> by
 
 
 def decode_state(state: bytes, magic: bytes = _MAGIC) -> tuple[str, list[Span]]:
+    """The inverse of ``encode_state``; ``LayerFormatError`` for anything else
+    (the state may come from a shared layer table, i.e. from a registry)."""
+    try:
+        layer, spans, end = _decode_state(state, magic)
+    except (struct.error, UnicodeDecodeError):
+        raise LayerFormatError("layer table state is truncated or corrupt") from None
+    if end != len(state):
+        raise LayerFormatError("layer table state is truncated or corrupt")
+    return layer, spans
+
+
+def _decode_state(state: bytes, magic: bytes) -> tuple[str, list[Span], int]:
     got, nlen, n = _HEAD.unpack_from(state, 0)
     if got != magic:
         raise LayerFormatError("layer table state is not of this format")
@@ -198,7 +210,7 @@ def decode_state(state: bytes, magic: bytes = _MAGIC) -> tuple[str, list[Span]]:
     for (start, end, ustart, ulen, bits, wlen), digest in zip(rows, digests):
         spans.append(Span(start, end, ustart, ulen, bits, state[pos:pos + wlen], digest))
         pos += wlen
-    return layer, spans
+    return layer, spans, pos
 
 
 def span_pieces(spans: Sequence[Span], starts: Sequence[int], codec: str,

@@ -86,7 +86,9 @@ def reader(table: LayerTable) -> "TarReader":
 class TarReader:
     def __init__(self, state: bytes):
         layer, _, self._digests = state.partition(b"\n")
-        self._layer = layer.decode()
+        self._layer = layer.decode("utf-8", "replace")
+        if len(self._digests) % 32:
+            raise LayerFormatError(f"layer {self._layer}: tar state is truncated or corrupt")
 
     def pieces(self, data: bytes, offset: int, size: int) -> list[Piece]:
         start, length, first = _LOC.unpack(data)
