@@ -37,6 +37,9 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry-mirror", metavar="URL", action="append", default=s,
                    help="try this mirror before Docker Hub; repeatable")
     p.add_argument("--cache-dir", metavar="DIR", default=s, help="the local store (default: $LAZYFS_CACHE_DIR)")
+    p.add_argument("--cache-size", metavar="SIZE", default=s,
+                   help="bound on cached file content, e.g. 500M or 10G (default: $LAZYFS_CACHE_SIZE, "
+                        "else 10%% of the file system up to 10G)")
     p.add_argument("--debug", action="store_true", default=s, help="log requests and decisions to stderr")
     p.add_argument("--no-shared-index", action="store_true", default=s,
                    help="build layer tables here instead of using ones published in the registry")
@@ -54,7 +57,12 @@ def opt(args: argparse.Namespace, name: str, default=None):
 
 
 def open_store(args: argparse.Namespace):
+    from .cache import parse_size
     from .store import Store
+    size = opt(args, "cache_size")
+    if size is not None:
+        parse_size(size)
+        os.environ["LAZYFS_CACHE_SIZE"] = size  # read by the cache, here and in a mount daemon
     return Store(opt(args, "cache_dir"))
 
 
@@ -264,12 +272,15 @@ def _add_rmi(sub) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from .cache import prune_chunks
     store = open_store(args)
     r = store.prune(all=args.all)
+    chunks = prune_chunks(store, all=args.all)
     if args.all:
         print(f"Forgot {r.images} images")
-    print(f"Deleted {r.blobs} blobs, {r.indexes} indexes, {r.tmp} temporary files")
-    print(f"Total reclaimed space: {human_size(r.bytes_freed)}")
+    print(f"Deleted {r.blobs} blobs, {r.indexes} indexes, {r.tmp} temporary files, "
+          f"{chunks.files} cached pieces")
+    print(f"Total reclaimed space: {human_size(r.bytes_freed + chunks.bytes_freed)}")
     return 0
 
 

@@ -106,3 +106,24 @@ def test_export_writes_the_tree(images, tmp_path):
     assert "link_group" not in tree["/usr/bin/tool-link"]  # keeps the replaced content
     again = run("export", images[0], str(tmp_path / "out"), cache=tmp_path / "c", check=False)
     assert again.returncode == 2 and b"not empty" in again.stderr
+
+
+def test_prune_all_empties_the_chunk_cache_and_cache_size_is_checked(registry, tmp_path):
+    from pathlib import Path
+
+    from tests.support.images import push_oci_layout
+    golden = Path(__file__).parents[1] / "data" / "estargz-ctr-remote"
+    with registry.client() as c:
+        ref = f"{registry.host}/" + push_oci_layout(c, "browse/estargz", golden)
+    run("cat", ref, "/usr/bin/big", cache=tmp_path)  # eStargz: read by ranges, cached in pieces
+    chunks = tmp_path / "chunks"
+
+    def pieces():
+        return [p for p in chunks.rglob("*")
+                if p.is_file() and "leases" not in p.parts and p.suffix != ".lock"]
+    assert pieces()
+    out = run("prune", "--all", cache=tmp_path).stdout.decode()
+    assert " cached pieces" in out and ", 0 cached pieces" not in out
+    assert pieces() == []
+    bad = run("--cache-size", "lots", "cat", ref, "/etc/empty", cache=tmp_path, check=False)
+    assert bad.returncode == 2 and b"not a size" in bad.stderr

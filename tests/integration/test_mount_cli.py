@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from tests.support.climount import cli_mount, lazyfs, lazyfs_env
-from tests.support.images import push_image
+from tests.support.images import push_image, push_oci_layout
 from tests.support.trees import describe, differences
 
 pytestmark = pytest.mark.slow
@@ -107,21 +107,6 @@ def test_layers_view_stacks_to_the_merged_tree(registry, awkward, tmp_path):
             subprocess.run(["umount", str(over)], check=True)
 
 
-def _push_layout(client, repo: str, layout) -> str:
-    """Push an OCI layout's single image as it is (blobs unchanged)."""
-    import json
-
-    from tests.support.images import push_blob, push_manifest
-    index = json.loads((layout / "index.json").read_text())
-    desc = index["manifests"][0]
-    raw = (layout / "blobs" / "sha256" / desc["digest"].split(":")[1]).read_bytes()
-    manifest = json.loads(raw)
-    for d in [manifest["config"], *manifest["layers"]]:
-        push_blob(client, repo, (layout / "blobs" / "sha256" / d["digest"].split(":")[1]).read_bytes())
-    push_manifest(client, repo, "v1", raw, desc["mediaType"])
-    return f"{repo}:v1"
-
-
 def test_registry_outage_is_eio_and_the_mount_recovers(tmp_path):
     from pathlib import Path
 
@@ -130,7 +115,7 @@ def test_registry_outage_is_eio_and_the_mount_recovers(tmp_path):
     reg = start_registry(tmp_path / "reg")
     try:
         with reg.client() as c:
-            name = _push_layout(c, "outage/estargz", golden)
+            name = push_oci_layout(c, "outage/estargz", golden)
         env = lazyfs_env(tmp_path)
         with cli_mount(f"{reg.host}/{name}", tmp_path / "mnt", env) as mnt:
             assert (mnt / "etc/hostname").read_bytes()
@@ -153,7 +138,7 @@ def test_two_mounts_share_the_cache(registry, tmp_path):
     from pathlib import Path
     golden = Path(__file__).parents[1] / "data" / "estargz-ctr-remote"
     with registry.client() as c:
-        name = _push_layout(c, "mount/shared", golden)
+        name = push_oci_layout(c, "mount/shared", golden)
     ref = f"{registry.host}/{name}"
     env = lazyfs_env(tmp_path)
     with cli_mount(ref, tmp_path / "a", env) as a, cli_mount(ref, tmp_path / "b", env) as b:

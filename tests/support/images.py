@@ -151,3 +151,20 @@ def _uncompressed(blob: bytes) -> bytes:
         import zstandard
         return zstandard.ZstdDecompressor().decompressobj().decompress(blob)
     return blob
+
+
+def push_oci_layout(client: httpx.Client, repo: str, layout) -> str:
+    """Push an OCI layout's single image as it is (blobs unchanged); returns ``repo:v1``."""
+    from pathlib import Path
+    layout = Path(layout)
+    index = json.loads((layout / "index.json").read_text())
+    desc = index["manifests"][0]
+
+    def blob(digest: str) -> bytes:
+        return (layout / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()
+    raw = blob(desc["digest"])
+    manifest = json.loads(raw)
+    for d in [manifest["config"], *manifest["layers"]]:
+        push_blob(client, repo, blob(d["digest"]))
+    push_manifest(client, repo, "v1", raw, desc["mediaType"])
+    return f"{repo}:v1"
