@@ -209,10 +209,8 @@ def _check_spans(table: LayerTable, desc: Descriptor, what: str) -> None:
     magic = b"LZG1" if table.format == "gzip" else b"LZZ1"
     try:
         layer, spans = gzip_format.decode_state(table.state, magic)
-    except LayerFormatError:
-        raise LayerFormatError(f"{what}: state is not a {table.format} span table") from None
-    except (struct.error, UnicodeDecodeError) as e:
-        raise LayerFormatError(f"{what}: truncated state ({e})") from None
+    except LayerFormatError as e:
+        raise LayerFormatError(f"{what}: {table.format} {e}") from None
     if layer != desc.digest:
         raise LayerFormatError(f"{what}: the table was built for layer {layer}")
     if table.lazy != (table.format == "gzip" or len(spans) > 1):
