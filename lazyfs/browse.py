@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import trio
 
 from .entry import EntryType
-from .errors import LazyfsError, UsageError
+from .errors import LazyfsError, UnsafeEntry, UsageError
 from .image import Image, mode_of
 from .index import ROOT_INO, Node
 
@@ -260,7 +260,13 @@ async def export(image: Image, dest: str) -> int:
     if os.listdir(dest):
         raise UsageError(f"export: {dest} is not empty")
     await image.fetch_all()
-    return await trio.to_thread.run_sync(_export_tree, image, dest)
+    try:
+        return await trio.to_thread.run_sync(_export_tree, image, dest)
+    except OSError as e:
+        where = f"{e.filename!r} in {dest}" if e.filename else dest
+        if e.errno == errno.ENAMETOOLONG:
+            raise UnsafeEntry(f"export: name too long for this file system: {where}") from None
+        raise LazyfsError(f"export: cannot write {where}: {e.strerror or e}") from None
 
 
 def _export_tree(image: Image, dest: str) -> int:
