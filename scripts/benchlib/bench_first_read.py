@@ -42,7 +42,6 @@ def run(quick: bool, name: str = "first-read", host_wrapper=None, formats=None) 
     else:
         res.note("page cache kept (warm binaries and libraries); --drop-caches drops it")
     with running_registry(name) as (reg, cursor):
-        host = reg.host
         for fmt in formats:
             img = push_debian(reg.host, VARIANT, fmt)
             if isinstance(img, str):

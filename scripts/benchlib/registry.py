@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from pathlib import Path
 from typing import Iterator
 
 from .common import BENCH_DIR
