@@ -25,7 +25,7 @@ import trio
 from .entry import EntryType
 from .errors import CacheError, LazyfsError, NotFound, UsageError
 from .formats import LayerTable, build_table, detect_format, open_reader
-from .index import ROOT_INO, MergedIndex, Node
+from .index import MergedIndex, Node
 from .layertable import load_layer_table, save_layer_table
 from .manifest import Descriptor, Platform
 from .cache import ChunkCache
@@ -107,6 +107,14 @@ class Image:
         reads: far fewer round trips than reading them one by one."""
         await self.reader.warm([(n.layer, n.data, 0, n.size) for n in nodes
                                 if n.type is EntryType.FILE and n.size])
+
+    async def warm_entries(self, reads: list[tuple[int, bytes, int, int]]) -> None:
+        """Background warm-up of ``(layer, locator, offset, size)`` reads; a
+        failure only means those files are fetched when read."""
+        try:
+            await self.reader.warm(reads)
+        except LazyfsError as e:
+            log.warning("prefetch of prioritized files failed: %s", e)
 
     def read_local(self, node: Node, offset: int, size: int) -> bytes:
         """Blocking read once ``fetch_all`` has brought every layer local."""
@@ -212,9 +220,8 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
         index = await _merged_index(resolved.manifest.digest, descs, tables, store, options.layer_views)
         infos = [LayerInfo(i, d, t.format, t.lazy, t.reason)
                  for i, (d, t) in enumerate(zip(descs, tables))]
-        layers = [Layer(d.digest, open_reader(t), source.blob(d),
-                        LayerStats(format=t.format, size=d.size))
-                  for d, t in zip(descs, tables)]
+        layers = [_layer(i, d, t, source, resolved, store)
+                  for i, (d, t) in enumerate(zip(descs, tables))]
         cache = ChunkCache(store.root / "chunks")
         with cache.lease([d.digest for d in descs]):
             async with trio.open_nursery() as nursery:
@@ -224,6 +231,9 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                               shared_tables=shared.loaded if shared else [])
                 if options.prefetch and not options.full_pull:
                     image.prefetch()
+                landmarked = _prioritized(tables)
+                if landmarked and not options.full_pull:
+                    nursery.start_soon(image.warm_entries, landmarked)
                 failed = None
                 try:
                     yield image
@@ -235,6 +245,27 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                     nursery.cancel_scope.cancel()
             if failed is not None:
                 raise failed
+
+
+def _layer(i: int, desc: Descriptor, table: LayerTable, source, resolved, store: Store) -> Layer:
+    """How the reader reaches one layer. A layer that cannot be read in part
+    (one zstd frame) is served from its decompressed copy, verified against
+    its diff_id, rather than inflated from its start for every read."""
+    stats = LayerStats(format=table.format, size=desc.size)
+    if table.format == "zstd" and not table.lazy:
+        from .decompressed import DecompressedBlob, PlainTarReader
+        diff_id = resolved.config.diff_ids[i]
+        return Layer(desc.digest, PlainTarReader(), DecompressedBlob(source.blob(desc), diff_id, store),
+                     stats)
+    return Layer(desc.digest, open_reader(table), source.blob(desc), stats)
+
+
+def _prioritized(tables: list[LayerTable]) -> list[tuple[int, bytes, int, int]]:
+    """Reads of the files eStargz producers marked for prefetch (before
+    ``.prefetch.landmark``), in layer order."""
+    from .formats.estargz import prioritized
+    return [(i, e.data, 0, e.size) for i, t in enumerate(tables) if t.format == "estargz"
+            for e in prioritized(t)]
 
 
 def _client_for(ref: Reference, options: OpenOptions):

@@ -146,10 +146,12 @@ class Reader:
         if path is None:
             raise LazyfsError(f"layer {layer.digest} is not on local disk")
         out = []
+        blob_size = layer.blob.size
         for p in layer.content.pieces(data, offset, size):
             decoded = self.cache.get(layer.digest, p, disk=False)
             if decoded is None:
-                decoded = layer.content.decode(p, _pread(path, p.start, p.end - p.start))
+                end = min(p.end, blob_size)
+                decoded = layer.content.decode(p, _pread(path, p.start, end - p.start))
                 self.cache.put(layer.digest, p, decoded, disk=False)
             out.append(slice_piece(p, decoded, offset, size))
         return b"".join(out)

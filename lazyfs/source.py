@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +141,7 @@ class RegistrySource:
                 raise
             r = await trio.to_thread.run_sync(resolve_from_store, self.store, ref, platform)
             log.warning("%s; using the copy in the local store", e)
+        check_config(r.manifest, r.config)
         resolved = Resolved(ref.with_digest(r.ref.digest) if r.ref.digest else ref,
                             r.index, r.manifest, r.config, tuple(r.platforms))
         await trio.to_thread.run_sync(_keep_metadata, self.store, resolved)

@@ -504,3 +504,15 @@ def _inflate(raw: bytes, want: int) -> bytes:
             break
         rest = memoryview(d.unused_data + bytes(rest[pos:]))
     return bytes(out)
+
+
+def prioritized(table) -> list[Entry]:
+    """The files a producer put before ``.prefetch.landmark``: what a container
+    reads at start, to be fetched ahead of any read (as stargz-snapshotter does)."""
+    end = unpack_state(table.state).get("prefetch_end") or 0
+    out = []
+    for e in table.entries:
+        if e.type is EntryType.FILE and e.size and e.data:
+            if unpack_chunks(e.data)[0].start < end:
+                out.append(e)
+    return out

@@ -697,3 +697,19 @@ def test_plan_finds_chunks_by_bisection():
         assert [p.content_offset for p in got] == want
         assert [(p.start, p.length) for p in got] == [
             (c.start, c.size) for c in chunks if c.offset in set(want)]
+
+
+def test_prioritized_files_are_those_before_the_landmark():
+    from lazyfs.entry import Entry, EntryType
+    from lazyfs.formats.base import LayerTable
+
+    def file(name, start):
+        chunk = estargz.Chunk(0, start, start + 10, 0, 5, b"\0" * 32)
+        return Entry(name, EntryType.FILE, 0o644, size=5, data=estargz.pack_chunks([chunk]))
+    entries = [file("early", 100), file("late", 900),
+               Entry("dir", EntryType.DIR, 0o755), file("edge", 500)]
+    table = LayerTable("estargz", True, state=estargz.pack_state(prefetch_end=500),
+                       entries=entries)
+    assert [e.name for e in estargz.prioritized(table)] == ["early"]
+    none = LayerTable("estargz", True, state=estargz.pack_state(prefetch_end=0), entries=entries)
+    assert estargz.prioritized(none) == []
