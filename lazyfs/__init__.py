@@ -12,8 +12,16 @@ from .errors import (CacheError, DigestMismatch, InvalidReference, LayerFormatEr
                      LazyfsError, MountError, NoMatchingPlatform, NotFound, RegistryError,
                      RegistryUnreachable, Unauthorized, UnsafeEntry, UnsupportedMediaType,
                      UsageError)
-from .image import open_image
 from .reference import Reference, parse_reference
+
+
+def __getattr__(name: str):
+    # open_image pulls in trio, httpx and the whole read path: loaded on first
+    # use so that light commands (and ``import lazyfs``) stay quick.
+    if name == "open_image":
+        from .image import open_image
+        return open_image
+    raise AttributeError(f"module 'lazyfs' has no attribute {name!r}")
 
 __all__ = [
     "CacheError", "DigestMismatch", "InvalidReference", "LayerFormatError", "LazyfsError",
