@@ -296,7 +296,7 @@ def _add_prune(sub) -> None:
 def open_options(args: argparse.Namespace):
     from .image import OpenOptions
     return OpenOptions(platform=platform_of(args), registry=registry_options(args),
-                       full_pull=bool(opt(args, "full_pull")),
+                       full_pull=bool(opt(args, "full_pull")), prefetch=bool(opt(args, "prefetch")),
                        use_shared_index=not opt(args, "no_shared_index"))
 
 
@@ -342,12 +342,16 @@ def cmd_cat(args: argparse.Namespace) -> int:
         for path in args.paths:
             await browse.cat(image, path, out.write)
         out.flush()
-    with_image(args, args.ref, body)
+        return image.stats()
+    stats = with_image(args, args.ref, body)
+    if args.stats:
+        sys.stderr.write(render_stats(stats))
     return 0
 
 
 def _add_cat(sub) -> None:
     p = add_command(sub, "cat", "print files of an image (symlinks followed inside the image)")
+    p.add_argument("--stats", action="store_true", help="then what was fetched, per layer, on stderr")
     p.add_argument("ref", metavar="REF")
     p.add_argument("paths", metavar="PATH", nargs="+")
     p.set_defaults(func=cmd_cat)
@@ -474,6 +478,8 @@ def _add_mount(sub) -> None:
     p.add_argument("--layers", action="store_true",
                    help="show each layer as its own directory (overlayfs lowerdir form) and .lowerdir")
     p.add_argument("--full-pull", action="store_true", help="download whole layers instead of ranges")
+    p.add_argument("--prefetch", action="store_true",
+                   help="download whole layers in the background; reads use ranges until they land")
     p.add_argument("-o", metavar="OPTS", action="append",
                    help="mount options: suid, dev, allow_other (default nosuid,nodev)")
     p.add_argument("ref", metavar="REF")

@@ -127,3 +127,16 @@ def test_prune_all_empties_the_chunk_cache_and_cache_size_is_checked(registry, t
     assert pieces() == []
     bad = run("--cache-size", "lots", "cat", ref, "/etc/empty", cache=tmp_path, check=False)
     assert bad.returncode == 2 and b"not a size" in bad.stderr
+
+
+def test_cat_stats_show_what_was_fetched(registry, tmp_path):
+    from pathlib import Path
+
+    from tests.support.images import push_oci_layout
+    golden = Path(__file__).parents[1] / "data" / "estargz-ctr-remote"
+    with registry.client() as c:
+        ref = f"{registry.host}/" + push_oci_layout(c, "browse/estargz-stats", golden)
+    p = run("cat", "--stats", ref, "/etc/hostname", cache=tmp_path)
+    table = p.stderr.decode()
+    assert "estargz" in table and "lazy" in table and "FETCHED" in table
+    assert len(p.stdout) == 14  # etc/hostname in the golden sample
