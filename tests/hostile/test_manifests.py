@@ -4,12 +4,13 @@ stores these as they are: it checks that blobs exist, not what they say).
 Decisions: a descriptor size that does not match the blob is refused when
 the blob is fetched (exit 6 when the registry sends more, 8 when less);
 a config that is not JSON or whose size lies is refused by ``inspect`` too;
+``diff_ids`` that do not count the layers are refused (exit 9);
 an unknown layer media type is refused when the layers are read (``inspect``
 still describes the image); zero layers is an empty root directory; an index
 naming a missing manifest is exit 3; schema1 is exit 9 (the registry will not
 store it, so that case goes through an OCI layout). ``diff_ids`` that do not
-match their layers are not checked for lazy reads: the layer blob digest is
-what lazyfs verifies.
+match their layers are not checked for lazily read gzip layers: the layer
+blob digest is what lazyfs verifies.
 """
 
 from __future__ import annotations
@@ -116,8 +117,6 @@ def test_wrong_diff_ids_are_not_checked_but_the_bytes_are_the_layers(refs, cli):
     assert (p.returncode, p.stdout) == (0, b"hello\n")
 
 
-@pytest.mark.xfail(strict=True, reason="the registry source does not call check_config "
-                   "(registry.py); the OCI-layout and docker-archive sources do")
 def test_diff_ids_that_do_not_count_the_layers_are_refused(refs, cli):
     p = cli("ls", refs["diff-ids-do-not-count-the-layers"], "/")
     assert p.returncode == C.EXIT_FORMAT
