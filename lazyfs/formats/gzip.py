@@ -226,7 +226,10 @@ def span_pieces(spans: Sequence[Span], starts: Sequence[int], codec: str,
     while i < len(spans) and spans[i].ustart < hi:
         s = spans[i]
         need = min(hi, s.ustart + s.ulen) - s.ustart
-        want = min(s.ulen, -(-need // STEP) * STEP)
+        # A read near the span's start inflates only its first STEP; anything
+        # deeper inflates the whole span once, so sequential reads share one
+        # cached piece per span instead of re-inflating from its start.
+        want = min(s.ulen, STEP) if need <= STEP else s.ulen
         first = max(s.ustart, at)
         out.append(Piece(s.start, s.end, codec, _PARAMS.pack(i, want), first - s.ustart,
                          min(at + length, s.ustart + want) - first, first - at))
