@@ -452,7 +452,11 @@ class _Tree:
         else:
             node = _Node.of(e, layer)
             if e.type is EntryType.DIR and old is not None and old.type is EntryType.DIR:
+                # in a view, an opaque marker met earlier in this layer stays
+                opaque = old.xattrs.get(_OPAQUE_XATTR) if self._view else None
                 old.take_attrs(node)
+                if opaque is not None:
+                    old.xattrs[_OPAQUE_XATTR] = opaque
                 return
         if old is not None:
             self._parents.clear()

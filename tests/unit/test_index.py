@@ -450,6 +450,15 @@ def test_view_marks_a_dir_whited_out_and_recreated_as_opaque(tmp_path):
     assert tree(ix) == {"/d": "dir", "/d/new": b""}
 
 
+def test_view_keeps_an_opaque_marker_met_before_the_directory_entry(tmp_path):
+    # found by the overlayfs property test: the later entry for the directory
+    # itself used to replace its xattrs, dropping the marker
+    ix = build(tmp_path, [F("a"), D("b/a")], [D("a"), OPQ("b"), F("a"), D("b")])
+    view = dict(ix.layer_roots)["1"]
+    assert ix.xattrs(ix.resolve("/b", root=view).ino) == {"trusted.overlay.opaque": b"y"}
+    assert tree(ix) == {"/a": b"", "/b": "dir"}
+
+
 def test_without_per_layer_views(tmp_path):
     ix = build(tmp_path, [F("a")], per_layer=False)
     assert ix.layer_roots == []
