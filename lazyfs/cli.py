@@ -461,6 +461,11 @@ def _mount_options(args: argparse.Namespace):
 def cmd_mount(args: argparse.Namespace) -> int:
     from .fs import image_operations
     from .mount import mount
+    if args.foreground:
+        # serving in this terminal: its log goes here
+        logging.getLogger("lazyfs").propagate = True
+        logging.basicConfig(level=logging.DEBUG if opt(args, "debug") else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ref = parse_ref(args.ref)
     factory = image_operations(str(ref) if ref.transport == "docker" else args.ref,
                                args.mountpoint, layers=args.layers,
@@ -637,6 +642,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if opt(args, "debug"):
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+    else:
+        # Retries and fallbacks are logged for --debug and the mount's log file;
+        # a failing command says one line, the error itself.
+        logging.getLogger("lazyfs").addHandler(logging.NullHandler())
+        logging.getLogger("lazyfs").propagate = False
     try:
         return args.func(args) or 0
     except LazyfsError as e:

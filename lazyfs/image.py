@@ -23,7 +23,8 @@ from typing import AsyncIterator, Iterator
 import trio
 
 from .entry import EntryType
-from .errors import CacheError, LazyfsError, NotFound, UsageError
+from .errors import (CacheError, DigestMismatch, LazyfsError, NotFound, UsageError,
+                     lazyfs_error_in)
 from .formats import LayerTable, build_table, detect_format, open_reader
 from .index import MergedIndex, Node
 from .layertable import load_layer_table, save_layer_table
@@ -247,6 +248,16 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                 raise failed
 
 
+def _check_stored_size(desc: Descriptor, store: Store) -> None:
+    """A blob in the store is trusted by its digest, but a descriptor that
+    misstates its size is a lying manifest all the same: refuse it, as a
+    fetch of that blob would."""
+    local = store.blob_path(desc.digest)
+    if local is not None and (actual := local.stat().st_size) != desc.size:
+        raise DigestMismatch(f"layer {desc.digest}: the manifest says {desc.size} bytes, "
+                             f"the blob has {actual}")
+
+
 def _layer(i: int, desc: Descriptor, table: LayerTable, source, resolved, store: Store) -> Layer:
     """How the reader reaches one layer. A layer that cannot be read in part
     (one zstd frame) is served from its decompressed copy, verified against
@@ -291,14 +302,21 @@ async def _layer_tables(descs: list[Descriptor], source, store: Store,
         async with limit:
             tables[i] = await _layer_table(desc, source.blob(desc), store, shared)
 
-    async with trio.open_nursery() as nursery:
-        for i, desc in enumerate(descs):
-            nursery.start_soon(one, i, desc)
+    try:
+        async with trio.open_nursery() as nursery:
+            for i, desc in enumerate(descs):
+                nursery.start_soon(one, i, desc)
+    except BaseExceptionGroup as group:
+        error = lazyfs_error_in(group)
+        if error is None:
+            raise
+        raise error from None
     return tables  # type: ignore[return-value]
 
 
 async def _layer_table(desc: Descriptor, blob, store: Store, shared=None) -> LayerTable:
     fmt = detect_format(desc.media_type, desc.annotations)
+    _check_stored_size(desc, store)
     path = store.index_path("layer-" + fmt.replace(":", "-"), desc.digest)
     if path.exists():
         try:

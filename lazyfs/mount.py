@@ -412,6 +412,7 @@ def _log_to_file(path: Path, debug: bool) -> None:
     os.dup2(fd, 2)
     os.close(fd)
     os.close(null)
+    logging.getLogger("lazyfs").propagate = True
     logging.basicConfig(stream=sys.stderr, force=True,
                         level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")

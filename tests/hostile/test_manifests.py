@@ -123,8 +123,6 @@ def test_diff_ids_that_do_not_count_the_layers_are_refused(refs, cli):
     assert "diff_ids" in one_error_line(p)
 
 
-@pytest.mark.xfail(strict=True, reason="a layer already in the store is trusted by digest; "
-                   "the descriptor's size is not compared with it (source.py)")
 def test_size_lie_is_refused_even_when_the_blob_is_cached(registry, refs, cli):
     with registry.client() as c:
         push_raw(c, "honest-twin", CFG, [layer()], None)

@@ -85,9 +85,6 @@ def test_damaged_chunk_is_eio_and_the_mount_survives(registry, tmp_path):
         assert (bad / "etc/hostname").read_bytes() == (good / "etc/hostname").read_bytes()
 
 
-@pytest.mark.xfail(strict=True, raises=BaseExceptionGroup,
-                   reason="image._layer_tables lets its nursery wrap a layer's error in an "
-                   "ExceptionGroup; the CLI and the mount daemon unwrap it, API callers cannot")
 async def test_open_image_raises_the_layer_error_itself(images, tmp_path):
     from lazyfs.image import open_image_async
     from lazyfs.store import Store

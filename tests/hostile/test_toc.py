@@ -119,8 +119,6 @@ def test_a_damaged_chunk_never_yields_wrong_bytes(kind, refs, cli):
     assert truth.stdout.startswith(p.stdout)
 
 
-@pytest.mark.xfail(strict=True, reason="reader.py logs every retry of a chunk that fails its "
-                   "digest (three of them) and the final error to stderr before the CLI prints it")
 def test_a_damaged_chunk_is_one_error_line(refs, cli):
     p = cli("cat", refs["estargz-flipped-chunk"], *FILES, check_stderr=False)
     one_error_line(p)
