@@ -145,6 +145,8 @@ def symlink_cases(host: str) -> list[Case]:
              "no such file", EXIT_NOT_FOUND, probe="/pw"),
         Case("relative-symlink-to-host-file", (symlink("pw", rel_up + "/secret") + end(),),
              "refuse", "no such file", EXIT_NOT_FOUND, probe="/pw"),
+        Case("hardlink-to-symlink-to-host", (symlink("s", f"{host}/secret") + hardlink("h", "s")
+                                             + end(),), "serve"),
         Case("symlink-loop", (symlink("a", "b") + symlink("b", "a") + file("f", b"f\n") + end(),),
              "refuse", "too many levels", EXIT_NOT_FOUND, probe="/a"),
         Case("self-loop", (symlink("s", "s") + end(),), "refuse", "too many levels",

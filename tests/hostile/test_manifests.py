@@ -2,7 +2,8 @@
 stores these as they are: it checks that blobs exist, not what they say).
 
 Decisions: a descriptor size that does not match the blob is refused when
-the blob is fetched (exit 6 when the registry sends more, 8 when less);
+the blob is fetched (exit 6 when the registry sends more, 8 when less) or
+found in the store;
 a config that is not JSON or whose size lies is refused by ``inspect`` too;
 ``diff_ids`` that do not count the layers are refused (exit 9);
 an unknown layer media type is refused when the layers are read (``inspect``
