@@ -6,20 +6,19 @@ blob / manifest doctored after the fact. Each case carries the behaviour we
 chose for it: ``refuse`` (one ``lazyfs: ...`` line, the exit code of the
 error class) or ``serve`` (the tree is well defined and shown).
 
-What Python's ``tarfile`` does with the same bytes, and why our parser must
-not copy it:
+What Python's ``tarfile`` (3.11) does with the same bytes, and why our parser
+must not copy it (checked on the cases below):
 
 * a bad checksum, a header truncated mid-block or a zero block followed by
   more headers: ``tarfile.open`` stops at the broken header *without an
-  error* and returns the members before it, so an image could hide the rest
-  of a layer (or a whiteout) from one reader and not from another;
-* a negative base-256 size: ``tarfile`` computes a negative offset for the
-  next header and, on the versions we checked, walks backwards into headers
-  it has already read: a loop that never ends;
-* sizes of 10^15 (octal, base-256 or PAX): ``tarfile`` believes them and
-  seeks past the end, again stopping silently;
-* GNU sparse entries: ``tarfile`` expands them, so a few bytes declare
-  gigabytes of zeros.
+  error* and lists the members before it, so an image could hide the rest
+  of a layer (a whiteout, say) from one reader and not from another;
+* a negative base-256 size: ``tarfile`` computes a next-header offset before
+  the current one and never returns (``size-negative-base256`` hangs it);
+* sizes of 10^15 (base-256 or PAX) or 64 GiB (octal): ``tarfile`` believes
+  them and fails only when it runs out of data;
+* a GNU sparse entry (type ``S``): ``tarfile`` lists it as a member and
+  would expand its map, so a few bytes can declare gigabytes of zeros.
 
 lazyfs's ``tarheader`` refuses every one of these with ``LayerFormatError``.
 """
