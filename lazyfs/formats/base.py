@@ -81,6 +81,28 @@ async def read_content(reader: ContentReader, blob: BlobSource, data: bytes,
     return b"".join(out)
 
 
+def inflate_streams(raw: bytes, want: int, decompressor, error: type[Exception],
+                    kind: str) -> bytes:
+    """At least ``want`` bytes (if there are that many) from consecutive
+    compressed streams (gzip members, zstd frames) in ``raw``, fed in pieces
+    so a large stream is not re-copied; ``decompressor()`` makes a fresh
+    zlib- or zstandard-style decompressobj."""
+    out = bytearray()
+    rest = memoryview(raw)
+    while len(rest) and len(out) < want:
+        d = decompressor()
+        pos = 0
+        while not d.eof and len(out) < want:
+            if pos >= len(rest):
+                raise error(f"data ends inside a {kind}")
+            out += d.decompress(rest[pos:pos + 65536])
+            pos += 65536
+        if not d.eof:
+            break
+        rest = memoryview(d.unused_data + bytes(rest[pos:]))
+    return bytes(out)
+
+
 def slice_piece(piece: Piece, decoded: bytes, offset: int, size: int) -> bytes:
     """The part of a decoded piece that falls into ``[offset, offset + size)``."""
     lo = max(offset, piece.content_offset)

@@ -37,7 +37,7 @@ import trio
 from ..blob import BlobSource
 from ..entry import Entry, EntryType
 from ..errors import DigestMismatch, LayerFormatError
-from .base import LayerTable, Piece
+from .base import LayerTable, Piece, inflate_streams
 
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 TOC_NAME = "stargz.index.json"
@@ -488,22 +488,7 @@ def verify_chunk(data: bytes, size: int, digest: bytes, what: str) -> bytes:
 
 
 def _inflate(raw: bytes, want: int) -> bytes:
-    """At least ``want`` bytes (if there are that many) from the gzip members
-    in ``raw``, fed in pieces so a large member is not re-copied."""
-    out = bytearray()
-    rest = memoryview(raw)
-    while len(rest) and len(out) < want:
-        d = zlib.decompressobj(31)
-        pos = 0
-        while not d.eof and len(out) < want:
-            if pos >= len(rest):
-                raise zlib.error("data ends inside a gzip member")
-            out += d.decompress(rest[pos:pos + 65536])
-            pos += 65536
-        if not d.eof:
-            break
-        rest = memoryview(d.unused_data + bytes(rest[pos:]))
-    return bytes(out)
+    return inflate_streams(raw, want, lambda: zlib.decompressobj(31), zlib.error, "gzip member")
 
 
 def prioritized(table) -> list[Entry]:

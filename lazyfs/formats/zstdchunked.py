@@ -32,7 +32,7 @@ import zstandard
 
 from ..blob import BlobSource
 from ..errors import DigestMismatch, LayerFormatError
-from .base import LayerTable, Piece
+from .base import LayerTable, Piece, inflate_streams
 from .estargz import (MAX_TOC_SIZE, ZEROS, entries_from_toc, pack_state, parse_toc,
                       piece_params, plan, unpack_state, verify_chunk)
 
@@ -94,22 +94,9 @@ def decompress_frame(raw: bytes, limit: int) -> bytes:
 
 
 def inflate_frames(raw: bytes, want: int) -> bytes:
-    """At least ``want`` bytes (if there are that many) from consecutive zstd
-    frames in ``raw``; skippable frames yield nothing."""
-    out = bytearray()
-    rest = memoryview(raw)
-    while len(rest) and len(out) < want:
-        d = zstandard.ZstdDecompressor().decompressobj()
-        pos = 0
-        while not d.eof and len(out) < want:
-            if pos >= len(rest):
-                raise zstandard.ZstdError("data ends inside a zstd frame")
-            out += d.decompress(rest[pos:pos + 65536])
-            pos += 65536
-        if not d.eof:
-            break
-        rest = memoryview(d.unused_data + bytes(rest[pos:]))
-    return bytes(out)
+    """Bytes from consecutive zstd frames (see ``inflate_streams``); skippable frames yield nothing."""
+    return inflate_streams(raw, want, lambda: zstandard.ZstdDecompressor().decompressobj(),
+                           zstandard.ZstdError, "zstd frame")
 
 
 def _annotation(annotations: dict, keys: tuple[str, ...]) -> tuple[str | None, int]:
