@@ -160,7 +160,7 @@ def symlink_cases(host: str) -> list[Case]:
 
 def header_cases() -> list[Case]:
     ok = file("ok", b"fine\n")
-    gnu = dict(magic=tb.GNU)
+    gnu = {"magic": tb.GNU}
     return [
         Case("size-64g-octal", (ok + tb.header("huge", size=b"777777777777") + b"x" * 512 + end(),),
              "refuse", "truncated"),

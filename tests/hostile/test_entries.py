@@ -116,14 +116,14 @@ def test_symlinks_out_of_the_image_are_not_followed_onto_the_host(name, pushed, 
 
 
 def test_absolute_name_is_the_images_own_file_not_the_hosts(pushed, cli, host):
-    case, ref = pushed["absolute-name"]
+    _, ref = pushed["absolute-name"]
     p = cli("cat", ref, str(host.secret))
     assert p.stdout == b"image's own\n"
 
 
 def test_inspect_of_a_refused_image_still_describes_it(pushed, cli):
     """inspect reads manifest and config only; the layers' lies do not matter."""
-    case, ref = pushed["dotdot"]
+    _, ref = pushed["dotdot"]
     p = cli("inspect", ref)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)

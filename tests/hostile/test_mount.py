@@ -19,7 +19,9 @@ import pytest
 from lazyfs.errors import LayerFormatError
 from tests.hostile import corpus as C
 from tests.hostile.conftest import push_case
-from tests.hostile.test_toc import FILES, cases as toc_cases, push as push_toc
+from tests.hostile.test_toc import FILES
+from tests.hostile.test_toc import cases as toc_cases
+from tests.hostile.test_toc import push as push_toc
 from tests.support.climount import cli_mount, lazyfs, lazyfs_env
 from tests.support.mounts import is_mounted
 
