@@ -769,6 +769,8 @@ def _json(body: bytes, what: str) -> dict:
         doc = json.loads(body)
     except ValueError as e:
         raise RegistryError(f"{what}: answer is not valid JSON ({e})") from None
+    except RecursionError:
+        raise RegistryError(f"{what}: answer is JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise RegistryError(f"{what}: answer is not a JSON object")
     return doc
@@ -802,7 +804,7 @@ def _error_code(body: bytes) -> tuple[str, str]:
         errors = json.loads(body).get("errors") or []
         first = errors[0]
         return str(first.get("code", "")), str(first.get("message", ""))
-    except (ValueError, AttributeError, IndexError, TypeError):
+    except (ValueError, AttributeError, IndexError, TypeError, RecursionError):
         return "", ""
 
 
