@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
@@ -77,6 +78,8 @@ def test_layer_table_loads_or_raises_cache_error(data):
         assert isinstance(e, Entry) and isinstance(e.name, str)
 
 
+# the inputs are whole index files: hypothesis warns that their repr is large
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
 @given(mutated(SEED_INDEX, 6) | st.binary(max_size=2000)
        | st.integers(0, len(SEED_INDEX)).map(lambda n: SEED_INDEX[:n]))
 @fuzz(200)
