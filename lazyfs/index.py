@@ -142,7 +142,7 @@ class MergedIndex:
                 (page_size,) = conn.execute("PRAGMA page_size").fetchone()
             finally:
                 conn.close()
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError, ValueError) as e:
             raise CacheError(f"index {path} is unreadable ({e})") from None
         if meta.get("schema") != SCHEMA_VERSION or "entry_count" not in meta:
             raise CacheError(f"index {path} is not a lazyfs index of schema {SCHEMA_VERSION}")
