@@ -14,6 +14,7 @@ import os
 import stat as stat_mod
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import trio
@@ -22,6 +23,7 @@ from .entry import EntryType
 from .errors import LazyfsError, UnsafeEntry, UsageError
 from .image import Image, mode_of
 from .index import ROOT_INO, Node
+from .store import check_free_space
 
 READ_CHUNK = 4 << 20
 _TYPE_LETTERS = {"f": EntryType.FILE, "d": EntryType.DIR, "l": EntryType.SYMLINK,
@@ -259,6 +261,8 @@ async def export(image: Image, dest: str) -> int:
     os.makedirs(dest, exist_ok=True)
     if os.listdir(dest):
         raise UsageError(f"export: {dest} is not empty")
+    needed = sum(node.size for _, node in image.index.walk() if node.type is EntryType.FILE)
+    check_free_space(Path(dest), needed, f"the export of {image.ref}")
     await image.fetch_all()
     try:
         return await trio.to_thread.run_sync(_export_tree, image, dest)

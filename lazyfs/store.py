@@ -64,6 +64,16 @@ def default_root() -> Path:
     return Path(xdg) / "lazyfs"
 
 
+def check_free_space(where: Path, needed: int, what: str) -> None:
+    """Refuse, before writing, what cannot fit: running out halfway leaves
+    work to clean up and fills the disk for everyone else."""
+    st = os.statvfs(where)
+    free = st.f_bavail * st.f_frsize
+    if needed > free:
+        raise CacheError(f"not enough space for {what} in {where}: "
+                         f"{needed} bytes needed, {free} free")
+
+
 def check_digest(digest: str) -> str:
     """Digests become path names, so only well-formed ones are accepted."""
     if not isinstance(digest, str) or not _DIGEST.match(digest):
@@ -278,6 +288,8 @@ class Store:
             w._close()
 
     def _open_writer(self, digest: str, size: int | None) -> BlobWriter:
+        if size is not None:
+            check_free_space(self.root, size, f"blob {digest}")
         w = BlobWriter(self, digest, size)
         _rehash(w)
         return w

@@ -140,3 +140,20 @@ def test_cat_stats_show_what_was_fetched(registry, tmp_path):
     table = p.stderr.decode()
     assert "estargz" in table and "lazy" in table and "FETCHED" in table
     assert len(p.stdout) == 14  # etc/hostname in the golden sample
+
+
+def test_export_and_pull_refuse_what_cannot_fit(registry, images, tmp_path):
+    with registry.client() as c:
+        push_image(c, "browse/random", "v1", [gzip.compress(make_tar({"r": os.urandom(2 << 20)}))])
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        out = run("export", images[0], str(small / "out"), cache=tmp_path / "c", check=False)
+        assert out.returncode == 11 and b"not enough space" in out.stderr
+        assert out.stderr.count(b"\n") == 1 and os.listdir(small / "out") == []
+        pulled = run("pull", f"{registry.host}/browse/random:v1", cache=small / "cache", check=False)
+        assert pulled.returncode == 11 and b"not enough space" in pulled.stderr
+        assert not list((small / "cache" / "blobs").rglob("*.tar*"))
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
