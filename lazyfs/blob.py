@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import AsyncIterator, Protocol
+from typing import Protocol
 
 import trio
 
@@ -77,9 +77,3 @@ def file_digest(path: Path | str) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return "sha256:" + h.hexdigest()
-
-
-async def iter_file(path: Path, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
-    with open(path, "rb") as f:
-        while data := await trio.to_thread.run_sync(f.read, chunk):
-            yield data

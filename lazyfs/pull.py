@@ -325,8 +325,3 @@ def describe(image: Resolved) -> dict:
              "Annotations": dict(d.annotations)} for d in m.layers
         ],
     }
-
-
-# Earlier names, still imported elsewhere.
-_fetch_layer = fetch_layer
-_keep_metadata = keep_metadata

@@ -25,7 +25,7 @@ from .manifest import (Descriptor, Index, Manifest, Platform, check_config,
                        image_platforms, parse_config, parse_manifest, select_platform)
 from .reference import Reference
 from .registry import MAX_RANGES_PER_REQUEST
-from .pull import (NoProgress, Resolved, _fetch_layer, _keep_metadata, resolve_from_store,
+from .pull import (NoProgress, Resolved, fetch_layer, keep_metadata, resolve_from_store,
                    with_default_tag)
 from .store import Store
 
@@ -113,7 +113,7 @@ class RegistryBlob:
         async with self.fallback.lock:
             local = self._store.blob_path(self.digest)
             if local is None:
-                await _fetch_layer(self._client, self._ref, self._desc, self._store,
+                await fetch_layer(self._client, self._ref, self._desc, self._store,
                                    NoProgress(), trio.CapacityLimiter(1))
                 self.fallback.pulled_bytes += self.size
                 self.fallback.pull_reason = why or self.fallback.reason or WHOLE_BLOB_ASKED
@@ -144,7 +144,7 @@ class RegistrySource:
         check_config(r.manifest, r.config)
         resolved = Resolved(ref.with_digest(r.ref.digest) if r.ref.digest else ref,
                             r.index, r.manifest, r.config, tuple(r.platforms))
-        await trio.to_thread.run_sync(_keep_metadata, self.store, resolved)
+        await trio.to_thread.run_sync(keep_metadata, self.store, resolved)
         return resolved
 
     def blob(self, desc: Descriptor) -> BlobSource:
