@@ -42,19 +42,17 @@ view keeps the path as written in the tar).
 
 from __future__ import annotations
 
-import gc
 import os
 import sqlite3
 import tempfile
 import threading
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from .entry import Entry, EntryType
+from .entry import Entry, EntryType, gc_paused
 from .errors import CacheError, NotFound, SymlinkLoop, UnsafeEntry, UsageError
 
 ROOT_INO = 1
@@ -115,7 +113,7 @@ class MergedIndex:
         names = list(layer_names) or [str(i) for i in range(len(layers))]
         if len(names) != len(layers):
             raise UsageError(f"{len(layers)} layers but {len(names)} layer names")
-        with _gc_paused():
+        with gc_paused():
             merged = _Tree()
             views = []
             for i, entries in enumerate(layers):
@@ -311,20 +309,6 @@ def _parts(path: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- building
-
-
-@contextmanager
-def _gc_paused():
-    """The build makes a few objects per entry and frees none until it ends;
-    the cyclic collector would rescan them all again and again (~30% of the
-    build), for nothing."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 class _Node:

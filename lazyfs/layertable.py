@@ -10,7 +10,6 @@ never a wrong table.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import os
@@ -18,14 +17,13 @@ import struct
 import sys
 import tempfile
 from array import array
-from contextlib import contextmanager
 from itertools import repeat
 from operator import attrgetter
 from pathlib import Path
 
 import zstandard
 
-from .entry import Entry, EntryType
+from .entry import Entry, EntryType, gc_paused
 from .errors import CacheError
 from .formats.base import LayerTable
 
@@ -114,24 +112,11 @@ def _decode(raw: bytes) -> LayerTable:
     kinds = [_TYPES[t] for t in types]
     names, unames, gnames, links = strs
     modes, uids, gids, sizes, mtimes, majors, minors = ints
-    with _gc_paused():
+    with gc_paused():
         entries = list(map(Entry, names, kinds, modes, uids, gids, unames, gnames, sizes, mtimes,
                            links, majors, minors, map(dict, repeat((), n)), datas))
     _decode_xattrs(sections[pos + 2], entries)
     return LayerTable(head["format"], head["lazy"], head["reason"], state, entries)
-
-
-@contextmanager
-def _gc_paused():
-    """Building 100k small objects triggers a full collection every few
-    thousand allocations; none of them can be garbage, so skip that work."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _split(raw: bytes) -> list[bytes]:
