@@ -193,8 +193,8 @@ async def diff(a: Image, b: Image) -> list[dict]:
     Content is compared without reading when both sides come from the same
     layer entry (same blob, same locator) or differ in size; otherwise both
     files are read and hashed."""
-    left = dict(_walk(a, "/", a.index.getattr(ROOT_INO)))
-    right = dict(_walk(b, "/", b.index.getattr(ROOT_INO)))
+    left = dict(a.index.walk())
+    right = dict(b.index.walk())
     out = []
     for path in sorted(left.keys() | right.keys()):
         x, y = left.get(path), right.get(path)
