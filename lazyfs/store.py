@@ -135,6 +135,24 @@ class BlobWriter:
         self.written += len(data)
         return len(data)
 
+    def write_at(self, offset: int, data: bytes) -> None:
+        """Place bytes that arrive out of order (parallel ranges); ``absorb``
+        hashes them later, in blob order, so the digest check stays whole."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._file.fileno(), view, offset)
+            view, offset = view[n:], offset + n
+
+    def absorb(self, data: bytes) -> None:
+        """Hash and count bytes already placed with ``write_at``, in blob order."""
+        self._hash.update(data)
+        self.written += len(data)
+
+    def keep_prefix(self) -> None:
+        """Cut the file back to the bytes absorbed: bytes placed ahead of a
+        gap are no prefix a later attempt could resume from."""
+        self._file.truncate(self.written)
+
     def resume_offset(self) -> int:
         """Bytes already present from an abandoned earlier attempt (0 if none)."""
         return self.written

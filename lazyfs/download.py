@@ -1,0 +1,250 @@
+"""A whole blob from the registry as parallel range requests, handed on in order.
+
+One HTTP stream of a big layer is slow to start and capped per connection
+behind a distant registry; several range requests in flight at once are not.
+A consumer that inflates the blob as it arrives (an index build) still needs
+the bytes in blob order, exactly once, while the blob lands verified in the
+store. Pieces are written to the tmp file at their offsets as they come,
+then hashed and handed to the consumer strictly in order; a window of
+``parallel + 2`` pieces bounds memory, so downloads ahead of a slow consumer
+wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from .blob import _pread
+from .errors import (DigestMismatch, LazyfsError, RangeNotSupported, RegistryError,
+                     lazyfs_error_in)
+from .manifest import Descriptor
+from .reference import Reference
+from .store import BlobWriter, Store
+
+log = logging.getLogger(__name__)
+
+CHUNK = 8 << 20
+PARALLEL = 4
+WHOLE_BLOB_STREAMED = "the whole blob was streamed (index build or export)"
+
+Consume = Callable[[bytes], object]
+
+
+@dataclass
+class DownloadProgress:
+    """How far a ``stream_blob`` got, for statistics and for readers that
+    may ``pread`` ``tmp_path`` below ``consumed`` before the blob is whole."""
+
+    received: int = 0
+    """Bytes arrived from the registry (or read from the stored blob)."""
+    consumed: int = 0
+    """Bytes, from offset 0, written to ``tmp_path``, hashed and consumed."""
+    tmp_path: Path | None = None
+    """The file holding the bytes below ``consumed``: the tmp file while
+    downloading (renamed away once done), the blob itself if it was stored."""
+    done: bool = False
+    path: Path | None = None
+    """The verified blob in the store, once ``done``."""
+
+
+async def stream_blob(client, ref: Reference, desc: Descriptor, store: Store,
+                      consume: Consume | None = None, *, chunk: int = CHUNK,
+                      parallel: int = PARALLEL, fallback=None,
+                      progress: DownloadProgress | None = None) -> Path:
+    """The blob verified in ``store``, each of its bytes passed once, in
+    order, to ``consume`` (called in a worker thread) on the way."""
+    if chunk <= 0 or parallel <= 0:
+        raise LazyfsError(f"blob {desc.digest}: chunk and parallel must be positive")
+    progress = progress or DownloadProgress()
+    consume = consume or _ignore
+    local = await trio.to_thread.run_sync(_stored, store, desc)
+    if local is not None:
+        progress.tmp_path = local
+        await _consume_file(local, desc.size, chunk, consume, progress)
+    else:
+        local = await _download(client, ref, desc, store, consume, chunk, parallel, fallback,
+                                progress)
+    progress.path, progress.done = local, True
+    return local
+
+
+def _ignore(data: bytes) -> None:
+    pass
+
+
+def _stored(store: Store, desc: Descriptor) -> Path | None:
+    local = store.blob_path(desc.digest)
+    if local is not None and (actual := local.stat().st_size) != desc.size:
+        raise DigestMismatch(f"blob {desc.digest}: the descriptor says {desc.size} bytes, "
+                             f"the stored blob has {actual}")
+    return local
+
+
+async def _consume_file(path: Path, size: int, chunk: int, consume: Consume,
+                        progress: DownloadProgress) -> None:
+    for offset in range(0, size, chunk):
+        n = min(chunk, size - offset)
+        await trio.to_thread.run_sync(_read_and_consume, path, offset, n, consume)
+        progress.received += n
+        progress.consumed += n
+
+
+def _read_and_consume(path: Path, offset: int, length: int, consume: Consume) -> None:
+    consume(_pread(path, offset, length))
+
+
+async def _download(client, ref: Reference, desc: Descriptor, store: Store, consume: Consume,
+                    chunk: int, parallel: int, fallback, progress: DownloadProgress) -> Path:
+    async with store.blob_writer(desc.digest, desc.size) as w:
+        await trio.to_thread.run_sync(w.restart)
+        progress.tmp_path = w.tmp_path
+        try:
+            reason = await _fetch(client, ref, desc, w, consume, chunk, parallel, fallback,
+                                  progress)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(w.keep_prefix)
+            raise
+    if fallback is not None:
+        fallback.pulled_bytes += desc.size
+        fallback.pull_reason = reason or fallback.reason or WHOLE_BLOB_STREAMED
+    local = store.blob_path(desc.digest)
+    if local is None:
+        raise LazyfsError(f"blob {desc.digest} vanished from the store after its download")
+    return local
+
+
+async def _fetch(client, ref: Reference, desc: Descriptor, w: BlobWriter, consume: Consume,
+                 chunk: int, parallel: int, fallback, progress: DownloadProgress) -> str:
+    """Ranges while the registry answers them; then one stream for the rest.
+    Returns why the blob was streamed rather than fetched in ranges, if it was."""
+    reason = ""
+    if desc.size > chunk and not (fallback is not None and fallback.reason):
+        try:
+            await _ranged(client, ref, desc, _Sink(w, consume, progress, parallel + 2), chunk,
+                          parallel)
+            return ""
+        except RangeNotSupported as e:
+            reason = str(e)
+            log.warning("layer %s: %s; streaming it whole", desc.digest, e)
+            if fallback is not None and not fallback.reason:
+                fallback.reason = reason
+    await _streamed(client, ref, desc, _Sink(w, consume, progress, 3), chunk)
+    return reason
+
+
+@dataclass
+class _Piece:
+    start: int
+    end: int
+    data: bytes | None = None
+    ready: trio.Event = field(default_factory=trio.Event)
+
+
+class _Sink:
+    """Pieces reserved in blob order, filled in any order, absorbed in order."""
+
+    def __init__(self, w: BlobWriter, consume: Consume, progress: DownloadProgress,
+                 held: int):
+        self._w, self._consume, self._progress = w, consume, progress
+        self._window = trio.Semaphore(held)
+        self._send, self._recv = trio.open_memory_channel[_Piece](math.inf)
+
+    @property
+    def consumed(self) -> int:
+        return self._progress.consumed
+
+    async def reserve(self, start: int, end: int) -> _Piece:
+        await self._window.acquire()
+        piece = _Piece(start, end)
+        self._send.send_nowait(piece)
+        return piece
+
+    def close(self) -> None:
+        self._send.close()
+
+    async def fill(self, piece: _Piece, data: bytes) -> None:
+        await trio.to_thread.run_sync(self._w.write_at, piece.start, data)
+        self._progress.received += len(data)
+        piece.data = data
+        piece.ready.set()
+
+    async def deliver(self) -> None:
+        async with self._recv:
+            async for piece in self._recv:
+                await piece.ready.wait()
+                await trio.to_thread.run_sync(self._absorb, piece.data)
+                self._progress.consumed = piece.end
+                piece.data = None
+                self._window.release()
+
+    def _absorb(self, data: bytes) -> None:
+        self._w.absorb(data)
+        self._consume(data)
+
+
+async def _ranged(client, ref: Reference, desc: Descriptor, sink: _Sink, chunk: int,
+                  parallel: int) -> None:
+    in_flight = trio.Semaphore(parallel)
+
+    async def fetch(piece: _Piece) -> None:
+        try:
+            data = await client.get_range(ref, desc.digest, piece.start, piece.end)
+        finally:
+            in_flight.release()
+        await sink.fill(piece, data)
+
+    with _own_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sink.deliver)
+            for offset in range(sink.consumed, desc.size, chunk):
+                piece = await sink.reserve(offset, min(offset + chunk, desc.size))
+                await in_flight.acquire()
+                nursery.start_soon(fetch, piece)
+            sink.close()
+
+
+async def _streamed(client, ref: Reference, desc: Descriptor, sink: _Sink, chunk: int) -> None:
+    """One plain GET; bytes below what was already consumed are skipped."""
+    skip = sink.consumed
+    offset = 0
+    with _own_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sink.deliver)
+            async with client.get_blob_stream(ref, desc.digest, chunk) as pieces:
+                async for data in pieces:
+                    end = offset + len(data)
+                    if end > desc.size:
+                        raise DigestMismatch(f"blob {desc.digest}: registry sent more than "
+                                             f"the {desc.size} bytes expected")
+                    if end > skip:
+                        at = max(offset, skip)
+                        await sink.fill(await sink.reserve(at, end), data[at - offset:])
+                    offset = end
+            if offset != desc.size:
+                raise RegistryError(f"blob {desc.digest}: body ended after {offset} of "
+                                    f"{desc.size} bytes")
+            sink.close()
+
+
+@contextmanager
+def _own_error():
+    """A failed task group's own error rather than the group: the first task
+    to fail cancels the others, so there is normally just one."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        error = lazyfs_error_in(group)
+        if error is None and len(group.exceptions) == 1 and \
+                not isinstance(group.exceptions[0], BaseExceptionGroup):
+            error = group.exceptions[0]
+        if error is None:
+            raise
+        raise error from None
