@@ -30,10 +30,11 @@ import rapidgzip
 import trio
 
 from ..blob import BlobSource
-from ..entry import EntryType
+from ..entry import Entry, EntryType
 from ..errors import DigestMismatch, LayerFormatError
-from ..tarheader import TarParser
+from ..tarheader import Member, TarParser
 from .base import LayerTable, Piece
+from .zran import Inflater, Point
 
 SPAN = 2 << 20
 """Output bytes between kept checkpoints. On a 99 MB tar of Python sources
@@ -109,16 +110,6 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
-@dataclass(frozen=True, slots=True)
-class Point:
-    cmp: int
-    """First whole compressed byte after the checkpoint."""
-    bits: int
-    """How many high bits of byte ``cmp - 1`` belong to the stream after it."""
-    out: int
-    window: bytes
-
-
 def parse_gzidx(data: bytes, layer: str) -> list[Point]:
     """The checkpoints of an index in indexed_gzip's GZIDX format, version 1."""
     if data[:5] != b"GZIDX" or len(data) < 35 or data[5] != 1:
@@ -171,6 +162,108 @@ def _spans(points: list[Point], blob) -> list[Span]:
     finally:
         view.release()
     return spans
+
+
+class StreamIndexer:
+    """The table ``build_from_file`` makes, built from the blob's bytes as
+    they arrive, so a mount can answer before the layer is whole.
+
+    ``feed`` the blob in order; it returns the entries whose headers are
+    complete. ``spans`` grows as checkpoints are passed and ``covered`` says
+    how many output bytes those spans hold, so a reader over them
+    (``GzipReader.from_spans``) can serve content that is already covered.
+    Each span's digest is hashed on the way: memory stays at the feed plus
+    the inflater's buffers, whatever the layer's size.
+
+    A checkpoint is published only once output follows it: one at the very
+    end of the output is dropped, as ``_keep`` drops it, so the last span
+    runs to the end of the blob.
+    """
+
+    def __init__(self, layer: str, span: int = SPAN):
+        self.layer = layer
+        self.spans: list[Span] = []
+        self.covered = 0
+        self._inflater = Inflater(layer, span)
+        self._parser = TarParser(layer)
+        self._entries: list[Entry] = []
+        self._size = 0
+        self._last_byte = b""
+        self._open = self._inflater.points[0]
+        self._hash = hashlib.sha256()
+        self._seen = 1
+        self._pending: tuple[Point, bytes] | None = None
+        self._next = hashlib.sha256()
+
+    def feed(self, data: bytes) -> list[Entry]:
+        members: list[Member] = []
+        try:
+            for chunk in self._inflater.feed(data):
+                members += self._parser.feed(chunk)
+        except BaseException:
+            self.close()
+            raise
+        self._hash_through(memoryview(data))
+        entries = [_located(m) for m in members]
+        self._entries += entries
+        return entries
+
+    def finish(self) -> LayerTable:
+        self._inflater.finish()
+        self._parser.close()
+        total = self._parser.offset
+        if total > self._open.out:
+            self._publish(Point(self._size, 0, total, b""), self._hash.digest())
+        return LayerTable("gzip", True, state=encode_state(self.layer, self.spans),
+                          entries=self._entries)
+
+    def close(self) -> None:
+        self._inflater.close()
+
+    def _hash_through(self, view: memoryview) -> None:
+        base, pos = self._size, 0
+        points = self._inflater.points
+        while self._seen < len(points):
+            q = points[self._seen]
+            self._seen += 1
+            cut = q.cmp - base
+            self._update(view[pos:cut])
+            pos = cut
+            if self._pending:
+                self._confirm()
+            overlap = (bytes(view[cut - 1:cut]) if cut else self._last_byte) if q.bits else b""
+            self._pending = q, self._hash.digest()
+            self._next = hashlib.sha256(overlap)
+        self._update(view[pos:])
+        if self._pending and self._inflater.total_out > self._pending[0].out:
+            self._confirm()
+        self._size += len(view)
+        if len(view):
+            self._last_byte = bytes(view[-1:])
+
+    def _update(self, part: memoryview) -> None:
+        self._hash.update(part)
+        if self._pending:
+            self._next.update(part)
+
+    def _confirm(self) -> None:
+        q, digest = self._pending
+        self._publish(q, digest)
+        self._hash, self._pending = self._next, None
+
+    def _publish(self, nxt: Point, digest: bytes) -> None:
+        p = self._open
+        window = zlib.compress(p.window, 6) if p.window else b""
+        self.spans.append(Span(p.cmp - 1 if p.bits else p.cmp, nxt.cmp, p.out, nxt.out - p.out,
+                               p.bits, window, digest))
+        self._open = nxt
+        self.covered = nxt.out
+
+
+def _located(m: Member) -> Entry:
+    if m.entry.type is EntryType.FILE:
+        m.entry.data = _LOC.pack(m.offset, m.entry.size)
+    return m.entry
 
 
 def encode_state(layer: str, spans: Sequence[Span], magic: bytes = _MAGIC) -> bytes:
@@ -245,6 +338,15 @@ class GzipReader:
     def __init__(self, state: bytes):
         self._layer, self._spans = decode_state(state)
         self._starts = [s.ustart for s in self._spans]
+
+    @classmethod
+    def from_spans(cls, layer: str, spans: Sequence[Span]) -> GzipReader:
+        """A reader over the spans a ``StreamIndexer`` has published so far,
+        for content they already cover (no state to encode and decode)."""
+        self = cls.__new__(cls)
+        self._layer, self._spans = layer, list(spans)
+        self._starts = [s.ustart for s in self._spans]
+        return self
 
     def pieces(self, data: bytes, offset: int, size: int) -> list[Piece]:
         return span_pieces(self._spans, self._starts, "gzip", data, offset, size)
