@@ -18,6 +18,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -27,6 +28,10 @@ from .errors import (DigestMismatch, LazyfsError, RangeNotSupported, RegistryErr
 from .manifest import Descriptor
 from .reference import Reference
 from .store import BlobWriter, Store
+
+if TYPE_CHECKING:
+    from .registry import RegistryClient
+    from .source import Fallback
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +59,17 @@ class DownloadProgress:
     """The verified blob in the store, once ``done``."""
 
 
-async def stream_blob(client, ref: Reference, desc: Descriptor, store: Store,
+async def stream_blob(client: RegistryClient, ref: Reference, desc: Descriptor, store: Store,
                       consume: Consume | None = None, *, chunk: int = CHUNK,
-                      parallel: int = PARALLEL, fallback=None,
+                      parallel: int = PARALLEL, fallback: Fallback | None = None,
                       progress: DownloadProgress | None = None) -> Path:
     """The blob verified in ``store``, each of its bytes passed once, in
-    order, to ``consume`` (called in a worker thread) on the way."""
+    order, to ``consume`` (called in a worker thread) on the way.
+
+    ``fallback``, when given, is the layer's record of whole pulls: this one
+    is added to it, and a registry found to ignore Range is noted there so
+    later reads and pulls of the layer do not ask again. Its lock is not
+    taken: a caller that already holds it may call this."""
     if chunk <= 0 or parallel <= 0:
         raise LazyfsError(f"blob {desc.digest}: chunk and parallel must be positive")
     progress = progress or DownloadProgress()
