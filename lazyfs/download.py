@@ -36,7 +36,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHUNK = 8 << 20
-PARALLEL = 4
+"""Large enough that a request's round trip is small next to its transfer
+(4 MiB paid visibly more round trips), small enough that a 60 MB layer still
+spreads over several connections and the window stays modest in memory."""
+PARALLEL = 6
+"""Behind a 20-50 ms link capped per connection, 6 ranges fetched a 60 MB
+blob in 0.9-1.0 s against 1.9-2.7 s for one stream. 8 was a little faster
+but would take every range slot the client allows a host, starving the
+reads served meanwhile."""
 WHOLE_BLOB_STREAMED = "the whole blob was streamed (index build or export)"
 
 Consume = Callable[[bytes], object]
