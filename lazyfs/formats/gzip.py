@@ -16,11 +16,13 @@ span digests and zlib-compressed windows.
 from __future__ import annotations
 
 import bisect
+import collections
 import hashlib
 import io
 import mmap
 import os
 import struct
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from ..entry import Entry, EntryType
 from ..errors import DigestMismatch, LayerFormatError
 from ..tarheader import Member, TarParser
 from .base import LayerTable, Piece
-from .zran import Inflater, Point
+from .zran import WINDOW, Inflater, Point
 
 SPAN = 2 << 20
 """Output bytes between kept checkpoints. On a 99 MB tar of Python sources
@@ -191,9 +193,11 @@ class StreamIndexer:
         self._last_byte = b""
         self._open = self._inflater.points[0]
         self._hash = hashlib.sha256()
+        self._head = bytearray()
         self._seen = 1
         self._pending: tuple[Point, bytes] | None = None
         self._next = hashlib.sha256()
+        self._next_head = bytearray()
 
     def feed(self, data: bytes) -> list[Entry]:
         members: list[Member] = []
@@ -234,6 +238,7 @@ class StreamIndexer:
             overlap = (bytes(view[cut - 1:cut]) if cut else self._last_byte) if q.bits else b""
             self._pending = q, self._hash.digest()
             self._next = hashlib.sha256(overlap)
+            self._next_head = bytearray(overlap)
         self._update(view[pos:])
         if self._pending and self._inflater.total_out > self._pending[0].out:
             self._confirm()
@@ -243,21 +248,87 @@ class StreamIndexer:
 
     def _update(self, part: memoryview) -> None:
         self._hash.update(part)
+        _grab(self._head, part)
         if self._pending:
             self._next.update(part)
+            _grab(self._next_head, part)
 
     def _confirm(self) -> None:
         q, digest = self._pending
         self._publish(q, digest)
-        self._hash, self._pending = self._next, None
+        self._hash, self._head, self._pending = self._next, self._next_head, None
 
     def _publish(self, nxt: Point, digest: bytes) -> None:
         p = self._open
-        window = zlib.compress(p.window, 6) if p.window else b""
+        used = used_window(p.window, bytes(self._head), p.bits, min(WINDOW, nxt.out - p.out))
+        window = zlib.compress(used, 6) if used else b""
         self.spans.append(Span(p.cmp - 1 if p.bits else p.cmp, nxt.cmp, p.out, nxt.out - p.out,
                                p.bits, window, digest))
         self._open = nxt
         self.covered = nxt.out
+
+
+HEAD = 256 << 10
+"""Compressed bytes kept from a span's start to find which window bytes it
+uses: its first 32 KiB of output (all that can refer back) fit in far less
+unless the stream is made to waste bytes; then the whole window is kept."""
+_LO = bytes(range(256)) * (WINDOW // 256)
+_HI = bytes(j >> 8 for j in range(WINDOW))
+_FLIP = _LO.translate(bytes(b ^ 0xA5 for b in range(256)))
+_FROM_WINDOW = bytes.maketrans(b"\xa5", b"\xff")
+
+
+def _grab(head: bytearray, part: memoryview) -> None:
+    if len(head) < HEAD:
+        head += part[:HEAD - len(head)]
+
+
+def used_window(window: bytes, raw: bytes, bits: int, need: int) -> bytes:
+    """``window`` with every byte that the first ``need`` bytes of output
+    from ``raw`` do not refer to set to zero, so it compresses to little
+    (a full 32 KiB window of text costs ~12 kB, the bytes in use ~2 kB).
+
+    Inflating with windows of position markers (low byte, high byte, low
+    byte flipped) tells, for each output byte, whether it came from the
+    window and from which position; a literal is the same in every run.
+    """
+    if not window or need <= 0:
+        return window
+    runs = _marked_runs(window, raw, bits, need)
+    if runs is None:
+        return window
+    low, high, flip = runs
+    mask = _xor(low, flip).translate(_FROM_WINDOW)
+    pairs = bytearray(2 * need)
+    first = 0 if sys.byteorder == "little" else 1
+    pairs[first::2], pairs[1 - first::2] = _and(low, mask), _and(high, mask)
+    used = list(set(memoryview(pairs).cast("H")))
+    keep = bytearray(len(window))
+    collections.deque(map(keep.__setitem__, used, map(window.__getitem__, used)), maxlen=0)
+    return bytes(keep)
+
+
+def _marked_runs(window: bytes, raw: bytes, bits: int, need: int) -> list[bytes] | None:
+    """The first ``need`` output bytes inflated with each marker window, or
+    None if ``raw`` does not hold that many. Compressible data needs fewer
+    input bytes than output, so that much is tried first."""
+    n = len(window)
+    for cut in (need, len(raw)):
+        try:
+            runs = [inflate(raw[:cut], bits, m[:n], need) for m in (_LO, _HI, _FLIP)]
+        except zlib.error:
+            return None
+        if min(map(len, runs)) >= need:
+            return runs
+    return None
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
+
+
+def _and(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "little") & int.from_bytes(b, "little")).to_bytes(len(a), "little")
 
 
 def _located(m: Member) -> Entry:

@@ -246,3 +246,33 @@ def test_a_failed_indexer_refuses_more_bytes(tar):
         ix.feed(blob)
     with pytest.raises(LayerFormatError):
         ix.feed(b"more")
+
+
+def test_windows_keep_only_the_bytes_a_span_uses(tar):
+    """Window bytes nothing refers to are zeroed: the state stays near what
+    rapidgzip's sparse windows cost, and the output is unchanged."""
+    blob = gzip.compress(tar, 6, mtime=0)
+    out = gzip.decompress(blob)
+    _, table = stream(blob, [1 << 20] * 8)
+    spans = gzfmt.GzipReader(table.state)._spans
+    windows = [zlib.decompress(s.window) for s in spans if s.window]
+    assert len(windows) == len(spans) - 1 > 10
+    kept = sum(len(w) - w.count(0) for w in windows)
+    assert kept < sum(map(len, windows)) // 3
+    assert len(table.state) < len(windows) * 6000
+    for s in spans[1:]:
+        raw, w = blob[s.start:s.end], zlib.decompress(s.window)
+        assert gzfmt.inflate(raw, s.bits, w, s.ulen) == out[s.ustart:s.ustart + s.ulen]
+
+
+def test_a_window_is_kept_whole_when_its_span_head_is_missing(tar):
+    blob = gzip.compress(tar, 6, mtime=0)
+    _, table = stream(blob, [1 << 20] * 8)
+    s = gzfmt.GzipReader(table.state)._spans[3]
+    out = gzip.decompress(blob)
+    window = out[s.ustart - 32768:s.ustart]
+    raw = blob[s.start:s.end]
+    assert gzfmt.used_window(window, raw[:100], s.bits, 32768) == window
+    sparse = gzfmt.used_window(window, raw, s.bits, 32768)
+    assert len(sparse) == len(window) and sparse != window
+    assert gzfmt.inflate(raw, s.bits, sparse, 40_000) == out[s.ustart:s.ustart + 40_000]
