@@ -124,7 +124,7 @@ async def test_requests_overlap_and_stay_within_the_window(client, registry, pus
         finally:
             now -= "range" in req.headers
 
-    got = Collect(delay=0.02)
+    got = Collect(delay=0.05)
     async with serve(delaying) as srv:
         await stream_blob(client, ref_to(srv.host, pushed), desc_of(blob), store, got,
                           chunk=CHUNK, parallel=3, progress=progress)
