@@ -15,6 +15,7 @@ span digests and zlib-compressed windows.
 
 from __future__ import annotations
 
+import array
 import bisect
 import collections
 import hashlib
@@ -302,7 +303,7 @@ def used_window(window: bytes, raw: bytes, bits: int, need: int) -> bytes:
     pairs = bytearray(2 * need)
     first = 0 if sys.byteorder == "little" else 1
     pairs[first::2], pairs[1 - first::2] = _and(low, mask), _and(high, mask)
-    used = list(set(memoryview(pairs).cast("H")))
+    used = list(set(array.array("H", pairs)))
     keep = bytearray(len(window))
     collections.deque(map(keep.__setitem__, used, map(window.__getitem__, used)), maxlen=0)
     return bytes(keep)
@@ -310,14 +311,17 @@ def used_window(window: bytes, raw: bytes, bits: int, need: int) -> bytes:
 
 def _marked_runs(window: bytes, raw: bytes, bits: int, need: int) -> list[bytes] | None:
     """The first ``need`` output bytes inflated with each marker window, or
-    None if ``raw`` does not hold that many. Compressible data needs fewer
-    input bytes than output, so that much is tried first."""
+    None if ``raw`` does not hold that many. ``inflate`` takes all the input
+    it is given, and a few hundred bytes of deflate can hold megabytes
+    (zeros), so the input grows from a little until it is enough."""
     n = len(window)
-    for cut in (need, len(raw)):
+    cut = 64
+    while cut < len(raw):
+        cut = min(cut * 4, len(raw))
         try:
             runs = [inflate(raw[:cut], bits, m[:n], need) for m in (_LO, _HI, _FLIP)]
         except zlib.error:
-            return None
+            continue
         if min(map(len, runs)) >= need:
             return runs
     return None
