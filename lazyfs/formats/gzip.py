@@ -9,6 +9,10 @@ the compressed span(s) between checkpoints, checks each span's sha256
 (recorded in the build pass, since the blob digest covers only the whole
 blob) and inflates it with stdlib zlib from the checkpoint.
 
+A layer still downloading is indexed by ``StreamIndexer`` instead, from
+its bytes as they arrive (``zran.py`` inflates them through libz): the same
+entries and the same kind of spans, published as soon as they are known.
+
 ``Entry.data`` is ``(tar offset, size)``; the state holds the span table,
 span digests and zlib-compressed windows.
 """
@@ -25,9 +29,9 @@ import os
 import struct
 import sys
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import rapidgzip
 import trio
@@ -405,7 +409,7 @@ def span_pieces(spans: Sequence[Span], starts: Sequence[int], codec: str,
     return out
 
 
-def reader(table: LayerTable) -> "GzipReader":
+def reader(table: LayerTable) -> GzipReader:
     return GzipReader(table.state)
 
 
