@@ -11,36 +11,10 @@ import threading
 
 import pytest
 
-from lazyfs.entry import Entry, EntryType
+from lazyfs.entry import Entry
 from lazyfs.errors import CacheError, NotFound, SymlinkLoop, UnsafeEntry, UsageError
 from lazyfs.index import ROOT_INO, MergedIndex
-
-T = EntryType
-
-
-def F(name, data=b"", mode=0o644, **kw):
-    return Entry(name, T.FILE, mode, size=len(data), data=data, **kw)
-
-
-def D(name, mode=0o755, **kw):
-    return Entry(name, T.DIR, mode, **kw)
-
-
-def L(name, target):
-    return Entry(name, T.SYMLINK, 0o777, linkname=target)
-
-
-def H(name, target):
-    return Entry(name, T.HARDLINK, 0o644, linkname=target)
-
-
-def W(path):
-    head, _, base = path.rpartition("/")
-    return F(f"{head}/.wh.{base}" if head else f".wh.{base}")
-
-
-def OPQ(dir):
-    return F(f"{dir}/.wh..wh..opq")
+from tests.support.entries import OPQ, D, F, H, L, T, W
 
 
 def build(tmp_path, *layers, **kw) -> MergedIndex:

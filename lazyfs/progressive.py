@@ -1,0 +1,322 @@
+"""Answers about the merged tree while its layers are still being indexed.
+
+On a first mount of a gzip image nothing is known until bytes arrive, yet
+most questions need only part of the image: ``/etc/os-release`` in the top
+layer does not depend on the layers below it. This module holds what each
+layer has shown so far and answers a lookup as soon as overlay semantics
+make the answer certain:
+
+* a path is decided by the topmost layer with an entry at exactly that path,
+  provided every layer above it is complete and leaves the path alone;
+* a complete layer that whites the path (or a parent) out, or makes a parent
+  opaque, without making the path itself, decides that it does not exist;
+* everything else (no layer has the path, readdir, a layer that would need
+  the merge proper to place its entries) waits for the full merged index,
+  which then answers everything.
+
+A layer is only trusted to place entries where their names say while every
+parent of each entry came as an explicit directory earlier in the same
+layer, as docker, buildkit and umoci write them. An entry whose parents are
+implied could be redirected by a symlink in a lower layer, so such a layer
+("unplaced") defers every answer that depends on it to the merged index.
+
+Answers given early carry provisional inode numbers (above ``PROVISIONAL``)
+and are not cached by the kernel; once the merged index exists a provisional
+inode is translated to the final one by its path. Within one layer still
+being read, a later duplicate of a name already answered replaces it only
+when the merged index takes over.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+
+import trio
+
+from .entry import Entry, EntryType
+from .errors import LazyfsError, NotFound, UnsafeEntry
+from .index import ROOT_INO, MergedIndex, Node, _b, _clean
+
+PROVISIONAL = 1 << 60
+_WH = ".wh."
+_WH_META = ".wh..wh."
+_WH_OPAQUE = ".wh..wh..opq"
+
+Path_ = tuple[str, ...]
+
+
+@dataclass
+class LayerSeen:
+    """What one layer has shown so far, keyed by cleaned path."""
+
+    entries: dict[Path_, Entry] = field(default_factory=dict)
+    implied: set[Path_] = field(default_factory=lambda: {()})
+    """Every strict parent of an entry: directories this layer makes or passes through."""
+    whiteouts: set[Path_] = field(default_factory=set)
+    opaque: set[Path_] = field(default_factory=set)
+    dirs: set[Path_] = field(default_factory=lambda: {()})
+    """Explicit directory entries seen so far (and the root)."""
+    unplaced: bool = False
+    complete: bool = False
+
+    def add(self, entries: list[Entry], layer: int) -> None:
+        for e in entries:
+            try:
+                parts = _clean(e.name, layer)
+            except UnsafeEntry:
+                self.unplaced = True
+                continue
+            self._add(parts, e)
+
+    def _add(self, parts: Path_, e: Entry) -> None:
+        parent, base = parts[:-1], parts[-1] if parts else ""
+        if parts and parent not in self.dirs:
+            self.unplaced = True
+        if base.startswith(_WH):
+            if base == _WH_OPAQUE:
+                self.opaque.add(parent)
+            elif not base.startswith(_WH_META):
+                self.whiteouts.add(parent + (base[len(_WH):],))
+            return
+        if not parts and e.type is not EntryType.DIR:
+            self.unplaced = True
+            return
+        if e.type is EntryType.DIR:
+            self.dirs.add(parts)
+        elif parts in self.dirs:
+            self.dirs.discard(parts)
+            self.unplaced = True
+        self.entries[parts] = e
+        for i in range(len(parts)):
+            self.implied.add(parts[:i])
+
+
+@dataclass(frozen=True)
+class _Marker:
+    name: str
+
+
+FINAL = _Marker("final")
+"""Only the merged index can answer."""
+WAIT = _Marker("wait")
+"""The layer that decides has not shown enough yet."""
+ABSENT = _Marker("absent")
+
+
+class ProgressiveIndex:
+    """Lookups over layers that are still arriving; then the merged index."""
+
+    def __init__(self, layer_count: int):
+        self.layers = [LayerSeen() for _ in range(layer_count)]
+        self.final: MergedIndex | None = None
+        self.error: LazyfsError | None = None
+        self._changed = trio.Event()
+        self._final_ready = trio.Event()
+        self._paths: dict[Path_, int] = {(): ROOT_INO}
+        self._nodes: dict[int, tuple[Path_, Node, Entry | None]] = {}
+        self._next = itertools.count(PROVISIONAL)
+        self._translated: dict[int, int] = {}
+
+    # -- fed by the indexing tasks (on the trio loop)
+
+    def add(self, layer: int, entries: list[Entry]) -> None:
+        if entries:
+            self.layers[layer].add(entries, layer)
+            self._wake()
+
+    def complete(self, layer: int) -> None:
+        self.layers[layer].complete = True
+        self._wake()
+
+    def set_final(self, index: MergedIndex) -> None:
+        self.final = index
+        self._final_ready.set()
+        self._wake()
+
+    def fail(self, error: LazyfsError) -> None:
+        """Indexing cannot finish: every waiting and later question gets ``error``."""
+        if self.error is None:
+            self.error = error
+        self._final_ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # -- asked by the filesystem
+
+    @property
+    def settled(self) -> bool:
+        return self.final is not None or self.error is not None
+
+    async def wait_final(self) -> MergedIndex:
+        await self._final_ready.wait()
+        return self.final_index()
+
+    def final_index(self) -> MergedIndex:
+        if self.error is not None:
+            raise self.error
+        assert self.final is not None
+        return self.final
+
+    def translate(self, ino: int) -> int:
+        """The merged index's inode for ``ino`` (which may be provisional)."""
+        if ino < PROVISIONAL:
+            return ino
+        final = self.final_index()
+        known = self._translated.get(ino)
+        if known is None:
+            path = self._nodes[ino][0]
+            known = final.resolve("/" + "/".join(path), follow=False).ino
+            self._translated[ino] = known
+        return known
+
+    def is_provisional(self, ino: int) -> bool:
+        return ino >= PROVISIONAL
+
+    async def lookup(self, parent: int, name: str) -> Node | None:
+        if self.settled:
+            final = self.final_index()
+            return final.lookup(self.translate(parent), name)
+        path = self._path(parent) + (name,)
+        found = await self._decided(path)
+        if found is not FINAL:
+            return found
+        final = self.final_index()
+        return final.lookup(self.translate(parent), name)
+
+    async def getattr(self, ino: int) -> Node:
+        if ino == ROOT_INO and self.final is None:
+            # also after a failure, so that the mount's statistics stay readable
+            return self._root()
+        if self.settled:
+            return self.final_index().getattr(self.translate(ino))
+        known = self._nodes.get(ino)
+        if known is None:
+            raise NotFound(f"no inode {ino} in image index")
+        return known[1]
+
+    def _root(self) -> Node:
+        """The root as far as it is known. The kernel asks for it before
+        every path walk, so it cannot wait for the layer that decides it
+        (often the base layer): until then it is the topmost root entry seen
+        so far, or the defaults of an image without one."""
+        answer = self._decide(())
+        if isinstance(answer, Node):
+            return answer
+        for layer in range(len(self.layers) - 1, -1, -1):
+            e = self.layers[layer].entries.get(())
+            if e is not None:
+                node = _provisional(ROOT_INO, e, layer)
+                self._nodes[ROOT_INO] = ((), node, e)
+                return node
+        return Node(ROOT_INO, EntryType.DIR, 0o755, 0, 0, 0, 0, 1, 0, "", -1, b"", False)
+
+    async def xattrs(self, ino: int) -> dict[str, bytes]:
+        if not self.settled:
+            if ino == ROOT_INO:
+                self._root()
+            known = self._nodes.get(ino)
+            if known is not None and known[2] is not None:
+                return dict(known[2].xattrs)
+        final = await self.wait_final()
+        return final.xattrs(self.translate(ino))
+
+    def parent_of(self, ino: int) -> int | None:
+        """The parent inode of a provisional node (None when not provisional)."""
+        known = self._nodes.get(ino)
+        if known is None or self.settled:
+            return None
+        return self._paths.get(known[0][:-1])
+
+    def _path(self, ino: int) -> Path_:
+        if ino == ROOT_INO:
+            return ()
+        known = self._nodes.get(ino)
+        if known is None:
+            raise NotFound(f"no inode {ino} in image index")
+        return known[0]
+
+    async def _decided(self, path: Path_) -> Node | None | _Marker:
+        """The early answer for ``path``, waiting while it may still come;
+        ``FINAL`` when only the merged index can answer."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self.final is not None:
+                return FINAL
+            answer = self._decide(path)
+            if answer is ABSENT:
+                return None
+            if answer is WAIT:
+                await self._changed.wait()
+                continue
+            if answer is FINAL:
+                await self._final_ready.wait()
+                continue
+            return answer
+
+    def _decide(self, path: Path_) -> Node | _Marker:
+        implied_above = False
+        for layer in range(len(self.layers) - 1, -1, -1):
+            seen = self.layers[layer]
+            if seen.unplaced:
+                return FINAL
+            e = seen.entries.get(path)
+            if e is not None:
+                if implied_above and e.type is not EntryType.DIR:
+                    return FINAL
+                return self._node(path, e, layer, seen)
+            if not seen.complete:
+                return WAIT
+            verdict = _through(seen, path)
+            if verdict is not None:
+                return verdict
+            implied_above = implied_above or path in seen.implied
+        return FINAL
+
+    def _node(self, path: Path_, e: Entry, layer: int, seen: LayerSeen) -> Node | _Marker:
+        if e.type is EntryType.HARDLINK:
+            try:
+                target = seen.entries.get(_clean(e.linkname, layer))
+            except UnsafeEntry:
+                return FINAL
+            if target is None or target.type in (EntryType.HARDLINK, EntryType.DIR):
+                return FINAL
+            e = target
+        ino = self._paths.get(path)
+        if ino is None:
+            ino = self._paths[path] = next(self._next)
+        node = _provisional(ino, e, layer)
+        self._nodes[ino] = (path, node, e)
+        return node
+
+
+def _through(seen: LayerSeen, path: Path_) -> _Marker | None:
+    """What a complete layer with no entry at ``path`` does to it: ``None``
+    when it lets the layers below decide, ``ABSENT`` when it hides it, or
+    ``FINAL`` when only the merge can tell."""
+    parents = [path[:i] for i in range(len(path))]
+    if any(p in seen.entries and seen.entries[p].type is not EntryType.DIR for p in parents):
+        return FINAL
+    hidden = path in seen.whiteouts or any(p in seen.whiteouts for p in parents[1:]) \
+        or any(p in seen.opaque for p in parents)
+    if not hidden:
+        return None
+    return FINAL if path in seen.implied else ABSENT
+
+
+def _provisional(ino: int, e: Entry, layer: int) -> Node:
+    size, rdev, link = 0, 0, ""
+    if e.type is EntryType.FILE:
+        size = e.size
+    elif e.type is EntryType.SYMLINK:
+        link = e.linkname
+        size = len(_b(link))
+    elif e.type in (EntryType.CHAR, EntryType.BLOCK):
+        rdev = os.makedev(e.devmajor, e.devminor)
+    return Node(ino, e.type, e.mode & 0o7777, e.uid, e.gid, size, e.mtime_ns, 1, rdev, link,
+                layer, e.data if e.type is EntryType.FILE else b"", bool(e.xattrs))
