@@ -11,6 +11,7 @@ Adding a command is one ``cmd_*`` function plus one ``_add_*`` parser block
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -467,9 +468,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.DEBUG if opt(args, "debug") else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ref = parse_ref(args.ref)
+    options = dataclasses.replace(open_options(args), background_index=not args.wait_index,
+                                  early_reads=args.early_reads, push_index=args.push_index)
     factory = image_operations(str(ref) if ref.transport == "docker" else args.ref,
                                args.mountpoint, layers=args.layers,
-                               open_options=open_options(args), store=open_store(args))
+                               open_options=options, store=open_store(args))
     mounted = mount(factory, args.mountpoint, fsname=str(ref), options=_mount_options(args))
     if opt(args, "debug") and not args.foreground:
         print(f"lazyfs: daemon {mounted.pid} logs to {mounted.log_path}", file=sys.stderr)
@@ -485,6 +488,14 @@ def _add_mount(sub) -> None:
     p.add_argument("--full-pull", action="store_true", help="download whole layers instead of ranges")
     p.add_argument("--prefetch", action="store_true",
                    help="download whole layers in the background; reads use ranges until they land")
+    p.add_argument("--wait-index", action="store_true",
+                   help="index every layer before the mount returns (default: gzip layers "
+                        "without an index are downloaded and indexed in the background)")
+    p.add_argument("--early-reads", action="store_true",
+                   help="while a layer is indexed in the background, serve what has arrived "
+                        "before the whole layer is checked against its digest")
+    p.add_argument("--push-index", action="store_true",
+                   help="publish the index built for gzip layers to the registry (index push)")
     p.add_argument("-o", metavar="OPTS", action="append",
                    help="mount options: suid, dev, allow_other (default nosuid,nodev)")
     p.add_argument("ref", metavar="REF")

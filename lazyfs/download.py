@@ -221,10 +221,15 @@ async def _ranged(client, ref: Reference, desc: Descriptor, sink: _Sink, chunk: 
     with _own_error():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sink.deliver)
-            for offset in range(sink.consumed, desc.size, chunk):
+            for i, offset in enumerate(range(sink.consumed, desc.size, chunk)):
                 piece = await sink.reserve(offset, min(offset + chunk, desc.size))
                 await in_flight.acquire()
-                nursery.start_soon(fetch, piece)
+                if i == 0:
+                    # alone: a registry that ignores Range answers every
+                    # request with the whole blob, so ask it once first
+                    await fetch(piece)
+                else:
+                    nursery.start_soon(fetch, piece)
             sink.close()
 
 

@@ -36,6 +36,7 @@ from .entry import EntryType
 from .errors import LazyfsError, NotFound, UsageError
 from .image import OpenOptions, open_image_async
 from .index import ROOT_INO, MergedIndex, Node
+from .progressive import ProgressiveIndex
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def image_operations(ref: str, mountpoint: str | os.PathLike, *, layers: bool = 
         async with open_image_async(ref, open_options, store) as image:
             extra = {".lowerdir": lowerdir(image.index, mountpoint).encode()} if layers else None
             ops = LazyOperations(image.index, image.read, layers=layers, extra_files=extra,
-                                 stats=image.stats)
+                                 stats=image.stats, progress=image.progress)
             ops.digest = image.digest
             yield ops
 
@@ -166,10 +167,14 @@ class LazyOperations(pyfuse3.Operations):
     digest = ""
     """The manifest digest served, for the daemon's state file."""
 
-    def __init__(self, index: MergedIndex, read: ReadFn, *, layers: bool = False,
+    def __init__(self, index: MergedIndex | None, read: ReadFn, *, layers: bool = False,
                  extra_files: dict[str, bytes] | None = None,
-                 stats: Callable[[], dict] | None = None):
+                 stats: Callable[[], dict] | None = None,
+                 progress: ProgressiveIndex | None = None):
         self._index = index
+        self._progress = progress
+        """While set and unsettled, the image is still being indexed: answers
+        come from it, provisionally, or wait for the merged index."""
         self._stats = stats
         self.counters = Counters()
         self._read = read
@@ -180,7 +185,7 @@ class LazyOperations(pyfuse3.Operations):
         self._next_fh = itertools.count(1)
         self._statfs: pyfuse3.StatvfsData | None = None
         self._statfs_lock = trio.Lock()
-        first = _max_ino(index) + 1
+        first = _max_ino(index) + 1 if extra_files or layers else 0
         self._virtual: dict[int, _Virtual] = {}
         self._root_names: dict[str, int] = {}
         self._root_list: list[str] = []
@@ -201,9 +206,32 @@ class LazyOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ metadata
 
-    def _node(self, ino: int) -> Node | _Virtual:
+    @property
+    def _early(self) -> bool:
+        """Whether answers may still be provisional (the merged index is not there yet)."""
+        if self._progress is None:
+            return False
+        if self._progress.final is not None and self._index is None:
+            self._index = self._progress.final
+        return not self._progress.settled
+
+    def _ino(self, ino: int) -> int:
+        return self._progress.translate(ino) if self._progress is not None else ino
+
+    async def _merged(self) -> MergedIndex:
+        if self._early:
+            self._index = await self._progress.wait_final()
+        elif self._progress is not None:
+            self._index = self._progress.final_index()
+        return self._index
+
+    async def _node(self, ino: int) -> Node | _Virtual:
         v = self._virtual.get(ino)
-        return v if v is not None else self._index.getattr(ino)
+        if v is not None:
+            return v
+        if self._progress is not None and self._progress.final is None:
+            return await self._progress.getattr(ino)
+        return (await self._merged()).getattr(self._ino(ino))
 
     def _attrs(self, item: Node | _Virtual) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -227,21 +255,33 @@ class LazyOperations(pyfuse3.Operations):
             a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = item.mtime_ns
         a.st_blocks = math.ceil(a.st_size / 512)
         a.st_blksize = BLKSIZE
-        a.entry_timeout = a.attr_timeout = TIMEOUT
+        provisional = self._progress is not None and self._progress.is_provisional(a.st_ino)
+        a.entry_timeout = a.attr_timeout = 0 if provisional or self._early else TIMEOUT
         a.generation = 0
         return a
 
-    def _child(self, parent: int, name: str) -> Node | _Virtual | None:
+    def _virtual_or_node(self, ino: int) -> Node | _Virtual:
+        v = self._virtual.get(ino)
+        return v if v is not None else self._index.getattr(ino)
+
+    async def _child(self, parent: int, name: str) -> Node | _Virtual | None:
         if parent == ROOT_INO and name in self._root_names:
-            return self._node(self._root_names[name])
+            return await self._node(self._root_names[name])
         if parent == ROOT_INO and self._layers:
             return None
-        node = self._index.lookup(parent, name)
+        if self._early:
+            return await self._progress.lookup(parent, name)
+        parent = self._ino(parent)
+        node = (await self._merged()).lookup(parent, name)
         if node is not None and node.type is EntryType.DIR:
             self._parents[node.ino] = parent
         return node
 
-    def _parent_of(self, ino: int) -> int:
+    async def _parent_of(self, ino: int) -> int:
+        if self._early and (early := self._progress.parent_of(ino)) is not None:
+            return early
+        await self._merged()
+        ino = self._ino(ino)
         known = self._parents.get(ino)
         if known is not None or ino == ROOT_INO:
             return known or ROOT_INO
@@ -259,24 +299,24 @@ class LazyOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         text = os.fsdecode(name)
         if text == ".":
-            return self._attrs(self._node(parent_inode))
+            return self._attrs(await self._node(parent_inode))
         if text == "..":
-            return self._attrs(self._node(self._parent_of(parent_inode)))
-        item = self._child(parent_inode, text)
+            return self._attrs(await self._node(await self._parent_of(parent_inode)))
+        item = await self._child(parent_inode, text)
         if item is None:
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0
-            negative.entry_timeout = TIMEOUT
+            negative.entry_timeout = 0 if self._early else TIMEOUT
             return negative
         return self._attrs(item)
 
     @_answers
     async def getattr(self, inode, ctx=None):
-        return self._attrs(self._node(inode))
+        return self._attrs(await self._node(inode))
 
     @_answers
     async def readlink(self, inode, ctx):
-        node = self._node(inode)
+        node = await self._node(inode)
         if isinstance(node, _Virtual) or node.type is not EntryType.SYMLINK:
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(node.linkname)
@@ -285,10 +325,10 @@ class LazyOperations(pyfuse3.Operations):
     async def getxattr(self, inode, name, ctx):
         if inode == ROOT_INO and name == STATS_XATTR.encode():
             return json.dumps(self.stats()).encode()
-        node = self._node(inode)
+        node = await self._node(inode)
         if isinstance(node, _Virtual) or not node.has_xattrs:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        value = self._index.xattrs(inode).get(os.fsdecode(name))
+        value = (await self._xattrs(inode)).get(os.fsdecode(name))
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
@@ -302,20 +342,28 @@ class LazyOperations(pyfuse3.Operations):
 
     @_answers
     async def listxattr(self, inode, ctx):
-        node = self._node(inode)
+        node = await self._node(inode)
         if isinstance(node, _Virtual) or not node.has_xattrs:
             return []
-        return [os.fsencode(name) for name in sorted(self._index.xattrs(inode))]
+        return [os.fsencode(name) for name in sorted(await self._xattrs(inode))]
+
+    async def _xattrs(self, ino: int) -> dict[str, bytes]:
+        if self._early:
+            return await self._progress.xattrs(ino)
+        return (await self._merged()).xattrs(self._ino(ino))
 
     @_answers
     async def access(self, inode, mode, ctx):
-        self._node(inode)
+        await self._node(inode)
         if mode & os.W_OK:
             raise pyfuse3.FUSEError(errno.EROFS)
         return True
 
     @_answers
     async def statfs(self, ctx):
+        if self._early:
+            return _statfs_while_indexing()
+        await self._merged()
         async with self._statfs_lock:
             if self._statfs is None:
                 self._statfs = await trio.to_thread.run_sync(self._compute_statfs)
@@ -341,11 +389,12 @@ class LazyOperations(pyfuse3.Operations):
 
     @_answers
     async def opendir(self, inode, ctx):
-        node = self._node(inode)
+        node = await self._node(inode)
         if isinstance(node, _Virtual) or node.type is not EntryType.DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        await self._merged()
         fh = next(self._next_fh)
-        self._dirs[fh] = _Cursor(inode)
+        self._dirs[fh] = _Cursor(self._ino(inode))
         return fh
 
     @_answers
@@ -370,7 +419,7 @@ class LazyOperations(pyfuse3.Operations):
         the index's children (whose own offsets are shifted past them)."""
         extra = self._root_list if ino == ROOT_INO else []
         for pos in range(start, len(extra)):
-            yield extra[pos], self._node(self._root_names[extra[pos]]), pos + 1
+            yield extra[pos], self._virtual_or_node(self._root_names[extra[pos]]), pos + 1
         if ino == ROOT_INO and self._layers:
             return
         shift = len(extra)
@@ -389,7 +438,7 @@ class LazyOperations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         if flags & _WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
-        node = self._node(inode)
+        node = await self._node(inode)
         if isinstance(node, Node) and node.type is EntryType.DIR:
             raise pyfuse3.FUSEError(errno.EISDIR)
         fh = next(self._next_fh)
@@ -431,6 +480,14 @@ class LazyOperations(pyfuse3.Operations):
     write = _read_only(pyfuse3.Operations.write)
     setxattr = _read_only(pyfuse3.Operations.setxattr)
     removexattr = _read_only(pyfuse3.Operations.removexattr)
+
+
+def _statfs_while_indexing() -> pyfuse3.StatvfsData:
+    """Sizes are unknown until the image is indexed; ``df`` may ask meanwhile."""
+    s = pyfuse3.StatvfsData()
+    s.f_bsize = s.f_frsize = 4096
+    s.f_namemax = NAME_MAX
+    return s
 
 
 def _max_ino(index: MergedIndex) -> int:

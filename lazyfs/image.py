@@ -27,6 +27,8 @@ from .errors import (CacheError, DigestMismatch, LazyfsError, NotFound, UsageErr
                      lazyfs_error_in)
 from .formats import LayerTable, build_table, detect_format, open_reader
 from .index import MergedIndex, Node
+from .progressive import ProgressiveIndex
+from .streaming import LayerStream
 from .layertable import load_layer_table, save_layer_table
 from .manifest import Descriptor, Platform
 from .cache import ChunkCache
@@ -54,6 +56,16 @@ class OpenOptions:
     """Download whole layers in the background after opening; reads use ranges until then."""
     use_shared_index: bool = True
     """Before a full pass over a layer, look for its table among the image's referrers."""
+    background_index: bool = False
+    """Open without waiting for gzip layers that have no table yet: they are
+    downloaded and indexed in the background while ``Image.progress`` answers
+    what is already certain (``mount``). Ignored with ``layer_views``."""
+    early_reads: bool = False
+    """With ``background_index``: answer from a layer's bytes before the whole
+    layer has been checked against its digest. A mismatch found at the end
+    still fails every later request, but bytes already served were unchecked."""
+    push_index: bool = False
+    """Publish the tables built by a full pass to the registry once they are complete."""
 
 
 @dataclass
@@ -75,7 +87,8 @@ class Image:
     """An opened image; its reads stay valid while the opening context lives."""
 
     resolved: object
-    index: MergedIndex
+    index: MergedIndex | None
+    """``None`` while layers are indexed in the background; see ``progress``."""
     reader: Reader
     layers: list[LayerInfo]
     opened_in: float = 0.0
@@ -86,6 +99,15 @@ class Image:
     store: Store | None = None
     shared_tables: list[str] = field(default_factory=list)
     """Layer digests whose table came from an index artifact in the registry."""
+    progress: ProgressiveIndex | None = None
+    """Early answers while layers are indexed in the background."""
+    streams: dict[int, LayerStream] = field(default_factory=dict)
+    """Layers (by position) downloaded and indexed in the background."""
+    early_reads: bool = False
+    indexed_in: float | None = None
+    """Seconds from opening until every layer was indexed, for background indexing."""
+    published: str = ""
+    """The digest of the index artifact pushed after background indexing, if any."""
 
     @property
     def ref(self) -> Reference:
@@ -101,6 +123,14 @@ class Image:
         size = max(0, min(size, node.size - offset))
         if size == 0 or offset < 0:
             return b""
+        stream = self.streams.get(node.layer)
+        if stream is not None and not stream.done:
+            if self.early_reads:
+                data = await stream.read_early(node.data, offset, size)
+                if data is not None:
+                    return data
+            else:
+                await stream.finished()
         return await self.reader.read(node.layer, node.data, offset, size)
 
     async def warm(self, nodes: list[Node]) -> None:
@@ -165,7 +195,7 @@ class Image:
     def stats(self) -> dict:
         """Per layer: how it is read and what that cost; JSON-ready."""
         layers = []
-        for info, layer in zip(self.layers, self.reader.layers):
+        for pos, (info, layer) in enumerate(zip(self.layers, self.reader.layers)):
             s = layer.stats
             fb = self.fallbacks.get(info.desc.digest)
             mode, reason = ("lazy", "") if info.lazy else ("full pull", info.reason)
@@ -185,9 +215,72 @@ class Image:
                 "shared_fetches": s.shared,
                 "verify_failures": s.verify_failures, "retries": s.retries,
                 "failed_reads": s.failed_reads, "readahead_pieces": s.readahead_pieces})
-        return {"reference": str(self.ref), "digest": self.digest,
-                "open_seconds": round(self.opened_in, 3),
-                "cache_corrupt": self.reader.cache.corrupt, "layers": layers}
+            if pos in self.streams:
+                layers[-1]["indexing"] = self.streams[pos].state()
+        out = {"reference": str(self.ref), "digest": self.digest,
+               "open_seconds": round(self.opened_in, 3),
+               "cache_corrupt": self.reader.cache.corrupt, "layers": layers}
+        if self.progress is not None:
+            out["index"] = ("ready" if self.progress.final is not None
+                            else f"failed: {self.progress.error}" if self.progress.error
+                            else "indexing")
+            out["index_seconds"] = None if self.indexed_in is None else round(self.indexed_in, 3)
+            if self.published:
+                out["published_index"] = self.published
+        return out
+
+    async def _index_in_background(self, pending: list[int], tables: list, started: float,
+                                   client, options: OpenOptions) -> None:
+        """Index the ``pending`` layers, top layer first, then merge; every
+        failure ends up in ``progress`` so that waiting requests get it."""
+        try:
+            await self._stream_layers(pending, tables)
+            descs = [info.desc for info in self.layers]
+            self.index = await _merged_index(self.digest, descs, tables, self.store, False)
+            self.indexed_in = time.monotonic() - started
+            self.progress.set_final(self.index)
+            log.info("image %s indexed in %.2f s", self.ref, self.indexed_in)
+            if options.push_index and client is not None:
+                from .indexshare import publish_index
+                self.published = await publish_index(client, self)
+                log.info("published its index as %s", self.published)
+        except LazyfsError as e:
+            log.error("indexing %s failed: %s", self.ref, e)
+            self.progress.fail(e)
+
+    async def _stream_layers(self, pending: list[int], tables: list) -> None:
+        limit = trio.CapacityLimiter(INDEX_CONCURRENCY)
+
+        async def one(pos: int) -> None:
+            try:
+                tables[pos] = await self._stream_layer(pos)
+            finally:
+                limit.release_on_behalf_of(pos)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for pos in sorted(pending, reverse=True):
+                    await limit.acquire_on_behalf_of(pos)
+                    nursery.start_soon(one, pos)
+        except BaseExceptionGroup as group:
+            error = lazyfs_error_in(group)
+            if error is None:
+                raise
+            raise error from None
+
+    async def _stream_layer(self, pos: int) -> LayerTable:
+        stream = self.streams[pos]
+        layer = self.reader.layers[pos]
+        publish = (lambda entries: self.progress.add(pos, entries)) if self.early_reads else None
+        table = await stream.index(layer.blob, publish=publish)
+        path = _table_path(stream.desc, "gzip", self.store)
+        await trio.to_thread.run_sync(save_layer_table, path, table)
+        layer.content = open_reader(table)
+        stream.settle(table)
+        if not self.early_reads:
+            self.progress.add(pos, table.entries)
+        self.progress.complete(pos)
+        return table
 
 
 def write_stats(path: str | os.PathLike, image: Image) -> None:
@@ -217,9 +310,15 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
         resolved = await source.resolve(options.platform)
         descs = list(resolved.manifest.layers)
         shared = _shared_index(client, resolved, options)
-        tables = await _layer_tables(descs, source, store, shared)
-        index = await _merged_index(resolved.manifest.digest, descs, tables, store, options.layer_views)
-        infos = [LayerInfo(i, d, t.format, t.lazy, t.reason)
+        defer = options.background_index and not options.layer_views
+        tables = await _layer_tables(descs, source, store, shared, defer)
+        pending = [i for i, t in enumerate(tables) if t is None]
+        index = None
+        if not pending:
+            index = await _merged_index(resolved.manifest.digest, descs, tables, store,
+                                        options.layer_views)
+        infos = [LayerInfo(i, d, t.format if t else "gzip", t.lazy if t else True,
+                           t.reason if t else "")
                  for i, (d, t) in enumerate(zip(descs, tables))]
         layers = [_layer(i, d, t, source, resolved, store)
                   for i, (d, t) in enumerate(zip(descs, tables))]
@@ -229,7 +328,15 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                 reader = Reader(layers, cache, nursery)
                 image = Image(resolved, index, reader, infos, time.monotonic() - started,
                               getattr(source, "fallbacks", {}), nursery, store=store,
-                              shared_tables=shared.loaded if shared else [])
+                              shared_tables=shared.loaded if shared else [],
+                              early_reads=options.early_reads)
+                if pending:
+                    image.progress = _progress(tables)
+                    image.streams = {i: LayerStream(descs[i], store) for i in pending}
+                    nursery.start_soon(image._index_in_background, pending, tables, started,
+                                       client, options)
+                elif options.push_index and client is not None and _built_here(tables, image):
+                    nursery.start_soon(_publish_quietly, client, image)
                 if options.prefetch and not options.full_pull:
                     image.prefetch()
                 landmarked = _prioritized(tables)
@@ -258,10 +365,48 @@ def _check_stored_size(desc: Descriptor, store: Store) -> None:
                              f"the blob has {actual}")
 
 
-def _layer(i: int, desc: Descriptor, table: LayerTable, source, resolved, store: Store) -> Layer:
+def _progress(tables: list[LayerTable | None]) -> ProgressiveIndex:
+    progress = ProgressiveIndex(len(tables))
+    for i, table in enumerate(tables):
+        if table is not None:
+            progress.add(i, table.entries)
+            progress.complete(i)
+    return progress
+
+
+def _built_here(tables: list[LayerTable], image: Image) -> bool:
+    """Whether some layer's table cost a full pass and is not yet in the registry."""
+    return any(t.format == "gzip" and info.desc.digest not in image.shared_tables
+               for t, info in zip(tables, image.layers))
+
+
+async def _publish_quietly(client, image: Image) -> None:
+    from .indexshare import publish_index
+    try:
+        image.published = await publish_index(client, image)
+    except LazyfsError as e:
+        log.warning("cannot publish the index of %s: %s", image.ref, e)
+
+
+class _Pending:
+    """The content reader of a layer still being indexed: ``Image.read``
+    waits for the layer before it reaches the reader."""
+
+    def pieces(self, data: bytes, offset: int, size: int):
+        raise LazyfsError("layer is still being indexed")
+
+    def decode(self, piece, raw: bytes) -> bytes:
+        raise LazyfsError("layer is still being indexed")
+
+
+def _layer(i: int, desc: Descriptor, table: LayerTable | None, source, resolved,
+           store: Store) -> Layer:
     """How the reader reaches one layer. A layer that cannot be read in part
     (one zstd frame) is served from its decompressed copy, verified against
     its diff_id, rather than inflated from its start for every read."""
+    if table is None:
+        return Layer(desc.digest, _Pending(), source.blob(desc),
+                     LayerStats(format="gzip", size=desc.size))
     stats = LayerStats(format=table.format, size=desc.size)
     if table.format == "zstd" and not table.lazy:
         from .decompressed import DecompressedBlob, PlainTarReader
@@ -271,11 +416,11 @@ def _layer(i: int, desc: Descriptor, table: LayerTable, source, resolved, store:
     return Layer(desc.digest, open_reader(table), source.blob(desc), stats)
 
 
-def _prioritized(tables: list[LayerTable]) -> list[tuple[int, bytes, int, int]]:
+def _prioritized(tables: list[LayerTable | None]) -> list[tuple[int, bytes, int, int]]:
     """Reads of the files eStargz producers marked for prefetch (before
     ``.prefetch.landmark``), in layer order."""
     from .formats.estargz import prioritized
-    return [(i, e.data, 0, e.size) for i, t in enumerate(tables) if t.format == "estargz"
+    return [(i, e.data, 0, e.size) for i, t in enumerate(tables) if t and t.format == "estargz"
             for e in prioritized(t)]
 
 
@@ -294,13 +439,15 @@ def _shared_index(client, resolved, options: OpenOptions):
 
 
 async def _layer_tables(descs: list[Descriptor], source, store: Store,
-                        shared=None) -> list[LayerTable]:
+                        shared=None, defer: bool = False) -> list[LayerTable | None]:
+    """Each layer's table; with ``defer``, ``None`` for a layer that would
+    need a full pass over a blob still in the registry."""
     tables: list[LayerTable | None] = [None] * len(descs)
     limit = trio.CapacityLimiter(INDEX_CONCURRENCY)
 
     async def one(i: int, desc: Descriptor) -> None:
         async with limit:
-            tables[i] = await _layer_table(desc, source.blob(desc), store, shared)
+            tables[i] = await _layer_table(desc, source.blob(desc), store, shared, defer)
 
     try:
         async with trio.open_nursery() as nursery:
@@ -314,10 +461,11 @@ async def _layer_tables(descs: list[Descriptor], source, store: Store,
     return tables  # type: ignore[return-value]
 
 
-async def _layer_table(desc: Descriptor, blob, store: Store, shared=None) -> LayerTable:
+async def _layer_table(desc: Descriptor, blob, store: Store, shared=None,
+                       defer: bool = False) -> LayerTable | None:
     fmt = detect_format(desc.media_type, desc.annotations)
     _check_stored_size(desc, store)
-    path = store.index_path("layer-" + fmt.replace(":", "-"), desc.digest)
+    path = _table_path(desc, fmt, store)
     if path.exists():
         try:
             return await trio.to_thread.run_sync(load_layer_table, path)
@@ -325,9 +473,19 @@ async def _layer_table(desc: Descriptor, blob, store: Store, shared=None) -> Lay
             path.unlink(missing_ok=True)
     if shared is not None and (table := await shared.table(desc, fmt, path)) is not None:
         return table
-    table = await build_table(desc, blob)
+    streamable = fmt == "gzip" and isinstance(blob, RegistryBlob) and blob.local_path() is None
+    if streamable and defer:
+        return None
+    if streamable:
+        table = await LayerStream(desc, store).index(blob)
+    else:
+        table = await build_table(desc, blob)
     await trio.to_thread.run_sync(save_layer_table, path, table)
     return table
+
+
+def _table_path(desc: Descriptor, fmt: str, store: Store) -> Path:
+    return store.index_path("layer-" + fmt.replace(":", "-"), desc.digest)
 
 
 async def _merged_index(manifest_digest: str, descs: list[Descriptor],

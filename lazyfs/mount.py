@@ -264,7 +264,9 @@ async def _announce(mp: str, fsname: str, digest: str, options: MountOptions, sp
     on failure stop serving and leave the error in ``failed``."""
     with trio.move_on_after(READY_TIMEOUT) as waited:
         try:
-            st = await trio.to_thread.run_sync(os.stat, mp, abandon_on_cancel=True)
+            # statfs rather than stat: a mount still indexing its image can
+            # answer it at once, where the root's attributes may have to wait.
+            await trio.to_thread.run_sync(os.statvfs, mp, abandon_on_cancel=True)
         except OSError as e:
             failed.append(MountError(f"mount at {mp} does not answer: {e.strerror}"))
     if waited.cancelled_caught:
@@ -272,13 +274,31 @@ async def _announce(mp: str, fsname: str, digest: str, options: MountOptions, sp
     if failed:
         pyfuse3.terminate()
         return
-    _raise_readahead(st.st_dev)
+    dev = _device_of(mp)
+    if dev is not None:
+        _raise_readahead(dev)
     state = {"pid": os.getpid(), "reference": fsname, "digest": digest, "mountpoint": mp,
              "log": str(options.log_path or ""), "started": time.time()}
     _write_state(spath, state)
     log.info("mounted %s at %s (pid %d)", fsname, mp, os.getpid())
     if ready is not None:
         ready(state)
+
+
+def _device_of(mp: str) -> int | None:
+    """The device number of the mount at ``mp``, from the kernel's mount
+    table (asking the mount itself could wait for its index)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        fields = line.split()
+        if len(fields) > 4 and _unescape(fields[4]) == mp:
+            major, _, minor = fields[2].partition(":")
+            return os.makedev(int(major), int(minor))
+    return None
 
 
 def _raise_readahead(dev: int) -> None:

@@ -66,6 +66,7 @@ class RegistryBlob:
                  fallback: Fallback, full_pull: bool = False):
         self.digest, self.size = desc.digest, desc.size
         self._client, self._ref, self._desc, self._store = client, ref, desc, store
+        self.client, self.ref = client, ref
         self.fallback = fallback
         if full_pull and not fallback.reason:
             fallback.reason = "whole layers requested (--full-pull)"

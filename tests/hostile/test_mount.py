@@ -12,6 +12,7 @@ with ``chroot`` or ``openat2(RESOLVE_IN_ROOT)``; see docs/security.md.
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import pytest
@@ -38,15 +39,32 @@ def images(registry, host):
 
 
 @pytest.mark.parametrize("name", ["bad-checksum", "size-negative-base256"])
-def test_refused_images_do_not_mount(name, images, tmp_path):
+def test_refused_images_do_not_mount_when_indexed_first(name, images, tmp_path):
     env = lazyfs_env(tmp_path)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    p = lazyfs("mount", images[name], str(mnt), env=env, check=False, timeout=60)
+    p = lazyfs("mount", "--wait-index", images[name], str(mnt), env=env, check=False,
+               timeout=60)
     assert p.returncode == C.EXIT_FORMAT, p.stderr
     assert p.stderr.startswith("lazyfs: ") and p.stderr.count("\n") == 1, p.stderr
     assert not is_mounted(mnt)
     assert not list((tmp_path / "run" / "lazyfs").glob("*.json"))
+
+
+@pytest.mark.parametrize("name", ["bad-checksum", "size-negative-base256"])
+def test_refused_images_indexed_in_the_background_answer_eio(name, images, tmp_path):
+    """A first mount returns before the image is read; what is found wrong
+    later fails every request with EIO and is told by ``lazyfs stats``."""
+    env = lazyfs_env(tmp_path)
+    with cli_mount(images[name], tmp_path / "mnt", env) as mnt:
+        with pytest.raises(OSError) as info:
+            os.listdir(mnt)
+        assert info.value.errno == errno.EIO
+        stats = json.loads(lazyfs("stats", "--json", str(mnt), env=env).stdout)
+        assert stats["index"].startswith("failed: layer sha256:")
+        assert "\n" not in stats["index"]
+        listed = lazyfs("mounts", env=env).stdout
+        assert str(mnt) in listed
 
 
 def test_symlinked_directory_trick_is_the_images_own_tree(images, tmp_path, host):

@@ -25,7 +25,8 @@ import trio
 from tests.support.servers import Request, _read_request
 
 KINDS = ("ping", "manifest", "blob", "range", "multirange", "other")
-ACTIONS = ("stall", "reset", "truncate", "ignore_range", "wrong_range", "flip", "status")
+ACTIONS = ("stall", "reset", "truncate", "ignore_range", "wrong_range", "flip", "status",
+           "hold")
 _HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length",
         "content-encoding"}
 
@@ -42,6 +43,12 @@ class Fault:
     """For ``stall``/``reset``: the share of the body sent first (``None``: before the headers)."""
     status: int = 503
     retry_after: str | None = None
+    path: str = ""
+    """Only requests whose path holds this (e.g. a blob digest) get it."""
+    gate: trio.Event | None = None
+    """For ``hold``: the request is passed on only once this is set."""
+    from_offset: int = 0
+    """Only range requests starting at or beyond this byte get it."""
 
     def __post_init__(self):
         assert self.action in ACTIONS, self.action
@@ -88,9 +95,9 @@ class FaultProxy:
     def reset_counts(self) -> None:
         self.seen.clear()
 
-    def _take(self, kind: str) -> Fault | None:
+    def _take(self, kind: str, path: str = "", first_byte: int = 0) -> Fault | None:
         for fault in self.faults:
-            if kind in fault.kinds:
+            if kind in fault.kinds and fault.path in path and first_byte >= fault.from_offset:
                 if fault.times is not None:
                     fault.times -= 1
                     if fault.times <= 0:
@@ -144,7 +151,7 @@ async def _connection(proxy: FaultProxy, client: httpx.AsyncClient,
             kind = kind_of(request)
             seen = Seen(kind, request.method, request.path, request.headers.get("range", ""))
             proxy.seen.append(seen)
-            fault = proxy._take(kind)
+            fault = proxy._take(kind, request.path, _first_byte(seen.range))
             seen.fault = fault.action if fault else ""
             if not await _answer(conn, stream, client, request, fault, seen):
                 return
@@ -174,6 +181,8 @@ async def _answer(conn: h11.Connection, stream: trio.SocketStream, client: httpx
         return await _send(conn, stream, seen, fault.status, headers, body)
     if action == "stall" and fault.at is None:
         await trio.sleep(fault.seconds)
+    if action == "hold":
+        await fault.gate.wait()
     headers = {k: v for k, v in request.headers.items() if k not in _HOP}
     headers["accept-encoding"] = "identity"
     if action == "ignore_range":
@@ -230,6 +239,11 @@ async def _send_broken(conn: h11.Connection, stream: trio.SocketStream, seen: Se
     stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     stream.socket.close()
     return False
+
+
+def _first_byte(range_header: str) -> int:
+    first = range_header.partition("=")[2].partition("-")[0]
+    return int(first) if first.isdigit() else 0
 
 
 def _shifted(content_range: str) -> str:
