@@ -1,4 +1,4 @@
-"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,all}``.
+"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,all}``.
 
 Each subcommand prints Markdown tables and writes ``.bench/results-NAME.json``.
 """
@@ -19,6 +19,8 @@ COMMANDS = {
     "seq-read": "bench_seq_read",
     "metadata": "bench_metadata",
     "latency": "bench_latency",
+    "stream": "bench_stream",
+    "download": "bench_download",
 }
 
 
