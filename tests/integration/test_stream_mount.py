@@ -129,6 +129,8 @@ async def test_the_top_layers_answer_while_the_base_layer_is_held(registry, push
             gone = await _run("cat", str(m / "etc/hostname"))
             assert b"No such file" in gone.stderr
             assert (await trio.to_thread.run_sync(_stats, m, env))["index"] == "indexing"
+            text = await trio.to_thread.run_sync(lambda: lazyfs("stats", str(m), env=env).stdout)
+            assert "index indexing" in text and "(indexing: " in text
             async with trio.open_nursery() as nursery:
                 lower = Pending(nursery, "cat", str(m / "etc/os-release"))
                 listing = Pending(nursery, "ls", str(m / "etc"))
@@ -141,6 +143,8 @@ async def test_the_top_layers_answer_while_the_base_layer_is_held(registry, push
             assert b"No such file" in missing.result.stderr
             doc = await _until_indexed(m, env)
             assert doc["index"] == "ready" and doc["index_seconds"] > 0
+            text = await trio.to_thread.run_sync(lambda: lazyfs("stats", str(m), env=env).stdout)
+            assert "index ready in " in text
             assert (await _run("sha256sum", str(m / "lib/big.bin"))).stdout.split()[0] \
                 == sha256(BIG).partition(":")[2].encode()
             assert (await _run("cat", str(m / "lib/tail.txt"))).stdout == b"the end\n"
