@@ -10,15 +10,19 @@ make the answer certain:
   provided every layer above it is complete and leaves the path alone;
 * a complete layer that whites the path (or a parent) out, or makes a parent
   opaque, without making the path itself, decides that it does not exist;
-* everything else (no layer has the path, readdir, a layer that would need
-  the merge proper to place its entries) waits for the full merged index,
-  which then answers everything.
+* once every layer is complete, a path no layer has is absent, and one that
+  only exists as the parent of other entries is the directory they imply;
+* everything else (readdir, a layer that would need the merge proper to
+  place its entries) waits for the full merged index, which then answers
+  everything.
 
-A layer is only trusted to place entries where their names say while every
-parent of each entry came as an explicit directory earlier in the same
-layer, as docker, buildkit and umoci write them. An entry whose parents are
-implied could be redirected by a symlink in a lower layer, so such a layer
-("unplaced") defers every answer that depends on it to the merged index.
+An entry lands where its name says only if each of its parents is a
+directory when the layer is applied. A parent the layer itself made as a
+directory earlier is one; a parent it takes from the layers below (umoci
+writes ``usr/local/bin`` without ``usr``) must be found to be a directory
+there first, by the same rules, before anything depending on that layer is
+answered. A parent that is a symlink could send the entry anywhere, so a
+layer with such an entry ("unplaced") defers to the merged index.
 
 Answers given early carry provisional inode numbers (above ``PROVISIONAL``)
 and are not cached by the kernel; once the merged index exists a provisional
@@ -58,6 +62,10 @@ class LayerSeen:
     opaque: set[Path_] = field(default_factory=set)
     dirs: set[Path_] = field(default_factory=lambda: {()})
     """Explicit directory entries seen so far (and the root)."""
+    below: set[Path_] = field(default_factory=set)
+    """Parents of entries this layer takes from the layers below it."""
+    unchecked: list[Path_] = field(default_factory=list)
+    """Those of ``below`` not yet found to be directories there."""
     unplaced: bool = False
     complete: bool = False
 
@@ -73,7 +81,7 @@ class LayerSeen:
     def _add(self, parts: Path_, e: Entry) -> None:
         parent, base = parts[:-1], parts[-1] if parts else ""
         if parts and parent not in self.dirs:
-            self.unplaced = True
+            self._from_below(parent)
         if base.startswith(_WH):
             if base == _WH_OPAQUE:
                 self.opaque.add(parent)
@@ -85,12 +93,23 @@ class LayerSeen:
             return
         if e.type is EntryType.DIR:
             self.dirs.add(parts)
-        elif parts in self.dirs:
+        elif parts in self.dirs or parts in self.implied:
             self.dirs.discard(parts)
             self.unplaced = True
         self.entries[parts] = e
         for i in range(len(parts)):
             self.implied.add(parts[:i])
+
+    def _from_below(self, parent: Path_) -> None:
+        for i in range(1, len(parent) + 1):
+            p = parent[:i]
+            if p in self.dirs or p in self.below:
+                continue
+            if p in self.entries:
+                self.unplaced = True
+                return
+            self.below.add(p)
+            self.unchecked.append(p)
 
 
 @dataclass(frozen=True)
@@ -260,23 +279,55 @@ class ProgressiveIndex:
             return answer
 
     def _decide(self, path: Path_) -> Node | _Marker:
-        implied_above = False
-        for layer in range(len(self.layers) - 1, -1, -1):
+        found = self._find(path, len(self.layers))
+        if isinstance(found, _Marker):
+            return found
+        layer, e = found
+        return self._node(path, e, layer, self.layers[layer])
+
+    def _find(self, path: Path_, top: int) -> tuple[int, Entry] | _Marker:
+        """The entry the merge of the layers below ``top`` would leave at
+        ``path``, with its layer, if that is certain yet. A directory that
+        only exists because entries below it need it is the one the lowest
+        such layer implied."""
+        implied_by = None
+        for layer in range(top - 1, -1, -1):
             seen = self.layers[layer]
-            if seen.unplaced:
-                return FINAL
+            placed = self._placed(layer)
+            if placed is not None:
+                return placed
             e = seen.entries.get(path)
             if e is not None:
-                if implied_above and e.type is not EntryType.DIR:
+                if implied_by is not None and e.type is not EntryType.DIR:
                     return FINAL
-                return self._node(path, e, layer, seen)
+                return layer, e
             if not seen.complete:
                 return WAIT
             verdict = _through(seen, path)
-            if verdict is not None:
-                return verdict
-            implied_above = implied_above or path in seen.implied
-        return FINAL
+            if verdict is FINAL:
+                return FINAL
+            if verdict is ABSENT:
+                return ABSENT if implied_by is None else _implied(implied_by)
+            if path in seen.implied:
+                implied_by = layer
+        if not path:
+            return FINAL
+        return ABSENT if implied_by is None else _implied(implied_by)
+
+    def _placed(self, layer: int) -> _Marker | None:
+        """``None`` once every parent ``layer`` takes from below is known to
+        be a directory there (or absent, so the layer makes it)."""
+        seen = self.layers[layer]
+        if seen.unplaced:
+            return FINAL
+        while seen.unchecked:
+            found = self._find(seen.unchecked[-1], layer)
+            if found is WAIT or found is FINAL:
+                return found
+            if found is not ABSENT and found[1].type is not EntryType.DIR:
+                return FINAL
+            seen.unchecked.pop()
+        return None
 
     def _node(self, path: Path_, e: Entry, layer: int, seen: LayerSeen) -> Node | _Marker:
         if e.type is EntryType.HARDLINK:
@@ -293,6 +344,10 @@ class ProgressiveIndex:
         node = _provisional(ino, e, layer)
         self._nodes[ino] = (path, node, e)
         return node
+
+
+def _implied(layer: int) -> tuple[int, Entry]:
+    return layer, Entry("", EntryType.DIR, 0o755)
 
 
 def _through(seen: LayerSeen, path: Path_) -> _Marker | None:

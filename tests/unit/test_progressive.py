@@ -71,17 +71,41 @@ def test_whiteouts_and_opaque_dirs_above_answer_absent_without_the_lower_layers(
     assert decide(p, "etc/os-release") is ABSENT
 
 
-def test_a_path_no_layer_has_needs_the_merged_index():
-    p = progressive(BASE, [D("etc")])
-    assert decide(p, "etc/missing") is FINAL
-    assert decide(p, "nowhere") is FINAL
+def test_a_path_no_layer_has_is_absent_once_every_layer_is_complete():
+    p = progressive(BASE, [D("etc")], complete={1})
+    assert decide(p, "etc/missing") is WAIT
+    p.complete(0)
+    assert decide(p, "etc/missing") is ABSENT
+    assert decide(p, "nowhere") is ABSENT
 
 
-def test_a_layer_with_implied_parents_defers_to_the_merge():
-    """``lib/x`` without a ``lib`` entry could land under a symlink of a lower layer."""
+def test_a_directory_only_implied_is_the_lowest_implying_layers():
+    p = progressive([D("etc")], [F("opt/app/bin", b"x")], [F("opt/app/lib", b"y")])
+    node = decide(p, "opt/app")
+    assert (node.type, node.mode, node.layer, node.mtime_ns) == (T.DIR, 0o755, 1, 0)
+
+
+def test_parents_taken_from_below_must_be_directories_there():
+    """umoci writes ``usr/local/bin/x`` without ``usr``: fine over a directory."""
+    p = progressive([D("etc")], [F("usr/local/x", b"x")], complete={1})
+    assert decide(p, "usr/local/x") is WAIT
+    p.add(0, [D("usr")])
+    assert decide(p, "usr/local/x") is WAIT
+    p.add(0, [D("usr/local")])
+    assert decide(p, "usr/local/x").layer == 1
+
+
+def test_a_parent_that_is_a_symlink_below_defers_to_the_merge():
+    """``lib/x`` without a ``lib`` entry lands under the symlink's target."""
     p = progressive([L("lib", "usr/lib"), D("usr"), D("usr/lib")], [F("lib/x", b"x")])
     assert decide(p, "usr/lib/x") is FINAL
     assert decide(p, "lib") is FINAL
+    assert decide(p, "usr") is FINAL
+
+
+def test_a_layer_that_replaces_what_it_made_defers_to_the_merge():
+    p = progressive([F("b/c/a", b"x"), L("b/c", "d")])
+    assert decide(p, "b/c/a") is FINAL
 
 
 def test_hardlinks_share_their_target_in_the_same_layer():
@@ -123,10 +147,9 @@ async def test_lookups_wait_for_what_they_need_then_switch_to_the_merged_index(t
         assert got["os-release"].layer == 0 and "missing" not in got
         p.complete(0)
         await trio.testing.wait_all_tasks_blocked()
-        assert "missing" not in got
+        assert got["missing"] is None, "absent once every layer is complete"
         final = MergedIndex.build(tmp_path / "ix", layers, per_layer=False)
         p.set_final(final)
-    assert got["missing"] is None
     provisional = got["app.conf"].ino
     assert p.translate(provisional) == final.resolve("/etc/app.conf").ino
     assert (await p.getattr(provisional)).ino == final.resolve("/etc/app.conf").ino
@@ -166,33 +189,45 @@ NAMES = ["a", "b", "c", "d"]
 
 
 def _random_layer(rng: random.Random, depth: int = 3) -> list[Entry]:
-    """Entries with explicit parents (as docker writes them) most of the time."""
+    """Entries with explicit parents (as docker writes them) most of the
+    time, implied ones (as umoci does) otherwise; a layer never puts a
+    non-directory where it already has a directory or something below it,
+    which only the merged index sorts out."""
     entries: list[Entry] = []
     seen: set[str] = set()
+    nondirs: set[str] = set()
+    parents: set[str] = set()
     files: list[str] = []
     for _ in range(rng.randint(0, 14)):
         parts = [rng.choice(NAMES) for _ in range(rng.randint(1, depth))]
         path = "/".join(parts)
-        if path in seen:
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        kind = rng.random()
+        makes_dir = 0.35 <= kind < 0.55 or kind >= 0.72
+        if path in seen or any(p in nondirs for p in prefixes) or \
+                (not makes_dir and path in parents):
             continue
-        if rng.random() < 0.9:
-            for i in range(1, len(parts)):
-                parent = "/".join(parts[:i])
+        if rng.random() < 0.7:
+            for parent in prefixes:
                 if parent not in seen:
                     seen.add(parent)
                     entries.append(D(parent, mode=rng.choice([0o755, 0o700])))
+        parents.update(prefixes)
         seen.add(path)
-        kind = rng.random()
         if kind < 0.35:
             files.append(path)
+            nondirs.add(path)
             entries.append(F(path, path.encode() + bytes([rng.randrange(256)])))
         elif kind < 0.55:
             entries.append(D(path, mode=rng.choice([0o755, 0o711])))
         elif kind < 0.65:
+            nondirs.add(path)
             entries.append(L(path, rng.choice(NAMES)))
         elif kind < 0.72 and files:
+            nondirs.add(path)
             entries.append(H(path, rng.choice(files)))
         elif kind < 0.9:
+            seen.discard(path)
             entries.append(W(path))
         else:
             entries.append(OPQ("/".join(parts[:-1]) or "."))
