@@ -240,13 +240,12 @@ class Image:
             self.indexed_in = time.monotonic() - started
             self.progress.set_final(self.index)
             log.info("image %s indexed in %.2f s", self.ref, self.indexed_in)
-            if options.push_index and client is not None:
-                from .indexshare import publish_index
-                self.published = await publish_index(client, self)
-                log.info("published its index as %s", self.published)
         except LazyfsError as e:
             log.error("indexing %s failed: %s", self.ref, e)
             self.progress.fail(e)
+            return
+        if options.push_index and client is not None:
+            await _publish_quietly(client, self)
 
     async def _stream_layers(self, pending: list[int], tables: list) -> None:
         limit = trio.CapacityLimiter(INDEX_CONCURRENCY)
@@ -381,9 +380,11 @@ def _built_here(tables: list[LayerTable], image: Image) -> bool:
 
 
 async def _publish_quietly(client, image: Image) -> None:
+    """A failed push is the registry's refusal, not the image's: say so and serve on."""
     from .indexshare import publish_index
     try:
         image.published = await publish_index(client, image)
+        log.info("published the index of %s as %s", image.ref, image.published)
     except LazyfsError as e:
         log.warning("cannot publish the index of %s: %s", image.ref, e)
 

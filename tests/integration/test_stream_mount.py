@@ -233,3 +233,16 @@ async def test_push_index_lets_a_fresh_machine_mount_without_a_full_pass(registr
             doc = await trio.to_thread.run_sync(_stats, m, second)
             assert doc.get("index") is None
         assert proxy.bytes_sent(path=BASE_DIGEST) < len(LAYERS[0]) // 4
+
+
+async def test_a_refused_index_push_leaves_the_mount_serving(registry, pushed, tmp_path):
+    env = lazyfs_env(tmp_path)
+    async with fault_proxy(registry.host) as proxy:
+        proxy.arm("other", "status", times=None, status=403)
+        async with mounted(f"{proxy.host}/{pushed}", tmp_path / "mnt", env, "--push-index") as m:
+            doc = await _until_indexed(m, env)
+            await trio.sleep(0.5)
+            doc = await trio.to_thread.run_sync(_stats, m, env)
+            assert doc["index"] == "ready" and "published_index" not in doc
+            assert proxy.count("other") >= 1
+            assert (await _run("cat", str(m / "etc/app.conf"))).stdout == b"mode=fast\n"
