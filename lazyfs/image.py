@@ -166,8 +166,9 @@ class Image:
         in layer order); reads keep using ranges until a layer has landed."""
         if self.nursery is None:
             raise UsageError("prefetch needs an image opened with open_image_async")
-        todo = [layer for layer in self.reader.layers
-                if layer.blob.local_path() is None and layer.digest not in self.prefetching]
+        todo = [layer for i, layer in enumerate(self.reader.layers)
+                if layer.blob.local_path() is None and layer.digest not in self.prefetching
+                and i not in self.streams]
         for layer in todo:
             self.prefetching[layer.digest] = "waiting"
         self.nursery.start_soon(self._prefetch, todo)
