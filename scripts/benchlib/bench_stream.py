@@ -14,10 +14,12 @@ Side by side, each lazy mount from an empty store:
   per request.
 
 Images: the real Debian ``bookworm-python`` (and ``bookworm``) in gzip, and
-the base layer of ``bookworm`` alone as a one-layer image, where a path can
-be decided before the whole image is indexed (umoci's upper layers name
-directories such as ``usr/bin`` without their parent ``usr``, and lazyfs
-then defers every early lookup to the merged index).
+the base layer of ``bookworm`` alone as a one-layer image. An upper layer
+that takes parents from below (umoci writes ``usr/bin`` without ``usr``)
+lets lookups through only once the base layer has shown those parents to be
+directories; umoci writes the base layer in name order, so for
+``bookworm-python`` (whose top layer writes under ``var``) that is near the
+base layer's end, while the one-layer image decides paths as they pass.
 
 Two files are read at once through ``cat`` as soon as the mount command
 returns: ``/etc/debian_version`` (128 KiB into the base layer's tar) and
