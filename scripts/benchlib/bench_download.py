@@ -2,8 +2,7 @@
 
 The base layer of the Debian gzip image (51 MB), from a local registry
 behind a delaying proxy (``benchlib.proxy``: a fixed delay per request and
-per new connection), optionally chained to a per-connection bandwidth cap
-(``tests.support.throttle``). The proxies run in a child process, so their
+per new connection), optionally with a per-connection bandwidth cap. The proxies run in a child process, so their
 threads do not share the measuring interpreter's GIL. Modes:
 
 * ``stream_blob`` with the defaults (8 MiB pieces, 6 in flight), what a first
@@ -207,16 +206,10 @@ class proxied:
 
 def _serve_proxies(upstream: str, delay: float, cap: int) -> None:
     """The child's side: print the proxy's address, serve until stdin closes."""
-    from tests.support.throttle import ThrottleProxy
-
-    from .proxy import DelayProxy
-    throttle = ThrottleProxy(upstream, cap) if cap else None
-    delayed = DelayProxy(throttle.host if throttle else upstream, delay)
-    print(delayed.host, flush=True)
-    sys.stdin.read()
-    delayed.close()
-    if throttle:
-        throttle.close()
+    from .proxy import TcpProxy
+    with TcpProxy(upstream, delay=delay, rate=cap or None) as proxy:
+        print(proxy.host, flush=True)
+        sys.stdin.read()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,13 @@
-"""A loopback TCP proxy that slows the server-to-client direction down.
+"""A loopback TCP proxy that makes a registry look far away or slow.
 
-Used to catch a pull in the middle of a layer: the test watches
-``bytes_down`` and acts once enough has gone through.
+``delay``: each chunk the client sends (on HTTP/1.1 one request, or one
+piece of an upload) and each new connection waits that long before it goes
+on: a registry ``delay`` away in round trips. ``rate``: bytes per second
+towards the client, per connection, as a capped link gives. The counters say
+what the delay multiplied (connections, sends) and how far a download got
+(``bytes_down``), so a test can act in the middle of a layer.
+
+The benchmarks use it too (``scripts/benchlib/proxy.py``).
 """
 
 from __future__ import annotations
@@ -11,21 +17,20 @@ import threading
 import time
 
 
-class ThrottleProxy:
-    def __init__(self, upstream: str, rate: int = 2_000_000):
+class TcpProxy:
+    def __init__(self, upstream: str, *, delay: float = 0.0, rate: int | None = None):
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
+        self.delay = delay
         self.rate = rate
-        """Bytes per second towards the client, per connection."""
+        self.connections = 0
+        self.sends = 0
         self.bytes_down = 0
         self._lock = threading.Lock()
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
+        self._sock = socket.create_server(("127.0.0.1", 0))
         self.host = f"127.0.0.1:{self._sock.getsockname()[1]}"
+        self._open: set[socket.socket] = set()
         self._closed = False
-        self._conns: list[socket.socket] = []
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
@@ -35,16 +40,33 @@ class ThrottleProxy:
                 client, _ = self._sock.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.upstream)
-            self._conns += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, slow: bool) -> None:
+    def _connect(self, client: socket.socket) -> None:
+        time.sleep(self.delay)
         try:
-            while data := src.recv(16384):
-                if slow:
-                    time.sleep(len(data) / self.rate)
+            upstream = socket.create_connection(self.upstream)
+        except OSError:
+            client.close()
+            return
+        for s in (client, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self.connections += 1
+            self._open |= {client, upstream}
+        threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+        self._pump(upstream, client, False)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
+        try:
+            while data := src.recv(16384 if self.rate else 1 << 16):
+                if upward and self.delay:
+                    time.sleep(self.delay)
+                    with self._lock:
+                        self.sends += 1
+                elif not upward:
+                    if self.rate:
+                        time.sleep(len(data) / self.rate)
                     with self._lock:
                         self.bytes_down += len(data)
                 dst.sendall(data)
@@ -67,15 +89,26 @@ class ThrottleProxy:
     def close(self) -> None:
         self._closed = True
         self._sock.close()
-        for s in self._conns:
-            try:
-                s.close()
-            except OSError:
-                pass
+        with self._lock:
+            for s in self._open:
+                try:
+                    s.close()
+                except OSError:
+                    pass
         self._thread.join(5)
 
-    def __enter__(self) -> ThrottleProxy:
+    def __enter__(self) -> TcpProxy:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def ThrottleProxy(upstream: str, rate: int = 2_000_000) -> TcpProxy:
+    """Slow towards the client: to catch a pull in the middle of a layer."""
+    return TcpProxy(upstream, rate=rate)
+
+
+def DelayProxy(upstream: str, delay: float) -> TcpProxy:
+    """A fixed delay per request and per connection: a distant registry."""
+    return TcpProxy(upstream, delay=delay)
