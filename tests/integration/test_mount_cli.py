@@ -147,3 +147,44 @@ def test_two_mounts_share_the_cache(registry, tmp_path):
         import json
         stats_b = json.loads(lazyfs("stats", "--json", str(b), env=env).stdout)
         assert sum(layer["bytes_fetched"] for layer in stats_b["layers"]) == 0
+
+
+def test_a_first_mount_with_early_reads_reads_exact_bytes_while_indexing(registry, tmp_path):
+    """Files all over the image, read at once as the mount returns (many
+    before their layer is complete), against umoci's unpack; then the tree."""
+    import hashlib
+    import json
+    import os
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lazyfs.fs import STATS_XATTR
+    from tests.support.debian import debian_image
+    img = debian_image(registry.host, "bookworm", "gzip")
+    bundle = tmp_path / "bundle"
+    subprocess.run(["umoci", "unpack", "--image", f"{img.layout}:bookworm", str(bundle)],
+                   check=True, capture_output=True)
+    rootfs = bundle / "rootfs"
+    files = sorted(p for p in rootfs.rglob("*") if p.is_file() and not p.is_symlink())
+    picks = [p.relative_to(rootfs) for p in files[::max(1, len(files) // 80)]]
+    env = lazyfs_env(tmp_path)
+
+    def digest(root, rel):
+        return hashlib.sha256((root / rel).read_bytes()).hexdigest()
+
+    def index_state(mnt) -> str:
+        return json.loads(os.getxattr(mnt, STATS_XATTR))["index"]
+
+    with cli_mount(img.ref, tmp_path / "mnt", env, "--early-reads") as mnt:
+        with ThreadPoolExecutor(8) as pool:
+            later = pool.map(lambda rel: digest(mnt, rel), picks)
+            assert digest(mnt, "etc/debian_version") == digest(rootfs, "etc/debian_version")
+            early = index_state(mnt)
+            got = list(later)
+        assert got == [digest(rootfs, rel) for rel in picks]
+        assert early == "indexing", "etc/ is half-way into the base layer, read before its end"
+        deadline = time.monotonic() + 120
+        while index_state(mnt) != "ready":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert differences(describe(rootfs, content=False), describe(mnt, content=False)) == []
