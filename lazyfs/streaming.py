@@ -10,7 +10,6 @@ digest, content as soon as the spans around it are complete.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,11 +23,10 @@ from .errors import LazyfsError
 from .formats import LayerTable, read_content
 from .formats.gzip import GzipReader, StreamIndexer, _LOC
 from .manifest import Descriptor
+from .store import Store
 
 FEED = 1 << 20
 """Bytes handed to the indexer at a time: entries become visible this often."""
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,16 +34,15 @@ class LayerStream:
     """One layer on its way in; early readers and lookups wait on ``changed``."""
 
     desc: Descriptor
-    store: object
-    indexer: StreamIndexer = None  # type: ignore[assignment]
+    store: Store
+    indexer: StreamIndexer = field(init=False)
     progress: DownloadProgress | None = None
     table: LayerTable | None = None
     error: LazyfsError | None = None
     changed: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:
-        if self.indexer is None:
-            self.indexer = StreamIndexer(self.desc.digest)
+        self.indexer = StreamIndexer(self.desc.digest)
 
     @property
     def done(self) -> bool:
@@ -133,7 +130,7 @@ class _Arriving:
     digest: str
     size: int
     tmp: Path
-    store: object
+    store: Store
 
     async def read_range(self, start: int, end: int) -> bytes:
         check_range(self, start, end)
