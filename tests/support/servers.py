@@ -78,20 +78,31 @@ async def serve(handler: Handler, ssl_context: ssl.SSLContext | None = None) -> 
 
 
 async def _connection(handler: Handler, server: FakeServer, stream: trio.abc.Stream) -> None:
+    async def answer(conn: h11.Connection, request: Request) -> bool:
+        server.requests.append(request)
+        return await _send(conn, stream, request, await handler(request))
+
+    await serve_h11(stream, answer)
+
+
+async def serve_h11(stream: trio.abc.Stream,
+                    answer: Callable[[h11.Connection, Request], Awaitable[bool]],
+                    quiet: tuple[type[Exception], ...] = ()) -> None:
+    """One connection: each request read is given to ``answer`` (False: do
+    not use the connection again) until either side closes it. A client
+    that goes away, or an exception in ``quiet``, just ends it."""
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
             request = await _read_request(conn, stream)
             if request is None:
                 return
-            server.requests.append(request)
-            response = await handler(request)
-            if not await _send(conn, stream, request, response):
+            if not await answer(conn, request):
                 return
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             conn.start_next_cycle()
-    except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+    except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, *quiet):
         pass
     finally:
         with trio.move_on_after(1):
