@@ -81,7 +81,7 @@ async def stream_blob(client: RegistryClient, ref: Reference, desc: Descriptor, 
         raise LazyfsError(f"blob {desc.digest}: chunk and parallel must be positive")
     progress = progress or DownloadProgress()
     consume = consume or _ignore
-    local = await trio.to_thread.run_sync(_stored, store, desc)
+    local = await trio.to_thread.run_sync(store.sized_blob_path, desc.digest, desc.size)
     if local is not None:
         progress.tmp_path = local
         await _consume_file(local, desc.size, chunk, consume, progress)
@@ -94,14 +94,6 @@ async def stream_blob(client: RegistryClient, ref: Reference, desc: Descriptor, 
 
 def _ignore(data: bytes) -> None:
     pass
-
-
-def _stored(store: Store, desc: Descriptor) -> Path | None:
-    local = store.blob_path(desc.digest)
-    if local is not None and (actual := local.stat().st_size) != desc.size:
-        raise DigestMismatch(f"blob {desc.digest}: the descriptor says {desc.size} bytes, "
-                             f"the stored blob has {actual}")
-    return local
 
 
 async def _consume_file(path: Path, size: int, chunk: int, consume: Consume,

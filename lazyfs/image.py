@@ -23,7 +23,7 @@ from typing import AsyncIterator, Iterator
 import trio
 
 from .entry import EntryType
-from .errors import (CacheError, DigestMismatch, LazyfsError, NotFound, UsageError,
+from .errors import (CacheError, LazyfsError, NotFound, UsageError,
                      lazyfs_error_in)
 from .formats import LayerTable, build_table, detect_format, open_reader
 from .index import MergedIndex, Node
@@ -355,16 +355,6 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                 raise failed
 
 
-def _check_stored_size(desc: Descriptor, store: Store) -> None:
-    """A blob in the store is trusted by its digest, but a descriptor that
-    misstates its size is a lying manifest all the same: refuse it, as a
-    fetch of that blob would."""
-    local = store.blob_path(desc.digest)
-    if local is not None and (actual := local.stat().st_size) != desc.size:
-        raise DigestMismatch(f"layer {desc.digest}: the manifest says {desc.size} bytes, "
-                             f"the blob has {actual}")
-
-
 def _progress(tables: list[LayerTable | None]) -> ProgressiveIndex:
     progress = ProgressiveIndex(len(tables))
     for i, table in enumerate(tables):
@@ -466,7 +456,7 @@ async def _layer_tables(descs: list[Descriptor], source, store: Store,
 async def _layer_table(desc: Descriptor, blob, store: Store, shared=None,
                        defer: bool = False) -> LayerTable | None:
     fmt = detect_format(desc.media_type, desc.annotations)
-    _check_stored_size(desc, store)
+    store.sized_blob_path(desc.digest, desc.size)
     path = _table_path(desc, fmt, store)
     if path.exists():
         try:

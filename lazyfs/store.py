@@ -242,6 +242,16 @@ class Store:
         p = self._blob_file(digest)
         return p if p.is_file() else None
 
+    def sized_blob_path(self, digest: str, size: int) -> Path | None:
+        """``blob_path``, for a descriptor that also states the size. A blob
+        here is trusted by its digest, but a descriptor that misstates its
+        size is a lying manifest all the same: refused, as a fetch would be."""
+        local = self.blob_path(digest)
+        if local is not None and (actual := local.stat().st_size) != size:
+            raise DigestMismatch(f"blob {digest}: the manifest says {size} bytes, "
+                                 f"the stored blob has {actual}")
+        return local
+
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest) is not None
 
