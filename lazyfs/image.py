@@ -29,7 +29,7 @@ from .formats import LayerTable, build_table, detect_format, open_reader
 from .index import MergedIndex, Node
 from .progressive import ProgressiveIndex
 from .streaming import LayerStream
-from .layertable import load_layer_table, save_layer_table
+from .layertable import load_layer_table, save_layer_table, table_path
 from .manifest import Descriptor, Platform
 from .cache import ChunkCache
 from .reader import Layer, LayerStats, Reader
@@ -273,7 +273,7 @@ class Image:
         layer = self.reader.layers[pos]
         publish = (lambda entries: self.progress.add(pos, entries)) if self.early_reads else None
         table = await stream.index(layer.blob, publish=publish)
-        path = _table_path(stream.desc, "gzip", self.store)
+        path = table_path(self.store, "gzip", stream.desc.digest)
         await trio.to_thread.run_sync(save_layer_table, path, table)
         layer.content = open_reader(table)
         stream.settle(table)
@@ -457,7 +457,7 @@ async def _layer_table(desc: Descriptor, blob, store: Store, shared=None,
                        defer: bool = False) -> LayerTable | None:
     fmt = detect_format(desc.media_type, desc.annotations)
     store.sized_blob_path(desc.digest, desc.size)
-    path = _table_path(desc, fmt, store)
+    path = table_path(store, fmt, desc.digest)
     if path.exists():
         try:
             return await trio.to_thread.run_sync(load_layer_table, path)
@@ -474,10 +474,6 @@ async def _layer_table(desc: Descriptor, blob, store: Store, shared=None,
         table = await build_table(desc, blob)
     await trio.to_thread.run_sync(save_layer_table, path, table)
     return table
-
-
-def _table_path(desc: Descriptor, fmt: str, store: Store) -> Path:
-    return store.index_path("layer-" + fmt.replace(":", "-"), desc.digest)
 
 
 async def _merged_index(manifest_digest: str, descs: list[Descriptor],

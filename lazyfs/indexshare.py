@@ -40,7 +40,7 @@ from .formats import LayerTable
 from .formats import gzip as gzip_format
 from .formats import tar as tar_format
 from .layertable import MAGIC as TABLE_MAGIC
-from .layertable import load_layer_table
+from .layertable import load_layer_table, table_path
 from .manifest import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Descriptor, Manifest, parse_manifest
 from .reference import Reference
 
@@ -437,18 +437,13 @@ def _table_bytes(image) -> list[tuple[str, str, bytes]]:
     for info in image.layers:
         if info.format not in SHARED_FORMATS:
             continue
-        path = image.store.index_path(table_kind(info.format), info.desc.digest)
+        path = table_path(image.store, info.format, info.desc.digest)
         try:
             out.append((info.desc.digest, info.format, path.read_bytes()))
         except OSError as e:
             raise CacheError(f"layer {info.desc.digest}: cannot read its table: "
                              f"{e.strerror or e}") from None
     return out
-
-
-def table_kind(fmt: str) -> str:
-    """The store's index kind for a layer table of ``fmt``."""
-    return "layer-" + fmt.replace(":", "-")
 
 
 def _sha256(data: bytes) -> str:

@@ -37,6 +37,11 @@ _STR_FIELDS = ("name", "uname", "gname", "linkname")
 _LEN = struct.Struct("<Q")
 
 
+def table_path(store, fmt: str, digest: str) -> Path:
+    """Where ``store`` keeps the table of layer ``digest`` read as ``fmt``."""
+    return store.index_path("layer-" + fmt.replace(":", "-"), digest)
+
+
 def save_layer_table(path: Path, table: LayerTable) -> None:
     """Write ``table`` to ``path`` atomically (temp file, fsync, rename)."""
     path = Path(path)

@@ -20,7 +20,7 @@ from lazyfs.errors import DigestMismatch, LayerFormatError, RegistryError
 from lazyfs.formats import gzip as gzip_format
 from lazyfs.formats.base import LayerTable
 from lazyfs.image import OpenOptions, open_image_async
-from lazyfs.layertable import load_layer_table, save_layer_table
+from lazyfs.layertable import load_layer_table, save_layer_table, table_path
 from lazyfs.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
 from lazyfs.reference import parse_reference
 from lazyfs.registry import RegistryClient
@@ -72,7 +72,7 @@ async def _built_table(ref: str, layer: str, tmp_path: Path) -> LayerTable:
     store = Store(tmp_path / "builder")
     async with open_image_async(ref, OpenOptions(use_shared_index=False), store) as image:
         fmt = next(i.format for i in image.layers if i.desc.digest == layer)
-    return load_layer_table(store.index_path(indexshare.table_kind(fmt), layer))
+    return load_layer_table(table_path(store, fmt, layer))
 
 
 def _table_bytes(table: LayerTable, tmp_path: Path) -> bytes:
