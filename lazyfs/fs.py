@@ -209,11 +209,7 @@ class LazyOperations(pyfuse3.Operations):
     @property
     def _early(self) -> bool:
         """Whether answers may still be provisional (the merged index is not there yet)."""
-        if self._progress is None:
-            return False
-        if self._progress.final is not None and self._index is None:
-            self._index = self._progress.final
-        return not self._progress.settled
+        return self._progress is not None and not self._progress.settled
 
     def _ino(self, ino: int) -> int:
         return self._progress.translate(ino) if self._progress is not None else ino

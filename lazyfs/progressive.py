@@ -34,14 +34,13 @@ when the merged index takes over.
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass, field
 
 import trio
 
 from .entry import Entry, EntryType
 from .errors import LazyfsError, NotFound, UnsafeEntry
-from .index import ROOT_INO, MergedIndex, Node, _b, _clean
+from .index import ROOT_INO, MergedIndex, Node, _clean, _Node
 
 PROVISIONAL = 1 << 60
 _WH = ".wh."
@@ -365,13 +364,7 @@ def _through(seen: LayerSeen, path: Path_) -> _Marker | None:
 
 
 def _provisional(ino: int, e: Entry, layer: int) -> Node:
-    size, rdev, link = 0, 0, ""
-    if e.type is EntryType.FILE:
-        size = e.size
-    elif e.type is EntryType.SYMLINK:
-        link = e.linkname
-        size = len(_b(link))
-    elif e.type in (EntryType.CHAR, EntryType.BLOCK):
-        rdev = os.makedev(e.devmajor, e.devminor)
-    return Node(ino, e.type, e.mode & 0o7777, e.uid, e.gid, size, e.mtime_ns, 1, rdev, link,
-                layer, e.data if e.type is EntryType.FILE else b"", bool(e.xattrs))
+    """The node the merge would make of ``e``; its link count is not known yet."""
+    n = _Node.of(e, layer)
+    return Node(ino, n.type, n.mode, n.uid, n.gid, n.size, n.mtime_ns, 1, n.rdev, n.linkname,
+                n.layer, n.data, bool(n.xattrs))
