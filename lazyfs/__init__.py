@@ -6,8 +6,7 @@ Python, ``parse_reference`` for docker-style references, and the
 ``LazyfsError`` family (``lazyfs.errors``). Everything else is internal.
 """
 
-__version__ = "0.1.0"  # before the imports: modules read it while loading
-
+from ._version import __version__
 from .errors import (CacheError, DigestMismatch, InvalidReference, LayerFormatError,
                      LazyfsError, MountError, NoMatchingPlatform, NotFound, RegistryError,
                      RegistryUnreachable, Unauthorized, UnsafeEntry, UnsupportedMediaType,
@@ -27,5 +26,5 @@ __all__ = [
     "CacheError", "DigestMismatch", "InvalidReference", "LayerFormatError", "LazyfsError",
     "MountError", "NoMatchingPlatform", "NotFound", "Reference", "RegistryError",
     "RegistryUnreachable", "Unauthorized", "UnsafeEntry", "UnsupportedMediaType", "UsageError",
-    "open_image", "parse_reference",
+    "__version__", "open_image", "parse_reference",
 ]

@@ -22,20 +22,20 @@ from typing import AsyncIterator, Iterator
 
 import trio
 
-from .entry import EntryType
+from .formats.entry import EntryType
 from .errors import (CacheError, LazyfsError, NotFound, UsageError,
                      lazyfs_error_in)
 from .formats import LayerTable, build_table, detect_format, open_reader
-from .index import MergedIndex, Node
-from .progressive import ProgressiveIndex
-from .streaming import LayerStream
-from .layertable import load_layer_table, save_layer_table, table_path
+from .index.merged import MergedIndex, Node
+from .index.progressive import ProgressiveIndex
+from .read.streaming import LayerStream
+from .index.layertable import load_layer_table, save_layer_table, table_path
 from .manifest import Descriptor, Platform
-from .cache import ChunkCache
-from .reader import Layer, LayerStats, Reader
+from .store.chunks import ChunkCache
+from .read.reader import Layer, LayerStats, Reader
 from .reference import Reference, parse_reference
-from .source import RegistryBlob, open_source
-from .store import Store
+from .read.sources import RegistryBlob, open_source
+from .store.blobs import Store
 
 INDEX_CONCURRENCY = 2
 PREFETCH_CONCURRENCY = 2
@@ -372,7 +372,7 @@ def _built_here(tables: list[LayerTable], image: Image) -> bool:
 
 async def _publish_quietly(client, image: Image) -> None:
     """A failed push is the registry's refusal, not the image's: say so and serve on."""
-    from .indexshare import publish_index
+    from .index.shared import publish_index
     try:
         image.published = await publish_index(client, image)
         log.info("published the index of %s as %s", image.ref, image.published)
@@ -401,7 +401,7 @@ def _layer(i: int, desc: Descriptor, table: LayerTable | None, source, resolved,
                      LayerStats(format="gzip", size=desc.size))
     stats = LayerStats(format=table.format, size=desc.size)
     if table.format == "zstd" and not table.lazy:
-        from .decompressed import DecompressedBlob, PlainTarReader
+        from .read.decompressed import DecompressedBlob, PlainTarReader
         diff_id = resolved.config.diff_ids[i]
         return Layer(desc.digest, PlainTarReader(), DecompressedBlob(source.blob(desc), diff_id, store),
                      stats)
@@ -419,14 +419,14 @@ def _prioritized(tables: list[LayerTable | None]) -> list[tuple[int, bytes, int,
 def _client_for(ref: Reference, options: OpenOptions):
     if ref.transport != "docker":
         return contextlib.nullcontext()
-    from .registry import RegistryClient
+    from .registry.client import RegistryClient
     return RegistryClient(options.registry)
 
 
 def _shared_index(client, resolved, options: OpenOptions):
     if client is None or not options.use_shared_index:
         return None
-    from .indexshare import SharedIndex
+    from .index.shared import SharedIndex
     return SharedIndex(client, resolved.ref, resolved.manifest.digest)
 
 

@@ -21,8 +21,8 @@ from .errors import (DigestMismatch, NotFound, RangeNotSupported, RegistryUnreac
 from .manifest import (Descriptor, ImageConfig, Index, Manifest, Platform, image_platforms, parse_config,
                        parse_manifest, select_platform)
 from .reference import Reference
-from .registry import RegistryClient, RegistryOptions
-from .store import ImageRecord, Store
+from .registry.client import RegistryClient, RegistryOptions
+from .store.blobs import ImageRecord, Store
 
 MAX_CONCURRENT_LAYERS = 4
 RESUME_CHUNK = 8 << 20
@@ -286,7 +286,7 @@ async def resolve_for_inspect(ref: Reference, *, platform: Platform | None,
     """Registry first; the store when the registry is unreachable and knows the image.
     ``oci:`` and ``docker-archive:`` references are read where they lie."""
     if ref.transport != "docker":
-        from .source import open_source
+        from .read.sources import open_source
         return await open_source(ref, store).resolve(platform)
     try:
         image = await resolve(ref, platform=platform, options=options)

@@ -15,7 +15,7 @@ from typing import Protocol, Sequence
 import trio
 
 from ..blob import BlobSource
-from ..entry import Entry
+from .entry import Entry
 
 
 @dataclass(frozen=True, slots=True)

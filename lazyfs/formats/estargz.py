@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import trio
 
 from ..blob import BlobSource
-from ..entry import Entry, EntryType
+from .entry import Entry, EntryType
 from ..errors import DigestMismatch, LayerFormatError
 from .base import LayerTable, Piece, inflate_streams
 

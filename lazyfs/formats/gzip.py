@@ -37,9 +37,9 @@ import rapidgzip
 import trio
 
 from ..blob import BlobSource
-from ..entry import Entry, EntryType
+from .entry import Entry, EntryType
 from ..errors import DigestMismatch, LayerFormatError
-from ..tarheader import Member, TarParser
+from .tarheader import Member, TarParser
 from .base import LayerTable, Piece
 from .zran import WINDOW, Inflater, Point
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import trio
 
 from ..blob import BlobSource
-from ..entry import EntryType
+from .entry import EntryType
 from ..errors import DigestMismatch, LayerFormatError
-from ..tarheader import Member, TarParser
+from .tarheader import Member, TarParser
 from .base import LayerTable, Piece
 
 CHUNK = 1 << 20

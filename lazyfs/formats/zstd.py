@@ -23,9 +23,9 @@ import trio
 import zstandard
 
 from ..blob import BlobSource
-from ..entry import EntryType
+from .entry import EntryType
 from ..errors import LayerFormatError
-from ..tarheader import TarParser
+from .tarheader import TarParser
 from .base import LayerTable, Piece
 from .gzip import FEED, Span, check_span, decode_state, encode_state, span_pieces
 

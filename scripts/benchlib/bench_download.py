@@ -119,12 +119,12 @@ def _measure(ref: str, desc, mode: str, delay: float, cap: int, reps: int) -> di
 async def _one(ref_text: str, desc, mode: str, work: Path) -> float:
     import trio
 
-    from lazyfs.download import stream_blob
+    from lazyfs.registry.download import stream_blob
     from lazyfs.formats.gzip import StreamIndexer
     from lazyfs.pull import fetch_layer
     from lazyfs.reference import parse_reference
-    from lazyfs.registry import RegistryClient
-    from lazyfs.store import Store
+    from lazyfs.registry.client import RegistryClient
+    from lazyfs.store.blobs import Store
 
     ref = parse_reference(ref_text)
     store = Store(work / "store")

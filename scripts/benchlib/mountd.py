@@ -11,8 +11,8 @@ import json
 import sys
 
 from lazyfs.errors import LazyfsError
-from lazyfs.fs import image_operations
-from lazyfs.mount import MountOptions, mount
+from lazyfs.fs.operations import image_operations
+from lazyfs.fs.daemon import MountOptions, mount
 
 
 def main(argv: list[str]) -> int:

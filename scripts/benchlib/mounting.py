@@ -67,7 +67,7 @@ def _daemon_pid(stdout: str, mountpoint: Path, env: dict) -> int | None:
     for line in stdout.splitlines():
         with contextlib.suppress(ValueError, AttributeError):
             return int(json.loads(line)["pid"])
-    from lazyfs.mount import state_path
+    from lazyfs.fs.daemon import state_path
     old = os.environ.get("XDG_RUNTIME_DIR")
     os.environ["XDG_RUNTIME_DIR"] = env["XDG_RUNTIME_DIR"]
     try:
@@ -113,7 +113,7 @@ def _alive(pid: int) -> bool:
 
 
 def mount_stats(mountpoint: Path) -> dict | None:
-    from lazyfs.mount import read_stats
+    from lazyfs.fs.daemon import read_stats
     try:
         return read_stats(mountpoint)
     except Exception:  # a missing stats answer is recorded, not fatal

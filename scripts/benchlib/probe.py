@@ -19,7 +19,7 @@ from .common import rss_mib, tree_bytes
 
 from lazyfs.errors import LazyfsError
 from lazyfs.image import OpenOptions, open_image_async
-from lazyfs.store import Store
+from lazyfs.store.blobs import Store
 
 
 async def probe(spec: dict) -> dict:

@@ -18,12 +18,12 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lazyfs import layertable
-from lazyfs.entry import Entry, EntryType
+from lazyfs.index import layertable
+from lazyfs.formats.entry import Entry, EntryType
 from lazyfs.errors import CacheError, NotFound
 from lazyfs.formats import LayerTable
-from lazyfs.index import ROOT_INO, MergedIndex
-from lazyfs.layertable import load_layer_table, save_layer_table
+from lazyfs.index.merged import ROOT_INO, MergedIndex
+from lazyfs.index.layertable import load_layer_table, save_layer_table
 from tests.fuzz.budget import fuzz
 from tests.fuzz.test_fuzz_formats import mutated
 

@@ -17,11 +17,11 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lazyfs.entry import EntryType
+from lazyfs.formats.entry import EntryType
 from lazyfs.errors import LayerFormatError, LazyfsError
 from lazyfs.formats import LayerTable, estargz, open_reader, zstdchunked
 from lazyfs.formats.gzip import Span, decode_state, encode_state
-from lazyfs.tarheader import TarParser
+from lazyfs.formats.tarheader import TarParser
 from tests.fuzz.budget import fuzz
 from tests.support import tarbytes as tb
 

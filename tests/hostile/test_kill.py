@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from lazyfs.index import MergedIndex
-from lazyfs.layertable import load_layer_table
+from lazyfs.index.merged import MergedIndex
+from lazyfs.index.layertable import load_layer_table
 from tests.support.images import gzip_bytes, make_tar, push_image
 
 pytestmark = pytest.mark.slow

@@ -107,7 +107,7 @@ def test_damaged_chunk_is_eio_and_the_mount_survives(registry, tmp_path):
 
 async def test_open_image_raises_the_layer_error_itself(images, tmp_path):
     from lazyfs.image import open_image_async
-    from lazyfs.store import Store
+    from lazyfs.store.blobs import Store
     with pytest.raises(LayerFormatError):
         async with open_image_async(images["bad-checksum"], store=Store(tmp_path / "c")):
             pass

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 
-from lazyfs.auth import Credential, RegistryAuth, TokenCache, find_credential
+from lazyfs.registry.auth import Credential, RegistryAuth, TokenCache, find_credential
 from lazyfs.errors import Unauthorized
 from tests.support.images import OCI_MANIFEST, gzip_bytes, make_tar, push_image
 from tests.support.token_server import SERVICE, start_bearer_registry

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.listing import human_since, human_size, render
+from lazyfs.cli.render import human_since, human_size, render
 from lazyfs.errors import CacheError, NotFound, RegistryUnreachable, UsageError
-from lazyfs.store import Store
+from lazyfs.store.blobs import Store
 from tests.support.images import gzip_bytes, make_tar, push_image, push_index, sha256
 from tests.support.registry import start_registry
 

@@ -7,9 +7,9 @@ import gzip
 
 import pytest
 
-from lazyfs import browse
+from lazyfs.cli import browse
 from lazyfs.image import open_image_async
-from lazyfs.store import Store
+from lazyfs.store.blobs import Store
 from tests.support.images import OCI_LAYER_GZIP, OCI_LAYER_TAR, push_image
 from tests.support.trees import describe, differences
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import zstandard
 
 from lazyfs.image import open_image_async
-from lazyfs.store import Store
+from lazyfs.store.blobs import Store
 from tests.support.images import OCI_LAYER_ZSTD, make_tar, push_image, sha256
 
 

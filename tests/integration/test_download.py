@@ -9,14 +9,14 @@ import uuid
 import pytest
 import trio
 
-from lazyfs.download import DownloadProgress, stream_blob
+from lazyfs.registry.download import DownloadProgress, stream_blob
 from lazyfs.errors import DigestMismatch, RegistryError
 from lazyfs.manifest import Descriptor
 from lazyfs.pull import fetch_layer
 from lazyfs.reference import parse_reference
-from lazyfs.registry import RegistryClient, RegistryOptions
-from lazyfs.source import Fallback
-from lazyfs.store import Store
+from lazyfs.registry.client import RegistryClient, RegistryOptions
+from lazyfs.read.sources import Fallback
+from lazyfs.store.blobs import Store
 from tests.support.faultproxy import fault_proxy
 from tests.support.images import OCI_LAYER_GZIP, push_blob, sha256
 from tests.support.servers import Request, forward, serve

@@ -25,9 +25,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from lazyfs.entry import Entry, EntryType
+from lazyfs.formats.entry import Entry, EntryType
 from lazyfs.errors import UnsafeEntry
-from lazyfs.index import ROOT_INO, MergedIndex
+from lazyfs.index.merged import ROOT_INO, MergedIndex
 from tests.support.images import gzip_bytes
 from tests.support.ocilayout import tar_from_entries, write_oci_layout
 

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs import indexshare
+from lazyfs.index import shared as indexshare
 from lazyfs.errors import DigestMismatch, LayerFormatError, RegistryError
 from lazyfs.formats import gzip as gzip_format
 from lazyfs.formats.base import LayerTable
 from lazyfs.image import OpenOptions, open_image_async
-from lazyfs.layertable import load_layer_table, save_layer_table, table_path
+from lazyfs.index.layertable import load_layer_table, save_layer_table, table_path
 from lazyfs.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
 from lazyfs.reference import parse_reference
-from lazyfs.registry import RegistryClient
-from lazyfs.store import Store
+from lazyfs.registry.client import RegistryClient
+from lazyfs.store.blobs import Store
 from tests.support.images import gzip_bytes, make_tar, push_blob, push_image, push_manifest, sha256
 
 LAZYFS = [sys.executable, "-m", "lazyfs"]

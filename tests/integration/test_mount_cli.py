@@ -158,7 +158,7 @@ def test_a_first_mount_with_early_reads_reads_exact_bytes_while_indexing(registr
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from lazyfs.fs import STATS_XATTR
+    from lazyfs.fs.operations import STATS_XATTR
     from tests.support.debian import debian_image
     img = debian_image(registry.host, "bookworm", "gzip")
     bundle = tmp_path / "bundle"

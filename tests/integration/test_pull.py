@@ -13,7 +13,7 @@ import pytest
 
 from lazyfs.errors import (DigestMismatch, InvalidReference, NoMatchingPlatform, NotFound, Unauthorized,
                            UsageError)
-from lazyfs.store import Store
+from lazyfs.store.blobs import Store
 from tests.support.images import (DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, OCI_LAYER_TAR, gzip_bytes, make_tar,
                                   push_image, push_index, sha256)
 from tests.support.throttle import ThrottleProxy

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from lazyfs.cache import prune_chunks
+from lazyfs.store.chunks import prune_chunks
 from lazyfs.errors import LazyfsError, RangeNotSupported
 from lazyfs.image import OpenOptions, open_image_async, write_stats
 from lazyfs.reference import parse_reference
-from lazyfs.registry import RegistryClient, RegistryOptions
-from lazyfs.store import Store
+from lazyfs.registry.client import RegistryClient, RegistryOptions
+from lazyfs.store.blobs import Store
 from tests.support.faultproxy import fault_proxy
 from tests.support.images import OCI_LAYER_GZIP, OCI_LAYER_TAR, gzip_bytes, make_tar, push_image
 from tests.support.servers import Request, Response, serve, with_ping

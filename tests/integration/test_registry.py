@@ -20,7 +20,7 @@ from lazyfs.manifest import OCI_INDEX as M_OCI_INDEX
 from lazyfs.manifest import DOCKER_MANIFEST as M_DOCKER_MANIFEST
 from lazyfs.manifest import Descriptor, Platform
 from lazyfs.reference import parse_reference
-from lazyfs.registry import (Endpoint, RegistryClient, RegistryOptions, _next_link, _retry_after,
+from lazyfs.registry.client import (Endpoint, RegistryClient, RegistryOptions, _next_link, _retry_after,
                              is_insecure, most_useful_error)
 from tests.support.images import (DOCKER_LIST, OCI_MANIFEST, gzip_bytes, make_tar, push_image, push_index,
                                   push_manifest, sha256)

@@ -8,7 +8,7 @@ space names, empty files, and a directory of 10,000 entries.
 
 from __future__ import annotations
 
-from lazyfs.entry import Entry, EntryType
+from lazyfs.formats.entry import Entry, EntryType
 from tests.support.ocilayout import tar_from_entries
 
 T = 1_700_000_000 * 10**9

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lazyfs.entry import Entry, EntryType
+from lazyfs.formats.entry import Entry, EntryType
 
 T = EntryType
 

@@ -11,8 +11,8 @@
      "slow": [image paths whose reads hang], "extra": {root file name: text}}
 
 Entries come from the stdlib ``tarfile`` (an independent parser), content is
-``pread`` from the tar files: only ``lazyfs.fs``, ``lazyfs.mount`` and the
-real ``lazyfs.index`` are under test. Without ``foreground`` it daemonises
+``pread`` from the tar files: only ``lazyfs.fs.operations``, ``lazyfs.fs.daemon`` and the
+real ``lazyfs.index.merged`` are under test. Without ``foreground`` it daemonises
 through ``mount()`` and prints the ``Mounted`` record as JSON.
 """
 
@@ -29,11 +29,11 @@ from pathlib import Path
 
 import trio
 
-from lazyfs.entry import Entry, EntryType
+from lazyfs.formats.entry import Entry, EntryType
 from lazyfs.errors import LayerFormatError, LazyfsError
-from lazyfs.fs import LazyOperations, image_operations, lowerdir
-from lazyfs.index import MergedIndex, Node
-from lazyfs.mount import MountOptions, mount
+from lazyfs.fs.operations import LazyOperations, image_operations, lowerdir
+from lazyfs.index.merged import MergedIndex, Node
+from lazyfs.fs.daemon import MountOptions, mount
 
 _LOC = struct.Struct("<IQQ")
 _TYPES = {

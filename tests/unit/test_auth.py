@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from lazyfs import auth
-from lazyfs.auth import (
+from lazyfs.registry import auth
+from lazyfs.registry.auth import (
     Credential,
     TokenCache,
     find_credential,

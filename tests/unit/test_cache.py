@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.cache import (DEFAULT_CACHE_SIZE, ChunkCache, Lease, cache_size_limit, parse_size,
+from lazyfs.store.chunks import (DEFAULT_CACHE_SIZE, ChunkCache, Lease, cache_size_limit, parse_size,
                           prune_chunks)
 from lazyfs.errors import UsageError
 from lazyfs.formats import Piece
-from lazyfs.store import Store
+from lazyfs.store.blobs import Store
 
 A = "sha256:" + "a" * 64
 B = "sha256:" + "b" * 64
@@ -130,7 +130,7 @@ def test_hits_touch_at_most_once_a_minute(tmp_path):
 LEASE_HOLDER = """
 import sys, time
 from pathlib import Path
-from lazyfs.cache import Lease
+from lazyfs.store.chunks import Lease
 lease = Lease(Path(sys.argv[1]), [sys.argv[2]])
 print("held", flush=True)
 time.sleep(60)
@@ -191,7 +191,7 @@ def test_prune_without_all_keeps_the_cache_under_its_limit(tmp_path, monkeypatch
 WRITER = """
 import sys
 from pathlib import Path
-from lazyfs.cache import ChunkCache
+from lazyfs.store.chunks import ChunkCache
 from lazyfs.formats import Piece
 cache = ChunkCache(Path(sys.argv[1]), limit=1 << 40)
 blob = bytes(range(256)) * (1 << 16)   # 16 MiB

@@ -21,7 +21,7 @@ import pytest
 import zstandard
 
 from lazyfs.blob import FileBlob
-from lazyfs.entry import Entry, EntryType
+from lazyfs.formats.entry import Entry, EntryType
 from lazyfs.errors import DigestMismatch, LayerFormatError
 from lazyfs.formats import build_table, detect_format, open_reader, read_content
 from lazyfs.formats import estargz, zstdchunked
@@ -700,7 +700,7 @@ def test_plan_finds_chunks_by_bisection():
 
 
 def test_prioritized_files_are_those_before_the_landmark():
-    from lazyfs.entry import Entry, EntryType
+    from lazyfs.formats.entry import Entry, EntryType
     from lazyfs.formats.base import LayerTable
 
     def file(name, start):

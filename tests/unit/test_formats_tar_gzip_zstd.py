@@ -13,7 +13,7 @@ import pytest
 import zstandard
 
 from lazyfs.blob import FileBlob, file_digest
-from lazyfs.entry import EntryType
+from lazyfs.formats.entry import EntryType
 from lazyfs.errors import DigestMismatch, LayerFormatError
 from lazyfs.formats import build_table, gzip as gzfmt, open_reader, read_content
 from lazyfs.formats import zstd as zfmt

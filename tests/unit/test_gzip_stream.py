@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blob import FileBlob
-from lazyfs.entry import EntryType
+from lazyfs.formats.entry import EntryType
 from lazyfs.errors import LayerFormatError
 from lazyfs.formats import gzip as gzfmt
 from lazyfs.formats.base import read_content

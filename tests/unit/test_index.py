@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
-from lazyfs.entry import Entry
+from lazyfs.formats.entry import Entry
 from lazyfs.errors import CacheError, NotFound, SymlinkLoop, UnsafeEntry, UsageError
-from lazyfs.index import ROOT_INO, MergedIndex
+from lazyfs.index.merged import ROOT_INO, MergedIndex
 from tests.support.entries import OPQ, D, F, H, L, T, W
 
 
@@ -474,7 +474,7 @@ def test_100k_entries_open_and_walk_in_bounded_memory(tmp_path):
     # A fresh process, as the mount daemon would be: open, look up, walk everything.
     probe = (
         "import resource, sys, time\n"
-        "from lazyfs.index import MergedIndex\n"
+        "from lazyfs.index.merged import MergedIndex\n"
         "t = time.perf_counter()\n"
         "ix = MergedIndex.open(sys.argv[1])\n"
         "opened = time.perf_counter() - t\n"

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from lazyfs.entry import Entry, EntryType
+from lazyfs.formats.entry import Entry, EntryType
 from lazyfs.errors import CacheError
 from lazyfs.formats.base import LayerTable
-from lazyfs.layertable import load_layer_table, save_layer_table
+from lazyfs.index.layertable import load_layer_table, save_layer_table
 
 
 def sample() -> LayerTable:

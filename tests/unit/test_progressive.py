@@ -13,11 +13,11 @@ import pytest
 import trio
 import trio.testing
 
-from lazyfs.entry import Entry, EntryType
+from lazyfs.formats.entry import Entry, EntryType
 from lazyfs.errors import LayerFormatError, NotFound, UnsafeEntry
-from lazyfs.index import ROOT_INO, MergedIndex
+from lazyfs.index.merged import ROOT_INO, MergedIndex
 from tests.support.entries import OPQ, D, F, H, L, T, W
-from lazyfs.progressive import ABSENT, FINAL, PROVISIONAL, WAIT, ProgressiveIndex
+from lazyfs.index.progressive import ABSENT, FINAL, PROVISIONAL, WAIT, ProgressiveIndex
 
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from lazyfs.errors import RegistryError
-from lazyfs.ranges import (ContentRange, Part, batches, boundary_of, coalesce, cut,
+from lazyfs.registry.ranges import (ContentRange, Part, batches, boundary_of, coalesce, cut,
                            parse_content_range, parse_multipart, range_header)
 
 

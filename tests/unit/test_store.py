@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from lazyfs.errors import CacheError, DigestMismatch, NotFound
-from lazyfs.store import ImageRecord, Store
+from lazyfs.store.blobs import ImageRecord, Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def record(repo="127.0.0.1:5000/app", tag="v1", digest=None, config=None, blobs=
 # A child process writing one blob slowly; it prints READY once ``half`` is on disk.
 WRITER = r"""
 import sys, trio
-from lazyfs.store import Store
+from lazyfs.store.blobs import Store
 root, digest, path, pause = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 data = open(path, "rb").read()
 async def main():
@@ -67,7 +67,7 @@ def test_root_created_private_and_world_writable_root_refused(tmp_path):
 
 
 def test_default_root_follows_environment(monkeypatch, tmp_path):
-    from lazyfs.store import default_root
+    from lazyfs.store.blobs import default_root
     monkeypatch.setenv("LAZYFS_CACHE_DIR", str(tmp_path / "x"))
     assert default_root() == tmp_path / "x"
     monkeypatch.delenv("LAZYFS_CACHE_DIR")

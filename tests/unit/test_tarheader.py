@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.entry import EntryType
+from lazyfs.formats.entry import EntryType
 from lazyfs.errors import LayerFormatError
-from lazyfs.tarheader import TarParser, parse
+from lazyfs.formats.tarheader import TarParser, parse
 from tests.support import tarbytes as tb
 
 LAYER = "sha256:" + "ab" * 32

@@ -21,9 +21,9 @@ import sys
 import threading
 import time
 
-from . import __version__
-from .errors import LazyfsError, UsageError, lazyfs_error_in
-from .listing import align, familiar_repo, human_size, image_fields, render
+from .._version import __version__
+from ..errors import LazyfsError, UsageError, lazyfs_error_in
+from .render import align, familiar_repo, human_size, image_fields, render
 
 # -- shared helpers ------------------------------------------------------------
 
@@ -58,8 +58,8 @@ def opt(args: argparse.Namespace, name: str, default=None):
 
 
 def open_store(args: argparse.Namespace):
-    from .cache import parse_size
-    from .store import Store
+    from ..store.chunks import parse_size
+    from ..store.blobs import Store
     size = opt(args, "cache_size")
     if size is not None:
         parse_size(size)
@@ -68,20 +68,20 @@ def open_store(args: argparse.Namespace):
 
 
 def platform_of(args: argparse.Namespace):
-    from .manifest import Platform
+    from ..manifest import Platform
     text = opt(args, "platform")
     return Platform.parse(text) if text else None
 
 
 def registry_options(args: argparse.Namespace):
     """What the registry client needs from the command line."""
-    from .registry import RegistryOptions
+    from ..registry.client import RegistryOptions
     return RegistryOptions(insecure_registries=tuple(opt(args, "insecure_registry") or ()),
                            mirrors=tuple(opt(args, "registry_mirror") or ()))
 
 
 def parse_ref(text: str):
-    from .reference import parse_reference
+    from ..reference import parse_reference
     return parse_reference(text)
 
 
@@ -95,7 +95,7 @@ def print_json(doc) -> None:
 def cmd_pull(args: argparse.Namespace) -> int:
     import trio
 
-    from . import pull as _pull
+    from .. import pull as _pull
     ref = parse_ref(args.ref)
     if args.all_tags and (ref.tag is not None or ref.digest is not None):
         raise UsageError("tag can't be used with --all-tags/-a")
@@ -219,7 +219,7 @@ def _filtered(records, pattern: str | None):
 def cmd_inspect(args: argparse.Namespace) -> int:
     import trio
 
-    from . import pull as _pull
+    from .. import pull as _pull
     ref = parse_ref(args.ref)
     store = open_store(args)
     image = trio.run(lambda: _pull.resolve_for_inspect(
@@ -273,7 +273,7 @@ def _add_rmi(sub) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .cache import prune_chunks
+    from ..store.chunks import prune_chunks
     store = open_store(args)
     r = store.prune(all=args.all)
     chunks = prune_chunks(store, all=args.all)
@@ -295,7 +295,7 @@ def _add_prune(sub) -> None:
 
 
 def open_options(args: argparse.Namespace):
-    from .image import OpenOptions
+    from ..image import OpenOptions
     return OpenOptions(platform=platform_of(args), registry=registry_options(args),
                        full_pull=bool(opt(args, "full_pull")), prefetch=bool(opt(args, "prefetch")),
                        use_shared_index=not opt(args, "no_shared_index"))
@@ -305,7 +305,7 @@ def with_image(args: argparse.Namespace, ref_text: str, body):
     """Run ``await body(image)`` with ``ref_text`` opened; returns its result."""
     import trio
 
-    from .image import open_image_async
+    from ..image import open_image_async
 
     async def run():
         async with open_image_async(parse_ref(ref_text), open_options(args), open_store(args)) as image:
@@ -399,7 +399,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     async def body(a):
         async def inner(b):
             return await browse.diff(a, b)
-        from .image import open_image_async
+        from ..image import open_image_async
         async with open_image_async(parse_ref(args.ref2), open_options(args), open_store(args)) as b:
             return await inner(b)
     changes = with_image(args, args.ref1, body)
@@ -446,7 +446,7 @@ def _add_export(sub) -> None:
 
 
 def _mount_options(args: argparse.Namespace):
-    from .mount import MountOptions
+    from ..fs.daemon import MountOptions
     flags = set()
     for group in args.o or []:
         flags.update(f for f in group.split(",") if f)
@@ -460,8 +460,8 @@ def _mount_options(args: argparse.Namespace):
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from .fs import image_operations
-    from .mount import mount
+    from ..fs.operations import image_operations
+    from ..fs.daemon import mount
     if args.foreground:
         # serving in this terminal: its log goes here
         logging.getLogger("lazyfs").propagate = True
@@ -504,7 +504,7 @@ def _add_mount(sub) -> None:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .mount import umount
+    from ..fs.daemon import umount
     umount(args.mountpoint, lazy=args.lazy)
     return 0
 
@@ -517,7 +517,7 @@ def _add_umount(sub) -> None:
 
 
 def cmd_mounts(args: argparse.Namespace) -> int:
-    from .mount import list_mounts
+    from ..fs.daemon import list_mounts
     rows = []
     for m in list_mounts():
         state = m.state or {}
@@ -542,7 +542,7 @@ def _add_mounts(sub) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .mount import read_stats
+    from ..fs.daemon import read_stats
     doc = read_stats(args.mountpoint)
     if args.json:
         print_json(doc)
@@ -582,10 +582,10 @@ def _add_stats(sub) -> None:
 
 
 def cmd_index_push(args: argparse.Namespace) -> int:
-    from .indexshare import publish_index
+    from ..index.shared import publish_index
 
     async def body(image):
-        from .registry import RegistryClient
+        from ..registry.client import RegistryClient
         async with RegistryClient(registry_options(args)) as client:
             return await publish_index(client, image)
     if parse_ref(args.ref).transport != "docker":
@@ -595,11 +595,11 @@ def cmd_index_push(args: argparse.Namespace) -> int:
 
 
 def cmd_index_verify(args: argparse.Namespace) -> int:
-    from .errors import LayerFormatError
-    from .indexshare import verify_image
+    from ..errors import LayerFormatError
+    from ..index.shared import verify_image
 
     async def body(image):
-        from .registry import RegistryClient
+        from ..registry.client import RegistryClient
         async with RegistryClient(registry_options(args)) as client:
             return await verify_image(client, image)
     bad = 0

@@ -52,8 +52,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from .entry import Entry, EntryType, gc_paused
-from .errors import CacheError, NotFound, SymlinkLoop, UnsafeEntry, UsageError
+from ..formats.entry import Entry, EntryType, gc_paused
+from ..errors import CacheError, NotFound, SymlinkLoop, UnsafeEntry, UsageError
 
 ROOT_INO = 1
 SCHEMA_VERSION = 1
@@ -684,7 +684,7 @@ def _dirent_rows(nodes: list[_Node], inos: dict[int, int]) -> Iterator[tuple[int
 
 
 def _write_db(path: Path, rows, dirents, xattr_rows, roots, entry_count: int) -> None:
-    sql = resources.files("lazyfs").joinpath("index.sql").read_text()
+    sql = resources.files("lazyfs.index").joinpath("index.sql").read_text()
     schema, _, indexes = sql.partition("-- @indexes\n")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

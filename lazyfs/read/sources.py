@@ -17,17 +17,17 @@ from typing import Protocol
 
 import trio
 
-from . import manifest as mt
-from .blob import BlobSource, FileBlob, _pread, check_range, file_digest
-from .errors import (DigestMismatch, LayerFormatError, LazyfsError, NotFound,
+from .. import manifest as mt
+from ..blob import BlobSource, FileBlob, _pread, check_range, file_digest
+from ..errors import (DigestMismatch, LayerFormatError, LazyfsError, NotFound,
                      RangeNotSupported, UsageError)
-from .manifest import (Descriptor, Index, Manifest, Platform, check_config,
+from ..manifest import (Descriptor, Index, Manifest, Platform, check_config,
                        image_platforms, parse_config, parse_manifest, select_platform)
-from .reference import Reference
-from .registry import MAX_RANGES_PER_REQUEST
-from .pull import (NoProgress, Resolved, fetch_layer, keep_metadata, resolve_from_store,
+from ..reference import Reference
+from ..registry.client import MAX_RANGES_PER_REQUEST
+from ..pull import (NoProgress, Resolved, fetch_layer, keep_metadata, resolve_from_store,
                    with_default_tag)
-from .store import Store
+from ..store.blobs import Store
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class RegistrySource:
 
 
 def _offline_error(e: LazyfsError) -> bool:
-    from .errors import RegistryUnreachable
+    from ..errors import RegistryUnreachable
     return isinstance(e, RegistryUnreachable)
 
 
@@ -306,7 +306,7 @@ class DockerArchiveSource:
         manifest = parse_manifest(raw, mt.DOCKER_MANIFEST, digest)
         check_config(manifest, config)
         if platform is not None and config.platform and not platform.matches(config.platform):
-            from .errors import NoMatchingPlatform
+            from ..errors import NoMatchingPlatform
             raise NoMatchingPlatform(f"{self.ref} is for {config.platform}, not {platform}")
         self.store.put_bytes(config_digest, config_raw)
         return Resolved(self.ref, None, manifest, config, ())

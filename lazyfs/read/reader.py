@@ -24,12 +24,12 @@ from typing import Sequence
 
 import trio
 
-from .blob import BlobSource, _pread
-from .cache import ChunkCache
-from .errors import (CacheError, DigestMismatch, LayerFormatError, LazyfsError, RegistryError,
+from ..blob import BlobSource, _pread
+from ..store.chunks import ChunkCache
+from ..errors import (CacheError, DigestMismatch, LayerFormatError, LazyfsError, RegistryError,
                      RegistryUnreachable, UnsafeEntry)
-from .formats import ContentReader, Piece, slice_piece
-from .ranges import Span, coalesce
+from ..formats import ContentReader, Piece, slice_piece
+from ..registry.ranges import Span, coalesce
 
 __all__ = ["ChunkCache", "Layer", "LayerStats", "Reader"]
 

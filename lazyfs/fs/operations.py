@@ -32,11 +32,11 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator
 import pyfuse3
 import trio
 
-from .entry import EntryType
-from .errors import LazyfsError, NotFound, UsageError
-from .image import OpenOptions, open_image_async
-from .index import ROOT_INO, MergedIndex, Node
-from .progressive import ProgressiveIndex
+from ..formats.entry import EntryType
+from ..errors import LazyfsError, NotFound, UsageError
+from ..image import OpenOptions, open_image_async
+from ..index.merged import ROOT_INO, MergedIndex, Node
+from ..index.progressive import ProgressiveIndex
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ from typing import Callable
 
 import trio
 
-from .blob import _pread, check_range
-from .download import DownloadProgress, stream_blob
-from .entry import Entry
-from .errors import LazyfsError
-from .formats import LayerTable, read_content
-from .formats.gzip import GzipReader, StreamIndexer, _LOC
-from .manifest import Descriptor
-from .store import Store
+from ..blob import _pread, check_range
+from ..registry.download import DownloadProgress, stream_blob
+from ..formats.entry import Entry
+from ..errors import LazyfsError
+from ..formats import LayerTable, read_content
+from ..formats.gzip import GzipReader, StreamIndexer, _LOC
+from ..manifest import Descriptor
+from ..store.blobs import Store
 
 FEED = 1 << 20
 """Bytes handed to the indexer at a time: entries become visible this often."""

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import trio
 
-from .errors import RegistryError, Unauthorized, UsageError
+from ..errors import RegistryError, Unauthorized, UsageError
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
@@ -38,7 +38,7 @@ Challenge = tuple[str, dict[str, str]]
 _HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 HELPER_TIMEOUT = 10.0
 DEFAULT_TOKEN_LIFETIME = 60
-_TOKEN_MARK = "lazyfs.auth.token_request"
+_TOKEN_MARK = "lazyfs.registry.auth.token_request"
 
 
 # --- credentials -----------------------------------------------------------

@@ -34,15 +34,15 @@ from typing import Sequence
 import trio
 import zstandard
 
-from .entry import EntryType
-from .errors import CacheError, LayerFormatError, LazyfsError, NotFound, RegistryError, UsageError
-from .formats import LayerTable
-from .formats import gzip as gzip_format
-from .formats import tar as tar_format
+from ..formats.entry import EntryType
+from ..errors import CacheError, LayerFormatError, LazyfsError, NotFound, RegistryError, UsageError
+from ..formats import LayerTable
+from ..formats import gzip as gzip_format
+from ..formats import tar as tar_format
 from .layertable import MAGIC as TABLE_MAGIC
 from .layertable import load_layer_table, table_path
-from .manifest import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Descriptor, Manifest, parse_manifest
-from .reference import Reference
+from ..manifest import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Descriptor, Manifest, parse_manifest
+from ..reference import Reference
 
 ARTIFACT_TYPE = "application/vnd.lazyfs.index.v1"
 TABLE_MEDIA_TYPE = "application/vnd.lazyfs.layer-table.v1"
@@ -337,7 +337,7 @@ def verify_table(table: LayerTable, desc: Descriptor, blob: Path) -> list[str]:
 
 
 def _module(fmt: str):
-    from .formats import zstd as zstd_format
+    from ..formats import zstd as zstd_format
     return {"gzip": gzip_format, "tar": tar_format, "zstd": zstd_format}[fmt]
 
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import AsyncIterable, Iterator
 
-from .errors import CacheError, DigestMismatch, NotFound
+from ..errors import CacheError, DigestMismatch, NotFound
 
 _DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 _TMP_NAME = re.compile(r"^(?P<algo>sha256|sha512)-(?P<hex>[0-9a-f]+)\.(?P<pid>\d+)\.[0-9a-f]+\.part$")

@@ -8,7 +8,7 @@ import json
 import re
 import time
 
-from .errors import UsageError
+from ..errors import UsageError
 
 _FIELDS = {"Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST", "ID": "IMAGE ID",
            "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "Size": "SIZE"}

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .errors import RegistryError
+from ..errors import RegistryError
 
 Span = tuple[int, int]
 

@@ -19,11 +19,11 @@ from typing import Callable, Iterator
 
 import trio
 
-from .entry import EntryType
-from .errors import LazyfsError, UnsafeEntry, UsageError
-from .image import Image, mode_of
-from .index import ROOT_INO, Node
-from .store import check_free_space
+from ..formats.entry import EntryType
+from ..errors import LazyfsError, UnsafeEntry, UsageError
+from ..image import Image, mode_of
+from ..index.merged import ROOT_INO, Node
+from ..store.blobs import check_free_space
 
 READ_CHUNK = 4 << 20
 _TYPE_LETTERS = {"f": EntryType.FILE, "d": EntryType.DIR, "l": EntryType.SYMLINK,

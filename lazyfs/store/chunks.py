@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import CacheError, UsageError
-from .formats import Piece
+from ..errors import CacheError, UsageError
+from ..formats import Piece
 
 MAGIC = b"LZC1"
 _HEAD = struct.Struct("<4sQ32s")

@@ -15,10 +15,10 @@ from pathlib import Path
 import trio
 import zstandard
 
-from .blob import BlobSource, _pread, check_range
-from .errors import DigestMismatch, LayerFormatError
-from .formats.base import Piece
-from .store import Store
+from ..blob import BlobSource, _pread, check_range
+from ..errors import DigestMismatch, LayerFormatError
+from ..formats.base import Piece
+from ..store.blobs import Store
 
 BLOCK = 1 << 20
 _LOC = struct.Struct("<QQ")

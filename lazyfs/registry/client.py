@@ -28,17 +28,17 @@ from typing import BinaryIO
 import httpx
 import trio
 
-from . import __version__
+from .._version import __version__
 from .auth import RegistryAuth, find_credential_async, parse_challenges
-from .errors import (DigestMismatch, LazyfsError, NoMatchingPlatform, NotFound,
+from ..errors import (DigestMismatch, LazyfsError, NoMatchingPlatform, NotFound,
                      RangeNotSupported, RegistryError, RegistryUnreachable, Unauthorized,
                      UnsupportedMediaType)
-from .manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, ImageConfig, Index,
+from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, ImageConfig, Index,
                        Manifest, Platform, image_platforms, parse_config, parse_manifest,
                        select_platform)
 from .ranges import (Part, Span, batches, boundary_of, coalesce, cut, parse_content_range,
                      parse_multipart, range_header)
-from .reference import Reference
+from ..reference import Reference
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"

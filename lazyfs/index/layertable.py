@@ -23,9 +23,9 @@ from pathlib import Path
 
 import zstandard
 
-from .entry import Entry, EntryType, gc_paused
-from .errors import CacheError
-from .formats.base import LayerTable
+from ..formats.entry import Entry, EntryType, gc_paused
+from ..errors import CacheError
+from ..formats.base import LayerTable
 
 MAGIC = b"LZFS-LT1"
 _DIGEST_KEY = b"lazyfs layer table v1"

@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .blob import _pread
-from .errors import (DigestMismatch, LazyfsError, RangeNotSupported, RegistryError,
+from ..blob import _pread
+from ..errors import (DigestMismatch, LazyfsError, RangeNotSupported, RegistryError,
                      lazyfs_error_in)
-from .manifest import Descriptor
-from .reference import Reference
-from .store import BlobWriter, Store
+from ..manifest import Descriptor
+from ..reference import Reference
+from ..store.blobs import BlobWriter, Store
 
 if TYPE_CHECKING:
-    from .registry import RegistryClient
-    from .source import Fallback
+    from .client import RegistryClient
+    from ..read.sources import Fallback
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .entry import Entry, EntryType
-from .errors import LazyfsError, NotFound, UnsafeEntry
-from .index import ROOT_INO, MergedIndex, Node, _clean, _Node
+from ..formats.entry import Entry, EntryType
+from ..errors import LazyfsError, NotFound, UnsafeEntry
+from .merged import ROOT_INO, MergedIndex, Node, _clean, _Node
 
 PROVISIONAL = 1 << 60
 _WH = ".wh."

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from .entry import Entry, EntryType
-from .errors import LayerFormatError
+from ..errors import LayerFormatError
 
 BLOCK = 512
 MAX_SIZE = 1 << 63

@@ -31,9 +31,9 @@ from typing import AsyncContextManager, Callable
 import pyfuse3
 import trio
 
-from . import errors
-from .errors import LazyfsError, MountError, lazyfs_error_in
-from .fs import STATS_XATTR
+from .. import errors
+from ..errors import LazyfsError, MountError, lazyfs_error_in
+from .operations import STATS_XATTR
 
 log = logging.getLogger(__name__)
 
