@@ -7,7 +7,8 @@ Python, ``parse_reference`` for docker-style references, and the
 """
 
 from ._version import __version__
-from .errors import (CacheError, DigestMismatch, InvalidReference, LayerFormatError,
+from .errors import (CacheError, CorruptData, CredentialsError, DigestMismatch, InvalidManifest,
+                     InvalidReference, LayerFormatError,
                      LazyfsError, MountError, NoMatchingPlatform, NotFound, RegistryError,
                      RegistryUnreachable, Unauthorized, UnsafeEntry, UnsupportedMediaType,
                      UsageError)
@@ -23,7 +24,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'lazyfs' has no attribute {name!r}")
 
 __all__ = [
-    "CacheError", "DigestMismatch", "InvalidReference", "LayerFormatError", "LazyfsError",
+    "CacheError", "CorruptData", "CredentialsError", "DigestMismatch", "InvalidManifest", "InvalidReference", "LayerFormatError", "LazyfsError",
     "MountError", "NoMatchingPlatform", "NotFound", "Reference", "RegistryError",
     "RegistryUnreachable", "Unauthorized", "UnsafeEntry", "UnsupportedMediaType", "UsageError",
     "__version__", "open_image", "parse_reference",

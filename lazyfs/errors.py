@@ -17,14 +17,19 @@ with, so neither the CLI nor the mount needs its own translation table::
     │   └── RangeNotSupported        exit 8   EIO
     ├── UnsupportedMediaType         exit 9   EIO
     ├── LayerFormatError             exit 9   EIO
-    ├── UnsafeEntry                  exit 9   EIO
+    │   ├── CorruptData              exit 9   EIO
+    │   ├── InvalidManifest          exit 9   EIO
+    │   └── UnsafeEntry              exit 9   EIO
     ├── MountError                   exit 10  EIO
-    └── CacheError                   exit 11  EIO
+    ├── CacheError                   exit 11  EIO
+    └── CredentialsError             exit 12  EACCES
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
+from typing import Iterator
 
 
 class LazyfsError(Exception):
@@ -114,6 +119,16 @@ class LayerFormatError(LazyfsError):
     errno = _errno.EIO
 
 
+class CorruptData(LayerFormatError):
+    """Compressed bytes do not decode (a broken stream, not a digest that
+    differs): the blob is damaged, or the index that located them is wrong."""
+
+
+class InvalidManifest(LayerFormatError):
+    """A manifest, index or image config is not valid JSON of its media type,
+    wherever it came from (a registry, a layout, an archive, the store)."""
+
+
 class UnsafeEntry(LayerFormatError):
     """A tar entry would escape the image tree or cannot be represented."""
 
@@ -130,6 +145,28 @@ class CacheError(LazyfsError):
 
     exit_code = 11
     errno = _errno.EIO
+
+
+class CredentialsError(LazyfsError):
+    """A credential file or helper is unusable (bad JSON, bad base64, a helper
+    that fails): the user's configuration, not the command line, is wrong."""
+
+    exit_code = 12
+    errno = _errno.EACCES
+
+
+@contextlib.contextmanager
+def single_error() -> Iterator[None]:
+    """Around a trio nursery: when every task that failed failed with a
+    ``LazyfsError``, raise the first of them alone, as a caller that did not
+    start tasks expects; any other failure (a bug) is raised whole."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        error = lazyfs_error_in(group)
+        if error is None:
+            raise
+        raise error from None
 
 
 def lazyfs_error_in(group: BaseExceptionGroup) -> LazyfsError | None:

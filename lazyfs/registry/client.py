@@ -81,6 +81,9 @@ class RegistryOptions:
     """``(registry, scope) -> httpx.Auth``; by default docker/podman credentials."""
     max_range_requests: int = 8
     """Range requests in flight at once per registry host."""
+    transport: httpx.AsyncBaseTransport | None = None
+    """What sends the requests; ``None`` is the network. ``lazyfs.testing``
+    puts an in-memory registry here."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ class RegistryClient:
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(o.timeout, connect=o.connect_timeout),
             verify=ssl.create_default_context(), trust_env=True, follow_redirects=False,
-            headers={"User-Agent": o.user_agent})
+            headers={"User-Agent": o.user_agent}, transport=o.transport)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
