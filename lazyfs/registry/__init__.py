@@ -1,0 +1,6 @@
+"""Talking to registries: credentials, the token dance, transport, and the
+client that fetches manifests, blobs and ranges."""
+
+from .client import RegistryClient, RegistryOptions
+
+__all__ = ["RegistryClient", "RegistryOptions"]
