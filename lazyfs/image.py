@@ -25,7 +25,7 @@ import trio
 from .formats.entry import EntryType
 from .errors import (CacheError, LazyfsError, NotFound, UsageError,
                      lazyfs_error_in)
-from .formats import LayerTable, build_table, detect_format, open_reader
+from .formats import LayerTable, format_named, format_of
 from .index.merged import MergedIndex, Node
 from .index.progressive import ProgressiveIndex
 from .read.streaming import LayerStream
@@ -273,9 +273,9 @@ class Image:
         layer = self.reader.layers[pos]
         publish = (lambda entries: self.progress.add(pos, entries)) if self.early_reads else None
         table = await stream.index(layer.blob, publish=publish)
-        path = table_path(self.store, "gzip", stream.desc.digest)
+        path = table_path(self.store, table.format, stream.desc.digest)
         await trio.to_thread.run_sync(save_layer_table, path, table)
-        layer.content = open_reader(table)
+        layer.content = format_named(table.format).reader(table)
         stream.settle(table)
         if not self.early_reads:
             self.progress.add(pos, table.entries)
@@ -317,7 +317,7 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
         if not pending:
             index = await _merged_index(resolved.manifest.digest, descs, tables, store,
                                         options.layer_views)
-        infos = [LayerInfo(i, d, t.format if t else "gzip", t.lazy if t else True,
+        infos = [LayerInfo(i, d, t.format if t else _format(d).name, t.lazy if t else True,
                            t.reason if t else "")
                  for i, (d, t) in enumerate(zip(descs, tables))]
         layers = [_layer(i, d, t, source, resolved, store)
@@ -366,7 +366,7 @@ def _progress(tables: list[LayerTable | None]) -> ProgressiveIndex:
 
 def _built_here(tables: list[LayerTable], image: Image) -> bool:
     """Whether some layer's table cost a full pass and is not yet in the registry."""
-    return any(t.format == "gzip" and info.desc.digest not in image.shared_tables
+    return any(format_named(t.format).costly and info.desc.digest not in image.shared_tables
                for t, info in zip(tables, image.layers))
 
 
@@ -398,22 +398,26 @@ def _layer(i: int, desc: Descriptor, table: LayerTable | None, source, resolved,
     its diff_id, rather than inflated from its start for every read."""
     if table is None:
         return Layer(desc.digest, _Pending(), source.blob(desc),
-                     LayerStats(format="gzip", size=desc.size))
+                     LayerStats(format=_format(desc).name, size=desc.size))
     stats = LayerStats(format=table.format, size=desc.size)
-    if table.format == "zstd" and not table.lazy:
+    fmt = format_named(table.format)
+    if fmt.whole_only(table):
         from .read.decompressed import DecompressedBlob, PlainTarReader
         diff_id = resolved.config.diff_ids[i]
         return Layer(desc.digest, PlainTarReader(), DecompressedBlob(source.blob(desc), diff_id, store),
                      stats)
-    return Layer(desc.digest, open_reader(table), source.blob(desc), stats)
+    return Layer(desc.digest, fmt.reader(table), source.blob(desc), stats)
 
 
 def _prioritized(tables: list[LayerTable | None]) -> list[tuple[int, bytes, int, int]]:
-    """Reads of the files eStargz producers marked for prefetch (before
+    """Reads of the files producers marked for prefetch (eStargz's
     ``.prefetch.landmark``), in layer order."""
-    from .formats.estargz import prioritized
-    return [(i, e.data, 0, e.size) for i, t in enumerate(tables) if t and t.format == "estargz"
-            for e in prioritized(t)]
+    return [(i, e.data, 0, e.size) for i, t in enumerate(tables) if t
+            for e in format_named(t.format).prefetch(t)]
+
+
+def _format(desc: Descriptor):
+    return format_of(desc.media_type, desc.annotations)
 
 
 def _client_for(ref: Reference, options: OpenOptions):
@@ -455,23 +459,23 @@ async def _layer_tables(descs: list[Descriptor], source, store: Store,
 
 async def _layer_table(desc: Descriptor, blob, store: Store, shared=None,
                        defer: bool = False) -> LayerTable | None:
-    fmt = detect_format(desc.media_type, desc.annotations)
+    fmt = _format(desc)
     store.sized_blob_path(desc.digest, desc.size)
-    path = table_path(store, fmt, desc.digest)
+    path = table_path(store, fmt.name, desc.digest)
     if path.exists():
         try:
             return await trio.to_thread.run_sync(load_layer_table, path)
         except CacheError:
             path.unlink(missing_ok=True)
-    if shared is not None and (table := await shared.table(desc, fmt, path)) is not None:
+    if shared is not None and (table := await shared.table(desc, fmt.name, path)) is not None:
         return table
-    streamable = fmt == "gzip" and isinstance(blob, RegistryBlob) and blob.local_path() is None
+    streamable = fmt.streamable and isinstance(blob, RegistryBlob) and blob.local_path() is None
     if streamable and defer:
         return None
     if streamable:
         table = await LayerStream(desc, store).index(blob)
     else:
-        table = await build_table(desc, blob)
+        table = await fmt.build(desc, blob)
     await trio.to_thread.run_sync(save_layer_table, path, table)
     return table
 

@@ -408,3 +408,40 @@ def test_gzip_inflate_from_a_member_header_across_members():
     raw = b"".join(gzip.compress(p, mtime=0) for p in parts)
     assert gzfmt.inflate(raw, 0, b"", 10**9) == b"".join(parts)
     assert gzfmt.inflate(raw, 0, b"", 100) == parts[0][:100]
+
+
+@pytest.mark.parametrize("media_type,annotations,name", [
+    ("application/vnd.oci.image.layer.v1.tar", {}, "tar"),
+    ("application/vnd.docker.image.rootfs.diff.tar.gzip", {}, "gzip"),
+    ("application/vnd.oci.image.layer.v1.tar+gzip",
+     {"containerd.io/snapshot/stargz/toc.digest": "sha256:" + "0" * 64}, "estargz"),
+    ("application/vnd.oci.image.layer.v1.tar+zstd", {}, "zstd"),
+    ("application/vnd.oci.image.layer.v1.tar+zstd",
+     {"io.github.containers.zstd-chunked.manifest-checksum": "x"}, "zstd:chunked"),
+    ("application/vnd.oci.image.layer.v1.tar+zstd",
+     {"io.containers.zstd-chunked.manifest-checksum": "x"}, "zstd:chunked"),
+])
+def test_format_of_descriptor(media_type, annotations, name):
+    from lazyfs.formats import format_named, format_of
+    fmt = format_of(media_type, annotations)
+    assert fmt.name == name
+    assert format_named(name) is fmt
+
+
+def test_format_flags_say_what_callers_branch_on():
+    from lazyfs.formats import format_named
+    assert [f for f in ("tar", "gzip", "estargz", "zstd", "zstd:chunked")
+            if format_named(f).streamable] == ["gzip"]
+    assert [f for f in ("tar", "gzip", "estargz", "zstd", "zstd:chunked")
+            if format_named(f).costly] == ["gzip"]
+    assert [f for f in ("tar", "gzip", "estargz", "zstd", "zstd:chunked")
+            if format_named(f).marks_prefetch] == ["estargz"]
+
+
+def test_unknown_media_type_and_format_name_are_refused():
+    from lazyfs.errors import UnsupportedMediaType
+    from lazyfs.formats import format_named, format_of
+    with pytest.raises(UnsupportedMediaType):
+        format_of("application/vnd.oci.image.layer.v1.tar+bzip2", {})
+    with pytest.raises(UnsupportedMediaType):
+        format_named("bzip2")
