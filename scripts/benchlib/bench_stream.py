@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from tests.support import debian
-from tests.support.images import push_image
+from lazyfs.testing.push import push_image
 
 from .bench_download import proxied, wait_quiet
 from .common import BENCH_DIR, PYTHON, REPO, Run, ratio

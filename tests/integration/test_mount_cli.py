@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
+from lazyfs.testing.push import push_image, push_oci_layout
 from tests.support.climount import cli_mount, lazyfs, lazyfs_env
-from tests.support.images import push_image, push_oci_layout
 from tests.support.trees import describe, differences
 
 pytestmark = pytest.mark.slow
@@ -110,7 +110,7 @@ def test_layers_view_stacks_to_the_merged_tree(registry, awkward, tmp_path):
 def test_registry_outage_is_eio_and_the_mount_recovers(tmp_path):
     from pathlib import Path
 
-    from tests.support.registry import start_registry
+    from lazyfs.testing.realregistry import start_registry
     golden = Path(__file__).parents[1] / "data" / "estargz-ctr-remote"
     reg = start_registry(tmp_path / "reg")
     try:

@@ -381,7 +381,7 @@ def convert_skopeo(src: Path, out: Path, tag: str, compression: str) -> None:
 
 def convert_ctr(src: Path, out: Path, tag: str, work: Path, *flags: str) -> None:
     """``ctr-remote i convert FLAGS`` in a containerd of our own."""
-    from tests.support.containerd import start_containerd
+    from lazyfs.testing.containerd import start_containerd
 
     archive = work / "src.tar"
     with tarfile.open(archive, "w") as tf:
