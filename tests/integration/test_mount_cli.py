@@ -47,7 +47,7 @@ def test_mount_errors_before_daemonising_are_printed(registry, tmp_path):
 
 @pytest.fixture(scope="module")
 def debian_images(registry):
-    from tests.support.debian import debian_image
+    from lazyfs.testing.debian import debian_image
     return {fmt: debian_image(registry.host, "bookworm-python", fmt)
             for fmt in ("gzip", "estargz", "zstd-chunked", "tar", "zstd")}
 
@@ -159,7 +159,7 @@ def test_a_first_mount_with_early_reads_reads_exact_bytes_while_indexing(registr
     from concurrent.futures import ThreadPoolExecutor
 
     from lazyfs.fs.operations import STATS_XATTR
-    from tests.support.debian import debian_image
+    from lazyfs.testing.debian import debian_image
     img = debian_image(registry.host, "bookworm", "gzip")
     bundle = tmp_path / "bundle"
     subprocess.run(["umoci", "unpack", "--image", f"{img.layout}:bookworm", str(bundle)],
