@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.registry import Registry, start_registry
+from lazyfs.testing.realregistry import Registry, start_registry
 
 
 @pytest.fixture(scope="session")

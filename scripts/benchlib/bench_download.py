@@ -85,8 +85,8 @@ def _mb(n: int) -> str:
 
 def _base_layer(img):
     from lazyfs.manifest import Descriptor
-    from tests.support import debian
-    tag = debian._default_tag(img.layout, VARIANT)
+    from lazyfs.testing import debian
+    tag = debian.default_tag(img.layout, VARIANT)
     first = debian.layer_infos(img.layout, tag)[0]
     return Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", first.digest, first.size)
 

@@ -41,8 +41,8 @@ import threading
 import time
 from pathlib import Path
 
-from tests.support import debian
-from tests.support.images import push_image
+from lazyfs.testing import debian
+from lazyfs.testing.push import push_image
 
 from .bench_download import proxied, wait_quiet
 from .common import BENCH_DIR, PYTHON, REPO, Run, ratio
@@ -93,7 +93,7 @@ def _push(reg, variant: str, fmt: str) -> tuple[str, dict[str, int]] | str:
         return img
     if variant != BASE:
         return img.ref, layer_sizes(img.layout, variant)
-    tag = debian._default_tag(img.layout, "bookworm")
+    tag = debian.default_tag(img.layout, "bookworm")
     first = debian.layer_infos(img.layout, tag)[0]
     config = debian.read_json(debian.blob_path(
         img.layout, debian.image_manifest(img.layout, tag)["config"]["digest"]))

@@ -8,9 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import PYTHON, REPO, log
+from lazyfs.testing import debian
 
-from tests.support import debian
+from .common import PYTHON, REPO, log
 
 FORMATS = ("gzip", "tar", "zstd", "zstd-chunked", "estargz", "zstd-chunked-stargz")
 TOC_FORMATS = {"zstd-chunked", "estargz", "zstd-chunked-stargz"}
@@ -51,7 +51,7 @@ def image_bytes(layout: Path, variant: str) -> int:
 
 
 def layer_sizes(layout: Path, variant: str) -> dict[str, int]:
-    tag = debian._default_tag(layout, variant)
+    tag = debian.default_tag(layout, variant)
     return {i.digest: i.size for i in debian.layer_infos(layout, tag)}
 
 

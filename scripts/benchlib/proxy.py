@@ -3,6 +3,6 @@ delay per request and per connection, optionally a rate cap per connection)."""
 
 from __future__ import annotations
 
-from tests.support.throttle import DelayProxy, TcpProxy, ThrottleProxy
+from lazyfs.testing.proxy import DelayProxy, TcpProxy, ThrottleProxy
 
 __all__ = ["DelayProxy", "TcpProxy", "ThrottleProxy"]

@@ -6,10 +6,10 @@ import contextlib
 import shutil
 from typing import Iterator
 
+from lazyfs.testing.realregistry import Registry, start_registry
+
 from .common import BENCH_DIR
 from .reglog import Cursor
-
-from tests.support.registry import Registry, start_registry
 
 
 @contextlib.contextmanager

@@ -15,9 +15,9 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import BENCH_DIR, log
+from lazyfs.testing.push import OCI_LAYER_GZIP, OCI_LAYER_TAR, push_image
 
-from tests.support.images import OCI_LAYER_GZIP, OCI_LAYER_TAR, push_image
+from .common import BENCH_DIR, log
 
 MTIME = 1_700_000_000
 PER_DIR = 1000

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.images import push_image
+from lazyfs.testing.push import push_image
 
 LAZYFS = [sys.executable, "-m", "lazyfs"]
 TIMEOUT = 60

@@ -15,9 +15,9 @@ import subprocess
 import pytest
 import zstandard
 
+from lazyfs.testing.push import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD
 from tests.hostile import corpus as C
 from tests.hostile.conftest import LAZYFS, one_error_line, push_case
-from tests.support.images import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD
 
 AS_LIMIT = 1536 << 20
 

@@ -15,7 +15,8 @@ import pytest
 
 from lazyfs.index.merged import MergedIndex
 from lazyfs.index.layertable import load_layer_table
-from tests.support.images import gzip_bytes, make_tar, push_image
+from lazyfs.testing.push import push_image
+from tests.support.images import gzip_bytes, make_tar
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,9 @@ import json
 
 import pytest
 
+from lazyfs.testing.push import OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, push_blob
 from tests.hostile import corpus as C
 from tests.hostile.conftest import one_error_line, repo_name
-from tests.support.images import OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, push_blob
 
 TAR = C.file("a", b"hello\n") + C.end()
 GZ = C.gzip_bytes(TAR)

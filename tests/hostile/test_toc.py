@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from lazyfs.formats import estargz
+from lazyfs.testing.push import OCI_MANIFEST, push_blob
 from tests.hostile import corpus as C
 from tests.hostile.conftest import one_error_line, repo_name
-from tests.support.images import OCI_MANIFEST, push_blob
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 FILES = ["/etc/hostname", "/usr/bin/big", "/usr/share/words.txt", "/data/sparse",

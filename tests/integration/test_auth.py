@@ -12,7 +12,8 @@ import trio
 
 from lazyfs.registry.auth import Credential, RegistryAuth, TokenCache, find_credential
 from lazyfs.errors import Unauthorized
-from tests.support.images import OCI_MANIFEST, gzip_bytes, make_tar, push_image
+from lazyfs.testing.push import OCI_MANIFEST, push_image
+from tests.support.images import gzip_bytes, make_tar
 from tests.support.token_server import SERVICE, start_bearer_registry
 
 REPO = "auth/foo"

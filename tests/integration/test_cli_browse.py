@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
+from lazyfs.testing.push import push_image
 from tests.support.awkward import awkward_tars
-from tests.support.images import make_tar, push_image
+from tests.support.images import make_tar
 from tests.support.trees import describe
 
 LAZYFS = [sys.executable, "-m", "lazyfs"]
@@ -111,7 +112,7 @@ def test_export_writes_the_tree(images, tmp_path):
 def test_prune_all_empties_the_chunk_cache_and_cache_size_is_checked(registry, tmp_path):
     from pathlib import Path
 
-    from tests.support.images import push_oci_layout
+    from lazyfs.testing.push import push_oci_layout
     golden = Path(__file__).parents[1] / "data" / "estargz-ctr-remote"
     with registry.client() as c:
         ref = f"{registry.host}/" + push_oci_layout(c, "browse/estargz", golden)
@@ -132,7 +133,7 @@ def test_prune_all_empties_the_chunk_cache_and_cache_size_is_checked(registry, t
 def test_cat_stats_show_what_was_fetched(registry, tmp_path):
     from pathlib import Path
 
-    from tests.support.images import push_oci_layout
+    from lazyfs.testing.push import push_oci_layout
     golden = Path(__file__).parents[1] / "data" / "estargz-ctr-remote"
     with registry.client() as c:
         ref = f"{registry.host}/" + push_oci_layout(c, "browse/estargz-stats", golden)

@@ -16,8 +16,9 @@ import pytest
 from lazyfs.cli.render import human_since, human_size, render
 from lazyfs.errors import CacheError, NotFound, RegistryUnreachable, UsageError
 from lazyfs.store.blobs import Store
-from tests.support.images import gzip_bytes, make_tar, push_image, push_index, sha256
-from tests.support.registry import start_registry
+from lazyfs.testing.push import push_image, push_index, sha256
+from lazyfs.testing.realregistry import start_registry
+from tests.support.images import gzip_bytes, make_tar
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ import pytest
 from lazyfs.cli import browse
 from lazyfs.image import open_image_async
 from lazyfs.store.blobs import Store
-from tests.support.images import OCI_LAYER_GZIP, OCI_LAYER_TAR, push_image
+from lazyfs.testing.push import OCI_LAYER_GZIP, OCI_LAYER_TAR, push_image
 from tests.support.trees import describe, differences
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import debian
+from lazyfs.testing import debian
 
 
 def test_mirror_from_deb822_sources(tmp_path):

@@ -7,7 +7,8 @@ import zstandard
 
 from lazyfs.image import open_image_async
 from lazyfs.store.blobs import Store
-from tests.support.images import OCI_LAYER_ZSTD, make_tar, push_image, sha256
+from lazyfs.testing.push import OCI_LAYER_ZSTD, push_image, sha256
+from tests.support.images import make_tar
 
 
 async def test_single_frame_zstd_reads_come_from_a_verified_copy(registry, tmp_path):

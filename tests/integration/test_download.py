@@ -17,8 +17,8 @@ from lazyfs.reference import parse_reference
 from lazyfs.registry.client import RegistryClient, RegistryOptions
 from lazyfs.read.sources import Fallback
 from lazyfs.store.blobs import Store
+from lazyfs.testing.push import OCI_LAYER_GZIP, push_blob, sha256
 from tests.support.faultproxy import fault_proxy
-from tests.support.images import OCI_LAYER_GZIP, push_blob, sha256
 from tests.support.servers import Request, forward, serve
 
 KIB = 1 << 10

@@ -28,7 +28,8 @@ from lazyfs.errors import MountError, UnsafeEntry
 from lazyfs.index.merged import MergedIndex
 from lazyfs.fs.operations import STATS_XATTR
 from lazyfs.fs.daemon import check_mountpoint, list_mounts, read_state, read_stats, umount
-from tests.support.images import gzip_bytes, push_image, sha256
+from lazyfs.testing.push import push_image, sha256
+from tests.support.images import gzip_bytes
 from tests.support.mounts import (alive, force_cleanup, is_mounted, mounted, run_runner,
                                   runner_env, start, wait_until, write_spec)
 

@@ -1,7 +1,8 @@
 import trio
-from tests.support.images import push_image, make_tar, gzip_bytes, OCI_LAYER_TAR
+from lazyfs.testing.push import OCI_LAYER_TAR, push_image
 from lazyfs.image import open_image_async, open_image
 from lazyfs.store.blobs import Store
+from tests.support.images import gzip_bytes, make_tar
 
 async def test_open_image_lists_and_reads_gzip_and_tar_images(registry, tmp_path):
     l1 = make_tar({"etc/": None, "etc/os-release": "ID=test\n", "bin/": None, "bin/sh": b"x"*100000, "gone": "a"})

@@ -25,7 +25,8 @@ from lazyfs.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
 from lazyfs.reference import parse_reference
 from lazyfs.registry.client import RegistryClient
 from lazyfs.store.blobs import Store
-from tests.support.images import gzip_bytes, make_tar, push_blob, push_image, push_manifest, sha256
+from lazyfs.testing.push import push_blob, push_image, push_manifest, sha256
+from tests.support.images import gzip_bytes, make_tar
 
 LAZYFS = [sys.executable, "-m", "lazyfs"]
 FILE_SIZE = 1_300_000

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
+from lazyfs.testing.push import push_image, push_oci_layout
 from tests.support.climount import cli_mount, lazyfs, lazyfs_env
-from tests.support.images import push_image, push_oci_layout
 from tests.support.trees import describe, differences
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def test_mount_errors_before_daemonising_are_printed(registry, tmp_path):
 
 @pytest.fixture(scope="module")
 def debian_images(registry):
-    from tests.support.debian import debian_image
+    from lazyfs.testing.debian import debian_image
     return {fmt: debian_image(registry.host, "bookworm-python", fmt)
             for fmt in ("gzip", "estargz", "zstd-chunked", "tar", "zstd")}
 
@@ -110,7 +110,7 @@ def test_layers_view_stacks_to_the_merged_tree(registry, awkward, tmp_path):
 def test_registry_outage_is_eio_and_the_mount_recovers(tmp_path):
     from pathlib import Path
 
-    from tests.support.registry import start_registry
+    from lazyfs.testing.realregistry import start_registry
     golden = Path(__file__).parents[1] / "data" / "estargz-ctr-remote"
     reg = start_registry(tmp_path / "reg")
     try:
@@ -159,7 +159,7 @@ def test_a_first_mount_with_early_reads_reads_exact_bytes_while_indexing(registr
     from concurrent.futures import ThreadPoolExecutor
 
     from lazyfs.fs.operations import STATS_XATTR
-    from tests.support.debian import debian_image
+    from lazyfs.testing.debian import debian_image
     img = debian_image(registry.host, "bookworm", "gzip")
     bundle = tmp_path / "bundle"
     subprocess.run(["umoci", "unpack", "--image", f"{img.layout}:bookworm", str(bundle)],

@@ -14,9 +14,10 @@ import pytest
 from lazyfs.errors import (DigestMismatch, InvalidReference, NoMatchingPlatform, NotFound, Unauthorized,
                            UsageError)
 from lazyfs.store.blobs import Store
-from tests.support.images import (DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, OCI_LAYER_TAR, gzip_bytes, make_tar,
-                                  push_image, push_index, sha256)
-from tests.support.throttle import ThrottleProxy
+from lazyfs.testing.push import (DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, OCI_LAYER_TAR, push_image,
+                                 push_index, sha256)
+from lazyfs.testing.proxy import ThrottleProxy
+from tests.support.images import gzip_bytes, make_tar
 
 ROOT = Path(__file__).resolve().parents[2]
 

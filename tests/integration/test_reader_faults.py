@@ -24,8 +24,9 @@ from lazyfs.image import OpenOptions, open_image_async, write_stats
 from lazyfs.reference import parse_reference
 from lazyfs.registry.client import RegistryClient, RegistryOptions
 from lazyfs.store.blobs import Store
+from lazyfs.testing.push import OCI_LAYER_GZIP, OCI_LAYER_TAR, push_image
 from tests.support.faultproxy import fault_proxy
-from tests.support.images import OCI_LAYER_GZIP, OCI_LAYER_TAR, gzip_bytes, make_tar, push_image
+from tests.support.images import gzip_bytes, make_tar
 from tests.support.servers import Request, Response, serve, with_ping
 
 OPTIONS = RegistryOptions(timeout=1.0, connect_timeout=1.0, max_retries=1, backoff=0.01)

@@ -22,9 +22,10 @@ from lazyfs.manifest import Descriptor, Platform
 from lazyfs.reference import parse_reference
 from lazyfs.registry.client import (Endpoint, RegistryClient, RegistryOptions, _next_link, _retry_after,
                              is_insecure, most_useful_error)
-from tests.support.images import (DOCKER_LIST, OCI_MANIFEST, gzip_bytes, make_tar, push_image, push_index,
-                                  push_manifest, sha256)
-from tests.support.registry import free_port
+from lazyfs.testing.push import (DOCKER_LIST, OCI_MANIFEST, push_image, push_index, push_manifest,
+                                 sha256)
+from lazyfs.testing.realregistry import free_port
+from tests.support.images import gzip_bytes, make_tar
 from tests.support.servers import Request, Response, forward, serve, with_ping
 
 FAST = dict(backoff=0.01)

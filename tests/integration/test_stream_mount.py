@@ -22,9 +22,9 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
+from lazyfs.testing.push import push_image, sha256
 from tests.support.climount import cli_mount, lazyfs, lazyfs_env
 from tests.support.faultproxy import fault_proxy
-from tests.support.images import push_image, sha256
 
 pytestmark = pytest.mark.slow
 

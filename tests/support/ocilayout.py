@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from lazyfs.formats.entry import Entry, EntryType
-from tests.support.images import (OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD,
-                                  OCI_MANIFEST, _uncompressed, sha256)
+from lazyfs.testing.push import (OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR,
+                                 OCI_LAYER_ZSTD, OCI_MANIFEST, sha256, uncompressed)
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
@@ -78,7 +77,7 @@ def write_oci_layout(root: Path, layers: list[bytes], *, tag: str = "latest",
         "architecture": platform[1], "os": platform[0],
         "created": "2024-01-02T03:04:05Z",
         "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [sha256(_uncompressed(b)) for b in layers]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(uncompressed(b)) for b in layers]},
         "history": [{"created_by": f"layer {i}"} for i in range(len(layers))],
     }
     config.update(config_extra or {})

@@ -653,7 +653,7 @@ def test_corrupt_state_is_a_format_error():
 async def test_live_ctr_remote_conversion(tmp_path):
     """Convert the umoci sample with a private containerd (other chunk size),
     then check the result against its own decompressed tar."""
-    from tests.support.containerd import start_containerd
+    from lazyfs.testing.containerd import start_containerd
     archive = tmp_path / "in.tar"
     subprocess.run(["tar", "-C", str(DATA / "gzip-umoci"), "-cf", str(archive), "."], check=True)
     out = tmp_path / "out"

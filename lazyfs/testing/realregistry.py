@@ -1,7 +1,9 @@
-"""A real CNCF distribution registry on a free loopback port, for tests.
+"""A real CNCF distribution registry on a free loopback port, for tests and
+benchmarks.
 
 Started from Debian's ``docker-registry`` binary with a throw-away storage
-folder; optionally with htpasswd Basic auth.
+folder; optionally with htpasswd Basic auth. Its log is kept so a caller can
+count the requests lazyfs made.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ towards the client, per connection, as a capped link gives. The counters say
 what the delay multiplied (connections, sends) and how far a download got
 (``bytes_down``), so a test can act in the middle of a layer.
 
-The benchmarks use it too (``scripts/benchlib/proxy.py``).
+Threads, not trio: it serves blocking clients and trio code alike, and a
+benchmark can run it in a process of its own.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A private containerd for tests and sample generation.
+"""A private containerd for tests, test images and sample generation.
 
 Image converters such as ``ctr-remote images convert`` only work against a
 running containerd. This one keeps its content under the folder it is given

@@ -27,13 +27,13 @@ frames with an eStargz-style TOC and both tools' annotations). Both zstd:chunked
 producers here write the annotation keys' older spelling
 ``io.containers.zstd-chunked.*``, not ``io.github.containers.zstd-chunked.*``.
 
-Only the standard library is used here, so ``scripts/build-debian-image`` runs
-before any virtualenv exists.
+Only the standard library is used here and by what it imports from lazyfs, so
+``scripts/build-debian-image`` (``lazyfs.testing.debiancli``) runs before any
+virtualenv exists.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import gzip
@@ -51,15 +51,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..manifest import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST
+
+from .containerd import start_containerd
+
 VARIANTS = ("bookworm", "bookworm-python")
 FORMATS = ("gzip", "tar", "zstd", "zstd-chunked", "estargz", "zstd-chunked-stargz")
 SUITE = "bookworm"
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 REF_NAME = "org.opencontainers.image.ref.name"
 ESTARGZ_TOC = "containerd.io/snapshot/stargz/toc.digest"
 ZSTD_CHUNKED_CHECKSUM = "io.github.containers.zstd-chunked.manifest-checksum"
@@ -381,8 +380,6 @@ def convert_skopeo(src: Path, out: Path, tag: str, compression: str) -> None:
 
 def convert_ctr(src: Path, out: Path, tag: str, work: Path, *flags: str) -> None:
     """``ctr-remote i convert FLAGS`` in a containerd of our own."""
-    from tests.support.containerd import start_containerd
-
     archive = work / "src.tar"
     with tarfile.open(archive, "w") as tf:
         for name in ("oci-layout", "index.json", "blobs"):
@@ -476,7 +473,7 @@ def push_layout(layout: Path, registry_host: str, repo: str, tag: str, *,
     manifest digest, checked to be the layout's own. ``--preserve-digests`` is what
     stops skopeo from recompressing (uncompressed layers included) or swapping in
     a blob it already knows the registry has."""
-    src_tag = src_tag or _default_tag(layout, tag)
+    src_tag = src_tag or default_tag(layout, tag)
     want = manifest_descriptor(layout, src_tag)["digest"]
     run("skopeo", "copy", "-q", "--dest-tls-verify=false", "--preserve-digests",
         f"oci:{layout}:{src_tag}", f"docker://{registry_host}/{repo}:{tag}")
@@ -516,7 +513,11 @@ def debian_image(registry_host: str, variant: str = "bookworm", fmt: str = "gzip
                        push_layout(layout, registry_host, repo, tag), layout)
 
 
-def _default_tag(layout: Path, tag: str) -> str:
+def push_tag(variant: str, fmt: str) -> str:
+    return variant if fmt == "gzip" else f"{variant}-{fmt}"
+
+
+def default_tag(layout: Path, tag: str) -> str:
     """``tag`` itself, or the layout's only tag (cached layouts hold one)."""
     tags = tags_of(layout)
     return tags[0] if tag not in tags and len(tags) == 1 else tag
@@ -525,101 +526,3 @@ def _default_tag(layout: Path, tag: str) -> str:
 def tags_of(layout: Path) -> list[str]:
     return [d["annotations"][REF_NAME] for d in read_json(layout / "index.json")["manifests"]
             if REF_NAME in d.get("annotations", {})]
-
-
-# -- the command ----------------------------------------------------------------------
-
-def export_layout(out: Path, variants: list[str], fmt: str) -> None:
-    """One layout at ``out`` holding every variant as its own tag (blobs hard-linked
-    where the file system allows)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    index_path = out / "index.json"
-    index = read_json(index_path) if index_path.exists() else {"schemaVersion": 2,
-                                                                 "manifests": []}
-    for variant in variants:
-        src = layout_dir(variant, fmt)
-        for blob in (src / "blobs").rglob("*"):
-            dst = out / blob.relative_to(src)
-            if blob.is_dir():
-                dst.mkdir(parents=True, exist_ok=True)
-            elif not dst.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(blob, dst)
-        desc = manifest_descriptor(src, variant)
-        index["manifests"] = [d for d in index["manifests"]
-                              if d.get("annotations", {}).get(REF_NAME) != variant] + [desc]
-    index_path.write_text(json.dumps(index, separators=(",", ":")))
-
-
-def push_tag(variant: str, fmt: str) -> str:
-    return variant if fmt == "gzip" else f"{variant}-{fmt}"
-
-
-def _push_one(target: str, variant: str, fmt: str) -> str:
-    host, _, repo = target.partition("/")
-    if not repo:
-        raise ImageBuildError(f"--push wants HOST/REPO, got {target!r}")
-    tag = push_tag(variant, fmt)
-    digest = push_layout(layout_dir(variant, fmt), host, repo, tag)
-    return f"pushed {host}/{repo}:{tag}@{digest}"
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system
-        shutil.copy2(src, dst)
-
-
-def describe(variant: str, fmt: str) -> str:
-    layout = layout_dir(variant, fmt)
-    sizes = [i.size for i in layer_infos(layout, variant)]
-    each = " + ".join(_human(s) for s in sizes)
-    return f"{variant:16} {fmt:20} {_human(sum(sizes)):>10}  ({each})  {layout}"
-
-
-def _human(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="build-debian-image", description=(
-        "Build a real multi-layer Debian bookworm OCI image (cached under "
-        "$LAZYFS_TEST_IMAGES, default /var/tmp/lazyfs-test-images)."))
-    p.add_argument("--python", action="store_true", help="also build bookworm-python")
-    p.add_argument("--format", action="append", choices=(*FORMATS, "all"),
-                   help="layer format(s) to build (default gzip; repeatable)")
-    p.add_argument("--out", type=Path, help="also write an OCI layout here with the "
-                   "variants as tags (the first --format)")
-    p.add_argument("--push", metavar="HOST/REPO", help="also push to this plain-HTTP "
-                   "registry repository, as tag VARIANT (gzip) or VARIANT-FORMAT")
-    args = p.parse_args(argv)
-    fmts = list(FORMATS) if "all" in (args.format or []) else (args.format or ["gzip"])
-    variants = ["bookworm", "bookworm-python"] if args.python else ["bookworm"]
-    started = time.monotonic()
-    try:
-        with cache_lock():
-            for variant in variants:
-                for fmt in fmts:
-                    ensure_layout(variant, fmt)
-            if args.out:
-                export_layout(args.out.resolve(), variants, fmts[0])
-            pushed = [_push_one(args.push, v, f) for v in variants for f in fmts
-                      if args.push]
-    except ImageBuildError as e:
-        print(f"build-debian-image: {e}", file=sys.stderr)
-        return 1
-    for variant in variants:
-        for fmt in fmts:
-            print(describe(variant, fmt))
-    if args.out:
-        print(f"layout {args.out} tags: {', '.join(variants)}")
-    for line in pushed:
-        print(line)
-    log(f"done in {time.monotonic() - started:.1f}s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
