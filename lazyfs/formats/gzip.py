@@ -13,8 +13,8 @@ A layer still downloading is indexed by ``StreamIndexer`` instead, from
 its bytes as they arrive (``zran.py`` inflates them through libz): the same
 entries and the same kind of spans, published as soon as they are known.
 
-``Entry.data`` is ``(tar offset, size)``; the state holds the span table,
-span digests and zlib-compressed windows.
+``Entry.data`` and the state are a span table's (``spans.py``), with
+windows (zlib-compressed, only the bytes in use).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from ..blob import BlobSource
 from ..errors import CorruptData, LayerFormatError
 from .base import LayerTable
 from .deflate import HEAD, inflate, used_window
-from .entry import Entry, EntryType
-from .spans import LOCATOR, Span, SpanReader, check_span_table, decode_state, encode_state
+from .entry import Entry
+from .spans import Span, SpanReader, check_span_table, decode_state, encode_state, located
 from .tarheader import Member, TarParser
 from .zran import WINDOW, Inflater, Point
 
@@ -79,11 +79,8 @@ def build_from_file(path: Path, layer: str, span: int = SPAN) -> LayerTable:
     points = _keep(parse_gzidx(exported.getvalue(), layer), span, size, parser.offset)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
         spans = _spans(points, mm)
-    for m in members:
-        if m.entry.type is EntryType.FILE:
-            m.entry.data = LOCATOR.pack(m.offset, m.entry.size)
     return LayerTable("gzip", True, state=encode_state(layer, spans, MAGIC),
-                      entries=[m.entry for m in members])
+                      entries=[located(m) for m in members])
 
 
 def _first_line(e: Exception) -> str:
@@ -186,7 +183,7 @@ class StreamIndexer:
             self.close()
             raise
         self._hash_through(memoryview(data))
-        entries = [_located(m) for m in members]
+        entries = [located(m) for m in members]
         self._entries += entries
         return entries
 
@@ -249,12 +246,6 @@ class StreamIndexer:
 def _grab(head: bytearray, part: memoryview) -> None:
     if len(head) < HEAD:
         head += part[:HEAD - len(head)]
-
-
-def _located(m: Member) -> Entry:
-    if m.entry.type is EntryType.FILE:
-        m.entry.data = LOCATOR.pack(m.offset, m.entry.size)
-    return m.entry
 
 
 def reader(table: LayerTable) -> "GzipReader":

@@ -22,6 +22,8 @@ from typing import Sequence
 
 from ..errors import CorruptData, DigestMismatch, LayerFormatError
 from .base import LayerTable, Piece, check_locator, files_of
+from .entry import Entry, EntryType
+from .tarheader import Member
 
 STEP = 512 << 10
 """A piece inflates its span only up to a multiple of this, so small reads stay cheap
@@ -50,6 +52,13 @@ class Span:
     window: bytes
     """zlib-compressed inflate window; empty at a stream start."""
     digest: bytes
+
+
+def located(m: Member) -> Entry:
+    """The entry of a tar member, a file's ``data`` set to its ``LOCATOR``."""
+    if m.entry.type is EntryType.FILE:
+        m.entry.data = LOCATOR.pack(m.offset, m.entry.size)
+    return m.entry
 
 
 def encode_state(layer: str, spans: Sequence[Span], magic: bytes) -> bytes:

@@ -7,7 +7,7 @@ extent and the sha256 of the compressed frame, which every later read
 checks. A layer of one frame (what most tools write) cannot be read in part:
 its table says ``lazy=False`` and its one piece is the whole blob.
 
-``Entry.data`` is ``(tar offset, size)``; the state is the gzip span table
+``Entry.data`` and the state are a span table's (``spans.py``), like gzip's
 with no windows.
 """
 
@@ -24,8 +24,7 @@ import zstandard
 from ..blob import BlobSource
 from ..errors import CorruptData, LayerFormatError
 from .base import LayerTable, same_state
-from .entry import EntryType
-from .spans import FEED, LOCATOR, Span, SpanReader, check_span_table, encode_state
+from .spans import FEED, Span, SpanReader, check_span_table, encode_state, located
 from .tarheader import TarParser
 
 FRAME_MAGIC = 0xFD2FB528
@@ -53,12 +52,9 @@ def build_from_file(path: Path, layer: str) -> LayerTable:
             finally:
                 view.release()
     parser.close()
-    for m in members:
-        if m.entry.type is EntryType.FILE:
-            m.entry.data = LOCATOR.pack(m.offset, m.entry.size)
     lazy = len(spans) > 1
     return LayerTable("zstd", lazy, "" if lazy else NOT_SEEKABLE,
-                      encode_state(layer, spans, MAGIC), [m.entry for m in members])
+                      encode_state(layer, spans, MAGIC), [located(m) for m in members])
 
 
 def _inflate_all(view: memoryview, layer: str):
