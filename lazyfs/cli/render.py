@@ -134,3 +134,23 @@ def _parse_time(text: str) -> _dt.datetime | None:
     tz = m.group(3) or "Z"
     base = _dt.datetime.fromisoformat(m.group(1) + (m.group(2) or "")[:7] + ("+00:00" if tz == "Z" else tz))
     return base.astimezone(_dt.timezone.utc)
+
+
+def render_stats(doc: dict) -> str:
+    head = [f"{doc.get('reference', '')}", f"digest {doc.get('digest', '')}",
+            f"opened in {doc.get('open_seconds', 0):.2f}s"]
+    if "index" in doc:
+        took = doc.get("index_seconds")
+        head.append(f"index {doc['index']}" + (f" in {took:.2f}s" if took is not None else ""))
+    lines = ["LAYER\tFORMAT\tMODE\tFETCHED\tSIZE\tREQUESTS\tHITS\tMISSES\tBAD"]
+    for layer in doc.get("layers", []):
+        mode = layer["mode"] + (f" ({layer['reason']})" if layer.get("reason") else "")
+        indexing = layer.get("indexing")
+        if indexing and indexing["state"] == "indexing":
+            mode += f" (indexing: {human_size(indexing['indexed'])} in)"
+        lines.append("\t".join([
+            layer["digest"].partition(":")[2][:12], layer["format"], mode,
+            human_size(layer["bytes_fetched"]), human_size(layer["size"]),
+            str(layer["requests"]), str(layer["cache_hits"]), str(layer["cache_misses"]),
+            str(layer["verify_failures"])]))
+    return "\n".join(head) + "\n" + align(lines)

@@ -4,24 +4,35 @@ rest of lazyfs learns what a format can do.
 Each format module provides ``build(desc, blob) -> LayerTable`` (read as
 little of the blob as the format allows) and ``reader(table) ->
 ContentReader`` (plan and decode reads later, from the persisted table
-alone); the object adds what callers branch on, as flags, so that no code
-outside this package compares format names.
+alone); shareable ones also ``build_from_file``, ``check_table`` and
+``state_differences``, to check a table that came from elsewhere. The object
+adds what callers branch on, as flags, so that no code outside this package
+compares format names or imports a format module. What the formats share is
+in modules named for the idea: ``spans.py`` (checkpointed spans, gzip and
+zstd), ``deflate.py`` (resuming deflate), ``toc.py`` (eStargz and
+zstd:chunked TOCs).
+
+``StreamIndexer`` and ``GzipReader`` index and read the one streamable format
+while it downloads.
 """
 
 from __future__ import annotations
 
 import importlib
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from ..blob import BlobSource
-from ..errors import UnsupportedMediaType
-from .base import ContentReader, LayerTable, Piece, read_content, slice_piece
+from ..errors import LayerFormatError, UnsupportedMediaType
+from .base import ContentReader, LayerTable, Piece, entry_differences, read_content, slice_piece
 from .entry import Entry
+from .gzip import GzipReader, StreamIndexer
 
-__all__ = ["ContentReader", "LayerFormat", "LayerTable", "Piece", "FORMATS", "build_table",
-           "detect_format", "format_named", "format_of", "open_reader", "read_content",
-           "slice_piece"]
+__all__ = ["ContentReader", "GzipReader", "LayerFormat", "LayerTable", "Piece", "FORMATS",
+           "StreamIndexer", "build_table", "detect_format", "format_named", "format_of",
+           "open_reader", "read_content", "slice_piece"]
 
 ESTARGZ_TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 ZSTD_CHUNKED_MANIFEST_POSITION = "io.github.containers.zstd-chunked.manifest-position"
@@ -78,6 +89,28 @@ class LayerFormat:
         """Whether reads of this layer are served from its decompressed copy
         (a zstd layer of one frame): ranges of the blob cannot answer them."""
         return not table.lazy
+
+    def check_table(self, table: LayerTable, desc) -> None:
+        """What can be checked of a table from elsewhere (a shared index)
+        without the blob: it is of this format and for the layer ``desc``, and
+        every locator points inside what the table and the layer hold.
+        ``LayerFormatError`` otherwise (formats that are shareable)."""
+        if table.format != self.name:
+            raise LayerFormatError(f"format {table.format!r}, the layer is {self.name!r}")
+        try:
+            self._impl().check_table(table, desc)
+        except (ValueError, IndexError, TypeError, UnicodeDecodeError, zlib.error) as e:
+            raise LayerFormatError(f"malformed state ({e})") from None
+        if not all(isinstance(e.name, str) for e in table.entries):
+            raise LayerFormatError("malformed entry names")
+
+    def table_differences(self, table: LayerTable, desc, blob: Path) -> list[str]:
+        """What is wrong with a table from elsewhere for the verified local
+        ``blob`` (empty: it reads exactly like a table built here). As costly
+        as building, and blocking: run it in a worker thread."""
+        built = self.build_from_file(blob, desc.digest)
+        return (entry_differences(table.entries, built.entries)
+                + self._impl().state_differences(table, built, blob))
 
     def prefetch(self, table: LayerTable) -> Sequence[Entry]:
         """Files the producer marked to be fetched before any read (eStargz's

@@ -9,13 +9,15 @@ coalescing, caching and retries live in one place and no format has its own.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import trio
 
 from ..blob import BlobSource
-from .entry import Entry
+from ..errors import LayerFormatError
+from .entry import Entry, EntryType
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,3 +113,35 @@ def slice_piece(piece: Piece, decoded: bytes, offset: int, size: int) -> bytes:
         return b""
     base = piece.skip - piece.content_offset
     return decoded[base + lo: base + hi]
+
+
+# -- checking a table that came from elsewhere (a shared index) -------------------------
+
+def files_of(table: LayerTable) -> Iterator[Entry]:
+    return (e for e in table.entries if e.type is EntryType.FILE)
+
+
+def check_locator(st: struct.Struct, entry: Entry) -> tuple:
+    """A file's locator, whose size (its second field) must be the entry's:
+    reads are clipped to both."""
+    if len(entry.data) != st.size:
+        raise LayerFormatError(f"malformed locator of {entry.name!r}")
+    fields = st.unpack(entry.data)
+    if fields[1] != entry.size:
+        raise LayerFormatError(f"{entry.name!r} is {entry.size} bytes, "
+                               f"its locator says {fields[1]}")
+    return fields
+
+
+def entry_differences(shared: Sequence[Entry], built: Sequence[Entry], limit: int = 5) -> list[str]:
+    if len(shared) != len(built):
+        return [f"{len(shared)} entries, the layer has {len(built)}"]
+    out = [f"entry {a.name!r} differs from the layer's {b.name!r}"
+           for a, b in zip(shared, built) if a != b]
+    return out[:limit]
+
+
+def same_state(table: LayerTable, built: LayerTable, blob) -> list[str]:
+    """For formats whose state is a pure function of the blob (digests of
+    chunks or frames at fixed places): it must equal the one built here."""
+    return [] if table.state == built.state else ["chunk or frame digests differ from the layer's"]

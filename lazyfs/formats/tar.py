@@ -20,7 +20,7 @@ from ..blob import BlobSource
 from .entry import EntryType
 from ..errors import DigestMismatch, LayerFormatError
 from .tarheader import Member, TarParser
-from .base import LayerTable, Piece
+from .base import LayerTable, Piece, check_locator, files_of, same_state
 
 CHUNK = 1 << 20
 _LOC = struct.Struct("<QQI")
@@ -112,3 +112,21 @@ class TarReader:
             raise DigestMismatch(f"layer {self._layer}: bytes {piece.start}-{piece.end} "
                                  f"do not match the digest of chunk {index}")
         return raw
+
+
+def check_table(table: LayerTable, desc) -> None:
+    """Without the blob: built for ``desc``, and every file's bytes and chunk
+    digests inside what the table and the layer hold."""
+    layer, _, digests = table.state.partition(b"\n")
+    if layer.decode() != desc.digest:
+        raise LayerFormatError(f"the table was built for layer {layer.decode()}")
+    if len(digests) % 32 or not table.lazy:
+        raise LayerFormatError("malformed chunk digests")
+    chunks = len(digests) // 32
+    for e in files_of(table):
+        start, size, first = check_locator(_LOC, e)
+        if start + size > desc.size or first + -(-size // CHUNK) > chunks:
+            raise LayerFormatError(f"{e.name} lies outside the layer")
+
+
+state_differences = same_state

@@ -7,7 +7,7 @@ extent and the sha256 of the compressed frame, which every later read
 checks. A layer of one frame (what most tools write) cannot be read in part:
 its table says ``lazy=False`` and its one piece is the whole blob.
 
-``Entry.data`` is ``(tar offset, size)``; the state is the gzip span table
+``Entry.data`` and the state are a span table's (``spans.py``), like gzip's
 with no windows.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import mmap
-import struct
 from pathlib import Path
 from typing import Iterator
 
@@ -23,20 +22,18 @@ import trio
 import zstandard
 
 from ..blob import BlobSource
-from .entry import EntryType
-from ..errors import LayerFormatError
+from ..errors import CorruptData, LayerFormatError
+from .base import LayerTable, same_state
+from .spans import FEED, Span, SpanReader, check_span_table, encode_state, located
 from .tarheader import TarParser
-from .base import LayerTable, Piece
-from .gzip import FEED, Span, check_span, decode_state, encode_state, span_pieces
 
 FRAME_MAGIC = 0xFD2FB528
 SKIPPABLE_MASK = 0xFFFFFFF0
 SKIPPABLE_MAGIC = 0x184D2A50
 NOT_SEEKABLE = "single zstd frame: not seekable"
 
-_MAGIC = b"LZZ1"
-_LOC = struct.Struct("<QQ")
-_PARAMS = struct.Struct("<IQ")
+MAGIC = b"LZZ1"
+"""Marks a zstd frame table (``spans.encode_state``)."""
 
 
 async def build(desc, blob: BlobSource) -> LayerTable:
@@ -55,12 +52,9 @@ def build_from_file(path: Path, layer: str) -> LayerTable:
             finally:
                 view.release()
     parser.close()
-    for m in members:
-        if m.entry.type is EntryType.FILE:
-            m.entry.data = _LOC.pack(m.offset, m.entry.size)
     lazy = len(spans) > 1
     return LayerTable("zstd", lazy, "" if lazy else NOT_SEEKABLE,
-                      encode_state(layer, spans, _MAGIC), [m.entry for m in members])
+                      encode_state(layer, spans, MAGIC), [located(m) for m in members])
 
 
 def _inflate_all(view: memoryview, layer: str):
@@ -77,9 +71,9 @@ def _inflate_all(view: memoryview, layer: str):
                 members += parser.feed(data)
                 n += len(data)
         except zstandard.ZstdError as e:
-            raise LayerFormatError(f"layer {layer}: zstd frame at {start}: {e}") from None
+            raise CorruptData(f"layer {layer}: zstd frame at {start}: {e}") from None
         if not d.eof:
-            raise LayerFormatError(f"layer {layer}: zstd frame at {start} is incomplete")
+            raise CorruptData(f"layer {layer}: zstd frame at {start} is incomplete")
         if n:
             digest = hashlib.sha256(view[start:end]).digest()
             spans.append(Span(start, end, out_at, n, 0, b"", digest))
@@ -125,7 +119,7 @@ def _frame_end(buf, start: int, layer: str) -> int:
             break
     pos += 4 if fhd & 0x04 else 0
     if pos > len(buf):
-        raise LayerFormatError(f"layer {layer}: zstd frame at {start} is truncated")
+        raise CorruptData(f"layer {layer}: zstd frame at {start} is truncated")
     return pos
 
 
@@ -139,32 +133,28 @@ def reader(table: LayerTable) -> "ZstdReader":
     return ZstdReader(table.state)
 
 
-class ZstdReader:
-    def __init__(self, state: bytes):
-        self._layer, self._spans = decode_state(state, _MAGIC)
-        self._starts = [s.ustart for s in self._spans]
+class ZstdReader(SpanReader):
+    codec = "zstd"
+    magic = MAGIC
+    what = "zstd frame"
+    errors = (zstandard.ZstdError,)
 
-    def pieces(self, data: bytes, offset: int, size: int) -> list[Piece]:
-        return span_pieces(self._spans, self._starts, "zstd", data, offset, size)
-
-    def decode(self, piece: Piece, raw: bytes) -> bytes:
-        i, want = _PARAMS.unpack(piece.params)
-        check_span(self._layer, self._spans, i, raw)
+    def inflate(self, span: Span, raw: bytes, want: int) -> bytes:
         d = zstandard.ZstdDecompressor().decompressobj()
         out = []
         got = 0
         view = memoryview(raw)
-        try:
-            for pos in range(0, len(raw), FEED):
-                if got >= want:
-                    break
-                data = d.decompress(view[pos:pos + FEED])
-                out.append(data)
-                got += len(data)
-        except zstandard.ZstdError as e:
-            raise LayerFormatError(f"layer {self._layer}: zstd frame {i}: {e}") from None
-        if got < want:
-            raise LayerFormatError(f"layer {self._layer}: zstd frame {i} inflates to fewer "
-                                   f"bytes than the table says")
-        result = b"".join(out)
-        return result[:want] if got > want else result
+        for pos in range(0, len(raw), FEED):
+            if got >= want:
+                break
+            data = d.decompress(view[pos:pos + FEED])
+            out.append(data)
+            got += len(data)
+        return b"".join(out)
+
+
+def check_table(table: LayerTable, desc) -> None:
+    check_span_table(table, desc, MAGIC, always_lazy=False)
+
+
+state_differences = same_state

@@ -31,10 +31,10 @@ import trio
 import zstandard
 
 from ..blob import BlobSource
-from ..errors import DigestMismatch, LayerFormatError
+from ..errors import CorruptData, DigestMismatch, LayerFormatError
 from .base import LayerTable, Piece, inflate_streams
-from .estargz import (MAX_TOC_SIZE, ZEROS, entries_from_toc, pack_state, parse_toc,
-                      piece_params, plan, unpack_state, verify_chunk)
+from .toc import (MAX_TOC_SIZE, ZEROS, entries_from_toc, pack_state, parse_toc, piece_params, plan,
+                  unpack_state, verify_chunk)
 
 CHECKSUM_KEYS = ("io.github.containers.zstd-chunked.manifest-checksum",
                  "io.containers.zstd-chunked.manifest-checksum")
@@ -141,7 +141,7 @@ async def build(desc, blob: BlobSource) -> LayerTable:
         try:
             toc_json = decompress_frame(raw, ulength)
         except zstandard.ZstdError as e:
-            raise LayerFormatError(f"layer {layer}: TOC is not valid zstd ({e})") from None
+            raise CorruptData(f"layer {layer}: TOC is not valid zstd ({e})") from None
         if len(toc_json) != ulength:
             raise LayerFormatError(f"layer {layer}: TOC is {len(toc_json)} bytes, the manifest "
                                    f"position says {ulength}")
@@ -175,5 +175,5 @@ class ZstdChunkedReader:
         try:
             out = inflate_frames(raw, inner + size)
         except zstandard.ZstdError as e:
-            raise DigestMismatch(f"{what} is not valid zstd ({e})") from None
+            raise CorruptData(f"{what} is not valid zstd ({e})") from None
         return verify_chunk(out[inner:inner + size], size, digest, what)

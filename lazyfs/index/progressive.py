@@ -40,7 +40,8 @@ import trio
 
 from ..formats.entry import Entry, EntryType
 from ..errors import LazyfsError, NotFound, UnsafeEntry
-from .merged import ROOT_INO, MergedIndex, Node, _clean, _Node
+from .merged import ROOT_INO, MergedIndex, Node
+from .overlay import TreeNode as _Node, clean_path as _clean
 
 PROVISIONAL = 1 << 60
 _WH = ".wh."

@@ -24,9 +24,7 @@ import hashlib
 import json
 import logging
 import os
-import struct
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -34,11 +32,9 @@ from typing import Sequence
 import trio
 import zstandard
 
-from ..formats.entry import EntryType
-from ..errors import CacheError, LayerFormatError, LazyfsError, NotFound, RegistryError, UsageError
-from ..formats import LayerTable
-from ..formats import gzip as gzip_format
-from ..formats import tar as tar_format
+from ..errors import (CacheError, LayerFormatError, LazyfsError, NotFound, RegistryError,
+                      UnsupportedMediaType, UsageError)
+from ..formats import LayerFormat, LayerTable, format_named
 from .layertable import MAGIC as TABLE_MAGIC
 from .layertable import load_layer_table, table_path
 from ..manifest import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Descriptor, Manifest, parse_manifest
@@ -49,13 +45,10 @@ TABLE_MEDIA_TYPE = "application/vnd.lazyfs.layer-table.v1"
 ANNOTATION_LAYER = "dev.lazyfs.layer.digest"
 ANNOTATION_FORMAT = "dev.lazyfs.layer.format"
 ANNOTATION_CREATED = "org.opencontainers.image.created"
-SHARED_FORMATS = ("tar", "gzip", "zstd")
-"""Formats whose table costs a full pass; estargz and zstd:chunked carry their own TOC."""
 EMPTY_CONFIG = b"{}"
 MAX_TABLE_BLOB = 256 << 20
 MAX_TABLE_INFLATED = 1 << 30
 """A table's payload may not claim to inflate to more than this (a zstd bomb)."""
-MAX_WINDOW = 32 << 10
 MAX_ARTIFACTS = 8
 """Artifacts tried per image, newest first."""
 
@@ -102,9 +95,22 @@ def shared_layers(manifest: Manifest, subject: str) -> list[SharedLayer]:
     out = []
     for d in manifest.layers:
         layer, fmt = d.annotations.get(ANNOTATION_LAYER), d.annotations.get(ANNOTATION_FORMAT)
-        if d.media_type == TABLE_MEDIA_TYPE and layer and fmt in SHARED_FORMATS:
+        if d.media_type == TABLE_MEDIA_TYPE and layer and _shareable(fmt):
             out.append(SharedLayer(layer, fmt, d))
     return out
+
+
+def _shareable(name) -> bool:
+    """Whether ``name`` is a format whose table is worth sharing; the formats
+    with their own TOC (eStargz, zstd:chunked) are not."""
+    try:
+        return format_named(name).shareable
+    except UnsupportedMediaType:
+        return False
+
+
+def _format(fmt: LayerFormat | str) -> LayerFormat:
+    return fmt if isinstance(fmt, LayerFormat) else format_named(fmt)
 
 
 def referrers_entry(digest: str, raw: bytes) -> dict:
@@ -146,7 +152,8 @@ def _descriptor(media_type: str, data: bytes) -> dict:
 
 # -- loading one shared table, with every check that needs no fetch ----------------------
 
-def load_shared_table(data: bytes, desc: Descriptor, fmt: str, directory: Path) -> Path:
+def load_shared_table(data: bytes, desc: Descriptor, fmt: LayerFormat | str,
+                      directory: Path) -> Path:
     """Check ``data`` (a table blob already verified by digest) against the layer
     ``desc``; on success it becomes a file in ``directory`` whose path is
     returned, ready to be renamed into place. ``LayerFormatError`` otherwise."""
@@ -175,74 +182,12 @@ def load_shared_table(data: bytes, desc: Descriptor, fmt: str, directory: Path) 
     return Path(tmp)
 
 
-def check_table(table: LayerTable, desc: Descriptor, fmt: str) -> None:
-    """What can be checked of a table without the blob: it is for this layer,
-    of this format, and every locator points inside what the table describes."""
-    what = f"shared table for layer {desc.digest}"
-    if table.format != fmt:
-        raise LayerFormatError(f"{what}: format {table.format!r}, the layer is {fmt!r}")
+def check_table(table: LayerTable, desc: Descriptor, fmt: LayerFormat | str) -> None:
+    """What can be checked of a table without the blob (see ``LayerFormat.check_table``)."""
     try:
-        if fmt == "tar":
-            _check_tar(table, desc, what)
-        else:
-            _check_spans(table, desc, what)
-    except (ValueError, IndexError, TypeError, UnicodeDecodeError, zlib.error) as e:
-        raise LayerFormatError(f"{what}: malformed state ({e})") from None
-    if not all(isinstance(e.name, str) for e in table.entries):
-        raise LayerFormatError(f"{what}: malformed entry names")
-
-
-def _check_tar(table: LayerTable, desc: Descriptor, what: str) -> None:
-    layer, _, digests = table.state.partition(b"\n")
-    if layer.decode() != desc.digest:
-        raise LayerFormatError(f"{what}: the table was built for layer {layer.decode()}")
-    if len(digests) % 32 or not table.lazy:
-        raise LayerFormatError(f"{what}: malformed chunk digests")
-    chunks = len(digests) // 32
-    for e in _files(table):
-        start, size, first = _unpack(tar_format._LOC, e, what)
-        if start + size > desc.size or first + -(-size // tar_format.CHUNK) > chunks:
-            raise LayerFormatError(f"{what}: {e.name} lies outside the layer")
-
-
-def _check_spans(table: LayerTable, desc: Descriptor, what: str) -> None:
-    magic = b"LZG1" if table.format == "gzip" else b"LZZ1"
-    try:
-        layer, spans = gzip_format.decode_state(table.state, magic)
+        _format(fmt).check_table(table, desc)
     except LayerFormatError as e:
-        raise LayerFormatError(f"{what}: {table.format} {e}") from None
-    if layer != desc.digest:
-        raise LayerFormatError(f"{what}: the table was built for layer {layer}")
-    if table.lazy != (table.format == "gzip" or len(spans) > 1):
-        raise LayerFormatError(f"{what}: claims lazy={table.lazy} for {len(spans)} spans")
-    out = 0
-    for i, s in enumerate(spans):
-        if s.ustart != out or s.ulen <= 0 or not 0 <= s.start < s.end <= desc.size \
-                or not 0 <= s.bits < 8 or len(s.digest) != 32:
-            raise LayerFormatError(f"{what}: span {i} is malformed or outside the layer")
-        if s.window and len(zlib.decompressobj().decompress(s.window, MAX_WINDOW + 1)) \
-                > MAX_WINDOW:
-            raise LayerFormatError(f"{what}: span {i} has an oversized window")
-        out += s.ulen
-    for e in _files(table):
-        start, size = _unpack(gzip_format._LOC, e, what)
-        if start + size > out:
-            raise LayerFormatError(f"{what}: {e.name} lies outside the layer")
-
-
-def _files(table: LayerTable):
-    return (e for e in table.entries if e.type is EntryType.FILE)
-
-
-def _unpack(st: struct.Struct, entry, what: str) -> tuple:
-    """A file's locator, whose size must be the entry's: reads are clipped to both."""
-    if len(entry.data) != st.size:
-        raise LayerFormatError(f"{what}: malformed locator of {entry.name!r}")
-    fields = st.unpack(entry.data)
-    if fields[1] != entry.size:
-        raise LayerFormatError(f"{what}: {entry.name!r} is {entry.size} bytes, "
-                               f"its locator says {fields[1]}")
-    return fields
+        raise LayerFormatError(f"shared table for layer {desc.digest}: {e}") from None
 
 
 # -- finding and loading shared tables when an image is opened ------------------------
@@ -259,17 +204,19 @@ class SharedIndex:
         self.loaded: list[str] = []
         """Layer digests whose table came from an artifact."""
 
-    async def table(self, desc: Descriptor, fmt: str, path: Path) -> LayerTable | None:
+    async def table(self, desc: Descriptor, fmt: LayerFormat | str,
+                    path: Path) -> LayerTable | None:
         """The shared table for ``desc``, checked and saved at ``path``; ``None``
         (with a warning for a bad artifact) when there is none to use."""
-        if fmt not in SHARED_FORMATS:
+        fmt = _format(fmt)
+        if not fmt.shareable:
             return None
         for shared in await self._lookup():
             if shared.layer != desc.digest:
                 continue
-            if shared.format != fmt:
+            if shared.format != fmt.name:
                 log.warning("layer %s: ignoring a shared %s table; the layer is %s",
-                            desc.digest, shared.format, fmt)
+                            desc.digest, shared.format, fmt.name)
                 continue
             try:
                 table = await self._load(shared, desc, fmt, path)
@@ -281,7 +228,7 @@ class SharedIndex:
             return table
         return None
 
-    async def _load(self, shared: SharedLayer, desc: Descriptor, fmt: str,
+    async def _load(self, shared: SharedLayer, desc: Descriptor, fmt: LayerFormat,
                     path: Path) -> LayerTable:
         data = await self._client.read_blob(self._ref, shared.blob, limit=MAX_TABLE_BLOB)
 
@@ -327,47 +274,7 @@ def verify_table(table: LayerTable, desc: Descriptor, blob: Path) -> list[str]:
     (empty: it reads exactly like a table built here). As costly as building:
     a full pass for the entries, and every span inflated from its checkpoint
     and compared with the real stream. Blocking; run it in a worker thread."""
-    built = _module(table.format).build_from_file(blob, desc.digest)
-    problems = _entry_differences(table.entries, built.entries)
-    if table.format == "gzip":
-        problems += _span_differences(table, blob)
-    elif table.state != built.state:
-        problems.append("chunk or frame digests differ from the layer's")
-    return problems
-
-
-def _module(fmt: str):
-    from ..formats import zstd as zstd_format
-    return {"gzip": gzip_format, "tar": tar_format, "zstd": zstd_format}[fmt]
-
-
-def _entry_differences(shared, built, limit: int = 5) -> list[str]:
-    if len(shared) != len(built):
-        return [f"{len(shared)} entries, the layer has {len(built)}"]
-    out = [f"entry {a.name!r} differs from the layer's {b.name!r}"
-           for a, b in zip(shared, built) if a != b]
-    return out[:limit]
-
-
-def _span_differences(table: LayerTable, blob: Path) -> list[str]:
-    import rapidgzip
-    _, spans = gzip_format.decode_state(table.state)
-    out = []
-    with open(blob, "rb") as raw, rapidgzip.RapidgzipFile(str(blob)) as real:
-        for i, s in enumerate(spans):
-            truth = real.read(s.ulen)
-            data = os.pread(raw.fileno(), s.end - s.start, s.start)
-            if hashlib.sha256(data).digest() != s.digest:
-                out.append(f"span {i}: digest differs from the blob's bytes {s.start}-{s.end}")
-                continue
-            window = zlib.decompress(s.window) if s.window else b""
-            try:
-                got = gzip_format.inflate(data, s.bits, window, s.ulen)
-            except zlib.error as e:
-                got = str(e).encode()
-            if got != truth:
-                out.append(f"span {i}: inflates to other bytes than the layer at {s.ustart}")
-    return out
+    return format_named(table.format).table_differences(table, desc, blob)
 
 
 async def verify_image(client, image) -> dict[str, list[str] | None]:
@@ -378,7 +285,7 @@ async def verify_image(client, image) -> dict[str, list[str] | None]:
     out: dict[str, list[str] | None] = {}
     with tempfile.TemporaryDirectory(prefix="lazyfs-verify-") as tmp:
         for info, layer in zip(image.layers, image.reader.layers):
-            if info.format not in SHARED_FORMATS:
+            if not _shareable(info.format):
                 continue
             table = await shared.table(info.desc, info.format, Path(tmp) / "table")
             if table is None:
@@ -435,7 +342,7 @@ async def _add_referrer(client, ref: Reference, subject: str, entry: dict) -> No
 def _table_bytes(image) -> list[tuple[str, str, bytes]]:
     out = []
     for info in image.layers:
-        if info.format not in SHARED_FORMATS:
+        if not _shareable(info.format):
             continue
         path = table_path(image.store, info.format, info.desc.digest)
         try:

@@ -20,8 +20,8 @@ from ..blob import _pread, check_range
 from ..registry.download import DownloadProgress, stream_blob
 from ..formats.entry import Entry
 from ..errors import LazyfsError
-from ..formats import LayerTable, read_content
-from ..formats.gzip import GzipReader, StreamIndexer, _LOC
+from ..formats import GzipReader, LayerTable, StreamIndexer, read_content
+from ..formats.spans import LOCATOR as _LOC
 from ..manifest import Descriptor
 from ..store.blobs import Store
 

@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from lazyfs.formats.entry import EntryType
 from lazyfs.errors import LayerFormatError, LazyfsError
 from lazyfs.formats import LayerTable, estargz, open_reader, zstdchunked
-from lazyfs.formats.gzip import Span, decode_state, encode_state
+from lazyfs.formats.gzip import MAGIC as GZIP_MAGIC
+from lazyfs.formats.spans import Span, decode_state, encode_state
+from lazyfs.formats.toc import entries_from_toc, parse_toc
 from lazyfs.formats.tarheader import TarParser
 from tests.fuzz.budget import fuzz
 from tests.support import tarbytes as tb
@@ -92,14 +94,14 @@ def test_tar_parser_only_raises_format_errors_and_ignores_split_points(data):
 def _state() -> bytes:
     spans = [Span(10, 5000, 0, 70000, 3, b"w" * 100, b"d" * 32),
              Span(5000, 9000, 70000, 30000, 0, b"", b"e" * 32)]
-    return encode_state(LAYER, spans)
+    return encode_state(LAYER, spans, GZIP_MAGIC)
 
 
 @given(st.one_of(st.binary(max_size=400), mutated(_state())))
 @fuzz(300)
 def test_gzip_state_decodes_or_raises_format_errors(state):
     try:
-        decode_state(state)
+        decode_state(state, GZIP_MAGIC)
     except LayerFormatError:
         pass
     try:
@@ -162,8 +164,8 @@ toc_items = st.lists(st.fixed_dictionaries(
 @fuzz(400)
 def test_estargz_and_zstdchunked_tocs(toc, end_offsets, data_end):
     try:
-        items = estargz.parse_toc(toc, LAYER)
-        entries = estargz.entries_from_toc(items, LAYER, data_end, end_offsets=end_offsets)
+        items = parse_toc(toc, LAYER)
+        entries = entries_from_toc(items, LAYER, data_end, end_offsets=end_offsets)
     except LayerFormatError:
         return
     for e in entries:

@@ -11,6 +11,7 @@ import random
 import re
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from lazyfs.index import shared as indexshare
 from lazyfs.errors import DigestMismatch, LayerFormatError, RegistryError
 from lazyfs.formats import gzip as gzip_format
+from lazyfs.formats import spans as spanfmt
 from lazyfs.formats.base import LayerTable
 from lazyfs.image import OpenOptions, open_image_async
 from lazyfs.index.layertable import load_layer_table, save_layer_table, table_path
@@ -117,8 +119,8 @@ async def test_index_push_then_a_fresh_store_reads_without_any_full_pass(registr
     store = Store(tmp_path / "fresh")
     async with open_image_async(ref, store=store) as image:
         assert image.shared_tables and sorted(image.shared_tables) == sorted(layers)
-        assert len(gzip_format.decode_state(load_layer_table(
-            store.index_path("layer-gzip", layers[0])).state)[1]) >= 3
+        assert len(spanfmt.decode_state(load_layer_table(
+            store.index_path("layer-gzip", layers[0])).state, gzip_format.MAGIC)[1]) >= 3
         for i in range(5):
             want = files[f"data/f{i}"]
             node = _node(image, f"/data/f{i}")
@@ -211,10 +213,10 @@ async def test_forged_span_digest_fails_that_span_and_only_that_span(registry, t
     ref, pushed, files = _push(registry, "share/forged", 5)
     layer = sha256(pushed.layers[0])
     table = await _built_table(ref, layer, tmp_path)
-    name, spans = gzip_format.decode_state(table.state)
+    name, spans = spanfmt.decode_state(table.state, gzip_format.MAGIC)
     victim = _node_span(table, "data/f2", spans)
     spans[victim] = dataclasses.replace(spans[victim], digest=bytes(32))
-    forged = dataclasses.replace(table, state=gzip_format.encode_state(name, spans))
+    forged = dataclasses.replace(table, state=spanfmt.encode_state(name, spans, gzip_format.MAGIC))
     await _push_artifact(registry, pushed, [(layer, "gzip", _table_bytes(forged, tmp_path))])
 
     async with open_image_async(ref, store=Store(tmp_path / "fresh")) as image:
@@ -239,16 +241,16 @@ async def test_forged_window_is_the_documented_limit_and_verify_catches_it(regis
     ref, pushed, files = _push(registry, "share/window", 7)
     layer = sha256(pushed.layers[0])
     table = await _built_table(ref, layer, tmp_path)
-    name, spans = gzip_format.decode_state(table.state)
+    name, spans = spanfmt.decode_state(table.state, gzip_format.MAGIC)
     victim = _node_span(table, "data/f2", spans)
     assert spans[victim].window
-    window = bytes(len(gzip_format.zlib.decompress(spans[victim].window)))
-    spans[victim] = dataclasses.replace(spans[victim], window=gzip_format.zlib.compress(window))
-    forged = dataclasses.replace(table, state=gzip_format.encode_state(name, spans))
+    window = bytes(len(zlib.decompress(spans[victim].window)))
+    spans[victim] = dataclasses.replace(spans[victim], window=zlib.compress(window))
+    forged = dataclasses.replace(table, state=spanfmt.encode_state(name, spans, gzip_format.MAGIC))
     await _push_artifact(registry, pushed, [(layer, "gzip", _table_bytes(forged, tmp_path))])
 
     entry = next(e for e in table.entries if e.name == "data/f2")
-    at, _ = gzip_format._LOC.unpack(entry.data)
+    at, _ = spanfmt.LOCATOR.unpack(entry.data)
     offset = spans[victim].ustart - at + 100_000
     async with open_image_async(ref, store=Store(tmp_path / "fresh")) as image:
         assert image.shared_tables == [layer]
@@ -266,7 +268,7 @@ async def test_forged_window_is_the_documented_limit_and_verify_catches_it(regis
 def _node_span(table: LayerTable, name: str, spans) -> int:
     """The span holding the middle of ``name``'s content."""
     entry = next(e for e in table.entries if e.name == name)
-    at, size = gzip_format._LOC.unpack(entry.data)
+    at, size = spanfmt.LOCATOR.unpack(entry.data)
     middle = at + size // 2
     return next(i for i, s in enumerate(spans) if s.ustart <= middle < s.ustart + s.ulen)
 
@@ -338,8 +340,8 @@ def test_merge_referrers_refuses_to_overwrite_what_is_not_an_index():
 
 def test_check_table_refuses_spans_outside_the_layer(tmp_path):
     layer = "sha256:" + "b" * 64
-    span = gzip_format.Span(0, 500, 0, 1000, 0, b"", bytes(32))
-    table = LayerTable("gzip", True, state=gzip_format.encode_state(layer, [span]))
+    span = spanfmt.Span(0, 500, 0, 1000, 0, b"", bytes(32))
+    table = LayerTable("gzip", True, state=spanfmt.encode_state(layer, [span], gzip_format.MAGIC))
     desc = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", layer, 500)
     indexshare.check_table(table, desc, "gzip")
     for bad in (dataclasses.replace(desc, size=499), dataclasses.replace(desc, digest="sha256:" + "c" * 64)):

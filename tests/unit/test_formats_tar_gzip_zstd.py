@@ -16,6 +16,7 @@ from lazyfs.blob import FileBlob, file_digest
 from lazyfs.formats.entry import EntryType
 from lazyfs.errors import DigestMismatch, LayerFormatError
 from lazyfs.formats import build_table, gzip as gzfmt, open_reader, read_content
+from lazyfs.formats import spans as spanfmt
 from lazyfs.formats import zstd as zfmt
 from tests.support import tarbytes as tb
 
@@ -368,11 +369,12 @@ async def test_zstd_broken_blobs_are_refused(tree, tmp_path, damage):
 
 
 def test_span_state_round_trip():
-    spans = [gzfmt.Span(10, 500, 0, 4096, 3, b"w" * 9, hashlib.sha256(b"a").digest()),
-             gzfmt.Span(499, 900, 4096, 100, 0, b"", hashlib.sha256(b"b").digest())]
-    assert gzfmt.decode_state(gzfmt.encode_state("sha256:x", spans)) == ("sha256:x", spans)
+    spans = [spanfmt.Span(10, 500, 0, 4096, 3, b"w" * 9, hashlib.sha256(b"a").digest()),
+             spanfmt.Span(499, 900, 4096, 100, 0, b"", hashlib.sha256(b"b").digest())]
+    state = spanfmt.encode_state("sha256:x", spans, gzfmt.MAGIC)
+    assert spanfmt.decode_state(state, gzfmt.MAGIC) == ("sha256:x", spans)
     with pytest.raises(LayerFormatError):
-        gzfmt.decode_state(gzfmt.encode_state("sha256:x", spans, b"LZZ1"))
+        spanfmt.decode_state(spanfmt.encode_state("sha256:x", spans, zfmt.MAGIC), gzfmt.MAGIC)
 
 
 def test_gzip_resume_inside_a_byte():

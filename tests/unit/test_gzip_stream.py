@@ -18,6 +18,7 @@ from lazyfs.blob import FileBlob
 from lazyfs.formats.entry import EntryType
 from lazyfs.errors import LayerFormatError
 from lazyfs.formats import gzip as gzfmt
+from lazyfs.formats.spans import LOCATOR
 from lazyfs.formats.base import read_content
 
 SPAN = 64 << 10
@@ -205,7 +206,7 @@ async def test_entries_and_content_are_served_before_the_end(tar, tmp_path):
     assert 0 < len(entries) < len(want)
     assert len(ix.spans) >= 3 and ix.covered > 0
     done = [e for e in entries if e.type is EntryType.FILE and
-            gzfmt._LOC.unpack(e.data)[0] + e.size <= ix.covered]
+            LOCATOR.unpack(e.data)[0] + e.size <= ix.covered]
     assert len(done) > 10 and any(e.size > SPAN for e in done)
     got = await read_all(gzfmt.GzipReader.from_spans(LAYER, ix.spans), path, blob, done)
     assert got == {e.name: want[e.name] for e in done}

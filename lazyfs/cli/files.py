@@ -1,0 +1,142 @@
+"""Commands that look at an image's files without mounting it: ls, cat,
+stat, find, diff, export (the work is in ``browse.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .options import add_command, open_options, open_store, opt, parse_ref, print_json, with_image
+from .render import render_stats
+
+
+def _out_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from . import browse
+
+    async def body(image):
+        await browse.ls(image, args.path, long=args.long, recursive=args.recursive, write=_out_line)
+    with_image(args, args.ref, body)
+    return 0
+
+
+def _add_ls(sub) -> None:
+    p = add_command(sub, "ls", "list a directory of an image, like ls")
+    p.add_argument("-l", dest="long", action="store_true", help="long listing: mode, owner, size, time")
+    p.add_argument("-R", dest="recursive", action="store_true", help="list subdirectories too")
+    p.add_argument("ref", metavar="REF")
+    p.add_argument("path", metavar="PATH", nargs="?", default="/")
+    p.set_defaults(func=cmd_ls)
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    from . import browse
+    out = sys.stdout.buffer
+
+    async def body(image):
+        for path in args.paths:
+            await browse.cat(image, path, out.write)
+        out.flush()
+        return image.stats()
+    stats = with_image(args, args.ref, body)
+    if args.stats:
+        sys.stderr.write(render_stats(stats))
+    return 0
+
+
+def _add_cat(sub) -> None:
+    p = add_command(sub, "cat", "print files of an image (symlinks followed inside the image)")
+    p.add_argument("--stats", action="store_true", help="then what was fetched, per layer, on stderr")
+    p.add_argument("ref", metavar="REF")
+    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.set_defaults(func=cmd_cat)
+
+
+def cmd_stat(args: argparse.Namespace) -> int:
+    from . import browse
+
+    async def body(image):
+        return browse.stat_json(image, args.path, browse.node_at(image, args.path, follow=False))
+    print_json(with_image(args, args.ref, body))
+    return 0
+
+
+def _add_stat(sub) -> None:
+    p = add_command(sub, "stat", "one path's attributes as JSON")
+    p.add_argument("ref", metavar="REF")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_stat)
+
+
+def cmd_find(args: argparse.Namespace) -> int:
+    from . import browse
+
+    async def body(image):
+        for path in browse.find(image, args.path, args.name, args.type):
+            _out_line(path)
+    with_image(args, args.ref, body)
+    return 0
+
+
+def _add_find(sub) -> None:
+    p = add_command(sub, "find", "walk an image's tree, like find")
+    p.add_argument("ref", metavar="REF")
+    p.add_argument("path", metavar="PATH", nargs="?", default="/")
+    p.add_argument("-name", "--name", dest="name", metavar="GLOB", help="only names matching GLOB")
+    p.add_argument("-type", "--type", dest="type", metavar="f|d|l|c|b|p", help="only this type")
+    p.set_defaults(func=cmd_find)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from . import browse
+
+    async def body(a):
+        async def inner(b):
+            return await browse.diff(a, b)
+        from ..image import open_image_async
+        async with open_image_async(parse_ref(args.ref2), open_options(args), open_store(args)) as b:
+            return await inner(b)
+    changes = with_image(args, args.ref1, body)
+    if args.json:
+        print_json(changes)
+        return 0
+    marks = {"added": "A", "removed": "D", "changed": "C"}
+    for c in changes:
+        detail = ""
+        if c["change"] == "changed":
+            detail = "  (" + ", ".join(c["what"]) + ")"
+        _out_line(f"{marks[c['change']]} {c['path']}{detail}")
+    return 0
+
+
+def _add_diff(sub) -> None:
+    p = add_command(sub, "diff", "paths added (A), removed (D) or changed (C) from REF1 to REF2")
+    p.add_argument("--json", action="store_true", help="with what changed, as JSON")
+    p.add_argument("ref1", metavar="REF1")
+    p.add_argument("ref2", metavar="REF2")
+    p.set_defaults(func=cmd_diff)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import browse
+
+    async def body(image):
+        return await browse.export(image, args.dir)
+    n = with_image(args, args.ref, body)
+    if not opt(args, "quiet"):
+        print(f"exported {n} entries to {args.dir}", file=sys.stderr)
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = add_command(sub, "export", "write an image's merged tree to a directory")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("ref", metavar="REF")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_export)
+
+
+COMMANDS = [_add_ls, _add_cat, _add_stat, _add_find, _add_diff, _add_export]

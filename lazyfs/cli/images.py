@@ -1,0 +1,162 @@
+"""Commands on the local store's images: pull, images, inspect, rmi, prune."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import re
+import sys
+
+from ..errors import LazyfsError, UsageError
+from .options import add_command, open_store, parse_ref, platform_of, print_json, registry_options
+from .progress import TtyProgress
+from .render import familiar_repo, human_size, image_fields, render
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    import trio
+
+    from .. import pull as _pull
+    ref = parse_ref(args.ref)
+    if args.all_tags and (ref.tag is not None or ref.digest is not None):
+        raise UsageError("tag can't be used with --all-tags/-a")
+    store = open_store(args)
+    progress = None if args.quiet or not sys.stdout.isatty() else TtyProgress(sys.stdout)
+    kw = dict(platform=platform_of(args), options=registry_options(args), store=store, progress=progress)
+    if args.all_tags:
+        results = trio.run(lambda: _pull.pull_all_tags(ref, **kw))
+    else:
+        results = [trio.run(lambda: _pull.pull(ref, **kw))]
+    for r in results:
+        if not args.quiet:
+            print(f"Digest: {r.digest}")
+            news = "Image is up to date for" if r.up_to_date else "Downloaded newer image for"
+            print(f"Status: {news} {r.ref.familiar}")
+        print(str(r.ref))
+    return 0
+
+
+def _add_pull(sub) -> None:
+    p = add_command(sub, "pull", "download an image into the local store, verified")
+    p.add_argument("-a", "--all-tags", action="store_true", help="download every tag of the repository")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the image's full reference")
+    p.add_argument("ref", metavar="REF")
+    p.set_defaults(func=cmd_pull)
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    rows = [image_fields(r, args.no_trunc) for r in _filtered(store.list_images(), args.filter)]
+    if args.quiet:
+        ids = [row["ID"] for row in rows]
+        print("\n".join(dict.fromkeys(ids)), end="\n" if ids else "")
+        return 0
+    template = args.format or _default_format(args.digests)
+    sys.stdout.write(render(template, rows))
+    return 0
+
+
+def _add_images(sub) -> None:
+    p = add_command(sub, "images", "list pulled images, like docker images")
+    p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
+    p.add_argument("--digests", action="store_true", help="show digests")
+    p.add_argument("--no-trunc", action="store_true", help="do not truncate IDs")
+    p.add_argument("--format", metavar="TEMPLATE", help="Go-template subset, e.g. 'table {{.Repository}}\\t{{.ID}}'")
+    p.add_argument("filter", metavar="REPO[:TAG]", nargs="?")
+    p.set_defaults(func=cmd_images)
+
+
+def _default_format(digests: bool) -> str:
+    cols = ["Repository", "Tag"] + (["Digest"] if digests else []) + ["ID", "CreatedSince", "Size"]
+    return "table " + "\t".join("{{." + c + "}}" for c in cols)
+
+
+def _filtered(records, pattern: str | None):
+    if not pattern:
+        return records
+    repo, tag = pattern, None
+    last = pattern.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo, _, tag = pattern.rpartition(":")
+    names = {repo}
+    if not any(c in repo for c in "*?["):
+        names.add(parse_ref(repo).name)
+    return [r for r in records
+            if any(fnmatch.fnmatchcase(r.repository, n) or fnmatch.fnmatchcase(familiar_repo(r.repository), n)
+                   for n in names)
+            and (tag is None or (r.tag is not None and fnmatch.fnmatchcase(r.tag, tag)))]
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import trio
+
+    from .. import pull as _pull
+    ref = parse_ref(args.ref)
+    store = open_store(args)
+    image = trio.run(lambda: _pull.resolve_for_inspect(
+        ref, platform=platform_of(args), options=registry_options(args), store=store))
+    print_json(_pull.describe(image))
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = add_command(sub, "inspect", "manifest, platforms, config and layers as JSON (no layer download)")
+    p.add_argument("ref", metavar="REF")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_rmi(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    code = 0
+    for text in args.refs:
+        try:
+            removed = _remove_one(store, text)
+        except LazyfsError as e:
+            print(f"lazyfs: {e}", file=sys.stderr)
+            code = code or e.exit_code
+            continue
+        for rec in removed:
+            name = familiar_repo(rec.repository)
+            print(f"Untagged: {name}:{rec.tag}" if rec.tag else f"Untagged: {name}@{rec.digest}")
+    return code
+
+
+def _remove_one(store, text: str):
+    if re.fullmatch(r"(sha256:)?[0-9a-f]{1,64}", text):
+        try:
+            return store.remove_image(image_id=text)
+        except LazyfsError:
+            if text.startswith("sha256:"):
+                raise
+    ref = parse_ref(text)
+    if ref.digest:
+        return store.remove_image(ref.name, digest=ref.digest)
+    return store.remove_image(ref.name, tag=ref.tag or "latest")
+
+
+def _add_rmi(sub) -> None:
+    p = add_command(sub, "rmi", "forget images (by name:tag, name@digest or image ID)")
+    p.add_argument("refs", metavar="REF", nargs="+")
+    p.set_defaults(func=cmd_rmi)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from ..store.chunks import prune_chunks
+    store = open_store(args)
+    r = store.prune(all=args.all)
+    chunks = prune_chunks(store, all=args.all)
+    if args.all:
+        print(f"Forgot {r.images} images")
+    print(f"Deleted {r.blobs} blobs, {r.indexes} indexes, {r.tmp} temporary files, "
+          f"{chunks.files} cached pieces")
+    print(f"Total reclaimed space: {human_size(r.bytes_freed + chunks.bytes_freed)}")
+    return 0
+
+
+def _add_prune(sub) -> None:
+    p = add_command(sub, "prune", "delete blobs and indexes no recorded image needs")
+    p.add_argument("--all", action="store_true", help="forget every image first, emptying the store")
+    p.set_defaults(func=cmd_prune)
+
+
+COMMANDS = [_add_pull, _add_images, _add_inspect, _add_rmi, _add_prune]

@@ -1,0 +1,128 @@
+"""Commands on mounts: mount, umount, mounts, stats."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from ..errors import UsageError
+from .options import add_command, open_options, open_store, opt, parse_ref, print_json
+from .render import align, render_stats
+
+
+def _mount_options(args: argparse.Namespace):
+    from ..fs.daemon import MountOptions
+    flags = set()
+    for group in args.o or []:
+        flags.update(f for f in group.split(",") if f)
+    unknown = flags - {"suid", "dev", "nosuid", "nodev", "allow_other", "ro"}
+    if unknown:
+        raise UsageError(f"unsupported mount option(s): {', '.join(sorted(unknown))} "
+                         "(lazyfs takes suid, dev, allow_other)")
+    return MountOptions(foreground=args.foreground,
+                        allow_other=args.allow_other or "allow_other" in flags,
+                        suid="suid" in flags, dev="dev" in flags, debug=bool(opt(args, "debug")))
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from ..fs.operations import image_operations
+    from ..fs.daemon import mount
+    if args.foreground:
+        # serving in this terminal: its log goes here
+        logging.getLogger("lazyfs").propagate = True
+        logging.basicConfig(level=logging.DEBUG if opt(args, "debug") else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ref = parse_ref(args.ref)
+    options = dataclasses.replace(open_options(args), background_index=not args.wait_index,
+                                  early_reads=args.early_reads, push_index=args.push_index)
+    factory = image_operations(str(ref) if ref.transport == "docker" else args.ref,
+                               args.mountpoint, layers=args.layers,
+                               open_options=options, store=open_store(args))
+    mounted = mount(factory, args.mountpoint, fsname=str(ref), options=_mount_options(args))
+    if opt(args, "debug") and not args.foreground:
+        print(f"lazyfs: daemon {mounted.pid} logs to {mounted.log_path}", file=sys.stderr)
+    return 0
+
+
+def _add_mount(sub) -> None:
+    p = add_command(sub, "mount", "mount an image read-only at MOUNTPOINT, fetching what is read")
+    p.add_argument("-f", "--foreground", action="store_true", help="serve in this process until unmounted")
+    p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    p.add_argument("--layers", action="store_true",
+                   help="show each layer as its own directory (overlayfs lowerdir form) and .lowerdir")
+    p.add_argument("--full-pull", action="store_true", help="download whole layers instead of ranges")
+    p.add_argument("--prefetch", action="store_true",
+                   help="download whole layers in the background; reads use ranges until they land")
+    p.add_argument("--wait-index", action="store_true",
+                   help="index every layer before the mount returns (default: gzip layers "
+                        "without an index are downloaded and indexed in the background)")
+    p.add_argument("--early-reads", action="store_true",
+                   help="while a layer is indexed in the background, serve what has arrived "
+                        "before the whole layer is checked against its digest")
+    p.add_argument("--push-index", action="store_true",
+                   help="publish the index built for gzip layers to the registry (index push)")
+    p.add_argument("-o", metavar="OPTS", action="append",
+                   help="mount options: suid, dev, allow_other (default nosuid,nodev)")
+    p.add_argument("ref", metavar="REF")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(func=cmd_mount)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from ..fs.daemon import umount
+    umount(args.mountpoint, lazy=args.lazy)
+    return 0
+
+
+def _add_umount(sub) -> None:
+    p = add_command(sub, "umount", "unmount a lazyfs mount (also one whose daemon died)")
+    p.add_argument("-l", "--lazy", action="store_true", help="detach now, even if files are open")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(func=cmd_umount)
+
+
+def cmd_mounts(args: argparse.Namespace) -> int:
+    from ..fs.daemon import list_mounts
+    rows = []
+    for m in list_mounts():
+        state = m.state or {}
+        rows.append({"mountpoint": m.mountpoint, "reference": m.source,
+                     "digest": state.get("digest", ""), "pid": state.get("pid"),
+                     "alive": m.state is not None})
+    if args.json:
+        print_json(rows)
+        return 0
+    lines = ["MOUNTPOINT\tREFERENCE\tDIGEST\tPID"]
+    for r in rows:
+        pid = str(r["pid"]) if r["alive"] else "dead (run lazyfs umount)"
+        lines.append(f"{r['mountpoint']}\t{r['reference']}\t{r['digest'][:19]}\t{pid}")
+    sys.stdout.write(align(lines))
+    return 0
+
+
+def _add_mounts(sub) -> None:
+    p = add_command(sub, "mounts", "list active lazyfs mounts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_mounts)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from ..fs.daemon import read_stats
+    doc = read_stats(args.mountpoint)
+    if args.json:
+        print_json(doc)
+        return 0
+    sys.stdout.write(render_stats(doc))
+    return 0
+
+
+def _add_stats(sub) -> None:
+    p = add_command(sub, "stats", "what a mount has fetched, per layer")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(func=cmd_stats)
+
+
+COMMANDS = [_add_mount, _add_umount, _add_mounts, _add_stats]
