@@ -21,7 +21,7 @@ from .errors import (DigestMismatch, NotFound, RangeNotSupported, RegistryUnreac
 from .manifest import (Descriptor, ImageConfig, Index, Manifest, Platform, image_platforms, parse_config,
                        parse_manifest, select_platform)
 from .reference import Reference
-from .registry.client import RegistryClient, RegistryOptions
+from .registry import RegistryClient, RegistryOptions
 from .store.blobs import ImageRecord, Store
 
 MAX_CONCURRENT_LAYERS = 4

@@ -20,8 +20,9 @@ from lazyfs.manifest import OCI_INDEX as M_OCI_INDEX
 from lazyfs.manifest import DOCKER_MANIFEST as M_DOCKER_MANIFEST
 from lazyfs.manifest import Descriptor, Platform
 from lazyfs.reference import parse_reference
-from lazyfs.registry.client import (Endpoint, RegistryClient, RegistryOptions, _next_link, _retry_after,
-                             is_insecure, most_useful_error)
+from lazyfs.registry.client import RegistryClient, _next_link
+from lazyfs.registry.transport import (Endpoint, RegistryOptions, _retry_after, is_insecure,
+                                       most_useful_error)
 from lazyfs.testing.push import (DOCKER_LIST, OCI_MANIFEST, push_image, push_index, push_manifest,
                                  sha256)
 from lazyfs.testing.realregistry import free_port

@@ -1,0 +1,475 @@
+"""How a request reaches a registry and how its answer comes back.
+
+Which endpoints to try (mirrors of Docker Hub first), which scheme each
+speaks (HTTPS first; plain HTTP only for loopback and insecure registries,
+chosen once per host by a ping of ``/v2/``), which credentials go with a
+request, bounded retries with backoff for busy answers and dropped
+connections, and HTTP statuses and httpx failures turned into lazyfs errors,
+the most useful one winning when every endpoint failed.
+
+Redirects are followed here rather than by httpx so that the registry's
+credentials never travel to the storage host a blob is redirected to, and so
+that an expired signed URL can be asked for again; a blob's redirect target
+is remembered while it is fresh, saving a round trip per request.
+"""
+
+from __future__ import annotations
+
+import calendar
+import ipaddress
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import httpx
+import trio
+
+from .._version import __version__
+from ..errors import LazyfsError, NotFound, RegistryError, RegistryUnreachable, Unauthorized
+from ..reference import Reference
+from .auth import RegistryAuth, find_credential_async, parse_challenges
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+MAX_REDIRECTS = 8
+REDIRECT_TTL = 60.0
+"""Seconds a blob's redirect target is reused when its URL states no expiry."""
+REDIRECT_MARGIN = 30.0
+"""A signed URL is given up this long before it says it expires."""
+_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+_RETRY_ERRORS = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError,
+                 httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)
+_NOT_FOUND_CODES = {"MANIFEST_UNKNOWN": "manifest unknown", "NAME_UNKNOWN": "repository unknown",
+                    "BLOB_UNKNOWN": "blob unknown"}
+
+AuthFactory = Callable[[str, str], "httpx.Auth | None"]
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    insecure_registries: tuple[str, ...] = ()
+    """Hosts (``host``, ``host:port`` or a CIDR) that may be spoken to over plain HTTP."""
+    mirrors: tuple[str, ...] = ()
+    """Docker Hub mirrors (``https://mirror.example`` or ``host:port``), tried in order."""
+    timeout: float = 60.0
+    connect_timeout: float = 10.0
+    max_retries: int = 3
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    """A ``Retry-After`` longer than this is reported, not waited for."""
+    user_agent: str = f"lazyfs/{__version__}"
+    auth: AuthFactory | None = None
+    """``(registry, scope) -> httpx.Auth``; by default docker/podman credentials."""
+    max_range_requests: int = 8
+    """Range requests in flight at once per registry host."""
+    transport: httpx.AsyncBaseTransport | None = None
+    """What sends the requests; ``None`` is the network. ``lazyfs.testing``
+    puts an in-memory registry here."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    """The name credentials and messages use (``docker.io``, ``127.0.0.1:5000``)."""
+    api_host: str
+    schemes: tuple[str, ...]
+    mirror: bool = False
+
+
+class Transport:
+    """One connection pool for all registries, and what is learnt about each
+    host on the way: its scheme, its auth challenge, whether it is down (a
+    mirror), where it redirects blobs. ``async with`` opens and closes it."""
+
+    def __init__(self, options: RegistryOptions) -> None:
+        self.options = options
+        self._http: httpx.AsyncClient | None = None
+        self._bases: dict[str, str] = {}
+        self._locks: dict[str, trio.Lock] = {}
+        self._auths: dict[tuple[str, str], httpx.Auth | None] = {}
+        self._down: set[Endpoint] = set()
+        self._challenges: dict[str, tuple[str, dict[str, str]]] = {}
+        self._redirects: dict[str, tuple[httpx.URL, float]] = {}
+
+    async def __aenter__(self) -> Transport:
+        o = self.options
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(o.timeout, connect=o.connect_timeout),
+            verify=ssl.create_default_context(), trust_env=True, follow_redirects=False,
+            headers={"User-Agent": o.user_agent}, transport=o.transport)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # --- endpoints ---------------------------------------------------------
+
+    def _endpoints(self, ref: Reference) -> list[Endpoint]:
+        upstream = self.upstream(ref)
+        if ref.registry != DOCKER_HUB:
+            return [upstream]
+        return [_mirror_endpoint(m, self.options) for m in self.options.mirrors] + [upstream]
+
+    def upstream(self, ref: Reference) -> Endpoint:
+        host = ref.registry
+        api = DOCKER_HUB_API if host == DOCKER_HUB else host
+        return Endpoint(host, api, _schemes(host, self.options))
+
+    async def each_endpoint(self, ref: Reference, op: Callable[[Endpoint], Awaitable]):
+        errors: list[tuple[Endpoint, LazyfsError]] = []
+        for ep in self._endpoints(ref):
+            if ep in self._down:
+                continue
+            try:
+                return await op(ep)
+            except LazyfsError as e:
+                if ep.mirror and isinstance(e, RegistryUnreachable):
+                    self._down.add(ep)
+                errors.append((ep, e))
+        raise most_useful_error(errors)
+
+    @asynccontextmanager
+    async def reading(self, ref: Reference, method: str, path: str, what: str,
+                       headers: dict[str, str] | None = None, ok: tuple[int, ...] = ()):
+        async def open_at(ep: Endpoint):
+            return ep, await self._open_checked(ep, method, path, what,
+                                                scope=repository_scope(ref),
+                                                headers=headers, ok=ok)
+
+        ep, resp = await self.each_endpoint(ref, open_at)
+        try:
+            yield ep, resp
+        finally:
+            await resp.aclose()
+
+    @asynccontextmanager
+    async def open(self, ep: Endpoint, method: str, path: str, what: str, **kw):
+        resp = await self._open_checked(ep, method, path, what, **kw)
+        try:
+            yield resp
+        finally:
+            await resp.aclose()
+
+    async def _open_checked(self, ep: Endpoint, method: str, path: str, what: str, *,
+                            scope: str, headers: dict[str, str] | None = None,
+                            content: bytes | None = None,
+                            ok: tuple[int, ...] = ()) -> httpx.Response:
+        """An open streaming response with an acceptable status, redirects followed."""
+        base = await self._base(ep)
+        url = httpx.URL(base).join(path)
+        reusable = method == "GET" and "/blobs/" in url.path
+        if reusable and (resp := await self._via_known_redirect(ep, url, headers)) is not None:
+            return resp
+        auth = await self._auth(ep.host, scope)
+        resp = await self._send(ep, method, url, auth, headers, content)
+        refreshed = False
+        hops = 0
+        while resp.status_code in _REDIRECT_STATUS and method in ("GET", "HEAD"):
+            hops += 1
+            location = resp.headers.get("location")
+            await resp.aclose()
+            if not location or hops > MAX_REDIRECTS:
+                raise RegistryError(f"{what}: registry {ep.host} sent a broken redirect chain")
+            target = resp.url.join(location)
+            same = _origin(target) == _origin(url)
+            resp = await self._send(ep, method, target, auth if same else None, headers, None)
+            if resp.status_code in (401, 403) and not same:
+                await resp.aclose()
+                if refreshed:
+                    raise RegistryError(f"{what}: redirect target {target.host} answered "
+                                        f"HTTP {resp.status_code} even after a fresh redirect")
+                refreshed = True
+                resp = await self._send(ep, method, url, auth, headers, None)
+        if 200 <= resp.status_code < 300 or resp.status_code in ok:
+            if reusable and hops and _origin(resp.url) != _origin(url):
+                self._redirects[str(url)] = (resp.url, _redirect_expiry(resp.url))
+            return resp
+        try:
+            body = await resp.aread() if method != "HEAD" else b""
+        except httpx.HTTPError:
+            body = b""
+        finally:
+            await resp.aclose()
+        raise _error_for(resp.status_code, body, ep, what, auth)
+
+    async def _via_known_redirect(self, ep: Endpoint, url: httpx.URL,
+                                  headers: dict[str, str] | None) -> httpx.Response | None:
+        """A blob request sent straight to where the registry last redirected
+        it (a CDN, a presigned URL) while that target is fresh: one round trip
+        instead of two. Any refusal there forgets it and goes back to the registry."""
+        known = self._redirects.get(str(url))
+        if known is None:
+            return None
+        target, expires = known
+        if time.time() >= expires:
+            del self._redirects[str(url)]
+            return None
+        resp = await self._send(ep, "GET", target, None, headers, None)
+        if 200 <= resp.status_code < 300:
+            return resp
+        await resp.aclose()
+        self._redirects.pop(str(url), None)
+        return None
+
+    async def _send(self, ep: Endpoint, method: str, url: httpx.URL, auth: httpx.Auth | None,
+                    headers: dict[str, str] | None, content: bytes | None) -> httpx.Response:
+        """One request with bounded retries on busy answers and dropped connections.
+
+        A refused connection or a failed TLS handshake is an answer, not a
+        hiccup: it is reported at once rather than retried.
+        """
+        assert self._http is not None, "RegistryClient used outside 'async with'"
+        o = self.options
+        for attempt in range(o.max_retries + 1):
+            request = self._http.build_request(method, url, headers=headers, content=content)
+            try:
+                resp = await self._http.send(request, auth=auth, stream=True)
+            except _RETRY_ERRORS as e:
+                if attempt == o.max_retries:
+                    raise _unreachable(ep, e) from None
+                await trio.sleep(min(o.backoff * 2 ** attempt, o.max_backoff))
+                continue
+            except httpx.HTTPError as e:
+                raise _unreachable(ep, e) from None
+            if resp.status_code not in _RETRY_STATUS or attempt == o.max_retries:
+                return resp
+            delay = _retry_after(resp.headers.get("retry-after"))
+            if delay is None:
+                delay = min(o.backoff * 2 ** attempt, o.max_backoff)
+            if delay > o.max_backoff:
+                return resp
+            await resp.aclose()
+            await trio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _base(self, ep: Endpoint) -> str:
+        """Ping ``/v2/`` once per host, choosing the first scheme that answers like a registry."""
+        if ep.api_host in self._bases:
+            return self._bases[ep.api_host]
+        lock = self._locks.setdefault(ep.api_host, trio.Lock())
+        async with lock:
+            if ep.api_host in self._bases:
+                return self._bases[ep.api_host]
+            failure: LazyfsError | None = None
+            for scheme in ep.schemes:
+                base = f"{scheme}://{ep.api_host}"
+                try:
+                    resp = await self._send(ep, "GET", httpx.URL(base + "/v2/"), None, None, None)
+                except RegistryUnreachable as e:
+                    failure = failure or e
+                    continue
+                await resp.aclose()
+                if resp.status_code in (200, 401):
+                    self._bases[ep.api_host] = base
+                    self._seed_challenge(ep, resp)
+                    return base
+                raise RegistryError(f"{ep.host} does not speak the registry v2 API "
+                                    f"(GET {base}/v2/ answered HTTP {resp.status_code})")
+            assert failure is not None
+            raise failure
+
+    def _seed_challenge(self, ep: Endpoint, resp: httpx.Response) -> None:
+        found = [c for v in resp.headers.get_list("www-authenticate") for c in parse_challenges(v)]
+        for wanted in ("bearer", "basic"):
+            for challenge in found:
+                if challenge[0] == wanted:
+                    self._challenges[ep.host] = challenge
+                    return
+
+    async def _auth(self, host: str, scope: str) -> httpx.Auth | None:
+        """One auth per registry and scope; the ping's challenge lets the first request
+        carry credentials."""
+        key = (host, scope)
+        if key not in self._auths:
+            if self.options.auth is not None:
+                self._auths[key] = self.options.auth(host, scope)
+            else:
+                auth = RegistryAuth(host, await find_credential_async(host), scope)
+                if host in self._challenges:
+                    auth.cache.remember_challenge(auth.registry, self._challenges[host])
+                self._auths[key] = auth
+        return self._auths[key]
+
+
+def most_useful_error(errors: list[tuple[Endpoint, LazyfsError]]) -> LazyfsError:
+    """The registry's own answer unless it was unreachable; then a mirror's answer
+    over its silence."""
+    if not errors:
+        return RegistryUnreachable("no registry endpoint left to try")
+    upstream = errors[-1][1]
+    if not isinstance(upstream, RegistryUnreachable):
+        return upstream
+    for _, e in errors:
+        if not isinstance(e, RegistryUnreachable):
+            return e
+    return upstream
+
+
+def _mirror_endpoint(mirror: str, options: RegistryOptions) -> Endpoint:
+    scheme, sep, rest = mirror.partition("://")
+    host = (rest if sep else mirror).rstrip("/")
+    schemes = (scheme.lower(),) if sep else _schemes(host, options)
+    return Endpoint(host, host, schemes, mirror=True)
+
+
+def _schemes(host: str, options: RegistryOptions) -> tuple[str, ...]:
+    return ("https", "http") if is_insecure(host, options.insecure_registries) else ("https",)
+
+
+def is_insecure(host: str, insecure: tuple[str, ...] = ()) -> bool:
+    """Whether plain HTTP may be tried: loopback always, others only when listed."""
+    name = _hostname(host)
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        ip = None
+    if ip is not None and ip.is_loopback:
+        return True
+    for entry in insecure:
+        if entry in (host, name):
+            return True
+        if ip is not None and "/" in entry:
+            try:
+                if ip in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def _hostname(host: str) -> str:
+    if host.startswith("["):
+        return host[1:].partition("]")[0].lower()
+    return host.rpartition(":")[0].lower() if host.count(":") == 1 else host.lower()
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
+def _redirect_expiry(target: httpx.URL) -> float:
+    """When a redirect target stops being usable: from S3's ``X-Amz-Date`` +
+    ``X-Amz-Expires`` or an ``Expires`` epoch (CloudFront, GCS), else soon."""
+    params = target.params
+    now = time.time()
+    expires = None
+    try:
+        if "X-Amz-Date" in params and "X-Amz-Expires" in params:
+            signed = time.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
+            expires = calendar.timegm(signed) + int(params["X-Amz-Expires"])
+        elif "Expires" in params:
+            expires = int(params["Expires"])
+    except (ValueError, OverflowError):
+        expires = None
+    if expires is None:
+        return now + REDIRECT_TTL
+    return expires - REDIRECT_MARGIN
+
+
+def repository_scope(ref: Reference, push: bool = False) -> str:
+    return f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
+
+
+def content_type(resp: httpx.Response) -> str:
+    return resp.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_limited(resp: httpx.Response, limit: int, what: str, ep: Endpoint) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async with aclosing(body_chunks(resp, 1 << 16, ep)) as chunks:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise RegistryError(f"{what}: registry {ep.host} sent more than {limit} bytes")
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+async def body_chunks(resp: httpx.Response, chunk_size: int, ep: Endpoint) -> AsyncIterator[bytes]:
+    try:
+        async with aclosing(resp.aiter_bytes(chunk_size)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+    except httpx.HTTPError as e:
+        raise RegistryError(f"registry {ep.host}: answer for {resp.url.path} cut short "
+                            f"({_reason(e)})") from None
+
+
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_code(body: bytes) -> tuple[str, str]:
+    try:
+        errors = json.loads(body).get("errors") or []
+        first = errors[0]
+        return str(first.get("code", "")), str(first.get("message", ""))
+    except (ValueError, AttributeError, IndexError, TypeError, RecursionError):
+        return "", ""
+
+
+def _error_for(status: int, body: bytes, ep: Endpoint, what: str,
+               auth: httpx.Auth | None) -> LazyfsError:
+    code, message = _error_code(body)
+    if status == 404:
+        return NotFound(f"{_NOT_FOUND_CODES.get(code, 'not found')}: {what}")
+    if status in (401, 403):
+        if isinstance(auth, RegistryAuth):
+            return auth.unauthorized(f"access to {what} denied")
+        return Unauthorized(f"unauthorized: access to {what} denied by {ep.host}")
+    detail = f" {code}: {message}" if code else ""
+    return RegistryError(f"registry {ep.host}: {what}: HTTP {status}{detail}")
+
+
+def _unreachable(ep: Endpoint, e: httpx.HTTPError) -> RegistryUnreachable:
+    return RegistryUnreachable(f"cannot reach registry {ep.host}: {_reason(e)}")
+
+
+def _reason(e: httpx.HTTPError) -> str:
+    if isinstance(e, httpx.TimeoutException):
+        return "timed out"
+    causes = list(_causes(e))
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return "connection refused"
+    for c in causes:
+        if isinstance(c, ssl.SSLCertVerificationError) and c.verify_message:
+            return f"TLS certificate not trusted ({c.verify_message})"
+        if isinstance(c, ssl.SSLError):
+            return f"TLS failed ({c.reason or c})"
+    for c in causes:
+        if isinstance(c, OSError) and c.strerror:
+            return c.strerror[:1].lower() + c.strerror[1:]
+    text = str(e) or type(e).__name__
+    return text[:1].lower() + text[1:]
+
+
+def _causes(e: BaseException, depth: int = 0):
+    """The exception, its causes and the members of any group among them (trio nests them)."""
+    if depth > 8:
+        return
+    yield e
+    for inner in getattr(e, "exceptions", ()):
+        yield from _causes(inner, depth + 1)
+    nxt = e.__cause__ or e.__context__
+    if nxt is not None:
+        yield from _causes(nxt, depth + 1)
