@@ -31,7 +31,8 @@ import trio
 from .._version import __version__
 from ..errors import LazyfsError, NotFound, RegistryError, RegistryUnreachable, Unauthorized
 from ..reference import Reference
-from .auth import RegistryAuth, find_credential_async, parse_challenges
+from .auth import RegistryAuth, pick_challenge
+from .credentials import find_credential_async
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -268,20 +269,13 @@ class Transport:
                 await resp.aclose()
                 if resp.status_code in (200, 401):
                     self._bases[ep.api_host] = base
-                    self._seed_challenge(ep, resp)
+                    if (challenge := pick_challenge(resp)) is not None:
+                        self._challenges[ep.host] = challenge
                     return base
                 raise RegistryError(f"{ep.host} does not speak the registry v2 API "
                                     f"(GET {base}/v2/ answered HTTP {resp.status_code})")
             assert failure is not None
             raise failure
-
-    def _seed_challenge(self, ep: Endpoint, resp: httpx.Response) -> None:
-        found = [c for v in resp.headers.get_list("www-authenticate") for c in parse_challenges(v)]
-        for wanted in ("bearer", "basic"):
-            for challenge in found:
-                if challenge[0] == wanted:
-                    self._challenges[ep.host] = challenge
-                    return
 
     async def _auth(self, host: str, scope: str) -> httpx.Auth | None:
         """One auth per registry and scope; the ping's challenge lets the first request

@@ -10,7 +10,8 @@ import httpx
 import pytest
 import trio
 
-from lazyfs.registry.auth import Credential, RegistryAuth, TokenCache, find_credential
+from lazyfs.registry.auth import RegistryAuth, TokenCache
+from lazyfs.registry.credentials import Credential, find_credential
 from lazyfs.errors import Unauthorized
 from lazyfs.testing.push import OCI_MANIFEST, push_image
 from tests.support.images import gzip_bytes, make_tar

@@ -8,17 +8,10 @@ import time
 
 import pytest
 
-from lazyfs.registry import auth
-from lazyfs.registry.auth import (
-    Credential,
-    TokenCache,
-    find_credential,
-    find_credential_async,
-    normalize_registry,
-    parse_challenge,
-    parse_challenges,
-    parse_token_response,
-)
+from lazyfs.registry import auth, credentials
+from lazyfs.registry.auth import TokenCache, parse_challenge, parse_challenges, parse_token_response
+from lazyfs.registry.credentials import (Credential, find_credential, find_credential_async,
+                                         normalize_registry)
 from lazyfs.errors import RegistryError, UsageError
 
 
@@ -313,7 +306,7 @@ def test_helper_missing(docker_config):
 
 
 def test_helper_timeout_kills_it(helper, docker_config, monkeypatch):
-    monkeypatch.setattr(auth, "HELPER_TIMEOUT", 0.5)
+    monkeypatch.setattr(credentials, "HELPER_TIMEOUT", 0.5)
     write_json(docker_config / "config.json", {"credsStore": "test"})
     started = time.monotonic()
     with pytest.raises(UsageError, match="did not answer within 0.5 s"):
