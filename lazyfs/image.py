@@ -111,7 +111,7 @@ class Image:
 
     @property
     def ref(self) -> Reference:
-        return self.resolved.ref
+        return self.resolved.pinned
 
     @property
     def digest(self) -> str:
@@ -431,7 +431,7 @@ def _shared_index(client, resolved, options: OpenOptions):
     if client is None or not options.use_shared_index:
         return None
     from .index.shared import SharedIndex
-    return SharedIndex(client, resolved.ref, resolved.manifest.digest)
+    return SharedIndex(client, resolved.pinned, resolved.manifest.digest)
 
 
 async def _layer_tables(descs: list[Descriptor], source, store: Store,

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import (LayerFormatError, NoMatchingPlatform, RegistryError, UnsupportedMediaType,
                      UsageError)
+from .reference import Reference
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -170,6 +171,46 @@ class ImageConfig:
         if not self.os or not self.architecture:
             return None
         return Platform(self.os, self.architecture, self.variant)
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """One image narrowed to one platform; the same shape whether it came from
+    a registry, the store, a layout or an archive.
+
+    ``ref`` is the reference as asked for, with the default tag filled in: it
+    carries a digest only if the user wrote one, so it names the image the
+    way the user did (records, ``inspect``). What it resolved to is
+    ``digest``; ``pinned`` is the reference fixed to it."""
+
+    ref: Reference
+    index: Index | None
+    manifest: Manifest
+    config: ImageConfig
+    platforms: tuple[Platform, ...] = ()
+    """The platforms the image offers, as far as its source tells."""
+
+    @property
+    def digest(self) -> str:
+        """The index's digest for a multi-platform image, else the manifest's."""
+        return (self.index or self.manifest).digest
+
+    @property
+    def media_type(self) -> str:
+        return (self.index or self.manifest).media_type
+
+    @property
+    def pinned(self) -> Reference:
+        """``ref`` fixed to ``digest``; a local reference names its image alone."""
+        return self.ref if self.ref.is_local else self.ref.with_digest(self.digest)
+
+
+def with_default_tag(ref: Reference) -> Reference:
+    """The reference an image is resolved and recorded under: ``latest`` when
+    neither a tag nor a digest was given, as docker does."""
+    if ref.tag is None and ref.digest is None:
+        return ref.with_tag("latest")
+    return ref
 
 
 def parse_manifest(raw: bytes, content_type: str, digest: str) -> Manifest | Index:

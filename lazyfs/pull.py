@@ -18,8 +18,8 @@ import trio
 
 from .errors import (DigestMismatch, NotFound, RangeNotSupported, RegistryUnreachable,
                      UsageError, lazyfs_error_in)
-from .manifest import (Descriptor, ImageConfig, Index, Manifest, Platform, image_platforms, parse_config,
-                       parse_manifest, select_platform)
+from .manifest import (Descriptor, Index, Platform, ResolvedImage, image_platforms, parse_config,
+                       parse_manifest, select_platform, with_default_tag)
 from .reference import Reference
 from .registry import RegistryClient, RegistryOptions
 from .store.blobs import ImageRecord, Store
@@ -50,25 +50,6 @@ class NoProgress:
 
 
 @dataclass(frozen=True, slots=True)
-class Resolved:
-    """One image narrowed to one platform; the same shape online and offline."""
-
-    ref: Reference
-    index: Index | None
-    manifest: Manifest
-    config: ImageConfig
-    platforms: tuple[Platform, ...]
-
-    @property
-    def digest(self) -> str:
-        return (self.index or self.manifest).digest
-
-    @property
-    def media_type(self) -> str:
-        return (self.index or self.manifest).media_type
-
-
-@dataclass(frozen=True, slots=True)
 class PullResult:
     ref: Reference
     """The reference pulled, with the tag docker would show (``latest`` by default)."""
@@ -87,22 +68,11 @@ class PullResult:
         return self.was_recorded and self.layers_fetched == 0
 
 
-def _as_resolved(ref: Reference, r) -> Resolved:
-    """The registry's answer, named as the user named it (the client pins the digest)."""
-    return Resolved(ref, r.index, r.manifest, r.config, tuple(r.platforms))
-
-
 async def resolve(ref: Reference, *, platform: Platform | None = None,
-                  options: RegistryOptions | None = None) -> Resolved:
+                  options: RegistryOptions | None = None) -> ResolvedImage:
     ref = with_default_tag(ref)
     async with RegistryClient(options) as client:
-        return _as_resolved(ref, await client.resolve(ref, platform))
-
-
-def with_default_tag(ref: Reference) -> Reference:
-    if ref.tag is None and ref.digest is None:
-        return ref.with_tag("latest")
-    return ref
+        return await client.resolve(ref, platform)
 
 
 async def pull(ref: Reference, *, platform: Platform | None = None,
@@ -116,7 +86,7 @@ async def pull(ref: Reference, *, platform: Platform | None = None,
     if client is None:
         async with RegistryClient(options) as c:
             return await pull(ref, platform=platform, store=store, progress=progress, client=c)
-    image = _as_resolved(ref, await client.resolve(ref, platform))
+    image = await client.resolve(ref, platform)
     async with store.lease():
         await trio.to_thread.run_sync(keep_metadata, store, image)
         fetched = await _fetch_layers(client, ref, image.manifest.layers, store, progress)
@@ -142,7 +112,7 @@ async def pull_all_tags(ref: Reference, *, platform: Platform | None = None,
                            client=client) for t in tags]
 
 
-def keep_metadata(store: Store, image: Resolved) -> None:
+def keep_metadata(store: Store, image: ResolvedImage) -> None:
     """Index, manifest and config as blobs, so the image can be described offline. Blocking."""
     store.put_bytes(image.manifest.digest, image.manifest.raw)
     store.put_bytes(image.manifest.config.digest, image.config.raw)
@@ -227,7 +197,7 @@ class _Counted:
         return n
 
 
-def image_record(ref: Reference, image: Resolved) -> ImageRecord:
+def image_record(ref: Reference, image: ResolvedImage) -> ImageRecord:
     m = image.manifest
     blobs = [m.digest, m.config.digest, *(d.digest for d in m.layers)]
     if image.index is not None:
@@ -247,14 +217,14 @@ def image_record(ref: Reference, image: Resolved) -> ImageRecord:
     )
 
 
-def _platform_of(image: Resolved) -> str:
+def _platform_of(image: ResolvedImage) -> str:
     p = image.config.platform
     return str(p) if p is not None else ""
 
 
 # -- offline -----------------------------------------------------------------
 
-def resolve_from_store(store: Store, ref: Reference, platform: Platform | None = None) -> Resolved:
+def resolve_from_store(store: Store, ref: Reference, platform: Platform | None = None) -> ResolvedImage:
     """The image as a previous pull left it, for when the registry cannot be reached."""
     rec = store.find_image(ref.name, with_default_tag(ref).tag, ref.digest)
     if rec is None:
@@ -272,7 +242,7 @@ def resolve_from_store(store: Store, ref: Reference, platform: Platform | None =
         manifest = _stored_document(store, desc.digest, desc.media_type)
     config = parse_config(store.read_bytes(manifest.config.digest), manifest.config.digest)
     platforms = tuple(image_platforms(index)) if index is not None else ()
-    return Resolved(ref, index, manifest, config, platforms)
+    return ResolvedImage(with_default_tag(ref), index, manifest, config, platforms)
 
 
 def _stored_document(store: Store, digest: str, media_type: str):
@@ -282,7 +252,7 @@ def _stored_document(store: Store, digest: str, media_type: str):
 
 async def resolve_for_inspect(ref: Reference, *, platform: Platform | None,
                               options: RegistryOptions | None,
-                              store: Store) -> Resolved:
+                              store: Store) -> ResolvedImage:
     """Registry first; the store when the registry is unreachable and knows the image.
     ``oci:`` and ``docker-archive:`` references are read where they lie."""
     if ref.transport != "docker":
@@ -299,7 +269,7 @@ async def resolve_for_inspect(ref: Reference, *, platform: Platform | None,
     return image
 
 
-def describe(image: Resolved) -> dict:
+def describe(image: ResolvedImage) -> dict:
     """What ``lazyfs inspect`` prints."""
     m, c = image.manifest, image.config
     platforms = image.platforms or ((c.platform,) if c.platform is not None else ())

@@ -281,7 +281,7 @@ async def verify_image(client, image) -> dict[str, list[str] | None]:
     """Per shareable layer of ``image``: the problems of the newest usable shared
     table (``[]`` when it is exact), or ``None`` when there is none. Fetches
     each such layer whole."""
-    shared = SharedIndex(client, image.resolved.ref, image.digest)
+    shared = SharedIndex(client, image.resolved.pinned, image.digest)
     out: dict[str, list[str] | None] = {}
     with tempfile.TemporaryDirectory(prefix="lazyfs-verify-") as tmp:
         for info, layer in zip(image.layers, image.reader.layers):

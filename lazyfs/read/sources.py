@@ -1,7 +1,7 @@
 """Where an image's bytes come from: a registry (through the store), an OCI
 image layout, or a ``docker save`` archive.
 
-Each source resolves a reference to the same ``Resolved`` description and
+Each source resolves a reference to the same ``ResolvedImage`` description and
 hands out one ``BlobSource`` per layer, so everything after this module reads
 local and remote images alike.
 """
@@ -21,12 +21,11 @@ from .. import manifest as mt
 from ..blob import BlobSource, FileBlob, _pread, check_range, file_digest
 from ..errors import (DigestMismatch, LayerFormatError, LazyfsError, NotFound,
                      RangeNotSupported, UsageError)
-from ..manifest import (Descriptor, Index, Manifest, Platform, check_config,
-                       image_platforms, parse_config, parse_manifest, select_platform)
+from ..manifest import (Descriptor, Index, Manifest, Platform, ResolvedImage, check_config,
+                        image_platforms, parse_config, parse_manifest, select_platform)
 from ..reference import Reference
 from ..registry.client import MAX_RANGES_PER_REQUEST
-from ..pull import (NoProgress, Resolved, fetch_layer, keep_metadata, resolve_from_store,
-                   with_default_tag)
+from ..pull import NoProgress, fetch_layer, keep_metadata, resolve_from_store
 from ..store.blobs import Store
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ class Fallback:
 
 
 class ImageSource(Protocol):
-    async def resolve(self, platform: Platform | None) -> Resolved: ...
+    async def resolve(self, platform: Platform | None) -> ResolvedImage: ...
 
     def blob(self, desc: Descriptor) -> BlobSource: ...
 
@@ -133,20 +132,17 @@ class RegistrySource:
         self.client, self.ref, self.store, self.full_pull = client, ref, store, full_pull
         self.fallbacks: dict[str, Fallback] = {}
 
-    async def resolve(self, platform: Platform | None) -> Resolved:
-        ref = with_default_tag(self.ref)
+    async def resolve(self, platform: Platform | None) -> ResolvedImage:
         try:
-            r = await self.client.resolve(ref, platform)
+            r = await self.client.resolve(self.ref, platform)
         except LazyfsError as e:
             if not _offline_error(e):
                 raise
-            r = await trio.to_thread.run_sync(resolve_from_store, self.store, ref, platform)
+            r = await trio.to_thread.run_sync(resolve_from_store, self.store, self.ref, platform)
             log.warning("%s; using the copy in the local store", e)
         check_config(r.manifest, r.config)
-        resolved = Resolved(ref.with_digest(r.ref.digest) if r.ref.digest else ref,
-                            r.index, r.manifest, r.config, tuple(r.platforms))
-        await trio.to_thread.run_sync(keep_metadata, self.store, resolved)
-        return resolved
+        await trio.to_thread.run_sync(keep_metadata, self.store, r)
+        return r
 
     def blob(self, desc: Descriptor) -> BlobSource:
         fb = self.fallbacks.setdefault(desc.digest, Fallback())
@@ -206,10 +202,10 @@ class OCILayoutSource:
             raise NotFound(f"{self.ref}: no image tagged {wanted!r} in {self.root}")
         return named[-1]
 
-    async def resolve(self, platform: Platform | None) -> Resolved:
+    async def resolve(self, platform: Platform | None) -> ResolvedImage:
         return await trio.to_thread.run_sync(self._resolve, platform)
 
-    def _resolve(self, platform: Platform | None) -> Resolved:
+    def _resolve(self, platform: Platform | None) -> ResolvedImage:
         desc = self._top()
         top = parse_manifest(self._read(desc.digest), desc.media_type, desc.digest)
         index = top if isinstance(top, Index) else None
@@ -221,7 +217,7 @@ class OCILayoutSource:
         config = parse_config(self._read(top.config.digest), top.config.digest)
         check_config(top, config)
         platforms = tuple(image_platforms(index)) if index is not None else ()
-        return Resolved(self.ref, index, top, config, platforms)
+        return ResolvedImage(self.ref, index, top, config, platforms)
 
     def blob(self, desc: Descriptor) -> BlobSource:
         return FileBlob(self._blob_path(desc.digest), desc.digest, desc.size)
@@ -274,10 +270,10 @@ class DockerArchiveSource:
         self._members: dict[str, _Member] = {}
         self._digests: dict[str, _Member] = {}
 
-    async def resolve(self, platform: Platform | None) -> Resolved:
+    async def resolve(self, platform: Platform | None) -> ResolvedImage:
         return await trio.to_thread.run_sync(self._resolve, platform)
 
-    def _resolve(self, platform: Platform | None) -> Resolved:
+    def _resolve(self, platform: Platform | None) -> ResolvedImage:
         self._members = _list_members(self.path, self.ref)
         try:
             doc = json.loads(self._bytes("manifest.json"))
@@ -309,7 +305,7 @@ class DockerArchiveSource:
             from ..errors import NoMatchingPlatform
             raise NoMatchingPlatform(f"{self.ref} is for {config.platform}, not {platform}")
         self.store.put_bytes(config_digest, config_raw)
-        return Resolved(self.ref, None, manifest, config, ())
+        return ResolvedImage(self.ref, None, manifest, config, ())
 
     def _member(self, name: str) -> _Member:
         m = self._members.get(name)

@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import BinaryIO
 
 import httpx
@@ -21,9 +21,9 @@ import trio
 
 from ..errors import (DigestMismatch, NoMatchingPlatform, NotFound, RangeNotSupported,
                       RegistryError, UnsupportedMediaType)
-from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, ImageConfig, Index,
-                        Manifest, Platform, image_platforms, parse_config, parse_manifest,
-                        select_platform)
+from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, Index, Manifest,
+                        Platform, ResolvedImage, image_platforms, parse_config, parse_manifest,
+                        select_platform, with_default_tag)
 from ..reference import Reference
 from .ranges import (Part, Span, batches, boundary_of, coalesce, cut, parse_content_range,
                      parse_multipart, range_header)
@@ -37,16 +37,6 @@ MAX_RANGES_PER_REQUEST = 32
 """Go's ``http.ServeContent`` has no cap, but S3 and CDNs refuse long Range headers."""
 MULTIPART_OVERHEAD = 512
 """Generous bytes per part for the boundary and part headers of a multi-range answer."""
-
-
-@dataclass(frozen=True)
-class ResolvedImage:
-    ref: Reference
-    """The reference asked for, with the digest it resolved to filled in."""
-    index: Index | None
-    manifest: Manifest
-    config: ImageConfig
-    platforms: list[Platform] = field(default_factory=list)
 
 
 class RegistryClient:
@@ -69,6 +59,7 @@ class RegistryClient:
 
     async def resolve(self, ref: Reference, platform: Platform | None = None) -> ResolvedImage:
         """Tag or digest to verified manifest and config; diff_ids are checked by callers."""
+        ref = with_default_tag(ref)
         raw, media_type, digest = await self.get_manifest(ref)
         top = parse_manifest(raw, media_type, digest)
         if isinstance(top, Index):
@@ -88,7 +79,7 @@ class RegistryClient:
             if platform and config.platform and not platform.matches(config.platform):
                 raise NoMatchingPlatform(f"image {ref} is for {config.platform.normalized()}, "
                                          f"not the requested {platform}")
-        return ResolvedImage(ref.with_digest(digest), index, manifest, config, platforms)
+        return ResolvedImage(ref, index, manifest, config, tuple(platforms))
 
     async def _child_manifest(self, ref: Reference, desc: Descriptor) -> Manifest:
         raw, media_type, digest = await self.get_manifest(ref.with_digest(desc.digest))

@@ -63,11 +63,11 @@ def ref_to(host: str, repo: str, ident: str = "v1"):
 
 async def test_resolve_oci_image_by_tag_and_digest(client, registry, pushed):
     r = await client.resolve(ref_to(registry.host, pushed.repository))
-    assert r.ref.digest == pushed.digest and r.ref.tag == "v1"
+    assert r.pinned.digest == pushed.digest and r.ref.tag == "v1"
     assert r.index is None and r.manifest.raw == pushed.manifest
     assert r.manifest.media_type == OCI_MANIFEST and len(r.manifest.layers) == 2
     assert r.config.raw == pushed.config and r.config.cmd == ("/bin/sh",)
-    assert r.platforms == [Platform("linux", "amd64")]
+    assert r.platforms == (Platform("linux", "amd64"),)
     by_digest = await client.resolve(ref_to(registry.host, pushed.repository, pushed.digest))
     assert by_digest.manifest == r.manifest
 
@@ -76,7 +76,7 @@ async def test_docker_manifest_comes_back_unconverted(client, registry):
     with registry.client() as c:
         p = push_image(c, new_repo(), "d", [layer()], oci=False)
     r = await client.resolve(ref_to(registry.host, p.repository, "d"))
-    assert r.manifest.media_type == M_DOCKER_MANIFEST and r.ref.digest == p.digest
+    assert r.manifest.media_type == M_DOCKER_MANIFEST and r.pinned.digest == p.digest
     assert await client.head_manifest(ref_to(registry.host, p.repository, "d")) == \
         Descriptor(M_DOCKER_MANIFEST, p.digest, len(p.manifest))
 
@@ -101,7 +101,7 @@ async def test_index_platform_choice(client, registry, multiarch):
     ref = ref_to(registry.host, repo, "multi")
     r = await client.resolve(ref, Platform.parse("linux/arm64"))
     assert r.manifest.digest == arm.digest and r.config.architecture == "arm64"
-    assert r.ref.digest == idx.digest and r.index.media_type == M_OCI_INDEX
+    assert r.pinned.digest == idx.digest and r.index.media_type == M_OCI_INDEX
     assert [str(p) for p in r.platforms] == ["linux/amd64", "linux/arm64/v8"]
     host = await client.resolve(ref)
     assert host.config.architecture == Platform.host().architecture == "amd64"
