@@ -159,11 +159,16 @@ class CredentialsError(LazyfsError):
 def single_error() -> Iterator[None]:
     """Around a trio nursery: when every task that failed failed with a
     ``LazyfsError``, raise the first of them alone, as a caller that did not
-    start tasks expects; any other failure (a bug) is raised whole."""
+    start tasks expects. A group of a single exception of any kind (one task
+    failed, the others were cancelled) is that exception, so it is raised
+    alone too; any other failure (a bug among several) is raised whole."""
     try:
         yield
     except BaseExceptionGroup as group:
-        error = lazyfs_error_in(group)
+        error: BaseException | None = lazyfs_error_in(group)
+        if error is None and len(group.exceptions) == 1 and \
+                not isinstance(group.exceptions[0], BaseExceptionGroup):
+            error = group.exceptions[0]
         if error is None:
             raise
         raise error from None

@@ -16,16 +16,17 @@ from typing import Protocol
 
 import trio
 
-from .errors import (DigestMismatch, NotFound, RangeNotSupported, RegistryUnreachable,
-                     UsageError, lazyfs_error_in)
-from .manifest import (Descriptor, Index, Platform, ResolvedImage, image_platforms, parse_config,
-                       parse_manifest, select_platform, with_default_tag)
+from .errors import NotFound, RegistryUnreachable, UsageError, single_error
+from .manifest import Descriptor, Platform, ResolvedImage, with_default_tag
+from .read.sources import open_source
 from .reference import Reference
 from .registry import RegistryClient, RegistryOptions
-from .store.blobs import ImageRecord, Store
+from .registry.download import fetch_blob
+from .store.blobs import Store
+from .store.records import (ImageRecord, image_record, keep_metadata, platform_of,
+                            resolve_from_store)
 
 MAX_CONCURRENT_LAYERS = 4
-RESUME_CHUNK = 8 << 20
 
 
 class Progress(Protocol):
@@ -112,15 +113,7 @@ async def pull_all_tags(ref: Reference, *, platform: Platform | None = None,
                            client=client) for t in tags]
 
 
-def keep_metadata(store: Store, image: ResolvedImage) -> None:
-    """Index, manifest and config as blobs, so the image can be described offline. Blocking."""
-    store.put_bytes(image.manifest.digest, image.manifest.raw)
-    store.put_bytes(image.manifest.config.digest, image.config.raw)
-    if image.index is not None:
-        store.put_bytes(image.index.digest, image.index.raw)
-
-
-async def _fetch_layers(client, ref: Reference, layers, store: Store,
+async def _fetch_layers(client: RegistryClient, ref: Reference, layers, store: Store,
                         progress: Progress) -> list[Descriptor]:
     missing = []
     for desc in dict((d.digest, d) for d in layers).values():
@@ -129,125 +122,19 @@ async def _fetch_layers(client, ref: Reference, layers, store: Store,
         if not present:
             missing.append(desc)
     limit = trio.CapacityLimiter(MAX_CONCURRENT_LAYERS)
-    try:
+    with single_error():
         async with trio.open_nursery() as nursery:
             for desc in missing:
-                nursery.start_soon(fetch_layer, client, ref, desc, store, progress, limit)
-    except BaseExceptionGroup as group:
-        error = lazyfs_error_in(group)
-        if error is None:
-            raise
-        raise error from None
+                nursery.start_soon(_fetch_layer, client, ref, desc, store, progress, limit)
     return missing
 
 
-async def fetch_layer(client: RegistryClient, ref: Reference, desc: Descriptor, store: Store,
-                      progress: Progress | None = None, limit: trio.CapacityLimiter | None = None) -> None:
-    """One layer into the store, verified; resumes an interrupted earlier attempt."""
-    progress = progress or NoProgress()
-    async with limit or trio.CapacityLimiter(1):
-        if not await _download(client, ref, desc, store, progress, resume=True):
-            await _download(client, ref, desc, store, progress, resume=False)
+async def _fetch_layer(client: RegistryClient, ref: Reference, desc: Descriptor, store: Store,
+                       progress: Progress, limit: trio.CapacityLimiter) -> None:
+    async with limit:
+        await fetch_blob(client, ref, desc, store,
+                         lambda done: progress.advance(desc.digest, done))
         progress.layer_done(desc.digest)
-
-
-async def _download(client, ref: Reference, desc: Descriptor, store: Store, progress: Progress,
-                    resume: bool) -> bool:
-    """False when a resumed download failed verification: the kept bytes were bad."""
-    resumed = False
-    try:
-        async with store.blob_writer(desc.digest, desc.size) as w:
-            sink = _Counted(w, desc.digest, progress)
-            resumed = resume and await _resume(client, ref, desc, w, sink)
-            if not resumed:
-                await trio.to_thread.run_sync(w.restart)
-                await client.download_blob(ref, desc, sink)
-    except DigestMismatch:
-        if resumed:
-            return False
-        raise
-    return True
-
-
-async def _resume(client, ref: Reference, desc: Descriptor, w, sink) -> bool:
-    """Finish an interrupted download with Range requests; False if it cannot be done."""
-    offset = w.resume_offset()
-    if not 0 < offset < desc.size:
-        return False
-    try:
-        while offset < desc.size:
-            end = min(offset + RESUME_CHUNK, desc.size)
-            data = await client.get_range(ref, desc.digest, offset, end)
-            await trio.to_thread.run_sync(sink.write, data)
-            offset = end
-    except RangeNotSupported:
-        return False
-    return True
-
-
-class _Counted:
-    """The blob writer, reporting bytes to the progress display as they arrive."""
-
-    def __init__(self, writer, digest: str, progress: Progress):
-        self._w, self._digest, self._progress = writer, digest, progress
-
-    def write(self, data: bytes) -> int:
-        n = self._w.write(data)
-        self._progress.advance(self._digest, self._w.written)
-        return n
-
-
-def image_record(ref: Reference, image: ResolvedImage) -> ImageRecord:
-    m = image.manifest
-    blobs = [m.digest, m.config.digest, *(d.digest for d in m.layers)]
-    if image.index is not None:
-        blobs.append(image.index.digest)
-    return ImageRecord(
-        repository=ref.name,
-        tag=ref.tag if ref.digest is None else None,
-        digest=image.digest,
-        manifest_digest=m.digest,
-        config_digest=m.config.digest,
-        media_type=image.media_type,
-        platform=_platform_of(image),
-        created=image.config.created or "",
-        size=m.config.size + sum(d.size for d in m.layers),
-        pulled_at=time.time(),
-        blobs=tuple(blobs),
-    )
-
-
-def _platform_of(image: ResolvedImage) -> str:
-    p = image.config.platform
-    return str(p) if p is not None else ""
-
-
-# -- offline -----------------------------------------------------------------
-
-def resolve_from_store(store: Store, ref: Reference, platform: Platform | None = None) -> ResolvedImage:
-    """The image as a previous pull left it, for when the registry cannot be reached."""
-    rec = store.find_image(ref.name, with_default_tag(ref).tag, ref.digest)
-    if rec is None:
-        raise NotFound(f"{ref} is not in the local store")
-    top = _stored_document(store, rec.digest, rec.media_type)
-    index = top if isinstance(top, Index) else None
-    manifest = top
-    if index is not None:
-        if platform is not None:
-            desc = select_platform(index, platform)
-        else:
-            desc = next((d for d in index.manifests if d.digest == rec.manifest_digest), None)
-            if desc is None:
-                raise NotFound(f"{ref}: manifest {rec.manifest_digest} is not in its index")
-        manifest = _stored_document(store, desc.digest, desc.media_type)
-    config = parse_config(store.read_bytes(manifest.config.digest), manifest.config.digest)
-    platforms = tuple(image_platforms(index)) if index is not None else ()
-    return ResolvedImage(with_default_tag(ref), index, manifest, config, platforms)
-
-
-def _stored_document(store: Store, digest: str, media_type: str):
-    raw = store.read_bytes(digest)
-    return parse_manifest(raw, media_type, digest)
 
 
 async def resolve_for_inspect(ref: Reference, *, platform: Platform | None,
@@ -256,7 +143,6 @@ async def resolve_for_inspect(ref: Reference, *, platform: Platform | None,
     """Registry first; the store when the registry is unreachable and knows the image.
     ``oci:`` and ``docker-archive:`` references are read where they lie."""
     if ref.transport != "docker":
-        from .read.sources import open_source
         return await open_source(ref, store).resolve(platform)
     try:
         image = await resolve(ref, platform=platform, options=options)
@@ -278,7 +164,7 @@ def describe(image: ResolvedImage) -> dict:
         "Digest": image.digest,
         "MediaType": image.media_type,
         "Manifest": {"Digest": m.digest, "MediaType": m.media_type},
-        "Platform": _platform_of(image),
+        "Platform": platform_of(image),
         "Platforms": [str(p) for p in platforms],
         "Config": {
             "Digest": m.config.digest,

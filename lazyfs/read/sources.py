@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -25,27 +25,14 @@ from ..manifest import (Descriptor, Index, Manifest, Platform, ResolvedImage, ch
                         image_platforms, parse_config, parse_manifest, select_platform)
 from ..reference import Reference
 from ..registry.client import MAX_RANGES_PER_REQUEST
-from ..pull import NoProgress, fetch_layer, keep_metadata, resolve_from_store
+from ..registry.download import DownloadProgress, Fallback, fetch_blob, stream_blob
+from ..store.records import keep_metadata, resolve_from_store
 from ..store.blobs import Store
 
 log = logging.getLogger(__name__)
 
 
 WHOLE_BLOB_ASKED = "the whole blob was asked for (index build or export)"
-
-
-@dataclass
-class Fallback:
-    """Per layer, shared by every ``RegistryBlob`` of it: why it is served from
-    a whole download rather than ranges, and what whole downloads cost."""
-
-    reason: str = ""
-    """Why reads of this layer cannot use ranges (empty while they can)."""
-    pulled_bytes: int = 0
-    """Bytes of whole-blob pulls (index builds, fallbacks, prefetch, ``--full-pull``)."""
-    pull_reason: str = ""
-    """Why the last whole pull was made."""
-    lock: trio.Lock = field(default_factory=trio.Lock, repr=False, compare=False)
 
 
 class ImageSource(Protocol):
@@ -65,7 +52,6 @@ class RegistryBlob:
                  fallback: Fallback, full_pull: bool = False):
         self.digest, self.size = desc.digest, desc.size
         self._client, self._ref, self._desc, self._store = client, ref, desc, store
-        self.client, self.ref = client, ref
         self.fallback = fallback
         if full_pull and not fallback.reason:
             fallback.reason = "whole layers requested (--full-pull)"
@@ -113,14 +99,20 @@ class RegistryBlob:
         async with self.fallback.lock:
             local = self._store.blob_path(self.digest)
             if local is None:
-                await fetch_layer(self._client, self._ref, self._desc, self._store,
-                                   NoProgress(), trio.CapacityLimiter(1))
+                await fetch_blob(self._client, self._ref, self._desc, self._store)
                 self.fallback.pulled_bytes += self.size
                 self.fallback.pull_reason = why or self.fallback.reason or WHOLE_BLOB_ASKED
                 local = self._store.blob_path(self.digest)
             if local is None:
                 raise LazyfsError(f"layer {self.digest} vanished from the store after its pull")
             return local
+
+
+    async def stream(self, consume, progress: DownloadProgress) -> Path:
+        """The whole blob into the store in parallel ranges, each byte handed in
+        order to ``consume`` on the way (see ``download.stream_blob``)."""
+        return await stream_blob(self._client, self._ref, self._desc, self._store, consume,
+                                 fallback=self.fallback, progress=progress)
 
 
 def _pread_all(path: Path, spans: list[tuple[int, int]]) -> list[bytes]:

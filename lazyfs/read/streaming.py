@@ -17,7 +17,7 @@ from typing import Callable
 import trio
 
 from ..blob import _pread, check_range
-from ..registry.download import DownloadProgress, stream_blob
+from ..registry.download import DownloadProgress
 from ..formats.entry import Entry
 from ..errors import LazyfsError
 from ..formats import GzipReader, LayerTable, StreamIndexer, read_content
@@ -78,8 +78,7 @@ class LayerStream:
                 trio.from_thread.run_sync(self._fed, entries, publish, trio_token=token)
 
         try:
-            await stream_blob(blob.client, blob.ref, self.desc, self.store, consume,
-                              fallback=blob.fallback, progress=self._progress())
+            await blob.stream(consume, self._progress())
             return await trio.to_thread.run_sync(self.indexer.finish)
         except LazyfsError as e:
             self.error = e

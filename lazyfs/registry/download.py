@@ -1,4 +1,7 @@
-"""A whole blob from the registry as parallel range requests, handed on in order.
+"""A whole blob from the registry into the store: the one way every caller
+(a pull, a read that falls back to the whole layer, an index build) gets one.
+
+Parallel range requests, handed on in order.
 
 One HTTP stream of a big layer is slow to start and capped per connection
 behind a distant registry; several range requests in flight at once are not.
@@ -8,6 +11,9 @@ store. Pieces are written to the tmp file at their offsets as they come,
 then hashed and handed to the consumer strictly in order; a window of
 ``parallel + 2`` pieces bounds memory, so downloads ahead of a slow consumer
 wait for it.
+
+A pull asks for one plain GET instead (``fetch_blob``), and finishes an
+attempt an earlier process abandoned with ranges from where it stopped.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,15 +28,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..blob import _pread
-from ..errors import (DigestMismatch, LazyfsError, RangeNotSupported, RegistryError,
-                     lazyfs_error_in)
+from ..errors import DigestMismatch, LazyfsError, RangeNotSupported, RegistryError, single_error
 from ..manifest import Descriptor
 from ..reference import Reference
 from ..store.blobs import BlobWriter, Store
 
 if TYPE_CHECKING:
     from .client import RegistryClient
-    from ..read.sources import Fallback
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +47,26 @@ PARALLEL = 6
 blob in 0.9-1.0 s against 1.9-2.7 s for one stream. 8 was a little faster
 but would take every range slot the client allows a host, starving the
 reads served meanwhile."""
+STREAM_PIECE = 1 << 20
+"""What a plain GET hands on at a time: its bytes reach the tmp file as they
+arrive, so a process killed mid-way leaves them to be resumed from."""
 WHOLE_BLOB_STREAMED = "the whole blob was streamed (index build or export)"
 
 Consume = Callable[[bytes], object]
+
+
+@dataclass
+class Fallback:
+    """Per layer, shared by every reader of it: why it is served from a whole
+    download rather than ranges, and what whole downloads cost."""
+
+    reason: str = ""
+    """Why reads of this layer cannot use ranges (empty while they can)."""
+    pulled_bytes: int = 0
+    """Bytes of whole-blob pulls (index builds, fallbacks, prefetch, ``--full-pull``)."""
+    pull_reason: str = ""
+    """Why the last whole pull was made."""
+    lock: trio.Lock = field(default_factory=trio.Lock, repr=False, compare=False)
 
 
 @dataclass
@@ -61,6 +81,8 @@ class DownloadProgress:
     tmp_path: Path | None = None
     """The file holding the bytes below ``consumed``: the tmp file while
     downloading (renamed away once done), the blob itself if it was stored."""
+    resumed: int = 0
+    """Bytes taken over from an attempt an earlier process abandoned."""
     done: bool = False
     path: Path | None = None
     """The verified blob in the store, once ``done``."""
@@ -68,10 +90,15 @@ class DownloadProgress:
 
 async def stream_blob(client: RegistryClient, ref: Reference, desc: Descriptor, store: Store,
                       consume: Consume | None = None, *, chunk: int = CHUNK,
-                      parallel: int = PARALLEL, fallback: Fallback | None = None,
+                      parallel: int = PARALLEL, ranged: bool = True,
+                      resume: bool = False, fallback: Fallback | None = None,
                       progress: DownloadProgress | None = None) -> Path:
     """The blob verified in ``store``, each of its bytes passed once, in
     order, to ``consume`` (called in a worker thread) on the way.
+
+    ``ranged=False`` asks for one plain GET. ``resume`` takes over the bytes
+    of an abandoned attempt (they are consumed first) and asks only for the
+    rest, by Range.
 
     ``fallback``, when given, is the layer's record of whole pulls: this one
     is added to it, and a registry found to ignore Range is noted there so
@@ -86,8 +113,8 @@ async def stream_blob(client: RegistryClient, ref: Reference, desc: Descriptor, 
         progress.tmp_path = local
         await _consume_file(local, desc.size, chunk, consume, progress)
     else:
-        local = await _download(client, ref, desc, store, consume, chunk, parallel, fallback,
-                                progress)
+        local = await _download(client, ref, desc, store, consume, _Plan(chunk, parallel, ranged,
+                                                                         resume), fallback, progress)
     progress.path, progress.done = local, True
     return local
 
@@ -109,14 +136,23 @@ def _read_and_consume(path: Path, offset: int, length: int, consume: Consume) ->
     consume(_pread(path, offset, length))
 
 
+@dataclass(frozen=True)
+class _Plan:
+    chunk: int
+    parallel: int
+    ranged: bool
+    resume: bool
+
+
 async def _download(client, ref: Reference, desc: Descriptor, store: Store, consume: Consume,
-                    chunk: int, parallel: int, fallback, progress: DownloadProgress) -> Path:
+                    plan: _Plan, fallback: Fallback | None, progress: DownloadProgress) -> Path:
     async with store.blob_writer(desc.digest, desc.size) as w:
-        await trio.to_thread.run_sync(w.restart)
+        if not (plan.resume and 0 < w.resume_offset() < desc.size):
+            await trio.to_thread.run_sync(w.restart)
         progress.tmp_path = w.tmp_path
         try:
-            reason = await _fetch(client, ref, desc, w, consume, chunk, parallel, fallback,
-                                  progress)
+            await _adopt(w, consume, plan.chunk, progress)
+            reason = await _fetch(client, ref, desc, w, consume, plan, fallback, progress)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(w.keep_prefix)
@@ -130,23 +166,62 @@ async def _download(client, ref: Reference, desc: Descriptor, store: Store, cons
     return local
 
 
+async def _adopt(w: BlobWriter, consume: Consume, chunk: int,
+                 progress: DownloadProgress) -> None:
+    """The bytes an abandoned attempt left, already hashed by the writer,
+    handed on as if they had just arrived."""
+    kept = progress.resumed = w.resume_offset()
+    if consume is _ignore:
+        progress.received = progress.consumed = kept
+    else:
+        await _consume_file(w.tmp_path, kept, chunk, consume, progress)
+
+
 async def _fetch(client, ref: Reference, desc: Descriptor, w: BlobWriter, consume: Consume,
-                 chunk: int, parallel: int, fallback, progress: DownloadProgress) -> str:
+                 plan: _Plan, fallback: Fallback | None, progress: DownloadProgress) -> str:
     """Ranges while the registry answers them; then one stream for the rest.
     Returns why the blob was streamed rather than fetched in ranges, if it was."""
     reason = ""
-    if desc.size > chunk and not (fallback is not None and fallback.reason):
+    wanted = progress.consumed > 0 or (plan.ranged and desc.size > plan.chunk)
+    if wanted and not (fallback is not None and fallback.reason):
         try:
-            await _ranged(client, ref, desc, _Sink(w, consume, progress, parallel + 2), chunk,
-                          parallel)
+            await _ranged(client, ref, desc, _Sink(w, consume, progress, plan.parallel + 2),
+                          plan.chunk, plan.parallel)
             return ""
         except RangeNotSupported as e:
             reason = str(e)
             log.warning("layer %s: %s; streaming it whole", desc.digest, e)
             if fallback is not None and not fallback.reason:
                 fallback.reason = reason
-    await _streamed(client, ref, desc, _Sink(w, consume, progress, 3), chunk)
+    await _streamed(client, ref, desc, _Sink(w, consume, progress, 3), plan.chunk)
     return reason
+
+
+async def fetch_blob(client: RegistryClient, ref: Reference, desc: Descriptor, store: Store,
+                     report: Callable[[int], object] | None = None) -> Path:
+    """The blob verified in ``store`` by one plain GET, as a pull fetches a
+    layer; ``report`` is told the bytes done so far (from a worker thread).
+    An attempt an earlier process abandoned is finished by Range, and its
+    bytes fetched afresh if the whole then fails verification."""
+    for resume in (True, False):
+        progress = DownloadProgress()
+        consume = _Counter(report) if report is not None else None
+        try:
+            return await stream_blob(client, ref, desc, store, consume, ranged=False,
+                                     resume=resume, progress=progress)
+        except DigestMismatch:
+            if not progress.resumed:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _Counter:
+    def __init__(self, report: Callable[[int], object]):
+        self._report, self._done = report, 0
+
+    def __call__(self, data: bytes) -> None:
+        self._done += len(data)
+        self._report(self._done)
 
 
 @dataclass
@@ -210,7 +285,7 @@ async def _ranged(client, ref: Reference, desc: Descriptor, sink: _Sink, chunk: 
             in_flight.release()
         await sink.fill(piece, data)
 
-    with _own_error():
+    with single_error():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sink.deliver)
             for i, offset in enumerate(range(sink.consumed, desc.size, chunk)):
@@ -229,10 +304,11 @@ async def _streamed(client, ref: Reference, desc: Descriptor, sink: _Sink, chunk
     """One plain GET; bytes below what was already consumed are skipped."""
     skip = sink.consumed
     offset = 0
-    with _own_error():
+    with single_error():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sink.deliver)
-            async with client.get_blob_stream(ref, desc.digest, chunk) as pieces:
+            async with client.get_blob_stream(ref, desc.digest,
+                                              min(chunk, STREAM_PIECE)) as pieces:
                 async for data in pieces:
                     end = offset + len(data)
                     if end > desc.size:
@@ -246,19 +322,3 @@ async def _streamed(client, ref: Reference, desc: Descriptor, sink: _Sink, chunk
                 raise RegistryError(f"blob {desc.digest}: body ended after {offset} of "
                                     f"{desc.size} bytes")
             sink.close()
-
-
-@contextmanager
-def _own_error():
-    """A failed task group's own error rather than the group: the first task
-    to fail cancels the others, so there is normally just one."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        error = lazyfs_error_in(group)
-        if error is None and len(group.exceptions) == 1 and \
-                not isinstance(group.exceptions[0], BaseExceptionGroup):
-            error = group.exceptions[0]
-        if error is None:
-            raise
-        raise error from None

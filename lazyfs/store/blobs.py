@@ -1,4 +1,5 @@
-"""The local store: digest-addressed blobs, per-kind indexes, image records.
+"""The local store: digest-addressed blobs and per-kind indexes; its image
+records are ``records``'s.
 
 A file under ``blobs/`` is only ever created by an atomic rename of a fully
 written, fsynced and verified tmp file, so a crash (even SIGKILL) at any point
@@ -7,51 +8,33 @@ leaves either the complete blob or nothing there. Work in progress lives in
 written: the lock dies with its process, which is how ``prune`` and a later
 writer tell an abandoned partial file from a live one.
 
-Image records sit in SQLite (WAL) so several lazyfs processes can pull,
-list and prune at once. trio is imported only by the async methods: it is
-most of the start-up time of ``lazyfs images``.
+trio is imported only by the async methods: it is most of the start-up time
+of ``lazyfs images``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import fnmatch
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
-import sqlite3
 import stat
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterable, Iterator
 
 from ..errors import CacheError, DigestMismatch, NotFound
+from .records import ImageRecords
 
 _DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 _TMP_NAME = re.compile(r"^(?P<algo>sha256|sha512)-(?P<hex>[0-9a-f]+)\.(?P<pid>\d+)\.[0-9a-f]+\.part$")
 STALE_TMP_SECONDS = 3600
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (
-    repository      TEXT NOT NULL,
-    tag             TEXT NOT NULL DEFAULT '',
-    digest          TEXT NOT NULL,
-    manifest_digest TEXT NOT NULL,
-    config_digest   TEXT NOT NULL,
-    media_type      TEXT NOT NULL,
-    platform        TEXT NOT NULL,
-    created         TEXT NOT NULL,
-    size            INTEGER NOT NULL,
-    pulled_at       REAL NOT NULL,
-    blobs           TEXT NOT NULL,
-    PRIMARY KEY (repository, tag, digest)
-);
-"""
 
 
 def default_root() -> Path:
@@ -79,34 +62,6 @@ def check_digest(digest: str) -> str:
     if not isinstance(digest, str) or not _DIGEST.match(digest):
         raise CacheError(f"not a valid digest: {digest!r}")
     return digest
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRecord:
-    repository: str
-    """``registry/repository``, fully qualified."""
-    tag: str | None
-    digest: str
-    """What the reference resolved to: the index digest for a multi-platform image."""
-    manifest_digest: str
-    config_digest: str
-    media_type: str
-    platform: str
-    created: str
-    size: int
-    """Sum of the layer sizes and the config size, as in the manifest."""
-    pulled_at: float
-    blobs: tuple[str, ...] = ()
-    """Every blob the image needs: index, manifest, config and layers."""
-
-    @property
-    def image_id(self) -> str:
-        return self.config_digest
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["blobs"] = list(self.blobs)
-        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,15 +142,14 @@ class BlobWriter:
         self._file.close()
 
 
-class Store:
+class Store(ImageRecords):
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else default_root()
         self._prepare_root()
         for sub in ("blobs", "tmp", "indexes"):
             (self.root / sub).mkdir(mode=0o700, exist_ok=True)
         self.db_path = self.root / "images.db"
-        with self._db() as db:
-            db.execute(_SCHEMA)
+        self._create_records()
 
     def _prepare_root(self) -> None:
         try:
@@ -207,29 +161,6 @@ class Store:
             raise CacheError(f"cache directory {self.root} is not a directory")
         if st.st_mode & stat.S_IWOTH:
             raise CacheError(f"cache directory {self.root} is world-writable; refusing to use it")
-
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        try:
-            db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        except sqlite3.Error as e:
-            raise CacheError(f"cannot open image database {self.db_path}: {e}") from None
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise CacheError(f"image database {self.db_path}: {e}") from None
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
 
     # -- blobs ---------------------------------------------------------------
 
@@ -371,77 +302,6 @@ class Store:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             yield
 
-    # -- image records -------------------------------------------------------
-
-    def record_image(self, rec: ImageRecord) -> None:
-        """Add or refresh an image; a tag moved elsewhere leaves its old image untagged."""
-        with self._db() as db:
-            if rec.tag:
-                moved = db.execute(
-                    "SELECT * FROM images WHERE repository=? AND tag=? AND digest<>?",
-                    (rec.repository, rec.tag, rec.digest)).fetchall()
-                for old in moved:
-                    db.execute("DELETE FROM images WHERE repository=? AND tag=? AND digest=?",
-                               (rec.repository, rec.tag, old[2]))
-                    others = db.execute("SELECT COUNT(*) FROM images WHERE repository=? AND digest=?",
-                                        (rec.repository, old[2])).fetchone()[0]
-                    if not others:
-                        db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                                   (old[0], "", *old[2:]))
-                db.execute("DELETE FROM images WHERE repository=? AND tag='' AND digest=?",
-                           (rec.repository, rec.digest))
-            db.execute("DELETE FROM images WHERE repository=? AND tag=? AND digest=?",
-                       (rec.repository, rec.tag or "", rec.digest))
-            db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?)", _row(rec))
-
-    def list_images(self, filter_repo: str | None = None, filter_tag: str | None = None) -> list[ImageRecord]:
-        """Records newest first; filters are shell-style patterns, as ``docker images`` takes."""
-        with self._db() as db:
-            rows = db.execute("SELECT * FROM images").fetchall()
-        recs = [_record(r) for r in rows]
-        if filter_repo is not None:
-            recs = [r for r in recs if fnmatch.fnmatchcase(r.repository, filter_repo)]
-        if filter_tag is not None:
-            recs = [r for r in recs if r.tag is not None and fnmatch.fnmatchcase(r.tag, filter_tag)]
-        recs.sort(key=lambda r: (r.created, r.pulled_at), reverse=True)
-        return recs
-
-    def find_image(self, repository: str, tag: str | None = None, digest: str | None = None) -> ImageRecord | None:
-        """The record a reference names: by digest (either kind) if given, else by tag."""
-        with self._db() as db:
-            if digest:
-                rows = db.execute(
-                    "SELECT * FROM images WHERE repository=? AND (digest=? OR manifest_digest=?)",
-                    (repository, digest, digest)).fetchall()
-            else:
-                rows = db.execute("SELECT * FROM images WHERE repository=? AND tag=?",
-                                  (repository, tag or "")).fetchall()
-        return _record(rows[0]) if rows else None
-
-    def remove_image(self, repository: str | None = None, tag: str | None = None,
-                     digest: str | None = None, image_id: str | None = None) -> list[ImageRecord]:
-        """Forget images by ``repository:tag``, ``repository@digest`` or image-ID prefix.
-
-        Blobs stay until ``prune``: another image may share them.
-        """
-        if image_id is not None:
-            where, args = "config_digest LIKE ?", (_id_pattern(image_id),)
-            what = image_id
-        elif digest is not None:
-            where, args = "repository=? AND (digest=? OR manifest_digest=?)", (repository, digest, digest)
-            what = f"{repository}@{digest}"
-        else:
-            where, args = "repository=? AND tag=?", (repository, tag or "")
-            what = f"{repository}:{tag}"
-        with self._db() as db:
-            rows = db.execute(f"SELECT * FROM images WHERE {where}", args).fetchall()
-            if image_id is not None and len({r[4] for r in rows}) > 1:
-                raise CacheError(f"image ID prefix {image_id} is ambiguous")
-            db.execute(f"DELETE FROM images WHERE {where}", args)
-        if not rows:
-            raise NotFound(f"no such image: {what}")
-        return [_record(r) for r in rows]
-
     # -- pruning -------------------------------------------------------------
 
     def prune(self, all: bool = False) -> PruneResult:
@@ -543,22 +403,3 @@ def _fsync_dir(d: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _id_pattern(image_id: str) -> str:
-    hexd = image_id.removeprefix("sha256:")
-    if not re.fullmatch(r"[0-9a-f]{1,64}", hexd):
-        raise NotFound(f"no such image: {image_id}")
-    return f"sha256:{hexd}%"
-
-
-def _row(rec: ImageRecord) -> tuple:
-    return (rec.repository, rec.tag or "", rec.digest, rec.manifest_digest, rec.config_digest,
-            rec.media_type, rec.platform, rec.created, rec.size, rec.pulled_at,
-            json.dumps(sorted(set(rec.blobs))))
-
-
-def _record(row: tuple) -> ImageRecord:
-    (repo, tag, digest, mdigest, cdigest, mt, plat, created, size, pulled, blobs) = row
-    return ImageRecord(repo, tag or None, digest, mdigest, cdigest, mt, plat, created, size,
-                       pulled, tuple(json.loads(blobs)))

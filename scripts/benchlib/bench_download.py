@@ -121,7 +121,7 @@ async def _one(ref_text: str, desc, mode: str, work: Path) -> float:
 
     from lazyfs.registry.download import stream_blob
     from lazyfs.formats.gzip import StreamIndexer
-    from lazyfs.pull import fetch_layer
+    from lazyfs.registry.download import fetch_blob
     from lazyfs.reference import parse_reference
     from lazyfs.registry.client import RegistryClient
     from lazyfs.store.blobs import Store
@@ -137,7 +137,7 @@ async def _one(ref_text: str, desc, mode: str, work: Path) -> float:
             finally:
                 f.close()
         elif mode == "fetch_layer":
-            await fetch_layer(client, ref, desc, store)
+            await fetch_blob(client, ref, desc, store)
         elif mode == "parallel-6+index":
             indexer = StreamIndexer(desc.digest)
             await stream_blob(client, ref, desc, store, indexer.feed, chunk=CHUNK, parallel=6)

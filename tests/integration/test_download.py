@@ -9,13 +9,11 @@ import uuid
 import pytest
 import trio
 
-from lazyfs.registry.download import DownloadProgress, stream_blob
+from lazyfs.registry.download import DownloadProgress, Fallback, fetch_blob, stream_blob
 from lazyfs.errors import DigestMismatch, RegistryError
 from lazyfs.manifest import Descriptor
-from lazyfs.pull import fetch_layer
 from lazyfs.reference import parse_reference
 from lazyfs.registry.client import RegistryClient, RegistryOptions
-from lazyfs.read.sources import Fallback
 from lazyfs.store.blobs import Store
 from lazyfs.testing.push import OCI_LAYER_GZIP, push_blob, sha256
 from tests.support.faultproxy import fault_proxy
@@ -207,7 +205,7 @@ async def test_a_failing_consumer_stops_the_download_and_leaves_a_resumable_pref
     [tmp] = in_tmp(store)
     kept = tmp.read_bytes()
     assert len(kept) == 4 * CHUNK and blob.startswith(kept), "ahead-of-order bytes cut off"
-    await fetch_layer(client, ref, desc_of(blob), store)
+    await fetch_blob(client, ref, desc_of(blob), store)
     assert store.blob_path(sha256(blob)).read_bytes() == blob
 
 

@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from lazyfs.errors import CacheError, DigestMismatch, NotFound
-from lazyfs.store.blobs import ImageRecord, Store
+from lazyfs.store.blobs import Store
+from lazyfs.store.records import ImageRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 
