@@ -60,22 +60,30 @@ class RegistryBlob:
         return self._store.blob_path(self.digest)
 
     async def read_range(self, start: int, end: int) -> bytes:
+        """For reads outside the reader (a TOC, a footer), which keep no
+        attempts of their own: the client retries what fails in passing."""
         check_range(self, start, end)
         if start == end:
             return b""
-        parts, _ = await self.read_ranges([(start, end)])
+        parts, _ = await self._read([(start, end)], retry=True)
         return parts[0]
 
     async def read_ranges(self, spans: list[tuple[int, int]]) -> tuple[list[bytes], int]:
         """The bytes of each (non-empty) span and the number of requests it
-        took: 0 when the store had the whole blob."""
+        took: 0 when the store had the whole blob. Each request is sent once:
+        the reader's attempts are the retry budget of a read."""
+        return await self._read(spans, retry=False)
+
+    async def _read(self, spans: list[tuple[int, int]],
+                    retry: bool) -> tuple[list[bytes], int]:
         for start, end in spans:
             check_range(self, start, end)
         local = self._store.blob_path(self.digest)
         if local is None and not self.fallback.reason:
             try:
                 if len(spans) == 1:
-                    parts = [await self._client.get_range(self._ref, self.digest, *spans[0])]
+                    parts = [await self._client.get_range(self._ref, self.digest, *spans[0],
+                                                          retry=retry)]
                 else:
                     parts = await self._client.get_ranges(self._ref, self.digest, spans)
                 return parts, self._requests(spans)

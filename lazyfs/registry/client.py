@@ -25,8 +25,8 @@ from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, Index
                         Platform, ResolvedImage, image_platforms, parse_config, parse_manifest,
                         select_platform, with_default_tag)
 from ..reference import Reference
-from .ranges import (Part, Span, batches, boundary_of, coalesce, cut, parse_content_range,
-                     parse_multipart, range_header)
+from .ranges import (Part, Span, batches, boundary_of, cut, parse_content_range, parse_multipart,
+                     range_header)
 from .transport import (Endpoint, RegistryOptions, Transport, body_chunks, content_type,
                         read_limited, repository_scope)
 
@@ -96,9 +96,9 @@ class RegistryClient:
         what = _shown(ref)
 
         async def fetch(ep: Endpoint) -> tuple[bytes, str, str]:
-            async with self._transport.open(ep, "GET", _path(ref, "manifests", ref.identifier), what,
-                                  scope=repository_scope(ref),
-                                  headers={"Accept": ", ".join(ACCEPT_TYPES)}) as resp:
+            async with self._transport.open(ep, "GET", _path(ref, "manifests", ref.identifier),
+                                            what, scope=repository_scope(ref),
+                                            headers={"Accept": ", ".join(ACCEPT_TYPES)}) as resp:
                 raw = await read_limited(resp, MAX_MANIFEST_SIZE, what, ep)
             return raw, content_type(resp), _check_manifest_digest(resp, raw, ref, what)
 
@@ -109,9 +109,9 @@ class RegistryClient:
         what = _shown(ref)
 
         async def head(ep: Endpoint) -> Descriptor | None:
-            async with self._transport.open(ep, "HEAD", _path(ref, "manifests", ref.identifier), what,
-                                  scope=repository_scope(ref),
-                                  headers={"Accept": ", ".join(ACCEPT_TYPES)}) as resp:
+            async with self._transport.open(ep, "HEAD", _path(ref, "manifests", ref.identifier),
+                                            what, scope=repository_scope(ref),
+                                            headers={"Accept": ", ".join(ACCEPT_TYPES)}) as resp:
                 digest = resp.headers.get("docker-content-digest")
                 size = resp.headers.get("content-length", "")
             if not digest or not size.isdigit() or (ref.digest and digest != ref.digest):
@@ -131,7 +131,8 @@ class RegistryClient:
                               chunk_size: int = 1 << 20) -> AsyncIterator[AsyncIterator[bytes]]:
         """The blob's bytes as they arrive, unverified: the caller hashes them."""
         what = f"{ref.name}@{digest}"
-        async with self._transport.reading(ref, "GET", _path(ref, "blobs", digest), what) as (ep, resp):
+        async with self._transport.reading(ref, "GET", _path(ref, "blobs", digest),
+                                           what) as (ep, resp):
             async with aclosing(body_chunks(resp, chunk_size, ep)) as chunks:
                 yield chunks
 
@@ -165,15 +166,19 @@ class RegistryClient:
                 await trio.to_thread.run_sync(_write_and_hash, file, hasher, chunk)
         _check_blob(written, _digest_of(hasher), desc)
 
-    async def get_range(self, ref: Reference, digest: str, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of a blob; ``RangeNotSupported`` if Range is ignored."""
-        if not 0 <= start < end:
-            raise RegistryError(f"blob {digest}: invalid range {start}-{end}")
+    async def get_range(self, ref: Reference, digest: str, start: int, end: int, *,
+                        retry: bool = False) -> bytes:
+        """Bytes ``[start, end)`` of a blob; ``RangeNotSupported`` if Range is ignored.
+
+        Sent once: a reader's own attempts are the one retry budget of a read.
+        ``retry=True`` is for fetching a whole blob in ranges, which has no
+        attempts of its own."""
+        _check_spans(digest, [(start, end)])
         what = f"{ref.name}@{digest}"
         headers = {"Range": range_header([(start, end)])}
         async with self._range_limit(ref), \
                 self._transport.reading(ref, "GET", _path(ref, "blobs", digest), what,
-                              headers=headers) as (ep, resp):
+                                        headers=headers, retry=retry) as (ep, resp):
             if resp.status_code != 206:
                 raise RangeNotSupported(f"registry {ep.host} answered a Range request for blob "
                                         f"{digest} with HTTP {resp.status_code}, not 206")
@@ -187,21 +192,19 @@ class RegistryClient:
     async def get_ranges(self, ref: Reference, digest: str, spans: list[Span]) -> list[bytes]:
         """The bytes of each ``(start, end)`` span of a blob, in the order asked.
 
-        Overlapping and adjacent spans are merged; what remains goes in one
-        multi-range request per ``MAX_RANGES_PER_REQUEST`` while the host
-        answers those with 206. The first answer that is not a usable 206
-        (a 200 with the whole blob, as S3-style backends send) marks the host
-        as single-range for the life of this client: a 200 is never taken as
-        a partial answer.
+        The spans are sent as given (merging nearby ones is the reader's
+        choice), in one multi-range request per ``MAX_RANGES_PER_REQUEST``
+        while the host answers those with 206, each request sent once. The
+        first answer that is not a usable 206 (a 200 with the whole blob, as
+        S3-style backends send) marks the host as single-range for the life
+        of this client, and the spans are asked for one by one: a 200 is
+        never taken as a partial answer.
         """
-        for start, end in spans:
-            if not 0 <= start < end:
-                raise RegistryError(f"blob {digest}: invalid range {start}-{end}")
-        merged = coalesce(spans)
+        _check_spans(digest, spans)
         host = self._transport.upstream(ref).api_host
-        if len(merged) > 1 and self._multi_range.get(host, True):
+        if len(spans) > 1 and self._multi_range.get(host, True):
             parts: list[Part] = []
-            for batch in batches(merged, MAX_RANGES_PER_REQUEST):
+            for batch in batches(spans, MAX_RANGES_PER_REQUEST):
                 got = await self._get_multi(ref, digest, batch)
                 if got is None:
                     self._multi_range[host] = False
@@ -210,8 +213,7 @@ class RegistryClient:
             else:
                 self._multi_range[host] = True
                 return cut(spans, parts, f"blob {digest}")
-        parts = [Part(s, e, await self.get_range(ref, digest, s, e)) for s, e in merged]
-        return cut(spans, parts, f"blob {digest}")
+        return [await self.get_range(ref, digest, s, e) for s, e in spans]
 
     def multi_range(self, ref: Reference) -> bool | None:
         """Whether ``ref``'s registry answered multi-range requests; ``None`` before the probe."""
@@ -223,7 +225,8 @@ class RegistryClient:
         wanted = sum(e - s for s, e in spans)
         async with self._range_limit(ref), \
                 self._transport.reading(ref, "GET", _path(ref, "blobs", digest), what,
-                              headers={"Range": range_header(spans)}, ok=(416,)) as (ep, resp):
+                                        headers={"Range": range_header(spans)}, ok=(416,),
+                                        retry=False) as (ep, resp):
             if resp.status_code != 206:
                 return None
             boundary = boundary_of(resp.headers.get("content-type"))
@@ -262,7 +265,8 @@ class RegistryClient:
         seen: set[str] = set()
         while url and url not in seen:
             seen.add(url)
-            async with self._transport.open(ep, "GET", url, what, scope=repository_scope(ref)) as resp:
+            async with self._transport.open(ep, "GET", url, what,
+                                            scope=repository_scope(ref)) as resp:
                 body = await read_limited(resp, MAX_MANIFEST_SIZE, what, ep)
                 next_url = _next_link(resp.headers.get_list("link"))
             page = _json(body, what).get("tags") or []
@@ -278,19 +282,19 @@ class RegistryClient:
         ep = self._transport.upstream(ref)
         scope = repository_scope(ref, push=True)
         what = f"{ref.name}@{digest}"
-        async with self._transport.open(ep, "HEAD", _path(ref, "blobs", digest), what, scope=scope,
-                              ok=(200, 404)) as resp:
+        async with self._transport.open(ep, "HEAD", _path(ref, "blobs", digest), what,
+                                        scope=scope, ok=(200, 404)) as resp:
             if resp.status_code == 200:
                 return digest
         async with self._transport.open(ep, "POST", _path(ref, "blobs", "uploads") + "/", what,
-                              scope=scope) as resp:
+                                        scope=scope) as resp:
             location = resp.headers.get("location")
             if not location:
                 raise RegistryError(
                     f"registry {ep.host} started an upload for {what} without a Location")
             upload = resp.url.join(location).copy_merge_params({"digest": digest})
         async with self._transport.open(ep, "PUT", str(upload), what, scope=scope, content=data,
-                              headers={"Content-Type": "application/octet-stream"}):
+                                        headers={"Content-Type": "application/octet-stream"}):
             pass
         return digest
 
@@ -300,8 +304,8 @@ class RegistryClient:
         ep = self._transport.upstream(ref)
         what = _shown(ref)
         async with self._transport.open(ep, "PUT", _path(ref, "manifests", ref.identifier), what,
-                              scope=repository_scope(ref, push=True), content=raw,
-                              headers={"Content-Type": media_type}) as resp:
+                                        scope=repository_scope(ref, push=True), content=raw,
+                                        headers={"Content-Type": media_type}) as resp:
             echoed = resp.headers.get("docker-content-digest")
         if echoed and echoed != digest:
             raise DigestMismatch(f"manifest {what}: registry stored {echoed}, we sent {digest}")
@@ -316,8 +320,7 @@ class RegistryClient:
             path += "?" + str(httpx.QueryParams({"artifactType": artifact_type}))
         ep = self._transport.upstream(ref)
         async with self._transport.open(ep, "GET", path, what, scope=repository_scope(ref),
-                              headers={"Accept": OCI_INDEX},
-                              ok=(200, 404)) as resp:
+                                        headers={"Accept": OCI_INDEX}, ok=(200, 404)) as resp:
             body = await read_limited(resp, MAX_MANIFEST_SIZE, what, ep)
             api = resp.status_code == 200 and content_type(resp) == OCI_INDEX
         if api:
@@ -384,6 +387,12 @@ def _check_blob(received: int, got: str, desc: Descriptor) -> None:
 def _write_and_hash(file: BinaryIO, hasher, chunk: bytes) -> None:
     hasher.update(chunk)
     file.write(chunk)
+
+
+def _check_spans(digest: str, spans: list[Span]) -> None:
+    for start, end in spans:
+        if not 0 <= start < end:
+            raise RegistryError(f"blob {digest}: invalid range {start}-{end}")
 
 
 def _check_content_range(value: str | None, start: int, end: int, digest: str) -> None:

@@ -113,8 +113,8 @@ async def stream_blob(client: RegistryClient, ref: Reference, desc: Descriptor, 
         progress.tmp_path = local
         await _consume_file(local, desc.size, chunk, consume, progress)
     else:
-        local = await _download(client, ref, desc, store, consume, _Plan(chunk, parallel, ranged,
-                                                                         resume), fallback, progress)
+        plan = _Plan(chunk, parallel, ranged, resume)
+        local = await _download(client, ref, desc, store, consume, plan, fallback, progress)
     progress.path, progress.done = local, True
     return local
 
@@ -280,7 +280,7 @@ async def _ranged(client, ref: Reference, desc: Descriptor, sink: _Sink, chunk: 
 
     async def fetch(piece: _Piece) -> None:
         try:
-            data = await client.get_range(ref, desc.digest, piece.start, piece.end)
+            data = await client.get_range(ref, desc.digest, piece.start, piece.end, retry=True)
         finally:
             in_flight.release()
         await sink.fill(piece, data)

@@ -138,11 +138,15 @@ class Transport:
 
     @asynccontextmanager
     async def reading(self, ref: Reference, method: str, path: str, what: str,
-                       headers: dict[str, str] | None = None, ok: tuple[int, ...] = ()):
+                      headers: dict[str, str] | None = None, ok: tuple[int, ...] = (),
+                      retry: bool = True):
+        """``(endpoint, response)`` from the first endpoint that answers.
+        ``retry=False`` sends each request once, for a caller that keeps
+        its own budget of attempts."""
         async def open_at(ep: Endpoint):
             return ep, await self._open_checked(ep, method, path, what,
                                                 scope=repository_scope(ref),
-                                                headers=headers, ok=ok)
+                                                headers=headers, ok=ok, retry=retry)
 
         ep, resp = await self.each_endpoint(ref, open_at)
         try:
@@ -160,16 +164,18 @@ class Transport:
 
     async def _open_checked(self, ep: Endpoint, method: str, path: str, what: str, *,
                             scope: str, headers: dict[str, str] | None = None,
-                            content: bytes | None = None,
-                            ok: tuple[int, ...] = ()) -> httpx.Response:
+                            content: bytes | None = None, ok: tuple[int, ...] = (),
+                            retry: bool = True) -> httpx.Response:
         """An open streaming response with an acceptable status, redirects followed."""
         base = await self._base(ep)
         url = httpx.URL(base).join(path)
         reusable = method == "GET" and "/blobs/" in url.path
-        if reusable and (resp := await self._via_known_redirect(ep, url, headers)) is not None:
+        tries = self.options.max_retries + 1 if retry else 1
+        if reusable and (resp := await self._via_known_redirect(ep, url, headers,
+                                                                tries)) is not None:
             return resp
         auth = await self._auth(ep.host, scope)
-        resp = await self._send(ep, method, url, auth, headers, content)
+        resp = await self._send(ep, method, url, auth, headers, content, tries)
         refreshed = False
         hops = 0
         while resp.status_code in _REDIRECT_STATUS and method in ("GET", "HEAD"):
@@ -180,14 +186,15 @@ class Transport:
                 raise RegistryError(f"{what}: registry {ep.host} sent a broken redirect chain")
             target = resp.url.join(location)
             same = _origin(target) == _origin(url)
-            resp = await self._send(ep, method, target, auth if same else None, headers, None)
+            resp = await self._send(ep, method, target, auth if same else None, headers, None,
+                                    tries)
             if resp.status_code in (401, 403) and not same:
                 await resp.aclose()
                 if refreshed:
                     raise RegistryError(f"{what}: redirect target {target.host} answered "
                                         f"HTTP {resp.status_code} even after a fresh redirect")
                 refreshed = True
-                resp = await self._send(ep, method, url, auth, headers, None)
+                resp = await self._send(ep, method, url, auth, headers, None, tries)
         if 200 <= resp.status_code < 300 or resp.status_code in ok:
             if reusable and hops and _origin(resp.url) != _origin(url):
                 self._redirects[str(url)] = (resp.url, _redirect_expiry(resp.url))
@@ -201,7 +208,8 @@ class Transport:
         raise _error_for(resp.status_code, body, ep, what, auth)
 
     async def _via_known_redirect(self, ep: Endpoint, url: httpx.URL,
-                                  headers: dict[str, str] | None) -> httpx.Response | None:
+                                  headers: dict[str, str] | None,
+                                  tries: int) -> httpx.Response | None:
         """A blob request sent straight to where the registry last redirected
         it (a CDN, a presigned URL) while that target is fresh: one round trip
         instead of two. Any refusal there forgets it and goes back to the registry."""
@@ -212,7 +220,7 @@ class Transport:
         if time.time() >= expires:
             del self._redirects[str(url)]
             return None
-        resp = await self._send(ep, "GET", target, None, headers, None)
+        resp = await self._send(ep, "GET", target, None, headers, None, tries)
         if 200 <= resp.status_code < 300:
             return resp
         await resp.aclose()
@@ -220,26 +228,29 @@ class Transport:
         return None
 
     async def _send(self, ep: Endpoint, method: str, url: httpx.URL, auth: httpx.Auth | None,
-                    headers: dict[str, str] | None, content: bytes | None) -> httpx.Response:
-        """One request with bounded retries on busy answers and dropped connections.
+                    headers: dict[str, str] | None, content: bytes | None,
+                    tries: int) -> httpx.Response:
+        """One request, sent up to ``tries`` times while answers are busy or
+        connections drop, with backoff between.
 
         A refused connection or a failed TLS handshake is an answer, not a
         hiccup: it is reported at once rather than retried.
         """
         assert self._http is not None, "RegistryClient used outside 'async with'"
         o = self.options
-        for attempt in range(o.max_retries + 1):
+        last = tries - 1
+        for attempt in range(tries):
             request = self._http.build_request(method, url, headers=headers, content=content)
             try:
                 resp = await self._http.send(request, auth=auth, stream=True)
             except _RETRY_ERRORS as e:
-                if attempt == o.max_retries:
+                if attempt == last:
                     raise _unreachable(ep, e) from None
                 await trio.sleep(min(o.backoff * 2 ** attempt, o.max_backoff))
                 continue
             except httpx.HTTPError as e:
                 raise _unreachable(ep, e) from None
-            if resp.status_code not in _RETRY_STATUS or attempt == o.max_retries:
+            if resp.status_code not in _RETRY_STATUS or attempt == last:
                 return resp
             delay = _retry_after(resp.headers.get("retry-after"))
             if delay is None:
@@ -262,7 +273,8 @@ class Transport:
             for scheme in ep.schemes:
                 base = f"{scheme}://{ep.api_host}"
                 try:
-                    resp = await self._send(ep, "GET", httpx.URL(base + "/v2/"), None, None, None)
+                    resp = await self._send(ep, "GET", httpx.URL(base + "/v2/"), None, None, None,
+                                            self.options.max_retries + 1)
                 except RegistryUnreachable as e:
                     failure = failure or e
                     continue

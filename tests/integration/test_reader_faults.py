@@ -21,6 +21,7 @@ import trio
 from lazyfs.store.chunks import prune_chunks
 from lazyfs.errors import LazyfsError, RangeNotSupported
 from lazyfs.image import OpenOptions, open_image_async, write_stats
+from lazyfs.read.reader import FETCH_ATTEMPTS
 from lazyfs.reference import parse_reference
 from lazyfs.registry.client import RegistryClient, RegistryOptions
 from lazyfs.store.blobs import Store
@@ -221,6 +222,26 @@ async def test_a_lasting_fault_fails_the_read_caches_nothing_and_passes(registry
         assert proxy.count("range", "multirange", "blob", path=image.layer) == 0
 
 
+@pytest.mark.parametrize("fault", ["500", "503", "reset-mid-body"])
+async def test_a_failing_read_sends_one_request_per_reader_attempt(registry, images, tmp_path,
+                                                                   docker_config, fault):
+    """The reader's attempts are the one retry budget of a read: the client,
+    however many retries it allows itself elsewhere, sends a range once."""
+    image = images["tar"]
+    store = image.store(tmp_path)
+    lasting = {"500": dict(action="status", status=500),
+               "503": dict(action="status", status=503, retry_after="0"),
+               "reset-mid-body": dict(action="reset", at=0.5)}[fault]
+    options = RegistryOptions(timeout=1.0, connect_timeout=1.0, max_retries=3, backoff=0.01)
+    async with fault_proxy(registry.host) as proxy:
+        async with open_image_async(f"{proxy.host}/{image.repo}:v1",
+                                    OpenOptions(registry=options), store=store) as img:
+            proxy.arm(("range", "multirange"), times=None, **lasting)
+            with pytest.raises(LazyfsError):
+                await read(img, "/data/big.bin", 2 << 20, 10_000)
+        assert 1 <= proxy.count("range", "multirange") <= FETCH_ATTEMPTS
+
+
 # --- fallback to whole pulls ---------------------------------------------------------
 
 async def test_registry_ignoring_range_makes_one_whole_pull_for_all_readers(
@@ -363,7 +384,8 @@ async def test_get_ranges_uses_multi_range_and_never_takes_a_200(registry, image
             assert await client.get_ranges(ref, image.layer, spans) == want
             assert client.multi_range(ref) is False
             assert await client.get_ranges(ref, image.layer, spans) == want
-        assert proxy.count("multirange") == 1 and proxy.count("range") == 8
+        # The spans go as given, one by one twice: merging them is the reader's choice.
+        assert proxy.count("multirange") == 1 and proxy.count("range") == 2 * len(spans)
         proxy.arm("range", "ignore_range", times=None)
         async with RegistryClient(OPTIONS) as client:
             ref = parse_reference(f"{proxy.host}/{image.repo}:v1")
