@@ -3,7 +3,9 @@
 Nothing here does I/O: the registry client hands over the bytes, the
 Content-Type and the digest it verified, and gets frozen values back. That
 keeps every quirk of the formats (OCI manifests without ``mediaType``,
-schema1, attestation entries in indexes) testable from a table.
+schema1, attestation entries in indexes) testable from a table. Bytes that
+are not a valid document raise ``InvalidManifest`` wherever they came from
+(a registry, a layout, an archive, the store).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import (LayerFormatError, NoMatchingPlatform, RegistryError, UnsupportedMediaType,
+from .errors import (InvalidManifest, LayerFormatError, NoMatchingPlatform, UnsupportedMediaType,
                      UsageError)
 from .reference import Reference
 
@@ -218,7 +220,7 @@ def parse_manifest(raw: bytes, content_type: str, digest: str) -> Manifest | Ind
     doc = _load_object(raw, f"manifest {digest}")
     media_type = _media_type(doc, content_type.split(";")[0].strip().lower(), digest)
     if doc.get("schemaVersion", 2) != 2:
-        raise RegistryError(
+        raise InvalidManifest(
             f"manifest {digest}: schemaVersion {doc.get('schemaVersion')!r} is not 2")
     what = f"manifest {digest}"
     if media_type in INDEX_TYPES:
@@ -228,7 +230,7 @@ def parse_manifest(raw: bytes, content_type: str, digest: str) -> Manifest | Ind
                      _strings(doc.get("annotations"), what), _subject(doc, what))
     layers = _list(doc, "layers", what)
     if "config" not in doc:
-        raise RegistryError(f"{what}: missing 'config'")
+        raise InvalidManifest(f"{what}: missing 'config'")
     artifact_type = doc.get("artifactType")
     return Manifest(media_type, digest, raw, _descriptor(doc["config"], f"{what} config"),
                     tuple(_descriptor(d, f"{what} layer {i}") for i, d in enumerate(layers)),
@@ -244,7 +246,7 @@ def _media_type(doc: dict, content_type: str, digest: str) -> str:
             f"manifest {digest}: schema1 manifests are not supported; "
             "push the image again with a current client (Docker schema2 or OCI)")
     if body_type is not None and not isinstance(body_type, str):
-        raise RegistryError(f"manifest {digest}: 'mediaType' is not a string")
+        raise InvalidManifest(f"manifest {digest}: 'mediaType' is not a string")
     if body_type:
         if body_type not in MANIFEST_TYPES + INDEX_TYPES:
             raise UnsupportedMediaType(
@@ -263,17 +265,17 @@ def _media_type(doc: dict, content_type: str, digest: str) -> str:
 
 def _descriptor(d: object, what: str) -> Descriptor:
     if not isinstance(d, dict):
-        raise RegistryError(f"{what}: descriptor is not an object")
+        raise InvalidManifest(f"{what}: descriptor is not an object")
     media_type, digest, size = d.get("mediaType"), d.get("digest"), d.get("size")
     if not isinstance(media_type, str) or not media_type:
-        raise RegistryError(f"{what}: descriptor lacks 'mediaType'")
+        raise InvalidManifest(f"{what}: descriptor lacks 'mediaType'")
     if not valid_digest(digest):
-        raise RegistryError(f"{what}: invalid digest {digest!r}")
+        raise InvalidManifest(f"{what}: invalid digest {digest!r}")
     if type(size) is not int or size < 0:
-        raise RegistryError(f"{what}: invalid size {size!r} for {digest}")
+        raise InvalidManifest(f"{what}: invalid size {size!r} for {digest}")
     urls = d.get("urls") or []
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-        raise RegistryError(f"{what}: 'urls' is not a list of strings")
+        raise InvalidManifest(f"{what}: 'urls' is not a list of strings")
     artifact_type = d.get("artifactType")
     return Descriptor(media_type, digest, size, _strings(d.get("annotations"), what),
                       _platform_of(d.get("platform"), what), tuple(urls),
@@ -285,7 +287,7 @@ def _platform_of(p: object, what: str) -> Platform | None:
         return None
     if not isinstance(p, dict) or not isinstance(p.get("os"), str) \
             or not isinstance(p.get("architecture"), str):
-        raise RegistryError(f"{what}: platform needs 'os' and 'architecture'")
+        raise InvalidManifest(f"{what}: platform needs 'os' and 'architecture'")
     features = p.get("features") or ()
     return Platform(p["os"], p["architecture"], p.get("variant") or None,
                     p.get("os.version") or None, tuple(str(f) for f in features))
@@ -299,18 +301,18 @@ def _load_object(raw: bytes, what: str) -> dict:
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise RegistryError(f"{what}: not valid JSON ({e})") from None
+        raise InvalidManifest(f"{what}: not valid JSON ({e})") from None
     except RecursionError:
-        raise RegistryError(f"{what}: JSON nested too deeply") from None
+        raise InvalidManifest(f"{what}: JSON nested too deeply") from None
     if not isinstance(doc, dict):
-        raise RegistryError(f"{what}: not a JSON object")
+        raise InvalidManifest(f"{what}: not a JSON object")
     return doc
 
 
 def _list(doc: dict, key: str, what: str) -> list:
     value = doc.get(key)
     if not isinstance(value, list):
-        raise RegistryError(f"{what}: missing or invalid '{key}'")
+        raise InvalidManifest(f"{what}: missing or invalid '{key}'")
     return value
 
 
@@ -319,7 +321,7 @@ def _strings(value: object, what: str) -> dict[str, str]:
         return {}
     if not isinstance(value, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise RegistryError(f"{what}: annotations must map strings to strings")
+        raise InvalidManifest(f"{what}: annotations must map strings to strings")
     return dict(value)
 
 
@@ -368,13 +370,13 @@ def parse_config(raw: bytes, digest: str = "") -> ImageConfig:
     cfg = _or(doc.get("config"), {})
     rootfs = _or(doc.get("rootfs"), {})
     if not isinstance(cfg, dict) or not isinstance(rootfs, dict):
-        raise RegistryError(f"{what}: 'config' and 'rootfs' must be objects")
+        raise InvalidManifest(f"{what}: 'config' and 'rootfs' must be objects")
     diff_ids = _or(rootfs.get("diff_ids"), [])
     if not isinstance(diff_ids, list) or not all(valid_digest(d) for d in diff_ids):
-        raise RegistryError(f"{what}: invalid rootfs.diff_ids")
+        raise InvalidManifest(f"{what}: invalid rootfs.diff_ids")
     history = _or(doc.get("history"), [])
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
-        raise RegistryError(f"{what}: invalid history")
+        raise InvalidManifest(f"{what}: invalid history")
     return ImageConfig(
         raw=raw,
         created=_opt_str(doc.get("created")),
@@ -406,7 +408,7 @@ def _str_tuple(value: object, what: str) -> tuple[str, ...] | None:
     if isinstance(value, str):
         return (value,)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise RegistryError(f"{what}: expected a list of strings, got {value!r}")
+        raise InvalidManifest(f"{what}: expected a list of strings, got {value!r}")
     return tuple(value)
 
 

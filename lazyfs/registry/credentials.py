@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from ..errors import UsageError
+from ..errors import CredentialsError
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
@@ -126,17 +126,17 @@ def _load_config(auth_file: AuthFile) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read credential file {auth_file.label}: "
+        raise CredentialsError(f"cannot read credential file {auth_file.label}: "
                          f"{getattr(e, 'strerror', None) or type(e).__name__}") from None
     if not text.strip():
         return None
     try:
         config = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UsageError(f"credential file {auth_file.label} is not valid JSON "
+        raise CredentialsError(f"credential file {auth_file.label} is not valid JSON "
                          f"(line {e.lineno} column {e.colno})") from None
     if not isinstance(config, dict):
-        raise UsageError(f"credential file {auth_file.label} is not a JSON object")
+        raise CredentialsError(f"credential file {auth_file.label} is not a JSON object")
     return config
 
 
@@ -146,7 +146,7 @@ def _credential_in(config: dict[str, Any], auth_file: AuthFile,
     for key, helper in helpers.items():
         if normalize_registry(key) == registry:
             if not isinstance(helper, str) or not helper:
-                raise UsageError(f"credential file {auth_file.label}: credHelpers[{key!r}] "
+                raise CredentialsError(f"credential file {auth_file.label}: credHelpers[{key!r}] "
                                  "is not a helper name")
             return run_helper(helper, registry, auth_file.label)
     credential = _from_auths(_section(config, "auths", auth_file), auth_file, registry)
@@ -156,7 +156,7 @@ def _credential_in(config: dict[str, Any], auth_file: AuthFile,
     if store is None or store == "":
         return None
     if not isinstance(store, str):
-        raise UsageError(f"credential file {auth_file.label}: credsStore is not a helper name")
+        raise CredentialsError(f"credential file {auth_file.label}: credsStore is not a helper name")
     return run_helper(store, registry, auth_file.label)
 
 
@@ -165,7 +165,7 @@ def _section(config: dict[str, Any], name: str, auth_file: AuthFile) -> dict[str
     if section is None:
         return {}
     if not isinstance(section, dict):
-        raise UsageError(f"credential file {auth_file.label}: {name} is not a JSON object")
+        raise CredentialsError(f"credential file {auth_file.label}: {name} is not a JSON object")
     return section
 
 
@@ -183,12 +183,12 @@ def _from_auths(auths: dict[str, Any], auth_file: AuthFile, registry: str) -> Cr
 
 def _parse_auth_entry(entry: Any, where: str, source: str) -> Credential | None:
     if not isinstance(entry, dict):
-        raise UsageError(f"credential file {where} is not a JSON object")
+        raise CredentialsError(f"credential file {where} is not a JSON object")
     fields = {}
     for name in ("auth", "username", "password", "identitytoken", "registrytoken"):
         value = entry.get(name, "")
         if not isinstance(value, str):
-            raise UsageError(f"credential file {where}.{name} is not a string")
+            raise CredentialsError(f"credential file {where}.{name} is not a string")
         fields[name] = value
     username, password = fields["username"], fields["password"]
     if fields["auth"]:
@@ -204,11 +204,11 @@ def _decode_basic(value: str, where: str) -> tuple[str, str]:
     try:
         decoded = base64.b64decode(value, validate=True).decode("utf-8")
     except (binascii.Error, ValueError):
-        raise UsageError(f"credential file {where}.auth is not base64 of "
+        raise CredentialsError(f"credential file {where}.auth is not base64 of "
                          "'username:password'") from None
     username, sep, password = decoded.partition(":")
     if not sep:
-        raise UsageError(f"credential file {where}.auth does not hold 'username:password'")
+        raise CredentialsError(f"credential file {where}.auth does not hold 'username:password'")
     return username, password
 
 
@@ -223,19 +223,19 @@ def run_helper(name: str, registry: str, named_in: str) -> Credential | None:
     where = f"credential helper {program} (named in {named_in})"
     path = shutil.which(program)
     if path is None:
-        raise UsageError(f"{where} is not on PATH")
+        raise CredentialsError(f"{where} is not on PATH")
     try:
         returncode, out, err = _run_with_timeout([path, "get"], helper_server_url(registry))
     except subprocess.TimeoutExpired:
-        raise UsageError(f"{where} did not answer within {HELPER_TIMEOUT:g} s") from None
+        raise CredentialsError(f"{where} did not answer within {HELPER_TIMEOUT:g} s") from None
     except OSError as e:
-        raise UsageError(f"{where} could not be run: {e.strerror}") from None
+        raise CredentialsError(f"{where} could not be run: {e.strerror}") from None
     if returncode != 0:
         said = (out + err).decode("utf-8", "replace")
         if "credentials not found" in said.lower():
             return None
         first = said.strip().splitlines()[0][:200] if said.strip() else "no message"
-        raise UsageError(f"{where} failed with exit status {returncode}: {first}")
+        raise CredentialsError(f"{where} failed with exit status {returncode}: {first}")
     return _parse_helper_output(out, where, f"credential helper {program}")
 
 
@@ -257,12 +257,12 @@ def _parse_helper_output(out: bytes, where: str, source: str) -> Credential | No
     try:
         answer = json.loads(out)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UsageError(f"{where} answered with something that is not JSON") from None
+        raise CredentialsError(f"{where} answered with something that is not JSON") from None
     if not isinstance(answer, dict):
-        raise UsageError(f"{where} answered with something that is not a JSON object")
+        raise CredentialsError(f"{where} answered with something that is not a JSON object")
     username, secret = answer.get("Username", ""), answer.get("Secret", "")
     if not isinstance(username, str) or not isinstance(secret, str):
-        raise UsageError(f"{where} answered with a non-string Username or Secret")
+        raise CredentialsError(f"{where} answered with a non-string Username or Secret")
     if not secret:
         return None
     if username == "<token>":

@@ -4,7 +4,8 @@ stores these as they are: it checks that blobs exist, not what they say).
 Decisions: a descriptor size that does not match the blob is refused when
 the blob is fetched (exit 6 when the registry sends more, 8 when less) or
 found in the store;
-a config that is not JSON or whose size lies is refused by ``inspect`` too;
+a config that is not JSON (exit 9) or whose size lies is refused by
+``inspect`` too;
 ``diff_ids`` that do not count the layers are refused (exit 9);
 an unknown layer media type is refused when the layers are read (``inspect``
 still describes the image); zero layers is an empty root directory; an index
@@ -82,7 +83,7 @@ REFUSED = {
     "layer-size-smaller": (("ls", "pull"), C.EXIT_DIGEST, "more than"),
     "layer-size-larger": (("ls", "pull"), C.EXIT_REGISTRY, ""),
     "unknown-layer-media-type": (("ls",), C.EXIT_FORMAT, "unsupported layer media type"),
-    "config-not-json": (("inspect", "ls", "pull"), C.EXIT_REGISTRY, "not valid JSON"),
+    "config-not-json": (("inspect", "ls", "pull"), C.EXIT_FORMAT, "not valid JSON"),
     "config-size-smaller": (("inspect", "ls"), C.EXIT_DIGEST, "more than"),
     "config-size-larger": (("inspect", "ls"), C.EXIT_REGISTRY, ""),
     "index-names-a-missing-manifest": (("inspect", "ls", "pull"), C.EXIT_NOT_FOUND,

@@ -12,7 +12,7 @@ from lazyfs.registry import auth, credentials
 from lazyfs.registry.auth import TokenCache, parse_challenge, parse_challenges, parse_token_response
 from lazyfs.registry.credentials import (Credential, find_credential, find_credential_async,
                                          normalize_registry)
-from lazyfs.errors import RegistryError, UsageError
+from lazyfs.errors import CredentialsError, RegistryError
 
 
 # --- WWW-Authenticate -------------------------------------------------------
@@ -195,7 +195,7 @@ def test_later_file_used_when_earlier_lacks_registry(docker_config, tmp_path):
 def test_malformed_json_names_file_not_secret(docker_config):
     path = docker_config / "config.json"
     path.write_text('{"auths": {"r.example": {"auth": "c2VjcmV0cGFzcw=="}},,}')
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(CredentialsError) as e:
         find_credential("r.example")
     assert str(path) in str(e.value) and "not valid JSON" in str(e.value)
     assert "c2VjcmV0" not in str(e.value)
@@ -210,9 +210,9 @@ def test_malformed_json_names_file_not_secret(docker_config):
     ({"auths": {"r.example": {"password": 7}}}, "password is not a string"),
     ({"credHelpers": {"r.example": 5}}, "is not a helper name"),
 ])
-def test_broken_config_is_a_usage_error(docker_config, config, complaint):
+def test_broken_config_is_a_credentials_error(docker_config, config, complaint):
     write_json(docker_config / "config.json", config)
-    with pytest.raises(UsageError, match="config.json") as e:
+    with pytest.raises(CredentialsError, match="config.json") as e:
         find_credential("r.example")
     assert complaint in str(e.value)
     assert "SECRET" not in str(e.value) and "not-base64" not in str(e.value)
@@ -285,7 +285,7 @@ def test_helper_without_credential(helper, docker_config, registry):
 
 def test_failing_helper(helper, docker_config):
     write_json(docker_config / "config.json", {"credHelpers": {"broken.example": "test"}})
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(CredentialsError) as e:
         find_credential("broken.example")
     msg = str(e.value)
     assert "docker-credential-test" in msg and "exit status 3" in msg
@@ -294,14 +294,14 @@ def test_failing_helper(helper, docker_config):
 
 def test_helper_garbage_is_not_echoed(helper, docker_config):
     write_json(docker_config / "config.json", {"credsStore": "test"})
-    with pytest.raises(UsageError, match="not JSON") as e:
+    with pytest.raises(CredentialsError, match="not JSON") as e:
         find_credential("garbage.example")
     assert "LEAKED" not in str(e.value)
 
 
 def test_helper_missing(docker_config):
     write_json(docker_config / "config.json", {"credsStore": "no-such-helper-here"})
-    with pytest.raises(UsageError, match="docker-credential-no-such-helper-here .* not on PATH"):
+    with pytest.raises(CredentialsError, match="docker-credential-no-such-helper-here .* not on PATH"):
         find_credential("r.example")
 
 
@@ -309,7 +309,7 @@ def test_helper_timeout_kills_it(helper, docker_config, monkeypatch):
     monkeypatch.setattr(credentials, "HELPER_TIMEOUT", 0.5)
     write_json(docker_config / "config.json", {"credsStore": "test"})
     started = time.monotonic()
-    with pytest.raises(UsageError, match="did not answer within 0.5 s"):
+    with pytest.raises(CredentialsError, match="did not answer within 0.5 s"):
         find_credential("slow.example")
     assert time.monotonic() - started < 5
 

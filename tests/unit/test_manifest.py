@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lazyfs.errors import (LayerFormatError, NoMatchingPlatform, RegistryError,
+from lazyfs.errors import (InvalidManifest, LayerFormatError, NoMatchingPlatform,
                            UnsupportedMediaType, UsageError)
 from lazyfs.manifest import (DOCKER_LIST, DOCKER_MANIFEST, DOCKER_SCHEMA1_SIGNED,
                              OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor,
@@ -104,7 +104,7 @@ def test_schema1_is_refused_clearly(doc, content_type):
     ({"schemaVersion": 2, "mediaType": OCI_INDEX}, "missing or invalid 'manifests'"),
 ])
 def test_malformed_manifest_names_the_digest(doc, message):
-    with pytest.raises(RegistryError, match=message) as e:
+    with pytest.raises(InvalidManifest, match=message) as e:
         parse(doc)
     assert str(e.value).startswith(f"manifest {D2}")
 
@@ -258,7 +258,7 @@ def test_parse_config_minimal():
     (config_doc(config=[]), "'config' and 'rootfs' must be objects"),
 ])
 def test_parse_config_rejects(raw, message):
-    with pytest.raises(RegistryError, match=f"image config {D3}: {message}"):
+    with pytest.raises(InvalidManifest, match=f"image config {D3}: {message}"):
         parse_config(raw, D3)
 
 
