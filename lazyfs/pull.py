@@ -71,7 +71,6 @@ class PullResult:
 
 async def resolve(ref: Reference, *, platform: Platform | None = None,
                   options: RegistryOptions | None = None) -> ResolvedImage:
-    ref = with_default_tag(ref)
     async with RegistryClient(options) as client:
         return await client.resolve(ref, platform)
 

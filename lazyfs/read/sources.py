@@ -25,7 +25,7 @@ from ..manifest import (Descriptor, Index, Manifest, Platform, ResolvedImage, ch
                         image_platforms, parse_config, parse_manifest, select_platform)
 from ..reference import Reference
 from ..registry.client import MAX_RANGES_PER_REQUEST
-from ..registry.download import DownloadProgress, Fallback, fetch_blob, stream_blob
+from ..registry.download import Consume, DownloadProgress, Fallback, fetch_blob, stream_blob
 from ..store.records import keep_metadata, resolve_from_store
 from ..store.blobs import Store
 
@@ -107,16 +107,12 @@ class RegistryBlob:
         async with self.fallback.lock:
             local = self._store.blob_path(self.digest)
             if local is None:
-                await fetch_blob(self._client, self._ref, self._desc, self._store)
+                local = await fetch_blob(self._client, self._ref, self._desc, self._store)
                 self.fallback.pulled_bytes += self.size
                 self.fallback.pull_reason = why or self.fallback.reason or WHOLE_BLOB_ASKED
-                local = self._store.blob_path(self.digest)
-            if local is None:
-                raise LazyfsError(f"layer {self.digest} vanished from the store after its pull")
             return local
 
-
-    async def stream(self, consume, progress: DownloadProgress) -> Path:
+    async def stream(self, consume: Consume, progress: DownloadProgress) -> Path:
         """The whole blob into the store in parallel ranges, each byte handed in
         order to ``consume`` on the way (see ``download.stream_blob``)."""
         return await stream_blob(self._client, self._ref, self._desc, self._store, consume,

@@ -125,6 +125,10 @@ def _ignore(data: bytes) -> None:
 
 async def _consume_file(path: Path, size: int, chunk: int, consume: Consume,
                         progress: DownloadProgress) -> None:
+    if consume is _ignore:
+        progress.received += size
+        progress.consumed += size
+        return
     for offset in range(0, size, chunk):
         n = min(chunk, size - offset)
         await trio.to_thread.run_sync(_read_and_consume, path, offset, n, consume)
@@ -170,11 +174,8 @@ async def _adopt(w: BlobWriter, consume: Consume, chunk: int,
                  progress: DownloadProgress) -> None:
     """The bytes an abandoned attempt left, already hashed by the writer,
     handed on as if they had just arrived."""
-    kept = progress.resumed = w.resume_offset()
-    if consume is _ignore:
-        progress.received = progress.consumed = kept
-    else:
-        await _consume_file(w.tmp_path, kept, chunk, consume, progress)
+    progress.resumed = w.resume_offset()
+    await _consume_file(w.tmp_path, progress.resumed, chunk, consume, progress)
 
 
 async def _fetch(client, ref: Reference, desc: Descriptor, w: BlobWriter, consume: Consume,
