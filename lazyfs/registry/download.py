@@ -1,7 +1,6 @@
 """A whole blob from the registry into the store: the one way every caller
-(a pull, a read that falls back to the whole layer, an index build) gets one.
-
-Parallel range requests, handed on in order.
+(a pull, a read that falls back to the whole layer, an index build) gets
+one, as parallel range requests handed on in order.
 
 One HTTP stream of a big layer is slow to start and capped per connection
 behind a distant registry; several range requests in flight at once are not.
