@@ -119,11 +119,14 @@ class Transport:
         return [_mirror_endpoint(m, self.options) for m in self.options.mirrors] + [upstream]
 
     def upstream(self, ref: Reference) -> Endpoint:
+        """The registry ``ref`` names, without its mirrors."""
         host = ref.registry
         api = DOCKER_HUB_API if host == DOCKER_HUB else host
         return Endpoint(host, api, _schemes(host, self.options))
 
     async def each_endpoint(self, ref: Reference, op: Callable[[Endpoint], Awaitable]):
+        """``op`` at each endpoint of ``ref`` in turn until one succeeds; a
+        mirror found unreachable is not asked again."""
         errors: list[tuple[Endpoint, LazyfsError]] = []
         for ep in self._endpoints(ref):
             if ep in self._down:
@@ -156,6 +159,7 @@ class Transport:
 
     @asynccontextmanager
     async def open(self, ep: Endpoint, method: str, path: str, what: str, **kw):
+        """The response of one endpoint, closed on exit."""
         resp = await self._open_checked(ep, method, path, what, **kw)
         try:
             yield resp
@@ -170,7 +174,7 @@ class Transport:
         base = await self._base(ep)
         url = httpx.URL(base).join(path)
         reusable = method == "GET" and "/blobs/" in url.path
-        tries = self.options.max_retries + 1 if retry else 1
+        tries = self._tries(retry)
         if reusable and (resp := await self._via_known_redirect(ep, url, headers,
                                                                 tries)) is not None:
             return resp
@@ -227,6 +231,9 @@ class Transport:
         self._redirects.pop(str(url), None)
         return None
 
+    def _tries(self, retry: bool) -> int:
+        return self.options.max_retries + 1 if retry else 1
+
     async def _send(self, ep: Endpoint, method: str, url: httpx.URL, auth: httpx.Auth | None,
                     headers: dict[str, str] | None, content: bytes | None,
                     tries: int) -> httpx.Response:
@@ -274,7 +281,7 @@ class Transport:
                 base = f"{scheme}://{ep.api_host}"
                 try:
                     resp = await self._send(ep, "GET", httpx.URL(base + "/v2/"), None, None, None,
-                                            self.options.max_retries + 1)
+                                            self._tries(True))
                 except RegistryUnreachable as e:
                     failure = failure or e
                     continue
