@@ -135,7 +135,7 @@ class ChunkCache:
             return None
         path = self.path(layer, piece)
         try:
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:
                 self.loads += 1
                 head = f.read(_HEAD.size)
                 data = f.read()
