@@ -36,7 +36,7 @@ from .fetch import MERGE_GAP, decode, fetch, retryable
 from .flights import Flight, Flights
 from .memory import MEMORY_BYTES, Memory
 
-__all__ = ["ChunkCache", "Layer", "LayerStats", "Reader", "MERGE_GAP"]
+__all__ = ["ChunkCache", "Layer", "LayerStats", "Reader"]
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +177,10 @@ class Reader:
             data = self.memory.get(_piece_key(layer, p))
             if data is None:
                 todo.append(p)
-            else:
-                got[p.key] = data
-                layer.stats.hits += foreground
+                continue
+            got[p.key] = data
+            if foreground:
+                layer.stats.hits += 1
         return todo
 
     async def _round(self, layer: Layer, todo: list[Piece], got: dict[tuple, bytes],
@@ -205,8 +206,9 @@ class Reader:
 
     async def _fly(self, layer: Layer, pieces: list[Piece], flights: dict[Hashable, Flight]) -> None:
         """Load claimed pieces from disk, else from the blob. Every flight
-        lands, whatever happens: retryable failures land as errors, anything
-        else also leaves this call."""
+        lands whatever happens: a retryable failure as its error (each read
+        waiting on it spends one attempt), any other failure as well, and is
+        raised; a cancelled one empty."""
         try:
             rest = await self._from_disk(layer, pieces, flights)
             if rest:
