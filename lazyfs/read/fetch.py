@@ -50,8 +50,7 @@ async def fetch(blob: BlobSource, ranges: Iterable[Span],
     out: dict[Span, bytes] = {}
     for ((base, _), members), part in zip(groups, parts):
         for start, end in members:
-            out[start, end] = part if (start, end) == (base, base + len(part)) \
-                else part[start - base:end - base]
+            out[start, end] = part[start - base:end - base]
     return out, requests, sum(map(len, parts)) if requests else 0
 
 

@@ -52,7 +52,7 @@ class Flights:
         return mine, theirs
 
     def busy(self, keys: Iterable[Hashable]) -> list[Flight]:
-        return list({id(f): f for k in keys if (f := self._map.get(k)) is not None}.values())
+        return list(dict.fromkeys(f for k in keys if (f := self._map.get(k)) is not None))
 
     def land(self, key: Hashable, flight: Flight, data: bytes | None = None,
              error: LazyfsError | None = None, fetched: bool = False) -> None:

@@ -241,6 +241,9 @@ def test_two_pieces_of_one_gzip_span_fetch_it_once(built):
     """A shallow read (which inflates a span only partly) and a deep one of
     the same span at once: the compressed span is fetched once."""
     b = built["gzip"]
+    (shallow,) = b.content.pieces(b.entries["big.txt"].data, 0, 100)
+    (deep,) = b.content.pieces(b.entries["big.txt"].data, 1_800_000, 100)
+    assert (shallow.start, shallow.end) == (deep.start, deep.end) and shallow.key != deep.key
 
     async def main():
         reader, source = make_reader(b)
@@ -260,33 +263,33 @@ def test_two_pieces_of_one_gzip_span_fetch_it_once(built):
 def test_a_cancelled_owner_leaves_its_waiters_a_fetch_of_their_own(built):
     b = built["tar"]
 
-    async def cancelling():
+    async def main():
         reader, source = make_reader(b)
         source.gate = trio.Event()
+        scope = trio.CancelScope()
         got = []
 
-        async def owner(scope_box):
-            with trio.CancelScope() as scope:
-                scope_box.append(scope)
+        async def owner():
+            with scope:
                 await read(reader, b, "small3", 0, 100)
 
         async def waiter():
             got.append(await read(reader, b, "small3", 0, 100))
 
         async with trio.open_nursery() as nursery:
-            box: list = []
-            nursery.start_soon(owner, box)
+            nursery.start_soon(owner)
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(waiter)
             await trio.testing.wait_all_tasks_blocked()
-            box[0].cancel()
+            scope.cancel()
             await trio.testing.wait_all_tasks_blocked()
             source.gate.set()
+        assert scope.cancelled_caught
         assert got == [expect("small3", 0, 100)]
         assert source.requests == 2
         assert reader.layers[0].stats.retries == 0
 
-    trio.run(cancelling)
+    trio.run(main)
 
 
 # --- faults --------------------------------------------------------------------------
