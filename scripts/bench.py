@@ -1,4 +1,4 @@
-"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,all}``.
+"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,all}``.
 
 Each subcommand prints Markdown tables and writes ``.bench/results-NAME.json``.
 """
@@ -21,6 +21,7 @@ COMMANDS = {
     "latency": "bench_latency",
     "stream": "bench_stream",
     "download": "bench_download",
+    "warm-read": "bench_warm_read",
 }
 
 

@@ -1,14 +1,19 @@
-"""Reads of entry content: the one place fetching, caching and coalescing live.
+"""Reads of entry content: the one read path.
 
-A read asks the layer's format which pieces hold the range, serves what it
-can from the chunk cache (memory, then disk), and fetches the rest: nearby
-pieces merged into spans, all spans of one read in one multi-range request
-where the registry allows, and a piece someone else is already fetching
-waited for rather than fetched twice. Pieces are decoded and verified in a
-worker thread and only then cached or returned. A failed fetch wakes its
-waiters, who try again themselves; transient failures (a dropped or
-truncated answer, bytes that fail verification) are retried a few times
-before the read fails.
+A read goes plan → memory → disk → fetch → decode → keep → slice: the layer's
+format names the pieces holding the range; pieces in the reader's memory
+cache are used as they are; the rest are claimed (``flights``) so that each
+is loaded once however many reads want it at once, looked for in the chunk
+cache on disk, and otherwise fetched (nearby pieces merged into spans, all
+spans of one read in one multi-range request where the registry allows),
+decoded and verified (in a worker thread when big), kept in memory and on
+disk, and only then returned.
+
+Retries live here too, one budget per read: a round in which the read's own
+load, or one it waited for, fails spends one of ``FETCH_ATTEMPTS``; the
+registry client underneath sends each request once. Transient failures (a
+dropped or truncated answer, bytes that fail verification) thus cost at most
+``FETCH_ATTEMPTS`` fetches before the read fails.
 
 Reads that keep starting where the previous one of the same entry ended
 start a bounded readahead in the background.
@@ -16,39 +21,33 @@ start a bounded readahead in the background.
 
 from __future__ import annotations
 
-import bisect
 import logging
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Hashable, Sequence
 
 import trio
 
 from ..blob import BlobSource, _pread
-from ..store.chunks import ChunkCache
-from ..errors import (CacheError, DigestMismatch, LayerFormatError, LazyfsError, RegistryError,
-                     RegistryUnreachable, UnsafeEntry)
+from ..errors import CacheError, DigestMismatch, LayerFormatError, LazyfsError
 from ..formats import ContentReader, Piece, slice_piece
-from ..registry.ranges import Span, coalesce
+from ..store.chunks import ChunkCache
+from .fetch import MERGE_GAP, decode, fetch, retryable
+from .flights import Flight, Flights
+from .memory import MEMORY_BYTES, Memory
 
 __all__ = ["ChunkCache", "Layer", "LayerStats", "Reader"]
 
 log = logging.getLogger(__name__)
 
-MERGE_GAP = 64 * 1024
-"""Pieces closer than this in the blob are fetched in one range."""
-INLINE_DECODE = 64 * 1024
-"""Pieces smaller than this decode on the event loop: a worker-thread hop
-costs more than the work."""
 FETCH_ATTEMPTS = 3
+"""Failed rounds a read may have before its last error is raised."""
 RETRY_DELAY = 0.2
 READAHEAD_MIN = 1 << 20
 READAHEAD_MAX = 8 << 20
 READAHEAD_TASKS = 2
 """Readaheads in flight at once per reader; a sequential read past this is not prefetched."""
 TRACKED_STREAMS = 256
-RAW_MEMORY = 32 << 20
-"""Recently fetched compressed bytes kept in memory, per reader."""
 
 
 @dataclass
@@ -61,7 +60,9 @@ class LayerStats:
     """Compressed bytes received by range requests for reads."""
     requests: int = 0
     hits: int = 0
+    """Pieces found in memory or in the chunk cache on disk."""
     misses: int = 0
+    """Pieces a read loaded from the blob itself."""
     shared: int = 0
     """Pieces a read waited for because another read (or readahead) was already fetching them."""
     verify_failures: int = 0
@@ -84,15 +85,6 @@ class Layer:
 
 
 @dataclass
-class _Flight:
-    """One piece being fetched; others wanting it wait on ``done``."""
-
-    done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | None = None
-    error: BaseException | None = None
-
-
-@dataclass
 class _Stream:
     """Where the last read of one entry ended, and how far readahead has reached."""
 
@@ -103,40 +95,38 @@ class _Stream:
 
 class Reader:
     def __init__(self, layers: Sequence[Layer], cache: ChunkCache,
-                 nursery: trio.Nursery | None = None):
+                 nursery: trio.Nursery | None = None, memory_bytes: int = MEMORY_BYTES):
         self.layers = list(layers)
         self.cache = cache
+        """The chunk cache on disk."""
+        self.memory = Memory(memory_bytes)
         self.nursery = nursery
         """Where readahead runs; ``None`` turns readahead off."""
-        self._inflight: dict[tuple, _Flight] = {}
+        self._flights = Flights()
         self._streams: OrderedDict[tuple, _Stream] = OrderedDict()
         self._readaheads = 0
-        self._raw: OrderedDict[tuple, bytes] = OrderedDict()
-        self._raw_bytes = 0
-        self._raw_inflight: dict[tuple, trio.Event] = {}
 
     async def read(self, layer_index: int, data: bytes, offset: int, size: int) -> bytes:
         layer = self.layers[layer_index]
         pieces = layer.content.pieces(data, offset, size)
         try:
-            decoded = await self._decoded(layer, pieces)
+            got = await self._obtain(layer, pieces)
         except LazyfsError:
             layer.stats.failed_reads += 1
             raise
         self._sequential(layer_index, data, offset, size)
-        return b"".join(slice_piece(p, d, offset, size) for p, d in zip(pieces, decoded))
+        return b"".join(slice_piece(p, got[p.key], offset, size) for p in pieces)
 
     async def warm(self, reads: Sequence[tuple[int, bytes, int, int]]) -> None:
         """Bring the pieces of many ``(layer_index, data, offset, size)`` reads
         into the cache, one layer at a time: each layer's misses go out
         together, as one multi-range request where the registry takes them."""
-        by_layer: dict[int, dict[tuple, Piece]] = {}
+        by_layer: dict[int, list[Piece]] = {}
         for layer_index, data, offset, size in reads:
-            pieces = by_layer.setdefault(layer_index, {})
-            for p in self.layers[layer_index].content.pieces(data, offset, size):
-                pieces.setdefault(p.key, p)
+            by_layer.setdefault(layer_index, []).extend(
+                self.layers[layer_index].content.pieces(data, offset, size))
         for layer_index, pieces in by_layer.items():
-            await self._decoded(self.layers[layer_index], list(pieces.values()))
+            await self._obtain(self.layers[layer_index], pieces)
 
     def read_local(self, layer_index: int, data: bytes, offset: int, size: int) -> bytes:
         """The same read, blocking, for a layer whose blob is whole on local
@@ -148,164 +138,164 @@ class Reader:
         out = []
         blob_size = layer.blob.size
         for p in layer.content.pieces(data, offset, size):
-            decoded = self.cache.get(layer.digest, p, disk=False)
+            key = _piece_key(layer, p)
+            decoded = self.memory.get(key)
             if decoded is None:
                 end = min(p.end, blob_size)
                 decoded = layer.content.decode(p, _pread(path, p.start, end - p.start))
-                self.cache.put(layer.digest, p, decoded, disk=False)
+                self.memory.put(key, decoded)
             out.append(slice_piece(p, decoded, offset, size))
         return b"".join(out)
 
-    # -- cache, then fetch -------------------------------------------------------
+    # -- the read path -----------------------------------------------------------
 
-    async def _decoded(self, layer: Layer, pieces: Sequence[Piece],
-                       foreground: bool = True) -> list[bytes]:
-        out: list[bytes | None] = [self.cache.get(layer.digest, p, disk=False) for p in pieces]
-        missing = [i for i, d in enumerate(out) if d is None]
-        if missing and not _is_local(layer.blob) and self.cache.root is not None:
-            found = await trio.to_thread.run_sync(
-                self._load, layer.digest, [pieces[i] for i in missing])
-            for i, d in zip(missing, found):
-                out[i] = d
-            missing = [i for i in missing if out[i] is None]
-        if foreground:
-            shared = sum(1 for i in missing if (layer.digest, pieces[i].key) in self._inflight)
-            layer.stats.hits += len(pieces) - len(missing)
-            layer.stats.misses += len(missing) - shared
-            layer.stats.shared += shared
-        if missing:
-            got = await self._fetch(layer, [pieces[i] for i in missing])
-            for i in missing:
-                out[i] = got[pieces[i].key]
-        return out  # type: ignore[return-value]
+    async def _obtain(self, layer: Layer, pieces: Sequence[Piece],
+                      foreground: bool = True) -> dict[tuple, bytes]:
+        """The decoded bytes of each piece, by key, within one retry budget."""
+        wanted = list({p.key: p for p in pieces}.values())
+        got: dict[tuple, bytes] = {}
+        failures = 0
+        while todo := self._remembered(layer, wanted, got, foreground):
+            error = await self._round(layer, todo, got, foreground)
+            if error is None:
+                continue
+            failures += 1
+            if not retryable(error) or failures >= FETCH_ATTEMPTS:
+                raise error
+            layer.stats.retries += 1
+            log.warning("layer %s: retrying a read after: %s", layer.digest, error)
+            await trio.sleep(RETRY_DELAY * failures)
+        return got
+
+    def _remembered(self, layer: Layer, wanted: list[Piece], got: dict[tuple, bytes],
+                    foreground: bool) -> list[Piece]:
+        """Take what memory holds into ``got``; the pieces still missing."""
+        todo = []
+        for p in wanted:
+            if p.key in got:
+                continue
+            data = self.memory.get(_piece_key(layer, p))
+            if data is None:
+                todo.append(p)
+                continue
+            got[p.key] = data
+            if foreground:
+                layer.stats.hits += 1
+        return todo
+
+    async def _round(self, layer: Layer, todo: list[Piece], got: dict[tuple, bytes],
+                     foreground: bool) -> LazyfsError | None:
+        """Load the pieces nobody is loading, wait for the others; an error
+        that one of them met, if any."""
+        mine, theirs = self._flights.claim(_piece_key(layer, p) for p in todo)
+        if mine:
+            await self._fly(layer, [p for p in todo if _piece_key(layer, p) in mine], mine)
+        error = None
+        for p in todo:
+            key = _piece_key(layer, p)
+            flight = mine.get(key) or theirs[key]
+            await flight.done.wait()
+            if flight.data is None:
+                if flight.error is not None and error is None:
+                    error = flight.error if key in mine else _again(flight.error)
+                continue
+            got[p.key] = flight.data
+            if foreground:
+                _count(layer.stats, flight, key in mine)
+        return error
+
+    async def _fly(self, layer: Layer, pieces: list[Piece], flights: dict[Hashable, Flight]) -> None:
+        """Load claimed pieces from disk, else from the blob. Every flight
+        lands whatever happens: a retryable failure as its error (each read
+        waiting on it spends one attempt), any other failure as well, and is
+        raised; a cancelled one empty."""
+        try:
+            rest = await self._from_disk(layer, pieces, flights)
+            if rest:
+                await self._from_blob(layer, rest, flights)
+        except LazyfsError as e:
+            self._flights.fail(flights, e)
+            if not retryable(e):
+                raise
+        finally:
+            self._flights.fail(flights, None)
+
+    async def _from_disk(self, layer: Layer, pieces: list[Piece],
+                         flights: dict[Hashable, Flight]) -> list[Piece]:
+        """Land the pieces the chunk cache has (each file read and checked
+        once: its waiters share it); the rest."""
+        if self.cache.root is None or _is_local(layer.blob):
+            return pieces
+        found = await trio.to_thread.run_sync(self._load, layer.digest, pieces)
+        rest = []
+        for p, data in zip(pieces, found):
+            if data is None:
+                rest.append(p)
+                continue
+            key = _piece_key(layer, p)
+            self.memory.put(key, data)
+            self._flights.land(key, flights[key], data)
+        return rest
 
     def _load(self, layer: str, pieces: list[Piece]) -> list[bytes | None]:
-        out = []
-        for p in pieces:
-            data = self.cache.load(layer, p)
-            if data is not None:
-                self.cache.put(layer, p, data, disk=False)
-            out.append(data)
-        return out
+        return [self.cache.load(layer, p) for p in pieces]
 
-    async def _fetch(self, layer: Layer, pieces: list[Piece]) -> dict[tuple, bytes]:
-        results: dict[tuple, bytes] = {}
-        error: LazyfsError | None = None
-        for attempt in range(FETCH_ATTEMPTS):
-            todo = [p for p in pieces if p.key not in results]
-            if not todo:
-                break
-            if attempt:
-                layer.stats.retries += 1
-                log.warning("layer %s: retrying a read after: %s", layer.digest, error)
-                await trio.sleep(RETRY_DELAY * attempt)
-            try:
-                await self._fetch_once(layer, todo, results)
-            except LazyfsError as e:
-                if not _retryable(e):
-                    raise
-                error = e
-        if any(p.key not in results for p in pieces):
-            raise error or LazyfsError(f"layer {layer.digest}: a shared fetch was abandoned")
-        return results
-
-    async def _fetch_once(self, layer: Layer, pieces: list[Piece],
-                          results: dict[tuple, bytes]) -> None:
-        for done in {self._raw_inflight[k] for p in pieces
-                     if (k := (layer.digest, p.start, p.end)) in self._raw_inflight}:
-            await done.wait()
-        mine: list[tuple[Piece, _Flight]] = []
-        theirs: list[tuple[Piece, _Flight]] = []
-        for p in pieces:
-            key = (layer.digest, p.key)
-            flight = self._inflight.get(key)
-            if flight is None:
-                flight = self._inflight[key] = _Flight()
-                mine.append((p, flight))
-            else:
-                theirs.append((p, flight))
-        if mine:
-            try:
-                got = await self._download(layer, [p for p, _ in mine])
-                for p, flight in mine:
-                    flight.data = results[p.key] = got[p.key]
-            except BaseException as e:
-                for _, flight in mine:
-                    flight.error = e
-                raise
-            finally:
-                for p, flight in mine:
-                    if self._inflight.get((layer.digest, p.key)) is flight:
-                        del self._inflight[(layer.digest, p.key)]
-                    flight.done.set()
-        for p, flight in theirs:
-            await flight.done.wait()
-            if flight.data is not None:
-                results[p.key] = flight.data
-            elif isinstance(flight.error, LazyfsError):
-                raise type(flight.error)(str(flight.error))
-
-    async def _download(self, layer: Layer, pieces: list[Piece]) -> dict[tuple, bytes]:
-        raw = {(p.start, p.end): self._raw.get((layer.digest, p.start, p.end)) for p in pieces}
-        wanted = [s for s, r in raw.items() if r is None]
-        # Others wanting these compressed bytes under another piece key wait
-        # for them (until they are verified and kept) instead of fetching them too.
-        done = trio.Event()
-        keys = [(layer.digest, s, e) for s, e in wanted]
-        for k in keys:
-            self._raw_inflight.setdefault(k, done)
+    async def _from_blob(self, layer: Layer, pieces: list[Piece],
+                         flights: dict[Hashable, Flight]) -> None:
+        """Fetch, decode and keep; a span another read is fetching is waited for."""
+        raw = await self._kept_spans(layer, pieces)
+        wanted = sorted({(p.start, p.end) for p in pieces} - raw.keys())
+        spans, _ = self._flights.claim(_span_key(layer, s) for s in wanted)
         try:
-            return await self._fetch_and_decode(layer, pieces, raw, wanted)
+            if wanted:
+                raw.update(await self._fetch(layer, wanted))
+            kept = await self._decode_all(layer, pieces, flights, raw)
         finally:
-            for k in keys:
-                if self._raw_inflight.get(k) is done:
-                    del self._raw_inflight[k]
-            done.set()
+            self._flights.fail(spans, None)
+        if kept and self.cache.root is not None and not _is_local(layer.blob):
+            await self._store(layer.digest, kept)
 
-    async def _fetch_and_decode(self, layer: Layer, pieces: list[Piece],
-                                raw: dict[Span, bytes | None],
-                                wanted: list[Span]) -> dict[tuple, bytes]:
-        local = _is_local(layer.blob)
-        if wanted:
-            spans = coalesce(wanted, MERGE_GAP)
-            parts, requests = await _read_spans(layer.blob, spans)
-            if not local:
-                layer.stats.requests += requests
-                layer.stats.bytes_fetched += sum(len(r) for r in parts) if requests else 0
-            starts = [s for s, _ in spans]
-            for start, end in wanted:
-                k = bisect.bisect_right(starts, start) - 1
-                base = spans[k][0]
-                raw[start, end] = parts[k][start - base:end - base]
-        out: dict[tuple, bytes] = {}
+    async def _kept_spans(self, layer: Layer, pieces: list[Piece]) -> dict[tuple, bytes]:
+        """The compressed bytes memory holds for the pieces, after waiting for
+        the spans others are fetching (none of which waits on us)."""
+        spans = {(p.start, p.end) for p in pieces}
+        while True:
+            raw = {s: d for s in spans if (d := self.memory.get(_span_key(layer, s))) is not None}
+            busy = self._flights.busy(_span_key(layer, s) for s in spans if s not in raw)
+            if not busy:
+                return raw
+            for flight in busy:
+                await flight.done.wait()
+
+    async def _fetch(self, layer: Layer, wanted: list[tuple[int, int]]) -> dict[tuple, bytes]:
+        raw, requests, received = await fetch(layer.blob, wanted, MERGE_GAP)
+        if not _is_local(layer.blob):
+            layer.stats.requests += requests
+            layer.stats.bytes_fetched += received
+        return raw
+
+    async def _decode_all(self, layer: Layer, pieces: list[Piece], flights: dict[Hashable, Flight],
+                          raw: dict[tuple, bytes]) -> list[tuple[Piece, bytes]]:
+        """Decode, verify and keep each piece, landing its flight; the pieces kept."""
+        kept = []
         for p in pieces:
+            key, span = _piece_key(layer, p), raw[p.start, p.end]
             try:
-                out[p.key] = await _decode(layer.content, p, raw[p.start, p.end])
+                data = await decode(layer.content, p, span)
             except (DigestMismatch, LayerFormatError) as e:
                 layer.stats.verify_failures += 1
                 log.error("layer %s: %s", layer.digest, e)
-                self._raw.pop((layer.digest, p.start, p.end), None)
-                raise
-            self._keep_raw((layer.digest, p.start, p.end), raw[p.start, p.end])
-        for p in pieces:
-            self.cache.put(layer.digest, p, out[p.key], disk=False)
-        if not local and self.cache.root is not None:
-            await self._store(layer.digest, [(p, out[p.key]) for p in pieces])
-        return out
-
-    def _keep_raw(self, key: tuple, raw: bytes) -> None:
-        """Keep verified compressed bytes a while: formats whose pieces of one
-        span differ only in how far they decode (gzip) need them again soon."""
-        if key in self._raw:
-            self._raw.move_to_end(key)
-            return
-        if len(raw) > RAW_MEMORY // 4:
-            return
-        self._raw[key] = raw
-        self._raw_bytes += len(raw)
-        while self._raw_bytes > RAW_MEMORY:
-            _, old = self._raw.popitem(last=False)
-            self._raw_bytes -= len(old)
+                self.memory.discard(_span_key(layer, (p.start, p.end)))
+                self._flights.land(key, flights[key], error=e)
+                continue
+            if data is not span:
+                # Pieces of one span may differ only in how far they decode
+                # (gzip, zstd): the next may need these bytes again soon.
+                self.memory.put(_span_key(layer, (p.start, p.end)), span)
+            self.memory.put(key, data)
+            self._flights.land(key, flights[key], data, fetched=True)
+            kept.append((p, data))
+        return kept
 
     async def _store(self, layer: str, items: list[tuple[Piece, bytes]]) -> None:
         def store_all() -> None:
@@ -351,7 +341,7 @@ class Reader:
         try:
             pieces = layer.content.pieces(data, offset, size)
             if pieces:
-                await self._decoded(layer, pieces, foreground=False)
+                await self._obtain(layer, pieces, foreground=False)
                 layer.stats.readahead_pieces += len(pieces)
         except LazyfsError as e:
             log.info("layer %s: readahead stopped: %s", layer.digest, e)
@@ -359,28 +349,30 @@ class Reader:
             self._readaheads -= 1
 
 
-async def _read_spans(blob: BlobSource, spans: list[Span]) -> tuple[list[bytes], int]:
-    """The bytes of each span and how many requests it took; blobs that can
-    answer several ranges at once (``read_ranges``) are asked that way."""
-    many = getattr(blob, "read_ranges", None)
-    if many is not None:
-        return await many(spans)
-    return [await blob.read_range(s, e) for s, e in spans], len(spans)
+def _piece_key(layer: Layer, piece: Piece) -> tuple:
+    return (layer.digest, piece.key)
 
 
-async def _decode(content: ContentReader, piece: Piece, raw: bytes) -> bytes:
-    if len(raw) < INLINE_DECODE and piece.length < INLINE_DECODE:
-        return content.decode(piece, raw)
-    return await trio.to_thread.run_sync(content.decode, piece, raw)
+def _span_key(layer: Layer, span: tuple[int, int]) -> tuple:
+    return ("span", layer.digest, *span)
 
 
-def _retryable(e: LazyfsError) -> bool:
-    """Failures another attempt may not meet: the network's, and bytes that
-    arrived wrong (the registry's copy is checked by digest, so a mismatch
-    is more likely a bad transfer than a bad blob)."""
-    if isinstance(e, UnsafeEntry):
-        return False
-    return isinstance(e, (RegistryError, RegistryUnreachable, DigestMismatch, LayerFormatError))
+def _count(stats: LayerStats, flight: Flight, mine: bool) -> None:
+    if not flight.fetched:
+        stats.hits += 1
+    elif mine:
+        stats.misses += 1
+    else:
+        stats.shared += 1
+
+
+def _again(error: LazyfsError) -> LazyfsError:
+    """Another read's error, as this read's own: one exception object raised
+    in several tasks would collect all their tracebacks."""
+    try:
+        return type(error)(str(error))
+    except TypeError:
+        return LazyfsError(str(error))
 
 
 def _is_local(blob: BlobSource) -> bool:

@@ -1,5 +1,5 @@
 """Decoded, verified pieces of layer content, on disk and shared by every
-lazyfs process, with a small in-memory LRU in front.
+lazyfs process. (Keeping pieces in memory is the reader's business.)
 
 A piece lives at ``chunks/<algo>/<hex[:2]>/<hex>/<key>`` (one directory per
 layer) and starts with a header holding its length and a blake2b of its key
@@ -28,7 +28,6 @@ import re
 import secrets
 import struct
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -113,53 +112,16 @@ class Lease:
 
 
 class ChunkCache:
-    def __init__(self, root: Path | None, memory_bytes: int = 64 << 20,
-                 limit: int | None = None):
+    """The pieces on disk; every method blocks (call from a worker thread)."""
+
+    def __init__(self, root: Path | None, limit: int | None = None):
         self.root = root
         self.limit = limit if limit is not None else (cache_size_limit(root) if root else 0)
         self.corrupt = 0
         """Pieces found torn or corrupted on disk (and deleted) by this process."""
-        self._mem: OrderedDict[tuple, bytes] = OrderedDict()
-        self._mem_bytes = 0
-        self._mem_limit = memory_bytes
+        self.loads = 0
+        """Piece files opened (and checked) by this process."""
         self._disk_bytes: int | None = None
-
-    # -- memory ----------------------------------------------------------------
-
-    def get(self, layer: str, piece: Piece, disk: bool = True) -> bytes | None:
-        """Memory first, then (blocking) disk."""
-        key = (layer, piece.key)
-        data = self._mem.get(key)
-        if data is not None:
-            self._mem.move_to_end(key)
-            return data
-        if not disk:
-            return None
-        data = self.load(layer, piece)
-        if data is not None:
-            self._remember(key, data)
-        return data
-
-    def put(self, layer: str, piece: Piece, data: bytes, disk: bool = True) -> None:
-        self._remember((layer, piece.key), data)
-        if disk:
-            self.store(layer, piece, data)
-
-    def _remember(self, key: tuple, data: bytes) -> None:
-        if len(data) > self._mem_limit // 4 or key in self._mem:
-            return
-        self._mem[key] = data
-        self._mem_bytes += len(data)
-        while self._mem_bytes > self._mem_limit:
-            _, old = self._mem.popitem(last=False)
-            self._mem_bytes -= len(old)
-
-    def forget(self, layer: str, piece: Piece) -> None:
-        old = self._mem.pop((layer, piece.key), None)
-        if old is not None:
-            self._mem_bytes -= len(old)
-
-    # -- disk (blocking: call from a worker thread) -----------------------------
 
     def path(self, layer: str, piece: Piece) -> Path:
         if self.root is None:
@@ -173,13 +135,14 @@ class ChunkCache:
             return None
         path = self.path(layer, piece)
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
+            with open(path, "rb", buffering=0) as f:
+                self.loads += 1
+                head = f.read(_HEAD.size)
+                data = f.read()
                 mtime = os.fstat(f.fileno()).st_mtime
         except OSError:
             return None
-        data = _unwrap(raw, _tag(piece))
-        if data is None:
+        if not _intact(head, data, _tag(piece)):
             self.corrupt += 1
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -313,16 +276,15 @@ def _header(tag: str, data: bytes) -> bytes:
     return _HEAD.pack(MAGIC, len(data), h.digest())
 
 
-def _unwrap(raw: bytes, tag: str) -> bytes | None:
-    if len(raw) < _HEAD.size:
-        return None
-    magic, length, digest = _HEAD.unpack_from(raw)
-    if magic != MAGIC or length != len(raw) - _HEAD.size:
-        return None
-    data = raw[_HEAD.size:]
+def _intact(head: bytes, data: bytes, tag: str) -> bool:
+    if len(head) < _HEAD.size:
+        return False
+    magic, length, digest = _HEAD.unpack(head)
+    if magic != MAGIC or length != len(data):
+        return False
     h = hashlib.blake2b(tag.encode(), digest_size=32)
     h.update(data)
-    return data if h.digest() == digest else None
+    return h.digest() == digest
 
 
 def _write_piece(path: Path, header: bytes, data: bytes) -> None:

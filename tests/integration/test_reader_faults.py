@@ -29,29 +29,19 @@ from lazyfs.testing.push import OCI_LAYER_GZIP, OCI_LAYER_TAR, push_image
 from tests.support.faultproxy import fault_proxy
 from tests.support.images import gzip_bytes, make_tar
 from tests.support.servers import Request, Response, serve, with_ping
+from tests.support.text import words
 
 OPTIONS = RegistryOptions(timeout=1.0, connect_timeout=1.0, max_retries=1, backoff=0.01)
-
-
-def _text(rng: random.Random, size: int) -> bytes:
-    words = [bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9)))
-             for _ in range(4000)]
-    out, n = [], 0
-    while n < size:
-        line = b" ".join(rng.choices(words, k=12)) + b"\n"
-        out.append(line)
-        n += len(line)
-    return b"".join(out)[:size]
 
 
 def _files() -> dict[str, bytes]:
     rng = random.Random(5)
     files = {"etc/": None, "data/": None,
-             "etc/small.txt": _text(rng, 9_000),
-             "data/big.bin": _text(rng, 12 << 20),
+             "etc/small.txt": words(rng, 9_000),
+             "data/big.bin": words(rng, 12 << 20),
              "data/mid.bin": rng.randbytes(300_000)}
     for i in range(8):
-        files[f"etc/f{i}"] = _text(rng, 3_000 + i)
+        files[f"etc/f{i}"] = words(rng, 3_000 + i)
     return files
 
 
