@@ -1,6 +1,7 @@
 import trio
 from tests.support.images import push_image, make_tar, gzip_bytes, OCI_LAYER_TAR
-from lazyfs.image import open_image_async, open_image
+from lazyfs.image import open_image_async
+from lazyfs.sync import open_image
 from lazyfs.store.blobs import Store
 
 async def test_open_image_lists_and_reads_gzip_and_tar_images(registry, tmp_path):
