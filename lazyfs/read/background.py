@@ -68,6 +68,9 @@ class BackgroundIndex:
         except LazyfsError as e:
             log.error("indexing %s failed: %s", self.name, e)
             self.progress.fail(e)
+            for stream in self.streams.values():
+                if not stream.done and stream.error is None:
+                    stream.fail(e)  # cancelled with the others: its reads must not wait on
             return False
         self.indexed_in = time.monotonic() - self.started
         self.progress.set_final(index)
