@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pyfuse3
-import trio
 
 from ..formats.entry import EntryType
 from ..errors import LazyfsError, NotFound, UsageError
