@@ -19,7 +19,7 @@ def __getattr__(name: str):
     # open_image pulls in trio, httpx and the whole read path: loaded on first
     # use so that light commands (and ``import lazyfs``) stay quick.
     if name == "open_image":
-        from .image import open_image
+        from .sync import open_image
         return open_image
     raise AttributeError(f"module 'lazyfs' has no attribute {name!r}")
 

@@ -32,7 +32,7 @@ import pyfuse3
 import trio
 
 from .. import errors
-from ..errors import LazyfsError, MountError, lazyfs_error_in
+from ..errors import LazyfsError, MountError
 from .operations import STATS_XATTR
 
 log = logging.getLogger(__name__)
@@ -400,18 +400,15 @@ def _daemon_main(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptio
     try:
         os.chdir("/")
         _log_to_file(options.log_path, options.debug)
-        trio.run(_serve_from, open_ops, mp, fsname, options, digest,
-                 lambda state: report({"ok": True}))
+        with errors.single_error():
+            trio.run(_serve_from, open_ops, mp, fsname, options, digest,
+                     lambda state: report({"ok": True}))
         return 0
     except LazyfsError as e:
         log.error("%s", e)
         report({"error": type(e).__name__, "message": str(e)})
         return e.exit_code
     except BaseException as e:
-        if isinstance(e, BaseExceptionGroup) and (err := lazyfs_error_in(e)) is not None:
-            log.error("%s", err)
-            report({"error": type(err).__name__, "message": str(err)})
-            return err.exit_code
         log.exception("daemon failed")
         report({"error": "MountError", "message": f"mount at {mp} failed: {e!r}; "
                                                   f"see {options.log_path}"})

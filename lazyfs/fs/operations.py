@@ -1,4 +1,4 @@
-"""A read-only ``pyfuse3.Operations`` over a merged index and a read callable.
+"""A read-only ``pyfuse3.Operations`` over an image's tree and a read callable.
 
 The image never changes while mounted, so the kernel is told to cache
 everything for long (entries, attributes, negative lookups, page cache):
@@ -9,9 +9,11 @@ that a ``LazyfsError`` answers with its own errno and anything unexpected is
 logged with its traceback and answers ``EIO``: a bad read must never take the
 daemon (and with it every open file of the mount) down.
 
-Index queries run on the trio loop: each is one indexed SQLite lookup in an
+Tree queries run on the trio loop: each is one indexed SQLite lookup in an
 immutable, memory-mapped file (microseconds), far cheaper than the hop to a
 worker thread. Only ``statfs`` walks the tree, and it does so in a thread.
+While the image is still being indexed the tree's answers may be
+provisional; then nothing is cached by the kernel (``Tree.lasting``).
 """
 
 from __future__ import annotations
@@ -30,13 +32,12 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pyfuse3
-import trio
 
 from ..formats.entry import EntryType
 from ..errors import LazyfsError, NotFound, UsageError
 from ..image import OpenOptions, open_image_async
 from ..index.merged import ROOT_INO, MergedIndex, Node
-from ..index.progressive import ProgressiveIndex
+from ..index.tree import Tree, mode_of
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,6 @@ not listed, so copies and comparisons of the tree never see it."""
 
 ReadFn = Callable[[Node, int, int], Awaitable[bytes]]
 
-_TYPE_BITS = {
-    EntryType.FILE: stat.S_IFREG,
-    EntryType.HARDLINK: stat.S_IFREG,
-    EntryType.DIR: stat.S_IFDIR,
-    EntryType.SYMLINK: stat.S_IFLNK,
-    EntryType.CHAR: stat.S_IFCHR,
-    EntryType.BLOCK: stat.S_IFBLK,
-    EntryType.FIFO: stat.S_IFIFO,
-}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
@@ -145,8 +137,8 @@ def image_operations(ref: str, mountpoint: str | os.PathLike, *, layers: bool = 
     async def open_ops() -> AsyncIterator[LazyOperations]:
         async with open_image_async(ref, open_options, store) as image:
             extra = {".lowerdir": lowerdir(image.index, mountpoint).encode()} if layers else None
-            ops = LazyOperations(image.index, image.read, layers=layers, extra_files=extra,
-                                 stats=image.stats, progress=image.progress)
+            ops = LazyOperations(image.tree, image.read, layers=layers, extra_files=extra,
+                                 stats=image.stats)
             ops.digest = image.digest
             yield ops
 
@@ -159,7 +151,7 @@ class LazyOperations(pyfuse3.Operations):
     With ``layers`` the root holds one directory per layer (each layer's own
     tree, in the form overlayfs takes as a lower directory) instead of the
     merged tree. ``extra_files`` are virtual files at the root, e.g. the
-    ``.lowerdir`` of a layers view.
+    ``.lowerdir`` of a layers view. Both need the merged index at once.
     """
 
     supports_dot_lookup = True
@@ -167,32 +159,25 @@ class LazyOperations(pyfuse3.Operations):
     digest = ""
     """The manifest digest served, for the daemon's state file."""
 
-    def __init__(self, index: MergedIndex | None, read: ReadFn, *, layers: bool = False,
+    def __init__(self, tree: Tree | MergedIndex, read: ReadFn, *, layers: bool = False,
                  extra_files: dict[str, bytes] | None = None,
-                 stats: Callable[[], dict] | None = None,
-                 progress: ProgressiveIndex | None = None):
-        self._index = index
-        self._progress = progress
-        """While set and unsettled, the image is still being indexed: answers
-        come from it, provisionally, or wait for the merged index."""
+                 stats: Callable[[], dict] | None = None):
+        self._tree = tree if isinstance(tree, Tree) else Tree(tree)
         self._stats = stats
         self.counters = Counters()
         self._read = read
         self._layers = layers
-        self._parents: dict[int, int] = {}
         self._handles: dict[int, Node | _Virtual] = {}
         self._dirs: dict[int, _Cursor] = {}
         self._next_fh = itertools.count(1)
-        self._statfs: pyfuse3.StatvfsData | None = None
-        self._statfs_lock = trio.Lock()
-        first = _max_ino(index) + 1 if extra_files or layers else 0
         self._virtual: dict[int, _Virtual] = {}
         self._root_names: dict[str, int] = {}
         self._root_list: list[str] = []
+        index = self._tree.index
+        first = _max_ino(index) + 1 if extra_files or layers else 0
         if layers:
             for name, ino in index.layer_roots:
                 self._add_root_name(name, ino)
-                self._parents[ino] = ROOT_INO
         for i, (name, content) in enumerate(sorted((extra_files or {}).items())):
             v = _Virtual(first + i, name, bytes(content))
             self._virtual[v.ino] = v
@@ -206,28 +191,9 @@ class LazyOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ metadata
 
-    @property
-    def _early(self) -> bool:
-        """Whether answers may still be provisional (the merged index is not there yet)."""
-        return self._progress is not None and not self._progress.settled
-
-    def _ino(self, ino: int) -> int:
-        return self._progress.translate(ino) if self._progress is not None else ino
-
-    async def _merged(self) -> MergedIndex:
-        if self._early:
-            self._index = await self._progress.wait_final()
-        elif self._progress is not None:
-            self._index = self._progress.final_index()
-        return self._index
-
     async def _node(self, ino: int) -> Node | _Virtual:
         v = self._virtual.get(ino)
-        if v is not None:
-            return v
-        if self._progress is not None and self._progress.final is None:
-            return await self._progress.getattr(ino)
-        return (await self._merged()).getattr(self._ino(ino))
+        return v if v is not None else await self._tree.getattr(ino)
 
     def _attrs(self, item: Node | _Virtual) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -236,60 +202,38 @@ class LazyOperations(pyfuse3.Operations):
             a.st_mode = stat.S_IFREG | 0o444
             a.st_nlink = 1
             a.st_size = len(item.content)
-            root = self._index.getattr(ROOT_INO)
+            root = self._tree.index.getattr(ROOT_INO)
             a.st_uid, a.st_gid = root.uid, root.gid
             a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = root.mtime_ns
         else:
             a.st_ino = item.ino
-            a.st_mode = _TYPE_BITS[item.type] | item.mode
+            a.st_mode = mode_of(item)
             a.st_nlink = item.nlink
             if item.ino == ROOT_INO and self._layers:
-                a.st_nlink = 2 + len(self._index.layer_roots)
+                a.st_nlink = 2 + len(self._tree.index.layer_roots)
             a.st_uid, a.st_gid = item.uid, item.gid
             a.st_rdev = item.rdev
             a.st_size = item.size
             a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = item.mtime_ns
         a.st_blocks = math.ceil(a.st_size / 512)
         a.st_blksize = BLKSIZE
-        provisional = self._progress is not None and self._progress.is_provisional(a.st_ino)
-        a.entry_timeout = a.attr_timeout = 0 if provisional or self._early else TIMEOUT
+        a.entry_timeout = a.attr_timeout = self._timeout()
         a.generation = 0
         return a
 
+    def _timeout(self) -> float:
+        return TIMEOUT if self._tree.lasting else 0
+
     def _virtual_or_node(self, ino: int) -> Node | _Virtual:
         v = self._virtual.get(ino)
-        return v if v is not None else self._index.getattr(ino)
+        return v if v is not None else self._tree.index.getattr(ino)
 
     async def _child(self, parent: int, name: str) -> Node | _Virtual | None:
         if parent == ROOT_INO and name in self._root_names:
             return await self._node(self._root_names[name])
         if parent == ROOT_INO and self._layers:
             return None
-        if self._early:
-            return await self._progress.lookup(parent, name)
-        parent = self._ino(parent)
-        node = (await self._merged()).lookup(parent, name)
-        if node is not None and node.type is EntryType.DIR:
-            self._parents[node.ino] = parent
-        return node
-
-    async def _parent_of(self, ino: int) -> int:
-        if self._early and (early := self._progress.parent_of(ino)) is not None:
-            return early
-        await self._merged()
-        ino = self._ino(ino)
-        known = self._parents.get(ino)
-        if known is not None or ino == ROOT_INO:
-            return known or ROOT_INO
-        path = self._index.path_of(ino)
-        root = ROOT_INO
-        if not path.startswith("/"):
-            layer, _, path = path.partition(":/")
-            root, path = dict(self._index.layer_roots)[layer], "/" + path
-        parent_path = os.path.dirname(path)
-        parent = self._index.resolve(parent_path, follow=False, root=root).ino
-        self._parents[ino] = parent
-        return parent
+        return await self._tree.lookup(parent, name)
 
     @_answers
     async def lookup(self, parent_inode, name, ctx=None):
@@ -297,12 +241,12 @@ class LazyOperations(pyfuse3.Operations):
         if text == ".":
             return self._attrs(await self._node(parent_inode))
         if text == "..":
-            return self._attrs(await self._node(await self._parent_of(parent_inode)))
+            return self._attrs(await self._node(await self._tree.parent(parent_inode)))
         item = await self._child(parent_inode, text)
         if item is None:
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0
-            negative.entry_timeout = 0 if self._early else TIMEOUT
+            negative.entry_timeout = self._timeout()
             return negative
         return self._attrs(item)
 
@@ -324,7 +268,7 @@ class LazyOperations(pyfuse3.Operations):
         node = await self._node(inode)
         if isinstance(node, _Virtual) or not node.has_xattrs:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        value = (await self._xattrs(inode)).get(os.fsdecode(name))
+        value = (await self._tree.xattrs(inode)).get(os.fsdecode(name))
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
@@ -341,12 +285,7 @@ class LazyOperations(pyfuse3.Operations):
         node = await self._node(inode)
         if isinstance(node, _Virtual) or not node.has_xattrs:
             return []
-        return [os.fsencode(name) for name in sorted(await self._xattrs(inode))]
-
-    async def _xattrs(self, ino: int) -> dict[str, bytes]:
-        if self._early:
-            return await self._progress.xattrs(ino)
-        return (await self._merged()).xattrs(self._ino(ino))
+        return [os.fsencode(name) for name in sorted(await self._tree.xattrs(inode))]
 
     @_answers
     async def access(self, inode, mode, ctx):
@@ -357,26 +296,12 @@ class LazyOperations(pyfuse3.Operations):
 
     @_answers
     async def statfs(self, ctx):
-        if self._early:
-            return _statfs_while_indexing()
-        await self._merged()
-        async with self._statfs_lock:
-            if self._statfs is None:
-                self._statfs = await trio.to_thread.run_sync(self._compute_statfs)
-        return self._statfs
-
-    def _compute_statfs(self) -> pyfuse3.StatvfsData:
-        seen: set[int] = set()
-        total = 0
-        for _, node in self._index.walk(ROOT_INO):
-            if node.ino not in seen:
-                seen.add(node.ino)
-                total += node.size
+        size, files = await self._tree.totals()
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = math.ceil(total / 4096)
+        s.f_blocks = math.ceil(size / 4096)
         s.f_bfree = s.f_bavail = 0
-        s.f_files = self._index.entry_count
+        s.f_files = files
         s.f_ffree = s.f_favail = 0
         s.f_namemax = NAME_MAX
         return s
@@ -388,9 +313,8 @@ class LazyOperations(pyfuse3.Operations):
         node = await self._node(inode)
         if isinstance(node, _Virtual) or node.type is not EntryType.DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        await self._merged()
         fh = next(self._next_fh)
-        self._dirs[fh] = _Cursor(self._ino(inode))
+        self._dirs[fh] = _Cursor(inode)
         return fh
 
     @_answers
@@ -399,7 +323,7 @@ class LazyOperations(pyfuse3.Operations):
         if cur is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         if cur.items is None or cur.offset != start_id:
-            cur.items, cur.held, cur.offset = self._entries(cur.ino, start_id), None, start_id
+            cur.items, cur.held, cur.offset = await self._entries(cur.ino, start_id), None, start_id
         while True:
             entry, cur.held = cur.held or next(cur.items, None), None
             if entry is None:
@@ -410,19 +334,17 @@ class LazyOperations(pyfuse3.Operations):
                 return
             cur.offset = next_id
 
-    def _entries(self, ino: int, start: int) -> Iterator[tuple[str, Node | _Virtual, int]]:
+    async def _entries(self, ino: int, start: int
+                       ) -> Iterator[tuple[str, Node | _Virtual, int]]:
         """Children with stable offsets: the root's added names first, then
-        the index's children (whose own offsets are shifted past them)."""
+        the tree's children (whose own offsets are shifted past them)."""
         extra = self._root_list if ino == ROOT_INO else []
-        for pos in range(start, len(extra)):
-            yield extra[pos], self._virtual_or_node(self._root_names[extra[pos]]), pos + 1
-        if ino == ROOT_INO and self._layers:
-            return
-        shift = len(extra)
-        for name, node, offset in self._index.readdir(ino, max(start - shift, 0)):
-            if node.type is EntryType.DIR:
-                self._parents[node.ino] = ino
-            yield name, node, offset + shift
+        children = () if ino == ROOT_INO and self._layers else \
+            await self._tree.readdir(ino, max(start - len(extra), 0))
+        return itertools.chain(
+            ((extra[pos], self._virtual_or_node(self._root_names[extra[pos]]), pos + 1)
+             for pos in range(start, len(extra))),
+            ((name, node, offset + len(extra)) for name, node, offset in children))
 
     @_answers
     async def releasedir(self, fh):
@@ -450,9 +372,6 @@ class LazyOperations(pyfuse3.Operations):
             return node.content[off:off + size]
         if node.type is not EntryType.FILE:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        size = min(size, node.size - off)
-        if size <= 0:
-            return b""
         data = await self._read(node, off, size)
         self.counters.reads += 1
         self.counters.bytes_read += len(data)
@@ -476,14 +395,6 @@ class LazyOperations(pyfuse3.Operations):
     write = _read_only(pyfuse3.Operations.write)
     setxattr = _read_only(pyfuse3.Operations.setxattr)
     removexattr = _read_only(pyfuse3.Operations.removexattr)
-
-
-def _statfs_while_indexing() -> pyfuse3.StatvfsData:
-    """Sizes are unknown until the image is indexed; ``df`` may ask meanwhile."""
-    s = pyfuse3.StatvfsData()
-    s.f_bsize = s.f_frsize = 4096
-    s.f_namemax = NAME_MAX
-    return s
 
 
 def _max_ino(index: MergedIndex) -> int:

@@ -125,7 +125,8 @@ ABSENT = _Marker("absent")
 
 
 class ProgressiveIndex:
-    """Lookups over layers that are still arriving; then the merged index."""
+    """Lookups over layers that are still arriving; ``Tree`` hands over to
+    the merged index once it is ``set_final``."""
 
     def __init__(self, layer_count: int):
         self.layers = [LayerSeen() for _ in range(layer_count)]
@@ -193,26 +194,22 @@ class ProgressiveIndex:
             self._translated[ino] = known
         return known
 
-    def is_provisional(self, ino: int) -> bool:
-        return ino >= PROVISIONAL
-
-    async def lookup(self, parent: int, name: str) -> Node | None:
-        if self.settled:
-            final = self.final_index()
-            return final.lookup(self.translate(parent), name)
-        path = self._path(parent) + (name,)
-        found = await self._decided(path)
-        if found is not FINAL:
-            return found
-        final = self.final_index()
-        return final.lookup(self.translate(parent), name)
+    async def lookup(self, parent: int, name: str) -> Node | None | _Marker:
+        """The early answer, waiting while it may still come; ``FINAL`` once
+        only the merged index can answer (``Tree`` hands over then)."""
+        if self.error is not None:
+            raise self.error
+        if self.final is not None:
+            return FINAL
+        return await self._decided(self._path(parent) + (name,))
 
     async def getattr(self, ino: int) -> Node:
-        if ino == ROOT_INO and self.final is None:
-            # also after a failure, so that the mount's statistics stay readable
+        """An inode answered early; the root also after a failure, so that
+        the mount's statistics stay readable."""
+        if ino == ROOT_INO:
             return self._root()
-        if self.settled:
-            return self.final_index().getattr(self.translate(ino))
+        if self.error is not None:
+            raise self.error
         known = self._nodes.get(ino)
         if known is None:
             raise NotFound(f"no inode {ino} in image index")
@@ -234,15 +231,17 @@ class ProgressiveIndex:
                 return node
         return Node(ROOT_INO, EntryType.DIR, 0o755, 0, 0, 0, 0, 1, 0, "", -1, b"", False)
 
-    async def xattrs(self, ino: int) -> dict[str, bytes]:
-        if not self.settled:
-            if ino == ROOT_INO:
-                self._root()
-            known = self._nodes.get(ino)
-            if known is not None and known[2] is not None:
-                return dict(known[2].xattrs)
-        final = await self.wait_final()
-        return final.xattrs(self.translate(ino))
+    def xattrs(self, ino: int) -> dict[str, bytes] | None:
+        """The extended attributes of an inode answered early; ``None`` when
+        only the merged index has them."""
+        if self.settled:
+            return None
+        if ino == ROOT_INO:
+            self._root()
+        known = self._nodes.get(ino)
+        if known is None or known[2] is None:
+            return None
+        return dict(known[2].xattrs)
 
     def parent_of(self, ino: int) -> int | None:
         """The parent inode of a provisional node (None when not provisional)."""

@@ -81,13 +81,17 @@ class LayerStream:
             await blob.stream(consume, self._progress())
             return await trio.to_thread.run_sync(self.indexer.finish)
         except LazyfsError as e:
-            self.error = e
-            self.wake()
+            self.fail(e)
             raise
 
     def settle(self, table: LayerTable) -> None:
         """The layer's table is in use: readers go the ordinary way from now on."""
         self.table = table
+        self.wake()
+
+    def fail(self, error: LazyfsError) -> None:
+        """The layer cannot be indexed: waiting and later readers get ``error``."""
+        self.error = error
         self.wake()
 
     def _progress(self) -> DownloadProgress:

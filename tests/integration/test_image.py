@@ -1,6 +1,7 @@
 import trio
 from lazyfs.testing.push import OCI_LAYER_TAR, push_image
-from lazyfs.image import open_image_async, open_image
+from lazyfs.image import open_image_async
+from lazyfs.sync import open_image
 from lazyfs.store.blobs import Store
 from tests.support.images import gzip_bytes, make_tar
 

@@ -20,8 +20,9 @@ import trio
 
 from lazyfs.store.chunks import prune_chunks
 from lazyfs.errors import LazyfsError, RangeNotSupported
-from lazyfs.image import OpenOptions, open_image_async, write_stats
+from lazyfs.image import OpenOptions, open_image_async
 from lazyfs.read.reader import FETCH_ATTEMPTS
+from lazyfs.read.stats import write_stats
 from lazyfs.reference import parse_reference
 from lazyfs.registry.client import RegistryClient, RegistryOptions
 from lazyfs.store.blobs import Store

@@ -18,6 +18,7 @@ from lazyfs.errors import LayerFormatError, NotFound, UnsafeEntry
 from lazyfs.index.merged import ROOT_INO, MergedIndex
 from tests.support.entries import OPQ, D, F, H, L, T, W
 from lazyfs.index.progressive import ABSENT, FINAL, PROVISIONAL, WAIT, ProgressiveIndex
+from lazyfs.index.tree import Tree
 
 
 
@@ -152,7 +153,7 @@ async def test_lookups_wait_for_what_they_need_then_switch_to_the_merged_index(t
         p.set_final(final)
     provisional = got["app.conf"].ino
     assert p.translate(provisional) == final.resolve("/etc/app.conf").ino
-    assert (await p.getattr(provisional)).ino == final.resolve("/etc/app.conf").ino
+    assert (await Tree(progress=p).getattr(provisional)).ino == final.resolve("/etc/app.conf").ino
 
 
 async def test_a_failure_reaches_every_waiting_lookup():

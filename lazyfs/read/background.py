@@ -1,0 +1,117 @@
+"""Gzip layers indexed in the background while their image is already served.
+
+On a first mount a gzip layer without a table would cost a full pass
+before anything could be found. Instead the image opens at once: each such
+layer is downloaded and indexed (``LayerStream``), top layer first, while
+``ProgressiveIndex`` answers what is already certain and the layer's
+``StreamingContent`` holds its reads back; then the merged index is built and
+takes over. Every failure ends up in the progressive index, so that waiting
+requests get it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable
+
+import trio
+
+from ..errors import LazyfsError, single_error
+from ..formats import LayerTable, format_named
+from ..index.layertable import save_layer_table, table_path
+from ..index.merged import MergedIndex
+from ..index.progressive import ProgressiveIndex
+from ..manifest import Descriptor
+from ..store.blobs import Store
+from .content import LayerContent, StreamingContent
+from .reader import Layer
+from .streaming import LayerStream
+from .tables import INDEX_CONCURRENCY
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundIndex:
+    """The layers of one image still to be indexed, and how far they are."""
+
+    def __init__(self, name: str, tables: list[LayerTable | None], descs: list[Descriptor],
+                 store: Store, started: float, early_reads: bool = False):
+        self.name = name
+        """The image, for the log."""
+        self.tables = tables
+        self.store = store
+        self.early_reads = early_reads
+        self.progress = ProgressiveIndex(len(tables))
+        for i, table in enumerate(tables):
+            if table is not None:
+                self.progress.add(i, table.entries)
+                self.progress.complete(i)
+        self.streams = {i: LayerStream(descs[i], store)
+                        for i, t in enumerate(tables) if t is None}
+        self.started = started
+        self.indexed_in: float | None = None
+        """Seconds from ``started`` (``time.monotonic``) until every layer was indexed."""
+
+    def content(self, position: int, then: LayerContent) -> LayerContent:
+        """How layer ``position`` is read: ``then`` once it is indexed."""
+        stream = self.streams.get(position)
+        return then if stream is None else StreamingContent(stream, then, self.early_reads)
+
+    async def run(self, layers: list[Layer],
+                  merge: Callable[[list[LayerTable]], Awaitable[MergedIndex]]) -> bool:
+        """Index the pending layers into ``layers`` (the reader's), then merge;
+        whether the merged index now answers."""
+        try:
+            await self._stream_layers(layers)
+            index = await merge(self.tables)
+        except LazyfsError as e:
+            log.error("indexing %s failed: %s", self.name, e)
+            self.progress.fail(e)
+            for stream in self.streams.values():
+                if not stream.done and stream.error is None:
+                    stream.fail(e)  # cancelled with the others: its reads must not wait on
+            return False
+        self.indexed_in = time.monotonic() - self.started
+        self.progress.set_final(index)
+        log.info("image %s indexed in %.2f s", self.name, self.indexed_in)
+        return True
+
+    def state(self) -> dict:
+        """For the image's statistics."""
+        p = self.progress
+        return {"index": "ready" if p.final is not None
+                else f"failed: {p.error}" if p.error else "indexing",
+                "index_seconds": None if self.indexed_in is None else round(self.indexed_in, 3)}
+
+    def layer_state(self, position: int) -> dict | None:
+        stream = self.streams.get(position)
+        return None if stream is None else stream.state()
+
+    async def _stream_layers(self, layers: list[Layer]) -> None:
+        limit = trio.CapacityLimiter(INDEX_CONCURRENCY)
+
+        async def one(pos: int) -> None:
+            try:
+                self.tables[pos] = await self._stream_layer(pos, layers[pos])
+            finally:
+                limit.release_on_behalf_of(pos)
+
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                for pos in sorted(self.streams, reverse=True):
+                    await limit.acquire_on_behalf_of(pos)
+                    nursery.start_soon(one, pos)
+
+    async def _stream_layer(self, pos: int, layer: Layer) -> LayerTable:
+        stream = self.streams[pos]
+        publish = (lambda entries: self.progress.add(pos, entries)) if self.early_reads else None
+        table = await stream.index(layer.blob, publish=publish)
+        path = table_path(self.store, table.format, stream.desc.digest)
+        await trio.to_thread.run_sync(save_layer_table, path, table)
+        layer.content = format_named(table.format).reader(table)
+        stream.settle(table)
+        if not self.early_reads:
+            self.progress.add(pos, table.entries)
+        self.progress.complete(pos)
+        return table

@@ -1,0 +1,83 @@
+"""Each layer's table and the merged index of an image, built once per machine.
+
+A layer's table is looked for in the store (keyed by layer digest), then
+among the image's published indexes, and only then built: by streaming a
+gzip layer still in the registry through the indexer, or by the format's own
+pass. The merged index is kept per manifest digest.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from ..errors import CacheError, single_error
+from ..formats import LayerTable, format_of
+from ..index.layertable import load_layer_table, save_layer_table, table_path
+from ..index.merged import MergedIndex
+from ..manifest import Descriptor
+from ..store.blobs import Store
+from .sources import RegistryBlob
+from .streaming import LayerStream
+
+INDEX_CONCURRENCY = 2
+
+
+def layer_name(position: int, desc: Descriptor) -> str:
+    """The directory name of a layer in a per-layer view."""
+    return f"{position}-{desc.digest.partition(':')[2][:12]}"
+
+
+async def layer_tables(descs: list[Descriptor], source, store: Store,
+                       shared=None, defer: bool = False) -> list[LayerTable | None]:
+    """Each layer's table; with ``defer``, ``None`` for a layer that would
+    need a full pass over a blob still in the registry."""
+    tables: list[LayerTable | None] = [None] * len(descs)
+    limit = trio.CapacityLimiter(INDEX_CONCURRENCY)
+
+    async def one(i: int, desc: Descriptor) -> None:
+        async with limit:
+            tables[i] = await layer_table(desc, source.blob(desc), store, shared, defer)
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            for i, desc in enumerate(descs):
+                nursery.start_soon(one, i, desc)
+    return tables
+
+
+async def layer_table(desc: Descriptor, blob, store: Store, shared=None,
+                      defer: bool = False) -> LayerTable | None:
+    fmt = format_of(desc.media_type, desc.annotations)
+    store.sized_blob_path(desc.digest, desc.size)
+    path = table_path(store, fmt.name, desc.digest)
+    if path.exists():
+        try:
+            return await trio.to_thread.run_sync(load_layer_table, path)
+        except CacheError:
+            path.unlink(missing_ok=True)
+    if shared is not None and (table := await shared.table(desc, fmt.name, path)) is not None:
+        return table
+    streamable = fmt.streamable and isinstance(blob, RegistryBlob) and blob.local_path() is None
+    if streamable and defer:
+        return None
+    if streamable:
+        table = await LayerStream(desc, store).index(blob)
+    else:
+        table = await fmt.build(desc, blob)
+    await trio.to_thread.run_sync(save_layer_table, path, table)
+    return table
+
+
+async def merged_index(manifest_digest: str, descs: list[Descriptor],
+                       tables: list[LayerTable], store: Store,
+                       layer_views: bool) -> MergedIndex:
+    path = store.index_path("merged-layers" if layer_views else "merged", manifest_digest)
+    if path.exists():
+        try:
+            return await trio.to_thread.run_sync(MergedIndex.open, path)
+        except CacheError:
+            path.unlink(missing_ok=True)
+    names = [layer_name(i, d) for i, d in enumerate(descs)]
+    return await trio.to_thread.run_sync(
+        lambda: MergedIndex.build(path, [t.entries for t in tables], layer_names=names,
+                                  per_layer=layer_views))

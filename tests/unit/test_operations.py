@@ -1,0 +1,59 @@
+"""The filesystem over a tree still being indexed, without a mount.
+
+The operations only ask ``Tree``; what they add is the kernel's caching:
+nothing provisional may be cached, everything final may be for long.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pyfuse3
+import pytest
+
+from lazyfs.errors import LayerFormatError
+from lazyfs.index.merged import ROOT_INO, MergedIndex
+from lazyfs.index.progressive import PROVISIONAL, ProgressiveIndex
+from lazyfs.index.tree import Tree
+from lazyfs.fs.operations import TIMEOUT, LazyOperations
+from tests.support.entries import D, F
+
+LAYERS = [[D("etc"), F("etc/os-release", b"debian")], [D("etc"), F("etc/motd", b"hello\n")]]
+
+
+async def no_reads(node, offset, size):
+    raise AssertionError("no content is read here")
+
+
+async def test_early_answers_are_not_cached_and_final_ones_are(tmp_path):
+    p = ProgressiveIndex(2)
+    p.add(1, LAYERS[1])
+    p.complete(1)
+    ops = LazyOperations(Tree(progress=p), no_reads)
+    etc = await ops.lookup(ROOT_INO, b"etc")
+    motd = await ops.lookup(etc.st_ino, b"motd")
+    assert motd.st_ino >= PROVISIONAL and motd.st_size == 6
+    assert motd.entry_timeout == motd.attr_timeout == 0
+    assert (await ops.statfs(None)).f_files == 0, "sizes are unknown while indexing"
+    with MergedIndex.build(tmp_path / "ix", LAYERS, per_layer=False) as final:
+        p.add(0, LAYERS[0])
+        p.complete(0)
+        p.set_final(final)
+        again = await ops.getattr(motd.st_ino)
+        assert again.st_ino == final.resolve("/etc/motd").ino
+        assert again.entry_timeout == again.attr_timeout == TIMEOUT
+        lower = await ops.lookup(etc.st_ino, b"os-release")
+        assert lower.st_size == 6 and lower.entry_timeout == TIMEOUT
+        assert (await ops.lookup(etc.st_ino, b"..")).st_ino == ROOT_INO
+        assert (await ops.statfs(None)).f_files == final.entry_count
+
+
+async def test_a_failed_index_answers_eio_but_the_root_stays(tmp_path):
+    p = ProgressiveIndex(1)
+    ops = LazyOperations(Tree(progress=p), no_reads)
+    p.fail(LayerFormatError("layer 0: broken gzip stream"))
+    assert (await ops.getattr(ROOT_INO)).st_ino == ROOT_INO
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.lookup(ROOT_INO, b"etc")
+    assert e.value.errno == errno.EIO
+    assert ops.counters.errors == 1
