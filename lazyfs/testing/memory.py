@@ -1,0 +1,453 @@
+"""An OCI registry in memory, reached through httpx's transport seam.
+
+``MemoryRegistry`` is an ``httpx.AsyncBaseTransport``: hand it to the client
+as ``RegistryOptions(transport=registry)`` and every request to its host (and
+to its token service and blob storage hosts) is answered here, in the test's
+own trio loop, with no socket. It answers like distribution 2.8 where a
+client can tell: content negotiation of manifests (an OCI manifest or index
+asked for without its media type in ``Accept`` is a 404), Go's Range
+handling for blobs, uploads in one PUT or in PATCHed chunks, paginated tags,
+htpasswd or token auth, blobs redirected to a storage host as with S3, and
+no referrers API when ``referrers=False``.
+
+Every request is recorded (``requests``, ``count``, ``bytes_sent``) and can be
+made to fail (``fault``): see ``lazyfs.testing.faults``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import httpx
+
+from . import faults as _faults
+from .access import Access, required_scope
+from .byteranges import serve_ranges
+from .faults import Fault, Faults, Recorded
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST)
+OCTET = "application/octet-stream"
+REDIRECT_TTL = 1200
+"""Seconds a storage URL stays valid, as S3's presigned URLs in distribution."""
+
+_ROUTES = [
+    ("manifest", re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)$")),
+    ("upload", re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/(?P<ref>[^/]*)$")),
+    ("blob", re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<ref>[^/]+)$")),
+    ("tags", re.compile(r"^/v2/(?P<name>.+)/tags/list$")),
+    ("referrers", re.compile(r"^/v2/(?P<name>.+)/referrers/(?P<ref>[^/]+)$")),
+]
+_OCI_REFUSALS = {
+    OCI_MANIFEST: "OCI manifest found, but accept header does not support OCI manifests",
+    OCI_INDEX: "OCI index found, but accept header does not support OCI indexes",
+}
+"""What distribution answers (with a 404) when ``Accept`` leaves out an OCI type;
+Docker types are served whatever the client accepts."""
+_STORAGE = re.compile(r"^/(?P<name>.+)/blobs/(?P<ref>[^/]+)$")
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Repository:
+    blobs: set[str] = field(default_factory=set)
+    manifests: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    """Digest -> (raw, media type)."""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class MemoryRegistry(httpx.AsyncBaseTransport):
+    """A registry at ``host``; ``auth`` is ``None``, ``"basic"`` or ``"bearer"``
+    (users in ``users``; with ``anonymous`` a token without credentials may pull)."""
+
+    def __init__(self, host: str = "registry.test", *, auth: str | None = None,
+                 users: dict[str, str] | None = None, anonymous: bool = False,
+                 permissions: dict[str, str] | None = None, referrers: bool = True,
+                 redirect: bool = False, token_host: str = "auth.registry.test",
+                 storage_host: str = "storage.registry.test") -> None:
+        self.host = host
+        self.token_host = token_host
+        self.storage_host = storage_host
+        self.referrers = referrers
+        """Whether ``/v2/<name>/referrers/<digest>`` exists (distribution 2.8 has none)."""
+        self.redirect = redirect
+        """Whether blob GETs and HEADs are redirected to ``storage_host``."""
+        self.access = Access(auth, users if users is not None else {"alice": "s3cret"},
+                             permissions or {}, anonymous, f"https://{token_host}/token")
+        self.blobs: dict[str, bytes] = {}
+        self.repositories: dict[str, Repository] = {}
+        self.requests: list[Recorded] = []
+        self.faults = Faults()
+        self._uploads: dict[str, tuple[str, bytearray]] = {}
+
+    # --- content --------------------------------------------------------------
+
+    def _repo(self, name: str) -> Repository:
+        return self.repositories.setdefault(name, Repository())
+
+    def add_blob(self, repo: str, data: bytes) -> str:
+        digest = digest_of(data)
+        self.blobs[digest] = bytes(data)
+        self._repo(repo).blobs.add(digest)
+        return digest
+
+    def add_manifest(self, repo: str, raw: bytes, media_type: str,
+                     tag: str | None = None) -> str:
+        """Store a manifest as a PUT would, without checking what it refers to."""
+        digest = digest_of(raw)
+        r = self._repo(repo)
+        r.manifests[digest] = (bytes(raw), media_type)
+        if tag is not None:
+            r.tags[tag] = digest
+        return digest
+
+    def push_image(self, repo: str, tag: str | None, layers, **kw):
+        """Config, layers and manifest of one image; returns a ``PushedImage``.
+        Keywords as ``lazyfs.testing.manifests.image``."""
+        from .manifests import image
+        return image(layers, **kw).push(self, repo, tag)
+
+    def push_index(self, repo: str, tag: str | None, images, **kw):
+        """An index over images already pushed to ``repo`` (``PushedImage`` or
+        ``(PushedImage, platform)``); keywords as ``lazyfs.testing.manifests.index``."""
+        from .manifests import index
+        return index(images, **kw).push(self, repo, tag)
+
+    def ref(self, repo: str, tag_or_digest: str = "latest") -> str:
+        sep = "@" if ":" in tag_or_digest else ":"
+        return f"{self.host}/{repo}{sep}{tag_or_digest}"
+
+    # --- what tests ask -------------------------------------------------------
+
+    def options(self, **kw):
+        """``RegistryOptions`` sending everything here (retries without backoff)."""
+        from ..registry import RegistryOptions
+        kw.setdefault("backoff", 0.0)
+        return RegistryOptions(transport=self, **kw)
+
+    def credentials(self, username: str, password: str):
+        """An ``auth`` factory for ``RegistryOptions`` with these credentials and
+        a token cache of its own (no state shared with other tests)."""
+        from ..registry.auth import Credential, RegistryAuth, TokenCache
+        cache = TokenCache()
+        credential = Credential(username, password, source="the test")
+        return lambda registry, scope: RegistryAuth(registry, credential, scope, cache=cache)
+
+    def fault(self, action: str, **match) -> Fault:
+        """Arm a fault (see ``Fault`` for what matches); faults fire in arming order."""
+        fault = Fault(action, **match)
+        self.faults.armed.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        self.faults.armed.clear()
+
+    def seen(self, kind: str | None = None, method: str | None = None, digest: str = "",
+             host: str | None = None) -> list[Recorded]:
+        return [r for r in self.requests
+                if (kind is None or r.kind == kind) and (method is None or r.method == method)
+                and (host is None or r.host == host) and digest in r.path]
+
+    def count(self, kind: str | None = None, **kw) -> int:
+        return len(self.seen(kind, **kw))
+
+    def bytes_sent(self, kind: str | None = None, **kw) -> int:
+        return sum(r.sent for r in self.seen(kind, **kw))
+
+    # --- the transport --------------------------------------------------------
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if host not in (self.host, self.token_host, self.storage_host):
+            raise httpx.ConnectError(f"no such host: {host}", request=request)
+        rec = Recorded(request.method, request.url, request.headers, _kind(request, self))
+        self.requests.append(rec)
+        await request.aread()
+        response = await _faults.before_headers(self.faults.take(rec, on_body=False), request)
+        if response is None:
+            response = await self._answer(request, rec)
+        rec.status = response.status_code
+        return response
+
+    async def _answer(self, request: httpx.Request, rec: Recorded) -> httpx.Response:
+        url = request.url
+        if url.host == self.token_host:
+            return self.access.issue(request)
+        if url.host == self.storage_host:
+            return self._storage(request, rec)
+        route, m = _route(url.path)
+        name = m["name"] if m else None
+        if url.path == "/v2/" or route is not None:
+            refusal = self.access.refusal(request, required_scope(request.method, name))
+            if refusal is not None:
+                return refusal
+        if url.path == "/v2/":
+            return httpx.Response(200, headers={"docker-distribution-api-version":
+                                                "registry/2.0"}, json={})
+        if url.path == "/v2/_catalog":
+            return httpx.Response(200, json={"repositories": sorted(self.repositories)})
+        if route == "referrers" and not self.referrers:
+            route = None
+        if route is None:
+            return httpx.Response(404, headers={"content-type": "text/plain; charset=utf-8"},
+                                  content=b"404 page not found\n")
+        if route == "upload":
+            return self._upload(request, name, m["ref"])
+        repo = self.repositories.get(name)
+        if repo is None:
+            return _error(404, "NAME_UNKNOWN", "repository name not known to registry")
+        if route == "tags":
+            return _tags(request, name, repo)
+        if route == "referrers":
+            return self._referrers(request, repo, m["ref"])
+        if route == "manifest":
+            if request.method == "PUT":
+                return self._put_manifest(request, name, repo, m["ref"])
+            return self._get_manifest(request, rec, repo, m["ref"])
+        return self._get_blob(request, rec, name, repo, m["ref"])
+
+    # --- manifests ------------------------------------------------------------
+
+    def _get_manifest(self, request: httpx.Request, rec: Recorded, repo: Repository,
+                      ref: str) -> httpx.Response:
+        if request.method not in ("GET", "HEAD"):
+            return _error(405, "UNSUPPORTED", "the operation is unsupported")
+        digest = ref if ":" in ref else repo.tags.get(ref)
+        if digest is None or digest not in repo.manifests:
+            return _error(404, "MANIFEST_UNKNOWN", "manifest unknown")
+        raw, media_type = repo.manifests[digest]
+        accepted = _accepted(request)
+        if media_type in _OCI_REFUSALS and media_type not in accepted:
+            return _error(404, "MANIFEST_UNKNOWN", _OCI_REFUSALS[media_type])
+        headers = {"content-type": media_type, "docker-content-digest": digest,
+                   "etag": f'"{digest}"', "content-length": str(len(raw))}
+        return self._content(request, rec, raw, headers)
+
+    def _put_manifest(self, request: httpx.Request, name: str, repo: Repository,
+                      ref: str) -> httpx.Response:
+        raw = request.content
+        media_type = request.headers.get("content-type", "").split(";")[0].strip()
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or media_type not in MANIFEST_TYPES \
+                or doc.get("mediaType", media_type) != media_type:
+            return _error(400, "MANIFEST_INVALID", "manifest invalid")
+        digest = digest_of(raw)
+        if ":" in ref and ref != digest:
+            return _error(400, "DIGEST_INVALID", "provided digest did not match uploaded content")
+        missing = _missing(doc, media_type, repo)
+        if missing:
+            return _error(400, "MANIFEST_BLOB_UNKNOWN", f"blob unknown to registry: {missing}")
+        self.add_manifest(name, raw, media_type, None if ":" in ref else ref)
+        headers = {"location": f"/v2/{name}/manifests/{digest}", "docker-content-digest": digest}
+        subject = doc.get("subject")
+        if self.referrers and isinstance(subject, dict) and subject.get("digest"):
+            headers["oci-subject"] = subject["digest"]
+        return httpx.Response(201, headers=headers)
+
+    def _referrers(self, request: httpx.Request, repo: Repository, digest: str) -> httpx.Response:
+        wanted = request.url.params.get("artifactType")
+        found = []
+        for d, (raw, media_type) in sorted(repo.manifests.items()):
+            doc = json.loads(raw)
+            if (doc.get("subject") or {}).get("digest") != digest:
+                continue
+            artifact_type = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType")
+            if wanted and artifact_type != wanted:
+                continue
+            desc = {"mediaType": media_type, "digest": d, "size": len(raw)}
+            if artifact_type:
+                desc["artifactType"] = artifact_type
+            if doc.get("annotations"):
+                desc["annotations"] = doc["annotations"]
+            found.append(desc)
+        headers = {"content-type": OCI_INDEX}
+        if wanted:
+            headers["oci-filters-applied"] = "artifactType"
+        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found})
+        return httpx.Response(200, headers=headers, content=body.encode())
+
+    # --- blobs ----------------------------------------------------------------
+
+    def _get_blob(self, request: httpx.Request, rec: Recorded, name: str, repo: Repository,
+                  digest: str) -> httpx.Response:
+        if request.method not in ("GET", "HEAD"):
+            return _error(405, "UNSUPPORTED", "the operation is unsupported")
+        if digest not in repo.blobs:
+            return _error(404, "BLOB_UNKNOWN", "blob unknown to registry")
+        if self.redirect:
+            expires = int(time.time()) + REDIRECT_TTL
+            target = f"https://{self.storage_host}/{name}/blobs/{digest}?Expires={expires}"
+            return httpx.Response(307, headers={"location": target, "content-length": "0"})
+        return self._serve_blob(request, rec, digest, {"docker-content-digest": digest})
+
+    def _storage(self, request: httpx.Request, rec: Recorded) -> httpx.Response:
+        """The storage host blobs are redirected to; its URLs expire."""
+        m = _STORAGE.match(request.url.path)
+        expires = request.url.params.get("Expires", "")
+        if m is None or m["ref"] not in self.blobs:
+            return httpx.Response(404, content=b"<Error><Code>NoSuchKey</Code></Error>")
+        if not expires.isdigit() or int(expires) < time.time():
+            return httpx.Response(403, content=b"<Error><Code>AccessDenied</Code></Error>")
+        return self._serve_blob(request, rec, m["ref"], {})
+
+    def _serve_blob(self, request: httpx.Request, rec: Recorded, digest: str,
+                    extra: dict[str, str]) -> httpx.Response:
+        data = self.blobs[digest]
+        headers = {**extra, "accept-ranges": "bytes", "etag": f'"{digest}"'}
+        if request.method == "HEAD":
+            headers.update({"content-type": OCTET, "content-length": str(len(data))})
+            return httpx.Response(200, headers=headers)
+        fault = self.faults.take(rec, on_body=True)
+        header = "" if fault is not None and fault.action == "ignore_range" \
+            else request.headers.get("range", "")
+        answer = serve_ranges(data, header, OCTET)
+        headers.update(answer.headers)
+        headers["content-length"] = str(len(answer.body))
+        if answer.status == 416:
+            return httpx.Response(416, headers=headers, content=answer.body)
+        return self._stream(request, rec, answer.status, headers, answer.body, fault)
+
+    def _content(self, request: httpx.Request, rec: Recorded, body: bytes,
+                 headers: dict[str, str]) -> httpx.Response:
+        if request.method == "HEAD":
+            return httpx.Response(200, headers=headers)
+        return self._stream(request, rec, 200, headers, body, self.faults.take(rec, on_body=True))
+
+    @staticmethod
+    def _stream(request: httpx.Request, rec: Recorded, status: int, headers: dict[str, str],
+                body: bytes, fault: Fault | None) -> httpx.Response:
+        body = _faults.spoil(fault, body)
+        return httpx.Response(status, headers=headers,
+                              stream=_faults.Body(body, rec, request, fault))
+
+    # --- uploads --------------------------------------------------------------
+
+    def _upload(self, request: httpx.Request, name: str, session: str) -> httpx.Response:
+        params = request.url.params
+        if request.method == "POST" and not session:
+            source = self.repositories.get(params.get("from", ""))
+            mount = params.get("mount", "")
+            if source is not None and mount in source.blobs:
+                self._repo(name).blobs.add(mount)
+                return _created(name, mount)
+            if "digest" in params:
+                return self._finish(name, bytearray(request.content), params["digest"])
+            session = str(uuid.uuid4())
+            self._uploads[session] = (name, bytearray())
+            return self._progress(name, session, 202)
+        upload = self._uploads.get(session)
+        if upload is None or upload[0] != name:
+            return _error(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry")
+        data = upload[1]
+        if request.method == "PATCH":
+            start = request.headers.get("content-range", "").partition("-")[0]
+            if start and (not start.isdigit() or int(start) != len(data)):
+                return _error(416, "BLOB_UPLOAD_INVALID", "blob upload invalid")
+            data += request.content
+            return self._progress(name, session, 202)
+        if request.method == "PUT":
+            data += request.content
+            del self._uploads[session]
+            return self._finish(name, data, params.get("digest", ""))
+        if request.method == "DELETE":
+            del self._uploads[session]
+            return httpx.Response(204)
+        return self._progress(name, session, 204)
+
+    def _progress(self, name: str, session: str, status: int) -> httpx.Response:
+        size = len(self._uploads[session][1])
+        return httpx.Response(status, headers={
+            "location": f"/v2/{name}/blobs/uploads/{session}?_state={uuid.uuid4().hex}",
+            "docker-upload-uuid": session, "range": f"0-{max(size - 1, 0)}",
+            "content-length": "0"})
+
+    def _finish(self, name: str, data: bytearray, digest: str) -> httpx.Response:
+        if digest != digest_of(bytes(data)):
+            return _error(400, "DIGEST_INVALID", "provided digest did not match uploaded content")
+        self.add_blob(name, bytes(data))
+        return _created(name, digest)
+
+
+def _kind(request: httpx.Request, registry: MemoryRegistry) -> str:
+    path = request.url.path
+    if request.url.host == registry.token_host:
+        return "token"
+    if request.url.host == registry.storage_host:
+        return _blob_kind(request)
+    if path == "/v2/":
+        return "ping"
+    if path == "/v2/_catalog":
+        return "catalog"
+    route, _ = _route(path)
+    if route == "blob":
+        return _blob_kind(request)
+    return route or "other"
+
+
+def _blob_kind(request: httpx.Request) -> str:
+    rng = request.headers.get("range", "")
+    if request.method != "GET" or not rng:
+        return "blob"
+    return "multirange" if "," in rng else "range"
+
+
+def _route(path: str):
+    for name, pattern in _ROUTES:
+        m = pattern.match(path)
+        if m:
+            return name, m
+    return None, None
+
+
+def _accepted(request: httpx.Request) -> set[str]:
+    return {part.split(";")[0].strip().lower()
+            for value in request.headers.get_list("accept") for part in value.split(",")}
+
+
+def _missing(doc: dict, media_type: str, repo: Repository) -> str:
+    """The first blob or child manifest a manifest refers to that ``repo`` lacks."""
+    if media_type in (OCI_INDEX, DOCKER_LIST):
+        wanted = [(d, repo.manifests) for d in doc.get("manifests") or []]
+    else:
+        wanted = [(d, repo.blobs) for d in [doc.get("config") or {}, *(doc.get("layers") or [])]
+                  if not d.get("urls")]
+    for desc, have in wanted:
+        if desc.get("digest") not in have:
+            return str(desc.get("digest"))
+    return ""
+
+
+def _tags(request: httpx.Request, name: str, repo: Repository) -> httpx.Response:
+    params = request.url.params
+    tags = sorted(t for t in repo.tags if t > params.get("last", ""))
+    headers = {}
+    n = params.get("n", "")
+    if n.isdigit() and 0 < int(n) < len(tags):
+        tags = tags[:int(n)]
+        headers["link"] = f'</v2/{name}/tags/list?last={tags[-1]}&n={n}>; rel="next"'
+    return httpx.Response(200, headers=headers, json={"name": name, "tags": tags})
+
+
+def _created(name: str, digest: str) -> httpx.Response:
+    return httpx.Response(201, headers={"location": f"/v2/{name}/blobs/{digest}",
+                                        "docker-content-digest": digest, "content-length": "0"})
+
+
+def _error(status: int, code: str, message: str) -> httpx.Response:
+    body = json.dumps({"errors": [{"code": code, "message": message, "detail": None}]})
+    return httpx.Response(status, headers={"content-type": "application/json; charset=utf-8"},
+                          content=body.encode())
