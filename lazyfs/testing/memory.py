@@ -131,17 +131,20 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
     # --- what tests ask -------------------------------------------------------
 
     def options(self, **kw):
-        """``RegistryOptions`` sending everything here (retries without backoff)."""
+        """``RegistryOptions`` sending everything here, retrying without
+        backoff, anonymous unless ``auth`` is given (no credential file is read)."""
         from ..registry import RegistryOptions
         kw.setdefault("backoff", 0.0)
+        kw.setdefault("auth", self.credentials())
         return RegistryOptions(transport=self, **kw)
 
-    def credentials(self, username: str, password: str):
-        """An ``auth`` factory for ``RegistryOptions`` with these credentials and
-        a token cache of its own (no state shared with other tests)."""
+    def credentials(self, username: str = "", password: str = ""):
+        """An ``auth`` factory for ``RegistryOptions`` with these credentials
+        (none: anonymous) and a token cache of its own, so no state is shared
+        with other tests."""
         from ..registry.auth import Credential, RegistryAuth, TokenCache
         cache = TokenCache()
-        credential = Credential(username, password, source="the test")
+        credential = Credential(username, password, source="the test") if username else None
         return lambda registry, scope: RegistryAuth(registry, credential, scope, cache=cache)
 
     def fault(self, action: str, **match) -> Fault:
