@@ -11,7 +11,9 @@ import pytest
 from lazyfs.formats.entry import EntryType
 from lazyfs.image import OpenOptions, open_image_async
 from lazyfs.index.merged import ROOT_INO
+from lazyfs.index.shared import publish_index
 from lazyfs.manifest import Platform
+from lazyfs.registry import RegistryClient
 from lazyfs.store.blobs import Store
 from lazyfs.testing import FORMATS, OPAQUE, WHITEOUT, Dir, File, MemoryRegistry, build_layer
 
@@ -137,3 +139,25 @@ async def test_platform_from_an_index(tmp_path):
         assert image.digest == arm.digest
         node = image.index.resolve("/arch")
         assert await image.read(node, 0, 100) == b"arm64"
+
+
+@pytest.mark.parametrize("referrers", [True, False])
+async def test_published_index_spares_the_next_opener_a_full_pass(tmp_path, referrers):
+    """``index push`` against the memory registry, with the referrers API and
+    without it (distribution 2.8: the tag-schema fallback), then a fresh store
+    opens the image from the published tables without fetching the layers."""
+    registry = MemoryRegistry(referrers=referrers)
+    pushed = push_layered(registry, "gzip")
+    async with opened(tmp_path / "first", registry, pushed.ref) as image, \
+            RegistryClient(registry.options()) as client:
+        artifact = await publish_index(client, image)
+    assert registry.seen("manifest", method="PUT", digest=artifact)
+    assert pushed.digest.replace(":", "-") in registry.repositories["layered/app"].tags
+    registry.requests.clear()
+    async with opened(tmp_path / "second", registry, pushed.ref) as image:
+        assert sorted(image.shared_tables) == sorted(layer.digest for layer in pushed.layers)
+        assert [r.status for r in registry.seen("referrers")] == [200 if referrers else 404]
+        for layer in pushed.layers:
+            assert not registry.seen("blob", digest=layer.digest)
+        node = image.index.resolve("/usr/bin/tool")
+        assert await image.read(node, 0, node.size) == BIG

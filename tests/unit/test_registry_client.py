@@ -71,6 +71,15 @@ async def test_platform_chosen_from_an_index(registry, oci):
     assert {str(p) for p in got_arm.platforms} == {"linux/amd64", "linux/arm64/v8"}
 
 
+async def test_head_manifest_reads_no_body(registry):
+    pushed, _ = push(registry)
+    async with RegistryClient(registry.options()) as client:
+        desc = await client.head_manifest(parse_reference(pushed.ref))
+    assert (desc.digest, desc.size, desc.media_type) == \
+        (pushed.digest, len(pushed.manifest), OCI_MANIFEST)
+    assert [(r.method, r.sent) for r in registry.seen("manifest")] == [("HEAD", 0)]
+
+
 async def test_missing_image_is_not_found(registry):
     push(registry)
     async with RegistryClient(registry.options()) as client:
