@@ -117,7 +117,11 @@ class Access:
         return user if user in self.users and self.users[user] == password else None
 
 
-def required_scope(method: str, name: str | None) -> str | None:
+def required_scope(method: str, name: str | None, path: str = "") -> str | None:
+    """The token scope a request needs; ``None`` for the ping, which any
+    valid credentials pass."""
+    if path == "/v2/_catalog":
+        return "registry:catalog:*"
     if name is None:
         return None
     action = "pull" if method in ("GET", "HEAD") else "pull,push"

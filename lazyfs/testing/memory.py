@@ -190,9 +190,11 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
         if url.host == self.storage_host:
             return self._storage(request, rec)
         route, m = _route(url.path)
-        name = m["name"] if m else None
-        if url.path == "/v2/" or route is not None:
-            refusal = self.access.refusal(request, required_scope(request.method, name))
+        if route == "referrers" and not self.referrers:
+            route = None
+        if url.path in ("/v2/", "/v2/_catalog") or route is not None:
+            scope = required_scope(request.method, m["name"] if route else None, url.path)
+            refusal = self.access.refusal(request, scope)
             if refusal is not None:
                 return refusal
         if url.path == "/v2/":
@@ -200,11 +202,10 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
                                                 "registry/2.0"}, json={})
         if url.path == "/v2/_catalog":
             return httpx.Response(200, json={"repositories": sorted(self.repositories)})
-        if route == "referrers" and not self.referrers:
-            route = None
         if route is None:
             return httpx.Response(404, headers={"content-type": "text/plain; charset=utf-8"},
                                   content=b"404 page not found\n")
+        name = m["name"]
         if route == "upload":
             return self._upload(request, name, m["ref"])
         repo = self.repositories.get(name)

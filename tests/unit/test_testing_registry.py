@@ -295,6 +295,21 @@ async def test_anonymous_tokens_pull_only_when_allowed(anonymous):
     assert r.status_code == (200 if anonymous else 401)
 
 
+async def test_catalog_needs_its_own_scope():
+    registry = MemoryRegistry(auth="bearer", anonymous=True)
+    registry.add_blob("r", BLOB)
+    catalog = {"scope": "registry:catalog:*"}
+    async with client(registry) as c:
+        anon = (await c.get("https://auth.registry.test/token", params=catalog)).json()["token"]
+        user = (await c.get("https://auth.registry.test/token", params=catalog,
+                            auth=("alice", "s3cret"))).json()["token"]
+        refused = await c.get("/v2/_catalog", headers={"authorization": f"Bearer {anon}"})
+        listed = await c.get("/v2/_catalog", headers={"authorization": f"Bearer {user}"})
+    assert refused.status_code == 401
+    assert 'scope="registry:catalog:*"' in refused.headers["www-authenticate"]
+    assert listed.json() == {"repositories": ["r"]}
+
+
 # --- redirects ---------------------------------------------------------------------------
 
 async def test_blobs_redirect_to_expiring_storage_urls(registry):
