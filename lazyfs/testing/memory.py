@@ -25,10 +25,13 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from ..registry import RegistryOptions
+from ..registry.auth import Credential, RegistryAuth, TokenCache
 from . import faults as _faults
 from .access import Access, required_scope
 from .byteranges import serve_ranges
 from .faults import Fault, Faults, Recorded
+from .manifests import PushedImage, image, index
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -112,16 +115,14 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
             r.tags[tag] = digest
         return digest
 
-    def push_image(self, repo: str, tag: str | None, layers, **kw):
+    def push_image(self, repo: str, tag: str | None, layers, **kw) -> PushedImage:
         """Config, layers and manifest of one image; returns a ``PushedImage``.
         Keywords as ``lazyfs.testing.manifests.image``."""
-        from .manifests import image
         return image(layers, **kw).push(self, repo, tag)
 
-    def push_index(self, repo: str, tag: str | None, images, **kw):
+    def push_index(self, repo: str, tag: str | None, images, **kw) -> PushedImage:
         """An index over images already pushed to ``repo`` (``PushedImage`` or
         ``(PushedImage, platform)``); keywords as ``lazyfs.testing.manifests.index``."""
-        from .manifests import index
         return index(images, **kw).push(self, repo, tag)
 
     def ref(self, repo: str, tag_or_digest: str = "latest") -> str:
@@ -130,10 +131,9 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
 
     # --- what tests ask -------------------------------------------------------
 
-    def options(self, **kw):
+    def options(self, **kw) -> RegistryOptions:
         """``RegistryOptions`` sending everything here, retrying without
         backoff, anonymous unless ``auth`` is given (no credential file is read)."""
-        from ..registry import RegistryOptions
         kw.setdefault("backoff", 0.0)
         kw.setdefault("auth", self.credentials())
         return RegistryOptions(transport=self, **kw)
@@ -142,7 +142,6 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
         """An ``auth`` factory for ``RegistryOptions`` with these credentials
         (none: anonymous) and a token cache of its own, so no state is shared
         with other tests."""
-        from ..registry.auth import Credential, RegistryAuth, TokenCache
         cache = TokenCache()
         credential = Credential(username, password, source="the test") if username else None
         return lambda registry, scope: RegistryAuth(registry, credential, scope, cache=cache)
