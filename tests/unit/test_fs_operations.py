@@ -31,8 +31,12 @@ UPPER = {"etc/shadow": WHITEOUT, "etc/motd": "hello\n"}
 
 
 @pytest.fixture
-async def ops(tmp_path):
-    registry = MemoryRegistry()
+def registry() -> MemoryRegistry:
+    return MemoryRegistry()
+
+
+@pytest.fixture
+async def ops(tmp_path, registry):
     layers = [build_layer("estargz", LOWER), build_layer("gzip", UPPER)]
     pushed = registry.push_image("fs/app", "v1", layers)
     factory = image_operations(pushed.ref, tmp_path / "mnt",
@@ -113,6 +117,18 @@ async def test_read_gives_the_bytes_built(ops):
     await ops.release(info.fh)
     assert await read_all(ops, (await lookup(ops, "etc/motd")).st_ino) == b"hello\n"
     assert ops.stats()["fuse"]["bytes_read"] == len(TOOL) + 300 + 5 + 6
+
+
+async def test_a_read_that_cannot_be_verified_is_eio(ops, registry):
+    tool = await lookup(ops, "usr/bin/tool")
+    info = await ops.open(tool.st_ino, os.O_RDONLY, CTX)
+    registry.fault("flip", kind=("range", "multirange"), times=None)
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.read(info.fh, 0, 4096)
+    assert e.value.errno == errno.EIO
+    assert ops.stats()["fuse"]["errors"] == 1
+    registry.clear_faults()
+    assert await ops.read(info.fh, 0, 4096) == TOOL[:4096]
 
 
 async def test_readlink_and_xattrs(ops):

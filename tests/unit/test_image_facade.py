@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from lazyfs.errors import DigestMismatch
 from lazyfs.formats.entry import EntryType
 from lazyfs.image import OpenOptions, open_image_async
 from lazyfs.index.merged import ROOT_INO
@@ -113,6 +114,23 @@ async def test_toc_formats_read_lazily(tmp_path, fmt):
     assert 0 < fetched < upper.size
     assert registry.count("blob") == 1
     assert not registry.seen("blob", digest=upper.digest)
+
+
+@pytest.mark.parametrize("times, ok", [(1, True), (None, False)])
+async def test_corrupt_ranges_are_retried_then_refused(tmp_path, times, ok):
+    registry = MemoryRegistry()
+    pushed = push_layered(registry, "estargz")
+    async with opened(tmp_path, registry, pushed.ref) as image:
+        registry.fault("flip", kind=("range", "multirange"), times=times)
+        node = image.index.resolve("/new/file")
+        if ok:
+            assert await image.read(node, 0, node.size) == b"new\n"
+        else:
+            with pytest.raises(DigestMismatch):
+                await image.read(node, 0, node.size)
+        stats = image.stats()["layers"][1]
+    assert stats["verify_failures"] >= 1
+    assert stats["failed_reads"] == (0 if ok else 1)
 
 
 async def test_whiteouts_hide_across_many_layers(tmp_path):
