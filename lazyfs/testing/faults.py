@@ -40,7 +40,9 @@ class Recorded:
 
     @property
     def host(self) -> str:
-        return self.url.host
+        """``host`` or ``host:port`` as the registry is named in references."""
+        port = self.url.port
+        return f"{self.url.host}:{port}" if port else self.url.host
 
     @property
     def path(self) -> str:

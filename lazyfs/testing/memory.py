@@ -170,10 +170,10 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
     # --- the transport --------------------------------------------------------
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
-        if host not in (self.host, self.token_host, self.storage_host):
-            raise httpx.ConnectError(f"no such host: {host}", request=request)
-        rec = Recorded(request.method, request.url, request.headers, _kind(request, self))
+        rec = Recorded(request.method, request.url, request.headers, "other")
+        if rec.host not in (self.host, self.token_host, self.storage_host):
+            raise httpx.ConnectError(f"no such host: {rec.host}", request=request)
+        rec.kind = _kind(request, rec.host, self)
         self.requests.append(rec)
         await request.aread()
         response = await _faults.before_headers(self.faults.take(rec, on_body=False), request)
@@ -184,9 +184,9 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
 
     async def _answer(self, request: httpx.Request, rec: Recorded) -> httpx.Response:
         url = request.url
-        if url.host == self.token_host:
+        if rec.host == self.token_host:
             return self.access.issue(request)
-        if url.host == self.storage_host:
+        if rec.host == self.storage_host:
             return self._storage(request, rec)
         route, m = _route(url.path)
         if route == "referrers" and not self.referrers:
@@ -385,11 +385,11 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
         return _created(name, digest)
 
 
-def _kind(request: httpx.Request, registry: MemoryRegistry) -> str:
+def _kind(request: httpx.Request, host: str, registry: MemoryRegistry) -> str:
     path = request.url.path
-    if request.url.host == registry.token_host:
+    if host == registry.token_host:
         return "token"
-    if request.url.host == registry.storage_host:
+    if host == registry.storage_host:
         return _blob_kind(request)
     if path == "/v2/":
         return "ping"

@@ -71,6 +71,15 @@ async def test_platform_chosen_from_an_index(registry, oci):
     assert {str(p) for p in got_arm.platforms} == {"linux/amd64", "linux/arm64/v8"}
 
 
+async def test_a_registry_named_with_a_port():
+    registry = MemoryRegistry("127.0.0.1:5000")
+    pushed, _ = push(registry)
+    async with RegistryClient(registry.options()) as client:
+        resolved = await client.resolve(parse_reference(pushed.ref))
+    assert resolved.manifest.digest == pushed.digest
+    assert {r.host for r in registry.requests} == {"127.0.0.1:5000"}
+
+
 async def test_head_manifest_reads_no_body(registry):
     pushed, _ = push(registry)
     async with RegistryClient(registry.options()) as client:
