@@ -4,7 +4,13 @@ which is what distribution serves blobs with (and S3 much like it).
 One satisfiable range: 206 with ``Content-Range``. Several: 206
 ``multipart/byteranges``, unless together they ask for more bytes than the
 blob has, which Go takes for abuse and answers with the whole blob (200).
-None satisfiable, or a header it cannot parse: 416 with ``bytes */size``.
+None satisfiable, or a header it cannot parse: 416 (with ``bytes */size``
+when nothing overlaps). Distribution declares the blob's length before Go
+writes the 416's short message, so that answer's body is cut short: the
+caller (``MemoryRegistry``) reproduces this.
+
+One difference is deliberate: ``bytes=-0`` is unsatisfiable here, as RFC 9110
+says, where the Go of distribution 2.8 answers an empty 206.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+INVALID = "invalid range"
+NO_OVERLAP = "invalid range: failed to overlap"
 Span = tuple[int, int]
 """``[start, end)``."""
 
@@ -26,7 +34,7 @@ def parse_range(header: str, size: int) -> list[Span]:
     if not header:
         return []
     if not header.startswith("bytes="):
-        raise Unsatisfiable("invalid range")
+        raise Unsatisfiable(INVALID)
     spans: list[Span] = []
     skipped = False
     for item in header[len("bytes="):].split(","):
@@ -35,10 +43,10 @@ def parse_range(header: str, size: int) -> list[Span]:
             continue
         first, sep, last = (p.strip() for p in item.partition("-"))
         if not sep:
-            raise Unsatisfiable("invalid range")
+            raise Unsatisfiable(INVALID)
         if not first:
             if not last.isdigit():
-                raise Unsatisfiable("invalid range")
+                raise Unsatisfiable(INVALID)
             n = min(int(last), size)
             if n == 0:
                 skipped = True
@@ -46,17 +54,17 @@ def parse_range(header: str, size: int) -> list[Span]:
             spans.append((size - n, size))
             continue
         if not first.isdigit() or (last and not last.isdigit()):
-            raise Unsatisfiable("invalid range")
+            raise Unsatisfiable(INVALID)
         start = int(first)
         if start >= size:
             skipped = True
             continue
         end = size if not last else int(last) + 1
         if end <= start:
-            raise Unsatisfiable("invalid range")
+            raise Unsatisfiable(INVALID)
         spans.append((start, min(end, size)))
     if skipped and not spans:
-        raise Unsatisfiable("no overlap")
+        raise Unsatisfiable(NO_OVERLAP)
     return spans
 
 
@@ -73,8 +81,10 @@ def serve_ranges(data: bytes, header: str, content_type: str) -> Ranged:
     try:
         spans = parse_range(header, size)
     except Unsatisfiable as e:
-        return Ranged(416, {"content-range": f"bytes */{size}",
-                            "content-type": "text/plain; charset=utf-8"}, f"{e}\n".encode())
+        headers = {"content-type": "text/plain; charset=utf-8"}
+        if str(e) == NO_OVERLAP:
+            headers["content-range"] = f"bytes */{size}"
+        return Ranged(416, headers, f"{e}\n".encode())
     if sum(e - s for s, e in spans) > size:
         spans = []
     if not spans:

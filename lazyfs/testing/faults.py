@@ -157,8 +157,11 @@ class Body(httpx.AsyncByteStream):
     ``stall`` or ``drop`` fault with ``at`` strikes part-way."""
 
     def __init__(self, data: bytes, rec: Recorded, request: httpx.Request,
-                 fault: Fault | None = None) -> None:
+                 fault: Fault | None = None, declared: int | None = None) -> None:
         self._data, self._rec, self._request, self._fault = data, rec, request, fault
+        self._declared = declared
+        """A ``Content-Length`` longer than ``data``: the connection closes
+        early, which h11 reports as ``RemoteProtocolError``."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         fault = self._fault if self._fault and self._fault.action in ("stall", "drop") else None
@@ -179,6 +182,11 @@ class Body(httpx.AsyncByteStream):
                 self._rec.sent += len(piece)
                 yield piece
             pos = end
+        if self._declared is not None and self._declared > len(self._data):
+            raise httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body "
+                f"(received {len(self._data)} bytes, expected {self._declared})",
+                request=self._request)
 
     async def aclose(self) -> None:
         pass

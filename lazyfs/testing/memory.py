@@ -92,7 +92,7 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
         self.repositories: dict[str, Repository] = {}
         self.requests: list[Recorded] = []
         self.faults = Faults()
-        self._uploads: dict[str, tuple[str, bytearray]] = {}
+        self._uploads: dict[str, _Upload] = {}
 
     # --- content --------------------------------------------------------------
 
@@ -207,8 +207,8 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
         name = m["name"]
         if route == "upload":
             return self._upload(request, name, m["ref"])
-        repo = self.repositories.get(name)
-        if repo is None:
+        repo = self.repositories.get(name) or Repository()
+        if route == "tags" and name not in self.repositories:
             return _error(404, "NAME_UNKNOWN", "repository name not known to registry")
         if route == "tags":
             return _tags(request, name, repo)
@@ -255,7 +255,8 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
         if missing:
             return _error(400, "MANIFEST_BLOB_UNKNOWN", f"blob unknown to registry: {missing}")
         self.add_manifest(name, raw, media_type, None if ":" in ref else ref)
-        headers = {"location": f"/v2/{name}/manifests/{digest}", "docker-content-digest": digest}
+        headers = {"location": str(request.url.join(f"/v2/{name}/manifests/{digest}")),
+                   "docker-content-digest": digest}
         subject = doc.get("subject")
         if self.referrers and isinstance(subject, dict) and subject.get("digest"):
             headers["oci-subject"] = subject["digest"]
@@ -319,9 +320,11 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
             else request.headers.get("range", "")
         answer = serve_ranges(data, header, OCTET)
         headers.update(answer.headers)
-        headers["content-length"] = str(len(answer.body))
         if answer.status == 416:
-            return httpx.Response(416, headers=headers, content=answer.body)
+            headers["content-length"] = str(len(data))
+            return httpx.Response(416, headers=headers, stream=_faults.Body(
+                answer.body[:len(data)], rec, request, declared=len(data)))
+        headers["content-length"] = str(len(answer.body))
         return self._stream(request, rec, answer.status, headers, answer.body, fault)
 
     def _content(self, request: httpx.Request, rec: Recorded, body: bytes,
@@ -340,49 +343,53 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
     # --- uploads --------------------------------------------------------------
 
     def _upload(self, request: httpx.Request, name: str, session: str) -> httpx.Response:
+        """Uploads as distribution 2.8 takes them: a POST always opens a
+        session (unless it mounts a blob the other repository has); every
+        later request must carry the ``_state`` of the last answer; a PATCH's
+        ``Content-Range`` is not checked; a failed PUT ends the session."""
         params = request.url.params
         if request.method == "POST" and not session:
             source = self.repositories.get(params.get("from", ""))
             mount = params.get("mount", "")
             if source is not None and mount in source.blobs:
                 self._repo(name).blobs.add(mount)
-                return _created(name, mount)
-            if "digest" in params:
-                return self._finish(name, bytearray(request.content), params["digest"])
+                return _created(request, name, mount)
             session = str(uuid.uuid4())
-            self._uploads[session] = (name, bytearray())
-            return self._progress(name, session, 202)
+            self._uploads[session] = _Upload(name)
+            return self._progress(request, session, 202)
         upload = self._uploads.get(session)
-        if upload is None or upload[0] != name:
-            return _error(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry")
-        data = upload[1]
+        if upload is None or upload.repo != name or params.get("_state") != upload.state:
+            return _error(404, "BLOB_UPLOAD_INVALID", "blob upload invalid")
         if request.method == "PATCH":
-            start = request.headers.get("content-range", "").partition("-")[0]
-            if start and (not start.isdigit() or int(start) != len(data)):
-                return _error(416, "BLOB_UPLOAD_INVALID", "blob upload invalid")
-            data += request.content
-            return self._progress(name, session, 202)
+            upload.data += request.content
+            return self._progress(request, session, 202)
         if request.method == "PUT":
-            data += request.content
             del self._uploads[session]
-            return self._finish(name, data, params.get("digest", ""))
+            data = bytes(upload.data + request.content)
+            if params.get("digest") != digest_of(data):
+                return _error(400, "DIGEST_INVALID",
+                              "provided digest did not match uploaded content")
+            return _created(request, name, self.add_blob(name, data))
         if request.method == "DELETE":
             del self._uploads[session]
             return httpx.Response(204)
-        return self._progress(name, session, 204)
+        return self._progress(request, session, 204)
 
-    def _progress(self, name: str, session: str, status: int) -> httpx.Response:
-        size = len(self._uploads[session][1])
+    def _progress(self, request: httpx.Request, session: str, status: int) -> httpx.Response:
+        upload = self._uploads[session]
+        upload.state = uuid.uuid4().hex
+        where = f"/v2/{upload.repo}/blobs/uploads/{session}?_state={upload.state}"
         return httpx.Response(status, headers={
-            "location": f"/v2/{name}/blobs/uploads/{session}?_state={uuid.uuid4().hex}",
-            "docker-upload-uuid": session, "range": f"0-{max(size - 1, 0)}",
-            "content-length": "0"})
+            "location": str(request.url.join(where)), "docker-upload-uuid": session,
+            "range": f"0-{max(len(upload.data) - 1, 0)}", "content-length": "0"})
 
-    def _finish(self, name: str, data: bytearray, digest: str) -> httpx.Response:
-        if digest != digest_of(bytes(data)):
-            return _error(400, "DIGEST_INVALID", "provided digest did not match uploaded content")
-        self.add_blob(name, bytes(data))
-        return _created(name, digest)
+
+@dataclass
+class _Upload:
+    repo: str
+    data: bytearray = field(default_factory=bytearray)
+    state: str = ""
+    """The ``_state`` the next request must carry."""
 
 
 def _kind(request: httpx.Request, host: str, registry: MemoryRegistry) -> str:
@@ -445,9 +452,10 @@ def _tags(request: httpx.Request, name: str, repo: Repository) -> httpx.Response
     return httpx.Response(200, headers=headers, json={"name": name, "tags": tags})
 
 
-def _created(name: str, digest: str) -> httpx.Response:
-    return httpx.Response(201, headers={"location": f"/v2/{name}/blobs/{digest}",
-                                        "docker-content-digest": digest, "content-length": "0"})
+def _created(request: httpx.Request, name: str, digest: str) -> httpx.Response:
+    return httpx.Response(201, headers={
+        "location": str(request.url.join(f"/v2/{name}/blobs/{digest}")),
+        "docker-content-digest": digest, "content-length": "0"})
 
 
 def _error(status: int, code: str, message: str) -> httpx.Response:

@@ -94,8 +94,10 @@ async def test_missing_image_is_not_found(registry):
     async with RegistryClient(registry.options()) as client:
         with pytest.raises(NotFound, match="manifest unknown"):
             await client.resolve(parse_reference("registry.test/library/app:v2"))
-        with pytest.raises(NotFound, match="repository unknown"):
+        with pytest.raises(NotFound, match="manifest unknown"):
             await client.resolve(parse_reference("registry.test/library/other:v1"))
+        with pytest.raises(NotFound, match="repository unknown"):
+            await client.list_tags(parse_reference("registry.test/library/other"))
 
 
 async def test_unknown_host_is_unreachable(registry):

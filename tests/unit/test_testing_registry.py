@@ -79,10 +79,12 @@ async def test_oci_types_need_a_matching_accept_docker_types_do_not(registry):
 async def test_unknown_names_and_tags(registry):
     async with client(registry) as c:
         no_repo = await c.get("/v2/nope/manifests/v1", headers=ACCEPT_ALL)
+        no_tags = await c.get("/v2/nope/tags/list")
         no_tag = await c.get("/v2/r/manifests/v9", headers=ACCEPT_ALL)
         no_blob = await c.get(blob_url("sha256:" + "0" * 64))
         no_route = await c.get("/v3/")
-    assert no_repo.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+    assert no_repo.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    assert no_tags.json()["errors"][0]["code"] == "NAME_UNKNOWN"
     assert no_tag.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
     assert (no_blob.status_code, no_blob.json()["errors"][0]["code"]) == (404, "BLOB_UNKNOWN")
     assert no_route.status_code == 404 and no_route.text == "404 page not found\n"
@@ -141,15 +143,28 @@ async def test_multi_range_is_multipart_byteranges(registry):
 
 
 async def test_unsatisfiable_and_oversized_multi_ranges(registry):
+    """A 416 declares the blob's length and sends Go's short message, so its
+    body breaks off, as distribution 2.8's does."""
     async with client(registry) as c:
-        beyond = await c.get(blob_url(), headers={"range": f"bytes={len(BLOB)}-"})
+        async with c.stream("GET", blob_url(), headers={"range": f"bytes={len(BLOB)}-"}) as beyond:
+            assert beyond.status_code == 416
+            assert beyond.headers["content-range"] == f"bytes */{len(BLOB)}"
+            assert beyond.headers["content-length"] == str(len(BLOB))
+            with pytest.raises(httpx.RemoteProtocolError):
+                await beyond.aread()
+        async with c.stream("GET", blob_url(), headers={"range": "items=0-1"}) as invalid:
+            assert invalid.status_code == 416 and "content-range" not in invalid.headers
         too_much = await c.get(blob_url(), headers={"range": f"bytes=0-,0-{len(BLOB) - 1}"})
-    assert beyond.status_code == 416
-    assert beyond.headers["content-range"] == f"bytes */{len(BLOB)}"
     assert too_much.status_code == 200 and too_much.content == BLOB
+    assert registry.seen()[0].sent == len(b"invalid range: failed to overlap\n")
 
 
 # --- uploads, manifests put, referrers, tags ------------------------------------------
+
+def with_digest(answer: httpx.Response, digest: str) -> httpx.URL:
+    """Where to PUT the end of an upload: its Location, ``_state`` kept."""
+    return httpx.URL(answer.headers["location"]).copy_merge_params({"digest": digest})
+
 
 async def test_chunked_upload_then_put(registry):
     data = b"chunk one|chunk two|end"
@@ -160,12 +175,11 @@ async def test_chunked_upload_then_put(registry):
         loc = start.headers["location"]
         first = await c.patch(loc, content=data[:10], headers={"content-range": "0-9"})
         assert first.headers["range"] == "0-9"
-        wrong = await c.patch(first.headers["location"], content=b"x",
-                              headers={"content-range": "3-3"})
-        assert wrong.status_code == 416
+        stale = await c.patch(loc, content=b"x")
+        assert (stale.status_code, stale.json()["errors"][0]["code"]) == \
+            (404, "BLOB_UPLOAD_INVALID")
         second = await c.patch(first.headers["location"], content=data[10:20])
-        done = await c.put(second.headers["location"], params={"digest": digest},
-                           content=data[20:])
+        done = await c.put(with_digest(second, digest), content=data[20:])
         got = await c.get(blob_url(digest, "new"))
     assert done.status_code == 201
     assert done.headers["docker-content-digest"] == digest
@@ -175,15 +189,20 @@ async def test_chunked_upload_then_put(registry):
 async def test_upload_checks_digest_and_mounts(registry):
     async with client(registry) as c:
         start = await c.post("/v2/new/blobs/uploads/")
-        bad = await c.put(start.headers["location"], params={"digest": BLOB_DIGEST},
-                          content=b"other")
+        lost = await c.put(start.headers["location"], params={"digest": BLOB_DIGEST},
+                           content=BLOB)
+        bad = await c.put(with_digest(start, BLOB_DIGEST), content=b"other")
+        ended = await c.put(with_digest(start, BLOB_DIGEST), content=BLOB)
         mono = await c.post("/v2/new/blobs/uploads/", params={"digest": BLOB_DIGEST},
                             content=BLOB)
         mount = await c.post("/v2/third/blobs/uploads/",
                              params={"mount": BLOB_DIGEST, "from": "r"})
         head = await c.head(blob_url(repo="third"))
+    assert lost.json()["errors"][0]["code"] == "BLOB_UPLOAD_INVALID", "params drop _state"
     assert bad.json()["errors"][0]["code"] == "DIGEST_INVALID"
-    assert mono.status_code == mount.status_code == 201
+    assert ended.json()["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
+    assert mono.status_code == 202 and "new" not in registry.repositories
+    assert mount.status_code == 201
     assert head.status_code == 200 and head.headers["content-length"] == str(len(BLOB))
 
 
