@@ -39,6 +39,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST)
 OCTET = "application/octet-stream"
+JSON = "application/json; charset=utf-8"
 REDIRECT_TTL = 1200
 """Seconds a storage URL stays valid, as S3's presigned URLs in distribution."""
 
@@ -77,7 +78,8 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
     def __init__(self, host: str = "registry.test", *, auth: str | None = None,
                  users: dict[str, str] | None = None, anonymous: bool = False,
                  permissions: dict[str, str] | None = None, referrers: bool = True,
-                 redirect: bool = False, token_host: str = "auth.registry.test",
+                 redirect: bool = False, paginate: bool = True,
+                 token_host: str = "auth.registry.test",
                  storage_host: str = "storage.registry.test") -> None:
         self.host = host
         self.token_host = token_host
@@ -86,6 +88,8 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
         """Whether ``/v2/<name>/referrers/<digest>`` exists (distribution 2.8 has none)."""
         self.redirect = redirect
         """Whether blob GETs and HEADs are redirected to ``storage_host``."""
+        self.paginate = paginate
+        """Whether the tags list honours ``n`` and ``last`` (distribution 2.8 ignores them)."""
         self.access = Access(auth, users if users is not None else {"alice": "s3cret"},
                              permissions or {}, anonymous, f"https://{token_host}/token")
         self.blobs: dict[str, bytes] = {}
@@ -197,10 +201,10 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
             if refusal is not None:
                 return refusal
         if url.path == "/v2/":
-            return httpx.Response(200, headers={"docker-distribution-api-version":
-                                                "registry/2.0"}, json={})
+            return httpx.Response(200, headers={"docker-distribution-api-version": "registry/2.0",
+                                                "content-type": JSON}, content=b"{}")
         if url.path == "/v2/_catalog":
-            return httpx.Response(200, json={"repositories": sorted(self.repositories)})
+            return _json(200, {"repositories": sorted(self.repositories)})
         if route is None:
             return httpx.Response(404, headers={"content-type": "text/plain; charset=utf-8"},
                                   content=b"404 page not found\n")
@@ -211,7 +215,7 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
         if route == "tags" and name not in self.repositories:
             return _error(404, "NAME_UNKNOWN", "repository name not known to registry")
         if route == "tags":
-            return _tags(request, name, repo)
+            return _tags(request, name, repo, self.paginate)
         if route == "referrers":
             return self._referrers(request, repo, m["ref"])
         if route == "manifest":
@@ -253,7 +257,9 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
             return _error(400, "DIGEST_INVALID", "provided digest did not match uploaded content")
         missing = _missing(doc, media_type, repo)
         if missing:
-            return _error(400, "MANIFEST_BLOB_UNKNOWN", f"blob unknown to registry: {missing}")
+            return _json(400, {"errors": [{"code": "MANIFEST_BLOB_UNKNOWN",
+                                           "message": "blob unknown to registry",
+                                           "detail": digest} for digest in missing]})
         self.add_manifest(name, raw, media_type, None if ":" in ref else ref)
         headers = {"location": str(request.url.join(f"/v2/{name}/manifests/{digest}")),
                    "docker-content-digest": digest}
@@ -358,7 +364,7 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
             self._uploads[session] = _Upload(name)
             return self._progress(request, session, 202)
         upload = self._uploads.get(session)
-        if upload is None or upload.repo != name or params.get("_state") != upload.state:
+        if upload is None or upload.repo != name or params.get("_state") != upload.state(session):
             return _error(404, "BLOB_UPLOAD_INVALID", "blob upload invalid")
         if request.method == "PATCH":
             upload.data += request.content
@@ -377,8 +383,7 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
 
     def _progress(self, request: httpx.Request, session: str, status: int) -> httpx.Response:
         upload = self._uploads[session]
-        upload.state = uuid.uuid4().hex
-        where = f"/v2/{upload.repo}/blobs/uploads/{session}?_state={upload.state}"
+        where = f"/v2/{upload.repo}/blobs/uploads/{session}?_state={upload.state(session)}"
         return httpx.Response(status, headers={
             "location": str(request.url.join(where)), "docker-upload-uuid": session,
             "range": f"0-{max(len(upload.data) - 1, 0)}", "content-length": "0"})
@@ -388,8 +393,12 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
 class _Upload:
     repo: str
     data: bytearray = field(default_factory=bytearray)
-    state: str = ""
-    """The ``_state`` the next request must carry."""
+
+    def state(self, session: str) -> str:
+        """What the next request must carry as ``_state``: like distribution's
+        signed state it names the offset, so any answer's Location stays good
+        until more data arrives."""
+        return hashlib.sha256(f"{session}:{len(self.data)}".encode()).hexdigest()[:32]
 
 
 def _kind(request: httpx.Request, host: str, registry: MemoryRegistry) -> str:
@@ -428,28 +437,25 @@ def _accepted(request: httpx.Request) -> set[str]:
             for value in request.headers.get_list("accept") for part in value.split(",")}
 
 
-def _missing(doc: dict, media_type: str, repo: Repository) -> str:
-    """The first blob or child manifest a manifest refers to that ``repo`` lacks."""
+def _missing(doc: dict, media_type: str, repo: Repository) -> list[str]:
+    """The blobs (or an index's child manifests) a manifest names that ``repo`` lacks."""
     if media_type in (OCI_INDEX, DOCKER_LIST):
         wanted = [(d, repo.manifests) for d in doc.get("manifests") or []]
     else:
         wanted = [(d, repo.blobs) for d in [doc.get("config") or {}, *(doc.get("layers") or [])]
                   if not d.get("urls")]
-    for desc, have in wanted:
-        if desc.get("digest") not in have:
-            return str(desc.get("digest"))
-    return ""
+    return [str(desc.get("digest")) for desc, have in wanted if desc.get("digest") not in have]
 
 
-def _tags(request: httpx.Request, name: str, repo: Repository) -> httpx.Response:
-    params = request.url.params
+def _tags(request: httpx.Request, name: str, repo: Repository, paginate: bool) -> httpx.Response:
+    params = request.url.params if paginate else httpx.QueryParams()
     tags = sorted(t for t in repo.tags if t > params.get("last", ""))
     headers = {}
     n = params.get("n", "")
     if n.isdigit() and 0 < int(n) < len(tags):
         tags = tags[:int(n)]
         headers["link"] = f'</v2/{name}/tags/list?last={tags[-1]}&n={n}>; rel="next"'
-    return httpx.Response(200, headers=headers, json={"name": name, "tags": tags})
+    return _json(200, {"name": name, "tags": tags}, headers)
 
 
 def _created(request: httpx.Request, name: str, digest: str) -> httpx.Response:
@@ -459,6 +465,11 @@ def _created(request: httpx.Request, name: str, digest: str) -> httpx.Response:
 
 
 def _error(status: int, code: str, message: str) -> httpx.Response:
-    body = json.dumps({"errors": [{"code": code, "message": message, "detail": None}]})
-    return httpx.Response(status, headers={"content-type": "application/json; charset=utf-8"},
-                          content=body.encode())
+    return _json(status, {"errors": [{"code": code, "message": message, "detail": {}}]})
+
+
+def _json(status: int, doc: dict, headers: dict[str, str] | None = None) -> httpx.Response:
+    """JSON as Go's encoder writes it: compact, with a newline."""
+    body = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+    return httpx.Response(status, headers={**(headers or {}), "content-type": JSON},
+                          content=body)

@@ -59,7 +59,8 @@ def test_tar_holds_what_the_dict_says():
     assert (tool.size, tool.mode, tool.uid, tool.gid) == (len(PAYLOAD), 0o755, 7, 8)
     assert got["usr/bin/link"].issym() and got["usr/bin/link"].linkname == "tool"
     assert got["usr/bin/hard"].islnk() and got["usr/bin/hard"].linkname == "usr/bin/tool"
-    assert got["dev/null"].ischr() and (got["dev/null"].devmajor, got["dev/null"].devminor) == (1, 3)
+    null = got["dev/null"]
+    assert null.ischr() and (null.devmajor, null.devminor) == (1, 3)
     assert got["x"].pax_headers["SCHILY.xattr.user.k"] == "v\0w"
 
 
