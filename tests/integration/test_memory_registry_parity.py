@@ -185,3 +185,26 @@ async def test_uploads_behave_alike(twins):
         want = await upload_story(real, f"{twins.repo}/up", data, twins.repo)
         got = await upload_story(fake, f"{twins.repo}/up", data, twins.repo)
     assert got == want
+
+
+async def test_basic_auth_refuses_alike(auth_registry):
+    fake = MemoryRegistry(auth="basic")
+    paths = ["/v2/", "/v2/parity/none/manifests/v1", "/v2/parity/none/tags/list"]
+    for creds in (None, ("alice", "wrong"), ("alice", "s3cret")):
+        async with httpx.AsyncClient(base_url=auth_registry.url, auth=creds) as real, \
+                httpx.AsyncClient(transport=fake, base_url="http://registry.test",
+                                  auth=creds) as mem:
+            for path in paths:
+                want, got = await real.get(path), await mem.get(path)
+                assert (got.status_code, _scheme(got)) == (want.status_code, _scheme(want)), \
+                    (creds, path)
+                if want.status_code == 401:
+                    assert _codes(got) == _codes(want) == ["UNAUTHORIZED"]
+
+
+def _scheme(r: httpx.Response) -> str:
+    return r.headers.get("www-authenticate", "").partition(" ")[0]
+
+
+def _codes(r: httpx.Response) -> list[str]:
+    return [e["code"] for e in r.json()["errors"]]
