@@ -259,7 +259,7 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
         if missing:
             return _json(400, {"errors": [{"code": "MANIFEST_BLOB_UNKNOWN",
                                            "message": "blob unknown to registry",
-                                           "detail": digest} for digest in missing]})
+                                           "detail": d} for d in missing]})
         self.add_manifest(name, raw, media_type, None if ":" in ref else ref)
         headers = {"location": str(request.url.join(f"/v2/{name}/manifests/{digest}")),
                    "docker-content-digest": digest}
