@@ -19,15 +19,29 @@ re-exported here.
 """
 
 from .faults import KINDS, Fault, Recorded
-from .layers import (FORMATS, OPAQUE, WHITEOUT, Device, Dir, File, Hardlink, Layer, Symlink,
-                     build_layer, gzip_layer, make_tar, tar_layer, uncompressed, zstd_layer)
+from .layers import (OPAQUE, WHITEOUT, Device, Dir, Entries, File, Hardlink, Layer, Symlink,
+                     gzip_layer, make_tar, tar_layer, uncompressed, zstd_layer)
 from .manifests import BuiltImage, PushedImage, config, image, index
 from .memory import MemoryRegistry
 from .toc import estargz_layer, zstd_chunked_layer
 
+_BUILDERS = {"tar": tar_layer, "gzip": gzip_layer, "estargz": estargz_layer,
+             "zstd": zstd_layer, "zstd:chunked": zstd_chunked_layer}
+FORMATS = tuple(_BUILDERS)
+"""The layer formats lazyfs reads, by the names ``LayerTable.format`` uses."""
+
+
+def build_layer(fmt: str, entries: Entries, **kw) -> Layer:
+    """The layer of ``entries`` in ``fmt``, one of ``FORMATS``; keywords go to
+    that format's builder (``chunk_size``, ``frame_size``, ``prefetch``, ...)."""
+    if fmt not in _BUILDERS:
+        raise ValueError(f"unknown layer format {fmt!r}; expected one of {FORMATS}")
+    return _BUILDERS[fmt](entries, **kw)
+
+
 __all__ = [
-    "FORMATS", "KINDS", "OPAQUE", "WHITEOUT", "BuiltImage", "Device", "Dir", "Fault", "File",
-    "Hardlink", "Layer", "MemoryRegistry", "PushedImage", "Recorded", "Symlink", "build_layer",
-    "config", "estargz_layer", "gzip_layer", "image", "index", "make_tar", "tar_layer",
-    "uncompressed", "zstd_chunked_layer", "zstd_layer",
+    "FORMATS", "KINDS", "OPAQUE", "WHITEOUT", "BuiltImage", "Device", "Dir", "Entries", "Fault",
+    "File", "Hardlink", "Layer", "MemoryRegistry", "PushedImage", "Recorded", "Symlink",
+    "build_layer", "config", "estargz_layer", "gzip_layer", "image", "index", "make_tar",
+    "tar_layer", "uncompressed", "zstd_chunked_layer", "zstd_layer",
 ]

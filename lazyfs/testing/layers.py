@@ -5,9 +5,9 @@ path ending in ``/`` (content ignored) a directory, ``("symlink", target)``
 and ``("hardlink", target)`` links, ``File``/``Dir``/``Device``/... entries
 when the mode, owner, time or xattrs matter, and ``WHITEOUT`` / ``OPAQUE``
 the overlay markers (``.wh.<name>``, ``<dir>/.wh..wh..opq``). The same dict
-gives a tar, a gzip, a zstd (one frame or many), an eStargz or a
-zstd:chunked layer (see ``lazyfs.testing.toc``), each a ``Layer`` holding
-the blob, its media type, annotations and diff_id.
+gives a tar, a gzip or a zstd layer (one frame or many) here, an eStargz or
+a zstd:chunked one in ``lazyfs.testing.toc``: each a ``Layer`` holding the
+blob, its media type, annotations and diff_id (``build_layer`` picks by name).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 MTIME = 1_700_000_000
-FORMATS = ("tar", "gzip", "estargz", "zstd", "zstd:chunked")
 
 
 @dataclass(frozen=True)
@@ -185,16 +184,6 @@ def zstd_layer(entries: Entries, frame_size: int | None = None) -> Layer:
     step = frame_size or max(len(tar), 1)
     blob = b"".join(cctx.compress(tar[i:i + step]) for i in range(0, len(tar), step))
     return Layer(blob, OCI_LAYER_ZSTD, sha256(tar), format="zstd")
-
-
-def build_layer(fmt: str, entries: Entries, **kw) -> Layer:
-    """The layer of ``entries`` in ``fmt``, one of ``FORMATS``."""
-    from .toc import estargz_layer, zstd_chunked_layer
-    builders = {"tar": tar_layer, "gzip": gzip_layer, "zstd": zstd_layer,
-                "estargz": estargz_layer, "zstd:chunked": zstd_chunked_layer}
-    if fmt not in builders:
-        raise ValueError(f"unknown layer format {fmt!r}; expected one of {FORMATS}")
-    return builders[fmt](entries, **kw)
 
 
 def uncompressed(blob: bytes) -> bytes:

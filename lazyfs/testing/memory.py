@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 import httpx
 
 from ..registry import RegistryOptions
-from ..registry.auth import Credential, RegistryAuth, TokenCache
-from . import faults as _faults
+from ..registry.auth import RegistryAuth, TokenCache
+from ..registry.credentials import Credential
 from .access import Access, required_scope
 from .byteranges import serve_ranges
-from .faults import Fault, Faults, Recorded
+from .faults import Body, Fault, Faults, Recorded, before_headers, spoil
 from .manifests import PushedImage, image, index
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -180,7 +180,7 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
         rec.kind = _kind(request, rec.host, self)
         self.requests.append(rec)
         await request.aread()
-        response = await _faults.before_headers(self.faults.take(rec, on_body=False), request)
+        response = await before_headers(self.faults.take(rec, on_body=False), request)
         if response is None:
             response = await self._answer(request, rec)
         rec.status = response.status_code
@@ -328,7 +328,7 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
         headers.update(answer.headers)
         if answer.status == 416:
             headers["content-length"] = str(len(data))
-            return httpx.Response(416, headers=headers, stream=_faults.Body(
+            return httpx.Response(416, headers=headers, stream=Body(
                 answer.body[:len(data)], rec, request, declared=len(data)))
         headers["content-length"] = str(len(answer.body))
         return self._stream(request, rec, answer.status, headers, answer.body, fault)
@@ -342,9 +342,9 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
     @staticmethod
     def _stream(request: httpx.Request, rec: Recorded, status: int, headers: dict[str, str],
                 body: bytes, fault: Fault | None) -> httpx.Response:
-        body = _faults.spoil(fault, body)
+        body = spoil(fault, body)
         return httpx.Response(status, headers=headers,
-                              stream=_faults.Body(body, rec, request, fault))
+                              stream=Body(body, rec, request, fault))
 
     # --- uploads --------------------------------------------------------------
 

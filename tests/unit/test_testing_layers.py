@@ -14,7 +14,8 @@ import pytest
 from lazyfs.blob import FileBlob
 from lazyfs.formats import build_table, detect_format, open_reader, read_content
 from lazyfs.formats.entry import EntryType
-from lazyfs.formats.estargz import ZEROS, prioritized, unpack_chunks
+from lazyfs.formats.estargz import prioritized
+from lazyfs.formats.toc import ZEROS, unpack_chunks
 from lazyfs.formats.zstd import frames
 from lazyfs.testing import (FORMATS, OPAQUE, WHITEOUT, Device, Dir, File, MemoryRegistry,
                             build_layer, image, index, make_tar, uncompressed)
