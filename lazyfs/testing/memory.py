@@ -305,25 +305,28 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
         return self._serve_blob(request, rec, digest, {"docker-content-digest": digest})
 
     def _storage(self, request: httpx.Request, rec: Recorded) -> httpx.Response:
-        """The storage host blobs are redirected to; its URLs expire."""
+        """The storage host blobs are redirected to. As S3: its URLs expire,
+        and a request for several ranges gets the whole blob."""
         m = _STORAGE.match(request.url.path)
         expires = request.url.params.get("Expires", "")
         if m is None or m["ref"] not in self.blobs:
             return httpx.Response(404, content=b"<Error><Code>NoSuchKey</Code></Error>")
         if not expires.isdigit() or int(expires) < time.time():
             return httpx.Response(403, content=b"<Error><Code>AccessDenied</Code></Error>")
-        return self._serve_blob(request, rec, m["ref"], {})
+        return self._serve_blob(request, rec, m["ref"], {}, multi_range=False)
 
     def _serve_blob(self, request: httpx.Request, rec: Recorded, digest: str,
-                    extra: dict[str, str]) -> httpx.Response:
+                    extra: dict[str, str], multi_range: bool = True) -> httpx.Response:
         data = self.blobs[digest]
         headers = {**extra, "accept-ranges": "bytes", "etag": f'"{digest}"'}
         if request.method == "HEAD":
             headers.update({"content-type": OCTET, "content-length": str(len(data))})
             return httpx.Response(200, headers=headers)
         fault = self.faults.take(rec, on_body=True)
-        header = "" if fault is not None and fault.action == "ignore_range" \
-            else request.headers.get("range", "")
+        header = request.headers.get("range", "")
+        if fault is not None and fault.action == "ignore_range" \
+                or not multi_range and "," in header:
+            header = ""
         answer = serve_ranges(data, header, OCTET)
         headers.update(answer.headers)
         if answer.status == 416:

@@ -187,9 +187,13 @@ async def test_redirects_keep_credentials_home_and_are_reused():
         await client.resolve(ref)
         first = await client.get_range(ref, layer.digest, 0, 100)
         second = await client.get_range(ref, layer.digest, 100, 200)
+        spans = [(0, 10), (300, 310)]
+        assert await client.get_ranges(ref, layer.digest, spans) == \
+            [layer.blob[s:e] for s, e in spans]
+        assert client.multi_range(ref) is False
     assert first + second == layer.blob[:200]
     storage = registry.seen(host="storage.registry.test")
-    assert len(storage) == 3
+    assert [r.status for r in storage] == [200, 206, 206, 200, 206, 206]
     assert not any("authorization" in r.headers for r in storage)
     assert registry.count(host="registry.test", digest=layer.digest) == 1
 
