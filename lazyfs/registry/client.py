@@ -14,7 +14,6 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
-from typing import BinaryIO
 
 import httpx
 import trio
@@ -154,17 +153,6 @@ class RegistryClient:
         data = b"".join(parts)
         _check_blob(len(data), _digest_of(hasher), desc)
         return data
-
-    async def download_blob(self, ref: Reference, desc: Descriptor, file: BinaryIO) -> None:
-        """Stream a blob into ``file``, hashing as it goes, so a bad file is never trusted."""
-        hasher = _hasher(desc.digest)
-        written = 0
-        async with self.get_blob_stream(ref, desc.digest) as chunks:
-            async for chunk in chunks:
-                written += len(chunk)
-                _check_not_longer(written, desc)
-                await trio.to_thread.run_sync(_write_and_hash, file, hasher, chunk)
-        _check_blob(written, _digest_of(hasher), desc)
 
     async def get_range(self, ref: Reference, digest: str, start: int, end: int, *,
                         retry: bool = False) -> bytes:
@@ -382,11 +370,6 @@ def _check_blob(received: int, got: str, desc: Descriptor) -> None:
         raise RegistryError(f"blob {desc.digest}: body ended after {received} of {desc.size} bytes")
     if got != desc.digest:
         raise DigestMismatch(f"blob {desc.digest}: content hashes to {got}")
-
-
-def _write_and_hash(file: BinaryIO, hasher, chunk: bytes) -> None:
-    hasher.update(chunk)
-    file.write(chunk)
 
 
 def _check_spans(digest: str, spans: list[Span]) -> None:

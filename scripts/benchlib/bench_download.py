@@ -9,8 +9,8 @@ threads do not share the measuring interpreter's GIL. Modes:
   mount of an unindexed gzip image uses, with and without the streaming
   index build as its consumer;
 * ``stream_blob`` with one piece in flight;
-* ``RegistryClient.download_blob`` (one GET into a file) and
-  ``pull.fetch_layer`` (one GET into the store, what ``lazyfs pull`` does).
+* ``fetch_blob`` (one GET into the store, what ``lazyfs pull`` does), the
+  baseline the others are compared with.
 
 Each mode starts from an empty store and a fresh client (a new connection).
 """
@@ -31,13 +31,12 @@ from .registry import running_registry
 
 VARIANT = "bookworm-python"
 CHUNK = 8 << 20
-MODES = ("parallel-6", "parallel-6+index", "parallel-1", "download_blob", "fetch_layer")
+MODES = ("parallel-6", "parallel-6+index", "parallel-1", "fetch_blob")
 LABELS = {
     "parallel-6": "stream_blob, 8 MiB × 6 in flight",
     "parallel-6+index": "stream_blob, 8 MiB × 6, streaming index build",
     "parallel-1": "stream_blob, 8 MiB × 1",
-    "download_blob": "download_blob (one GET, to a file)",
-    "fetch_layer": "pull.fetch_layer (one GET, to the store)",
+    "fetch_blob": "fetch_blob (one GET, to the store)",
 }
 CAP = 50_000_000
 """Per-connection cap, bytes/s: a far registry or CDN edge often gives one
@@ -72,7 +71,7 @@ def run(quick: bool) -> Run:
     res.table(f"Downloading the {_mb(desc.size)} MB base layer (median of {reps}, seconds)",
               res.rows, [("delay_ms", "delay ms"), ("cap", "per-connection cap"),
                          ("label", "mode"), ("s", "seconds"), ("mb_s", "MB/s"),
-                         ("vs_single", "× faster than download_blob"), ("runs", "runs"),
+                         ("vs_single", "× faster than one GET"), ("runs", "runs"),
                          ("error", "error")])
     res.save({"layer": desc.digest, "layer_bytes": desc.size, "reps": reps,
               "load_end": os.getloadavg()[0]})
@@ -130,13 +129,7 @@ async def _one(ref_text: str, desc, mode: str, work: Path) -> float:
     store = Store(work / "store")
     async with RegistryClient() as client:
         t = time.perf_counter()
-        if mode == "download_blob":
-            f = await trio.to_thread.run_sync(open, work / "blob", "wb")
-            try:
-                await client.download_blob(ref, desc, f)
-            finally:
-                f.close()
-        elif mode == "fetch_layer":
+        if mode == "fetch_blob":
             await fetch_blob(client, ref, desc, store)
         elif mode == "parallel-6+index":
             indexer = StreamIndexer(desc.digest)
@@ -150,7 +143,7 @@ async def _one(ref_text: str, desc, mode: str, work: Path) -> float:
 
 def _speedups(res: Run) -> None:
     single = {(r["delay_ms"], r["cap"]): r.get("s") for r in res.rows
-              if r.get("mode") == "download_blob"}
+              if r.get("mode") == "fetch_blob"}
     for row in res.rows:
         base = single.get((row.get("delay_ms"), row.get("cap")))
         if base and row.get("s"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import ssl
@@ -21,6 +20,8 @@ from lazyfs.manifest import DOCKER_MANIFEST as M_DOCKER_MANIFEST
 from lazyfs.manifest import Descriptor, Platform
 from lazyfs.reference import parse_reference
 from lazyfs.registry.client import RegistryClient, _next_link
+from lazyfs.registry.download import fetch_blob
+from lazyfs.store.blobs import Store
 from lazyfs.registry.transport import (Endpoint, RegistryOptions, _retry_after, is_insecure,
                                        most_useful_error)
 from lazyfs.testing.push import (DOCKER_LIST, OCI_MANIFEST, push_image, push_index, push_manifest,
@@ -178,13 +179,12 @@ async def test_tampered_manifest_is_a_digest_mismatch(client, registry, pushed):
             await client.get_manifest(ref_to(proxy.host, pushed.repository, pushed.digest))
 
 
-async def test_download_blob_verifies(client, registry, pushed, tmp_path):
+async def test_fetch_blob_verifies(client, registry, pushed, tmp_path):
     ref = ref_to(registry.host, pushed.repository)
     r = await client.resolve(ref)
     desc = r.manifest.layers[1]
-    with open(tmp_path / "blob", "wb") as f:
-        await client.download_blob(ref, desc, f)
-    assert (tmp_path / "blob").read_bytes() == pushed.layers[1]
+    path = await fetch_blob(client, ref, desc, Store(tmp_path / "good"))
+    assert path.read_bytes() == pushed.layers[1]
 
     def flip(req: Request, resp: Response) -> Response:
         if "/blobs/" in req.path and resp.status == 200:
@@ -192,16 +192,20 @@ async def test_download_blob_verifies(client, registry, pushed, tmp_path):
         return resp
 
     async with serve(forward(registry.host, flip)) as proxy:
+        bad = Store(tmp_path / "flipped")
         with pytest.raises(DigestMismatch, match=f"blob {desc.digest}: content hashes to"):
-            await client.download_blob(ref_to(proxy.host, pushed.repository), desc, io.BytesIO())
+            await fetch_blob(client, ref_to(proxy.host, pushed.repository), desc, bad)
+        assert bad.blob_path(desc.digest) is None
 
     def cut(req: Request, resp: Response) -> Response:
         resp.cut_after = 100 if "/blobs/" in req.path else None
         return resp
 
     async with serve(forward(registry.host, cut)) as proxy:
+        short = Store(tmp_path / "cut")
         with pytest.raises(RegistryError, match=r"cut short \(peer closed connection"):
-            await client.download_blob(ref_to(proxy.host, pushed.repository), desc, io.BytesIO())
+            await fetch_blob(client, ref_to(proxy.host, pushed.repository), desc, short)
+        assert short.blob_path(desc.digest) is None
 
 
 # --- ranges ----------------------------------------------------------------------

@@ -4,7 +4,6 @@ makes of the answers, and which ``LazyfsError`` each failure becomes."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
 import httpx
@@ -16,6 +15,8 @@ from lazyfs.errors import (DigestMismatch, NoMatchingPlatform, NotFound, RangeNo
 from lazyfs.manifest import Platform
 from lazyfs.reference import parse_reference
 from lazyfs.registry import RegistryClient
+from lazyfs.registry.download import fetch_blob
+from lazyfs.store.blobs import Store
 from lazyfs.testing import MemoryRegistry, build_layer
 from lazyfs.testing.manifests import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, image
 
@@ -198,17 +199,18 @@ async def test_redirects_keep_credentials_home_and_are_reused():
     assert registry.count(host="registry.test", digest=layer.digest) == 1
 
 
-async def test_download_verifies_the_blob(registry):
+async def test_download_verifies_the_blob(registry, tmp_path):
     pushed, layer = push(registry)
     ref = parse_reference(pushed.ref)
     async with RegistryClient(registry.options()) as client:
         manifest = (await client.resolve(ref)).manifest
-        out = io.BytesIO()
-        await client.download_blob(ref, manifest.layers[0], out)
-        assert out.getvalue() == layer.blob
+        path = await fetch_blob(client, ref, manifest.layers[0], Store(tmp_path / "good"))
+        assert path.read_bytes() == layer.blob
         registry.fault("flip", digest=layer.digest)
+        bad = Store(tmp_path / "bad")
         with pytest.raises(DigestMismatch):
-            await client.download_blob(ref, manifest.layers[0], io.BytesIO())
+            await fetch_blob(client, ref, manifest.layers[0], bad)
+        assert bad.blob_path(layer.digest) is None
 
 
 # --- retries and faults --------------------------------------------------------------------
