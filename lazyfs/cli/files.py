@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_command, open_options, open_store, opt, parse_ref, print_json, with_image
+from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json, with_image
 from .render import render_stats
 
 
@@ -25,10 +25,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def _add_ls(sub) -> None:
     p = add_command(sub, "ls", "list a directory of an image, like ls")
-    p.add_argument("-l", dest="long", action="store_true", help="long listing: mode, owner, size, time")
+    p.add_argument("-l", dest="long", action="store_true",
+                   help="long listing: mode, owner, size, time; a symlink named as PATH is "
+                        "shown itself, as ls -l does (add a trailing / to list its target)")
     p.add_argument("-R", dest="recursive", action="store_true", help="list subdirectories too")
-    p.add_argument("ref", metavar="REF")
-    p.add_argument("path", metavar="PATH", nargs="?", default="/")
+    p.add_argument("-a", dest="all", action="store_true",
+                   help="accepted for habit's sake: names starting with . are always listed")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
+    p.add_argument("path", metavar="PATH", nargs="?", default="/",
+                   help="a directory or file inside the image (default: /)")
     p.set_defaults(func=cmd_ls)
 
 
@@ -50,8 +55,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
 def _add_cat(sub) -> None:
     p = add_command(sub, "cat", "print files of an image (symlinks followed inside the image)")
     p.add_argument("--stats", action="store_true", help="then what was fetched, per layer, on stderr")
-    p.add_argument("ref", metavar="REF")
-    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
+    p.add_argument("paths", metavar="PATH", nargs="+", help="files inside the image")
     p.set_defaults(func=cmd_cat)
 
 
@@ -66,8 +71,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 def _add_stat(sub) -> None:
     p = add_command(sub, "stat", "one path's attributes as JSON")
-    p.add_argument("ref", metavar="REF")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
+    p.add_argument("path", metavar="PATH", help="a path inside the image (not followed if a symlink)")
     p.set_defaults(func=cmd_stat)
 
 
@@ -75,7 +80,8 @@ def cmd_find(args: argparse.Namespace) -> int:
     from . import browse
 
     async def body(image):
-        for path in browse.find(image, args.path, args.name, args.type):
+        for path in browse.find(image, args.path, args.name, args.type,
+                                min_depth=args.mindepth, max_depth=args.maxdepth):
             _out_line(path)
     with_image(args, args.ref, body)
     return 0
@@ -83,11 +89,22 @@ def cmd_find(args: argparse.Namespace) -> int:
 
 def _add_find(sub) -> None:
     p = add_command(sub, "find", "walk an image's tree, like find")
-    p.add_argument("ref", metavar="REF")
-    p.add_argument("path", metavar="PATH", nargs="?", default="/")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
+    p.add_argument("path", metavar="PATH", nargs="?", default="/",
+                   help="where to start inside the image (default: /)")
     p.add_argument("-name", "--name", dest="name", metavar="GLOB", help="only names matching GLOB")
     p.add_argument("-type", "--type", dest="type", metavar="f|d|l|c|b|p", help="only this type")
+    p.add_argument("-maxdepth", "--maxdepth", dest="maxdepth", metavar="N", type=_depth,
+                   help="descend at most N levels below PATH (0: PATH alone)")
+    p.add_argument("-mindepth", "--mindepth", dest="mindepth", metavar="N", type=_depth, default=0,
+                   help="print nothing less than N levels below PATH")
     p.set_defaults(func=cmd_find)
+
+
+def _depth(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return int(text)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -115,8 +132,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def _add_diff(sub) -> None:
     p = add_command(sub, "diff", "paths added (A), removed (D) or changed (C) from REF1 to REF2")
     p.add_argument("--json", action="store_true", help="with what changed, as JSON")
-    p.add_argument("ref1", metavar="REF1")
-    p.add_argument("ref2", metavar="REF2")
+    p.add_argument("ref1", metavar="REF1", help="the image compared from")
+    p.add_argument("ref2", metavar="REF2", help="the image compared to")
     p.set_defaults(func=cmd_diff)
 
 
@@ -134,7 +151,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _add_export(sub) -> None:
     p = add_command(sub, "export", "write an image's merged tree to a directory")
     p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("ref", metavar="REF")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
     p.add_argument("dir", metavar="DIR")
     p.set_defaults(func=cmd_export)
 

@@ -8,7 +8,7 @@ import re
 import sys
 
 from ..errors import LazyfsError, UsageError
-from .options import add_command, open_store, parse_ref, platform_of, print_json, registry_options
+from .options import REF_HELP, add_command, open_store, parse_ref, platform_of, print_json, registry_options
 from .progress import TtyProgress
 from .render import FIELDS, familiar_repo, human_size, image_fields, render
 from .template import Template
@@ -41,7 +41,7 @@ def _add_pull(sub) -> None:
     p = add_command(sub, "pull", "download an image into the local store, verified")
     p.add_argument("-a", "--all-tags", action="store_true", help="download every tag of the repository")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image's full reference")
-    p.add_argument("ref", metavar="REF")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
     p.set_defaults(func=cmd_pull)
 
 
@@ -67,7 +67,7 @@ def _add_images(sub) -> None:
     p.add_argument("--format", metavar="TEMPLATE",
                    help="'json' (one object per line), 'table', or a Go template, e.g. "
                         "'table {{.Repository}}\\t{{.ID}}' (fields: " + ", ".join(FIELDS) + ")")
-    p.add_argument("filter", metavar="REPO[:TAG]", nargs="?")
+    p.add_argument("filter", metavar="REPO[:TAG]", nargs="?", help="only these (shell patterns allowed)")
     p.set_defaults(func=cmd_images)
 
 
@@ -127,7 +127,7 @@ def _add_inspect(sub) -> None:
     out.add_argument("--raw", action="store_true",
                      help="print the manifest (or index) REF names, byte for byte as the registry "
                           "sent it; with --platform, that platform's manifest")
-    p.add_argument("ref", metavar="REF")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
     p.set_defaults(func=cmd_inspect)
 
 
@@ -162,7 +162,7 @@ def _remove_one(store, text: str):
 
 def _add_rmi(sub) -> None:
     p = add_command(sub, "rmi", "forget images (by name:tag, name@digest or image ID)")
-    p.add_argument("refs", metavar="REF", nargs="+")
+    p.add_argument("refs", metavar="REF", nargs="+", help="NAME[:TAG], NAME@DIGEST or an image ID (prefix)")
     p.set_defaults(func=cmd_rmi)
 
 

@@ -32,6 +32,20 @@ _TOKEN = re.compile(r"""
   | (?P<punct>[()|,])
   | (?P<ident>[A-Za-z_][A-Za-z_0-9]*)
 """, re.X)
+SYNTAX = [
+    ("`{{.Field}}`, `{{.A.B}}`", "a field of the value (a missing one prints `<no value>`)"),
+    ("`{{.}}`, `{{$}}`", "the current value; the whole document"),
+    ("`{{$v := PIPE}}`, `{{$v}}`, `{{$v.Field}}`", "variables"),
+    ("`{{if PIPE}}…{{else if PIPE}}…{{else}}…{{end}}`", "conditionals (empty values are false)"),
+    ("`{{range PIPE}}…{{else}}…{{end}}`", "over a list, or a map's values in key order; "
+                                          "`range $i, $v := PIPE` names them"),
+    ("`{{with PIPE}}…{{else}}…{{end}}`", "`.` set to the value, if not empty"),
+    ("`{{A | f B}}`", "pipes: the left side is f's last argument"),
+    ("`{{(PIPE).Field}}`", "parentheses"),
+    ('`"text"`, `` `raw` ``, `12`, `1.5`, `true`, `nil`', "literals (Go escapes in strings)"),
+    ("`{{- …}}`, `{{… -}}`, `{{/* … */}}`", "trimming spaces, comments"),
+    ("`\\t`, `\\n`", "tab and newline, anywhere in the format"),
+]
 _UNSUPPORTED = {"define", "template", "block", "break", "continue"}
 
 

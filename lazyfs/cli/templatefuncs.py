@@ -196,6 +196,21 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "pad": lambda s, before, after: " " * int(before) + _sprint(s) + " " * int(after),
 }
 
+HELP = {
+    "and": "first empty argument, else the last", "or": "first non-empty argument, else the last",
+    "not": "true if the argument is empty", "eq": "`eq A B C…`: A equals any of B, C…",
+    "ne": "not equal", "lt": "less than", "le": "less or equal", "gt": "greater than",
+    "ge": "greater or equal", "len": "length of a string, list or map",
+    "index": "`index X K…`: X[K]… (list position or map key)",
+    "print": "the arguments, as Go's fmt.Sprint", "println": "the arguments, spaced, and a newline",
+    "printf": "Go's fmt.Sprintf (verbs v s q d t x X o b e f g, flags, width, precision)",
+    "json": "the value as compact JSON", "upper": "upper case", "lower": "lower case",
+    "title": "first letter of each word in upper case",
+    "join": "`join LIST SEP` (or `LIST | join SEP`): elements joined by SEP",
+    "split": "`split S SEP`: a list", "truncate": "`truncate S N` (or `S | truncate N`): first N characters",
+    "pad": "`pad S L R`: S with L spaces before and R after",
+}
+
 
 def call(name: str, args: list):
     try:

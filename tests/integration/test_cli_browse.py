@@ -59,6 +59,30 @@ def test_ls_plain_and_recursive(images, tmp_path):
     assert rec.splitlines()[0] == "/x:" and "child" in rec
 
 
+def test_ls_takes_combined_flags_and_shows_a_named_symlink_with_l(images, tmp_path):
+    la = run("ls", "-la", images[0], "/", cache=tmp_path).stdout.decode()
+    assert la == run("ls", "-l", images[0], "/", cache=tmp_path).stdout.decode()
+    assert run("ls", "-lR", images[0], "/x", cache=tmp_path).stdout.decode().startswith("/x:\ntotal ")
+    link = run("ls", "-l", images[0], "/bin", cache=tmp_path).stdout.decode().splitlines()
+    assert len(link) == 1 and link[0].startswith("lrwxrwxrwx") and link[0].endswith(" /bin -> usr/bin")
+    usr_bin = run("ls", images[0], "/usr/bin", cache=tmp_path).stdout.decode()
+    assert run("ls", images[0], "/bin", cache=tmp_path).stdout.decode() == usr_bin
+    followed = run("ls", "-l", images[0], "/bin/", cache=tmp_path).stdout.decode()
+    assert followed == run("ls", "-l", images[0], "/usr/bin", cache=tmp_path).stdout.decode()
+
+
+def test_find_takes_maxdepth_and_mindepth(images, tmp_path):
+    top = run("find", images[0], "/", "-maxdepth", "1", cache=tmp_path).stdout.decode().split()
+    assert top[0] == "/" and "/usr" in top and not any(p.count("/") > 1 for p in top)
+    kids = run("find", images[0], "/usr", "-mindepth", "1", "-maxdepth", "1", "-type", "d",
+               cache=tmp_path).stdout.decode().split()
+    assert "/usr/bin" in kids and "/usr" not in kids and all(p.count("/") == 2 for p in kids)
+    deep = run("find", images[0], "/", "-mindepth", "2", "-name", "tool*", cache=tmp_path)
+    assert deep.stdout.decode().split() == ["/usr/bin/tool", "/usr/bin/tool-link", "/usr/bin/tool-link2"]
+    bad = run("find", images[0], "/", "-maxdepth", "x", cache=tmp_path, check=False)
+    assert bad.returncode == 2
+
+
 def test_cat_follows_symlinks_inside_the_image_only(images, tmp_path):
     p = run("cat", images[0], "/etc/os-release", "/with space", cache=tmp_path)
     assert p.stdout == b"ID=awkward\nVERSION_ID=2\n" + b"space\n"
