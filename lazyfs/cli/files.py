@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import UsageError
 from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json, with_image
 from .render import render_stats
 
@@ -138,21 +139,46 @@ def _add_diff(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from . import browse
+    from . import browse, tarexport
+    kind, dest = _export_target(args)
 
     async def body(image):
-        return await browse.export(image, args.dir)
+        if kind == "dir":
+            return await browse.export(image, dest)
+        return await tarexport.export_tar(image, None if dest == "-" else dest)
     n = with_image(args, args.ref, body)
     if not opt(args, "quiet"):
-        print(f"exported {n} entries to {args.dir}", file=sys.stderr)
+        where = "stdout" if dest == "-" else dest
+        print(f"exported {n} entries to {where}", file=sys.stderr)
     return 0
 
 
+def _export_target(args: argparse.Namespace) -> tuple[str, str]:
+    """("dir", DIR) or ("tar", FILE or "-")."""
+    if args.tar is not None and args.dir is not None:
+        raise UsageError("export: give either DIR or --tar FILE, not both")
+    if args.tar is None and args.dir is None:
+        raise UsageError("export: give a DIR, - for a tar stream on stdout, or --tar FILE")
+    if args.dir is not None and args.dir != "-":
+        return "dir", args.dir
+    dest = args.tar or "-"
+    if dest == "-" and sys.stdout.isatty():
+        raise UsageError("export: not writing a tar stream to a terminal "
+                         "(redirect stdout, or use --tar FILE)")
+    return "tar", dest
+
+
 def _add_export(sub) -> None:
-    p = add_command(sub, "export", "write an image's merged tree to a directory")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p = add_command(sub, "export",
+                    "write an image's merged tree to a directory, or as a tar stream")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not say how many entries were written")
+    p.add_argument("--tar", metavar="FILE",
+                   help="write a tar archive to FILE (- for stdout) instead of a directory: "
+                        "hardlinks, symlinks, devices, owners, modes, times and xattrs kept "
+                        "(xattrs and sub-second times as pax records)")
     p.add_argument("ref", metavar="REF", help=REF_HELP)
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", nargs="?",
+                   help="an absent or empty directory; - writes a tar stream to stdout")
     p.set_defaults(func=cmd_export)
 
 

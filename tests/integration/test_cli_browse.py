@@ -133,6 +133,40 @@ def test_export_writes_the_tree(images, tmp_path):
     assert again.returncode == 2 and b"not empty" in again.stderr
 
 
+def test_export_as_tar_equals_the_directory_export(images, tmp_path):
+    import io
+    import tarfile
+    run("export", "-q", images[0], str(tmp_path / "dir"), cache=tmp_path / "c")
+    stream = run("export", "-q", images[0], "-", cache=tmp_path / "c").stdout
+    run("export", "-q", "--tar", str(tmp_path / "image.tar"), images[0], cache=tmp_path / "c")
+    assert (tmp_path / "image.tar").read_bytes() == stream
+    members = {m.name: m for m in tarfile.open(fileobj=io.BytesIO(stream), encoding="utf-8",
+                                               errors="surrogateescape")}
+    tree = describe(tmp_path / "dir")
+    assert {"/" + name for name in members} == set(tree)
+    assert members["bin"].issym() and members["bin"].linkname == "usr/bin"
+    assert members["dev/null"].ischr() and (members["dev/null"].devmajor, members["dev/null"].devminor) == (1, 3)
+    assert members["usr/bin/su"].mode == 0o4755 and members["tmp"].mode == 0o1777
+    assert members["owned"].uid == tree["/owned"]["uid"] and members["owned"].gid == tree["/owned"]["gid"]
+    links = [m for m in members.values() if m.islnk()]
+    assert links and all("/" + m.linkname == tree["/" + m.name]["link_group"] for m in links)
+    assert members["caps"].pax_headers["SCHILY.xattr.user.comment"] == "hello"
+    # what GNU tar unpacks from the stream is the directory export, byte for byte
+    out = tmp_path / "untarred"
+    out.mkdir()
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", "-",
+                    "-C", str(out)], input=stream, check=True)
+    assert describe(out) == tree
+
+
+def test_export_needs_one_destination(images, tmp_path):
+    both = run("export", "--tar", str(tmp_path / "t"), images[0], str(tmp_path / "d"),
+               cache=tmp_path / "c", check=False)
+    neither = run("export", images[0], cache=tmp_path / "c", check=False)
+    assert both.returncode == neither.returncode == 2
+    assert not (tmp_path / "-").exists() and not (tmp_path / "t").exists()
+
+
 def test_prune_all_empties_the_chunk_cache_and_cache_size_is_checked(registry, tmp_path):
     from pathlib import Path
 
