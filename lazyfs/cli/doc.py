@@ -113,9 +113,13 @@ def _command(name: str, sub: argparse.ArgumentParser, help_text: str) -> list[st
         lines += _table(("Argument", "Meaning"), _rows(positionals))
     if _rows(options):
         lines += _table(("Option", "Meaning"), _rows(options))
-    lines.append("Takes the global options. " + (sub.epilog or
-                 "Exits 0 on success, else with the code of its error (see Exit codes)."))
-    return lines + [""]
+    lines += ["Takes the global options. Exits 0 on success, else with the code of its "
+              "error (see Exit codes).", ""]
+    if sub.epilog and "\n  " in sub.epilog:
+        lines += ["```text", sub.epilog, "```", ""]
+    elif sub.epilog:
+        lines += [sub.epilog, ""]
+    return lines
 
 
 def _templates() -> list[str]:

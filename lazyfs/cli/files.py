@@ -8,7 +8,7 @@ import sys
 
 from ..errors import UsageError
 from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json, with_image
-from .render import render_stats
+from .statstable import render_stats
 
 
 def _out_line(line: str) -> None:
@@ -55,7 +55,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 def _add_cat(sub) -> None:
     p = add_command(sub, "cat", "print files of an image (symlinks followed inside the image)")
-    p.add_argument("--stats", action="store_true", help="then what was fetched, per layer, on stderr")
+    p.add_argument("--stats", action="store_true", help="then what was fetched, per layer, on stderr "
+                                                        "(lazyfs stats --help explains the columns)")
     p.add_argument("ref", metavar="REF", help=REF_HELP)
     p.add_argument("paths", metavar="PATH", nargs="+", help="files inside the image")
     p.set_defaults(func=cmd_cat)
@@ -154,7 +155,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_target(args: argparse.Namespace) -> tuple[str, str]:
-    """("dir", DIR) or ("tar", FILE or "-")."""
+    """("dir", DIR) or ("archive", FILE or "-")."""
     if args.tar is not None and args.dir is not None:
         raise UsageError("export: give either DIR or --tar FILE, not both")
     if args.tar is None and args.dir is None:
@@ -165,7 +166,7 @@ def _export_target(args: argparse.Namespace) -> tuple[str, str]:
     if dest == "-" and sys.stdout.isatty():
         raise UsageError("export: not writing a tar stream to a terminal "
                          "(redirect stdout, or use --tar FILE)")
-    return "tar", dest
+    return "archive", dest
 
 
 def _add_export(sub) -> None:

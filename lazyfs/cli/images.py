@@ -162,6 +162,8 @@ def _remove_one(store, text: str):
 
 def _add_rmi(sub) -> None:
     p = add_command(sub, "rmi", "forget images (by name:tag, name@digest or image ID)")
+    p.epilog = ("A REF that cannot be removed is reported and the others still are; "
+                "the exit code is then that of the first error.")
     p.add_argument("refs", metavar="REF", nargs="+", help="NAME[:TAG], NAME@DIGEST or an image ID (prefix)")
     p.set_defaults(func=cmd_rmi)
 

@@ -53,6 +53,7 @@ def _add_index(sub) -> None:
     verify = add_command(index_sub, "verify",
                          "fetch REF's shareable layers whole and check the published tables "
                          "against them")
+    verify.epilog = "Exits 9 (LayerFormatError) when a published table does not match its layer."
     verify.add_argument("ref", metavar="REF", help=REF_HELP)
     verify.set_defaults(func=cmd_index_verify)
 

@@ -9,7 +9,8 @@ import sys
 
 from ..errors import UsageError
 from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json
-from .render import align, render_stats
+from .render import align
+from .statstable import legend, render_stats
 
 
 def _mount_options(args: argparse.Namespace):
@@ -104,7 +105,7 @@ def cmd_mounts(args: argparse.Namespace) -> int:
 
 def _add_mounts(sub) -> None:
     p = add_command(sub, "mounts", "list active lazyfs mounts")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="as JSON")
     p.set_defaults(func=cmd_mounts)
 
 
@@ -120,7 +121,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def _add_stats(sub) -> None:
     p = add_command(sub, "stats", "what a mount has fetched, per layer")
-    p.add_argument("--json", action="store_true")
+    p.epilog = legend()
+    p.add_argument("--json", action="store_true",
+                   help="the whole stats document, with every counter, as JSON")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="a directory")
     p.set_defaults(func=cmd_stats)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import textwrap
 
 
@@ -51,14 +52,22 @@ def add_common_options(p: argparse.ArgumentParser, brief: bool = False) -> None:
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """argparse's, without breaking ``--cache-size`` at its hyphen."""
+    """argparse's, without breaking ``--cache-size`` at its hyphen, and with
+    an epilog's lines kept: one starting with two spaces is a ``NAME  text``
+    row, continued under its text."""
 
     def _split_lines(self, text: str, width: int) -> list[str]:
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent,
-                             subsequent_indent=indent, break_on_hyphens=False)
+        return "\n".join(_fill_line(line, width, indent) for line in text.splitlines())
+
+
+def _fill_line(line: str, width: int, indent: str) -> str:
+    row = re.match(r"  \S+ +", line)
+    return textwrap.fill(line if row else " ".join(line.split()), width, initial_indent=indent,
+                         subsequent_indent=indent + " " * (row.end() if row else 0),
+                         break_on_hyphens=False)
 
 
 def add_command(sub, name: str, help: str) -> argparse.ArgumentParser:

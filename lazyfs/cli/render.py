@@ -54,11 +54,12 @@ def render(template: str, rows: list[dict], headers: dict[str, str] | None = Non
     return align([parsed.execute(headers)] + lines)
 
 
-def align(lines: list[str]) -> str:
+def align(lines: list[str], min_width: int = 10) -> str:
     """Go's tabwriter as docker sets it up: minimum width 10, padding 3."""
     cells = [line.split("\t") for line in lines]
     ncols = max(len(c) for c in cells)
-    widths = [max([10] + [len(c[i]) + 3 for c in cells if i < len(c) - 1]) for i in range(ncols)]
+    widths = [max([min_width] + [len(c[i]) + 3 for c in cells if i < len(c) - 1])
+              for i in range(ncols)]
     out = []
     for c in cells:
         out.append("".join(cell.ljust(widths[i]) if i < len(c) - 1 else cell for i, cell in enumerate(c)))
@@ -113,23 +114,3 @@ def _parse_time(text: str) -> _dt.datetime | None:
     tz = m.group(3) or "Z"
     base = _dt.datetime.fromisoformat(m.group(1) + (m.group(2) or "")[:7] + ("+00:00" if tz == "Z" else tz))
     return base.astimezone(_dt.timezone.utc)
-
-
-def render_stats(doc: dict) -> str:
-    head = [f"{doc.get('reference', '')}", f"digest {doc.get('digest', '')}",
-            f"opened in {doc.get('open_seconds', 0):.2f}s"]
-    if "index" in doc:
-        took = doc.get("index_seconds")
-        head.append(f"index {doc['index']}" + (f" in {took:.2f}s" if took is not None else ""))
-    lines = ["LAYER\tFORMAT\tMODE\tFETCHED\tSIZE\tREQUESTS\tHITS\tMISSES\tBAD"]
-    for layer in doc.get("layers", []):
-        mode = layer["mode"] + (f" ({layer['reason']})" if layer.get("reason") else "")
-        indexing = layer.get("indexing")
-        if indexing and indexing["state"] == "indexing":
-            mode += f" (indexing: {human_size(indexing['indexed'])} in)"
-        lines.append("\t".join([
-            layer["digest"].partition(":")[2][:12], layer["format"], mode,
-            human_size(layer["bytes_fetched"]), human_size(layer["size"]),
-            str(layer["requests"]), str(layer["cache_hits"]), str(layer["cache_misses"]),
-            str(layer["verify_failures"])]))
-    return "\n".join(head) + "\n" + align(lines)
