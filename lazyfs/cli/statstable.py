@@ -47,6 +47,10 @@ def render_stats(doc: dict) -> str:
 def _head(doc: dict) -> list[str]:
     lines = [f"image   {doc.get('reference', '')}", f"digest  {doc.get('digest', '')}"]
     opened = f"opened in {doc.get('open_seconds', 0):.2f}s"
+    fuse = doc.get("fuse")
+    if fuse:
+        lines.append(f"served  {fuse.get('reads', 0)} reads, {human_size(fuse.get('bytes_read', 0))}, "
+                     f"{fuse.get('errors', 0)} errors, {fuse.get('open_files', 0)} files open")
     index = doc.get("index")
     if index is None:
         return lines + [opened]
