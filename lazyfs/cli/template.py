@@ -46,6 +46,7 @@ SYNTAX = [
     ("`{{- …}}`, `{{… -}}`, `{{/* … */}}`", "trimming spaces, comments"),
     ("`\\t`, `\\n`", "tab and newline, anywhere in the format"),
 ]
+_BAD_ESCAPE = re.compile(r'\\(?![abfnrtv\\"]|x[0-9a-fA-F]{2}|[0-7]{3}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})')
 _UNSUPPORTED = {"define", "template", "block", "break", "continue"}
 
 
@@ -66,6 +67,8 @@ class Operand:
 class Pipe:
     commands: list[list[Operand]]
     decl: list[str] = field(default_factory=list)
+    assign: bool = False
+    """``$x = …`` sets an existing variable; ``$x := …`` declares one."""
 
 
 @dataclass
@@ -105,11 +108,12 @@ class _PipeParser:
 
     def pipe(self) -> Pipe:
         decl = self._declaration()
+        assign = bool(decl) and self.toks[self.i - 1][1] == "="
         commands = [self.command()]
         while self._peek() == ("punct", "|"):
             self.i += 1
             commands.append(self.command())
-        return Pipe(commands, decl)
+        return Pipe(commands, decl, assign)
 
     def _declaration(self) -> list[str]:
         names, j = [], self.i
@@ -151,8 +155,12 @@ class _PipeParser:
         if kind == "var":
             name, *chain = text.split(".")
             return Operand("var", name, tuple(chain))
-        if kind in ("str", "raw"):
-            return Operand("lit", ast.literal_eval(text) if kind == "str" else text[1:-1])
+        if kind == "str":
+            if _BAD_ESCAPE.search(text):
+                raise fail(f"unknown escape sequence in {text}")
+            return Operand("lit", ast.literal_eval(text))
+        if kind == "raw":
+            return Operand("lit", text[1:-1])
         if kind == "num":
             return Operand("lit", _number(text))
         if kind == "ident":
@@ -283,12 +291,8 @@ class _Exec:
             self.vars.pop()
 
     def range(self, node: Block, dot) -> None:
-        decl, node.pipe.decl = node.pipe.decl, []
-        try:
-            value = self.pipe(node.pipe, dot)
-        finally:
-            node.pipe.decl = decl
-        items = _items(value)
+        decl = node.pipe.decl
+        items = _items(self.pipe(node.pipe, dot, declare=False))
         if not items:
             self.run(node.orelse, dot)
         for key, item in items:
@@ -298,13 +302,17 @@ class _Exec:
                 self.vars[-1][decl[0]] = item
             self.run(node.body, item)
 
-    def pipe(self, pipe: Pipe, dot):
+    def pipe(self, pipe: Pipe, dot, declare: bool = True):
         value, piped = None, False
         for command in pipe.commands:
             value = self.command(command, dot, [value] if piped else [])
             piped = True
-        for name in pipe.decl:
-            self.vars[-1][name] = value
+        for name in pipe.decl if declare else ():
+            scope = self.vars[-1]
+            if pipe.assign:
+                self.var(name)  # must exist
+                scope = next(s for s in reversed(self.vars) if name in s)
+            scope[name] = value
         return value
 
     def command(self, ops: list[Operand], dot, piped: list):

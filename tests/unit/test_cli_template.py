@@ -43,6 +43,8 @@ DOC = {"Name": "reg/app:v1", "Size": 1234, "Empty": [], "Nil": None, "Yes": True
     ("{{(index .Layers 0).Digest}}", "sha256:aa"),
     ("a {{- \" b \" -}}  c", "a b c"),
     ("{{/* a comment */}}x{{`raw`}}{{1.5}}{{true}}", "xraw1.5true"),
+    ("{{$n := 0}}{{range .Layers}}{{$n = .Size}}{{end}}{{$n}}", "20"),
+    ('{{"a\\tb\\x41"}}', "a\tbA"),
 ])
 def test_template_evaluates_what_docker_users_write(template, out):
     assert Template(template).execute(DOC) == out
@@ -58,6 +60,8 @@ def test_template_evaluates_what_docker_users_write(template, out):
     ("{{.Name \"x\"}}", "non-function .Name"),
     ("{{.Name.Inner}}", "can't evaluate field Inner"),
     ("{{lt .Name 3}}", "incompatible types"),
+    ('{{"\\q"}}', "unknown escape sequence"),
+    ("{{$nope = 1}}", "undefined variable $nope"),
 ])
 def test_what_is_not_supported_is_one_line_naming_it(template, names):
     with pytest.raises(UsageError) as e:
