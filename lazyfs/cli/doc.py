@@ -115,19 +115,25 @@ def _command(name: str, sub: argparse.ArgumentParser, help_text: str) -> list[st
         lines += _table(("Option", "Meaning"), _rows(options))
     lines += ["Takes the global options. Exits 0 on success, else with the code of its "
               "error (see Exit codes).", ""]
-    if sub.epilog and "\n  " in sub.epilog:
-        lines += ["```text", sub.epilog, "```", ""]
-    elif sub.epilog:
-        lines += [sub.epilog, ""]
-    return lines
+    return lines + _epilog(sub.epilog or "")
+
+
+def _epilog(text: str) -> list[str]:
+    """Sentences as a paragraph; ``  NAME  text`` rows as a table."""
+    prose = [line for line in text.splitlines() if not line.startswith("  ")]
+    rows = [tuple(line.strip().split(None, 1)) for line in text.splitlines() if line.startswith("  ")]
+    out = [" ".join(prose).rstrip(":").capitalize() + ":\n" if rows else " ".join(prose) + "\n"]
+    return (out + _table(("Column", "Meaning"), rows)) if rows else (out if prose else [])
 
 
 def _templates() -> list[str]:
     lines = ["## `--format` templates\n",
              "`images --format` and `inspect --format` take the part of Go's text/template "
-             "that docker users write. `json` alone prints each value as one JSON line; "
+             "that docker users write, over JSON values (numbers print as written, where docker "
+             "would print 1.234e+06). `json` alone prints each value as one JSON line; "
              "`table` before a template adds a header and aligns tab-separated columns "
-             "(`images` only). Anything else is refused with exit 2, naming what is not "
+             "(`images` only, where a field it does not have is an error, as with docker's "
+             "fixed fields). Anything else is refused with exit 2, naming what is not "
              "supported (`define`, `template`, `block`, `break`, `continue`, other functions).\n"]
     lines += _table(("Syntax", "Meaning"), SYNTAX)
     funcs = [(f"`{name}`", templatefuncs.HELP[name]) for name in sorted(templatefuncs.FUNCTIONS)]
