@@ -91,12 +91,12 @@ def long_line(name: str, node: Node, names: Names, now: float | None = None) -> 
 
 
 async def ls(image: Image, path: str, *, long: bool, recursive: bool,
-             write: Callable[[str], None]) -> None:
+             write: Callable[[str], None], itself: bool = False) -> None:
     names = await image_names(image) if long else None
-    # GNU ls: a symlink named on the command line is followed unless -l,
-    # and always when written with a trailing slash
-    node = node_at(image, path, follow=not long or path.endswith("/"))
-    if node.type is not EntryType.DIR:
+    # GNU ls: a symlink named on the command line is followed unless -l or
+    # -d, and always when written with a trailing slash
+    node = node_at(image, path, follow=not (long or itself) or path.endswith("/"))
+    if node.type is not EntryType.DIR or itself:
         write(long_line(path, node, names) if long else path)
         return
     todo = [(path, node)]

@@ -19,7 +19,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from . import browse
 
     async def body(image):
-        await browse.ls(image, args.path, long=args.long, recursive=args.recursive, write=_out_line)
+        await browse.ls(image, args.path, long=args.long, recursive=args.recursive,
+                        itself=args.directory, write=_out_line)
     with_image(args, args.ref, body)
     return 0
 
@@ -30,6 +31,8 @@ def _add_ls(sub) -> None:
                    help="long listing: mode, owner, size, time; a symlink named as PATH is "
                         "shown itself, as ls -l does (add a trailing / to list its target)")
     p.add_argument("-R", dest="recursive", action="store_true", help="list subdirectories too")
+    p.add_argument("-d", dest="directory", action="store_true",
+                   help="show a directory itself, not what it holds")
     p.add_argument("-a", dest="all", action="store_true",
                    help="accepted for habit's sake: names starting with . are always listed")
     p.add_argument("ref", metavar="REF", help=REF_HELP)

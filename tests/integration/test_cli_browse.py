@@ -69,6 +69,8 @@ def test_ls_takes_combined_flags_and_shows_a_named_symlink_with_l(images, tmp_pa
     assert run("ls", images[0], "/bin", cache=tmp_path).stdout.decode() == usr_bin
     followed = run("ls", "-l", images[0], "/bin/", cache=tmp_path).stdout.decode()
     assert followed == run("ls", "-l", images[0], "/usr/bin", cache=tmp_path).stdout.decode()
+    tmp = run("ls", "-ld", images[0], "/tmp", cache=tmp_path).stdout.decode().splitlines()
+    assert len(tmp) == 1 and tmp[0].startswith("drwxrwxrwt") and tmp[0].endswith(" /tmp")
 
 
 def test_find_takes_maxdepth_and_mindepth(images, tmp_path):
