@@ -43,9 +43,14 @@ def cmd_index_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _missing_command(args: argparse.Namespace) -> int:
+    raise UsageError("index: which one? lazyfs index push REF, or lazyfs index verify REF")
+
+
 def _add_index(sub) -> None:
     p = add_command(sub, "index", "share layer tables through the registry")
     index_sub = p.add_subparsers(dest="index_command", metavar="COMMAND")
+    p.set_defaults(func=_missing_command)
     push = add_command(index_sub, "push",
                        "build any missing layer tables and publish them as a referrer of REF")
     push.add_argument("ref", metavar="REF", help=REF_HELP)

@@ -59,3 +59,9 @@ def test_main_help_explains_global_options_in_their_own_group(capsys):
     group = out[out.index("global options:"):]
     assert all(flag in group for flag in global_flags())
     assert "bound on cached file content" in group
+
+
+def test_index_without_its_command_is_a_usage_error(capsys):
+    from lazyfs.cli.main import main
+    assert main(["index"]) == 2
+    assert capsys.readouterr().err.startswith("lazyfs: index: which one?")
