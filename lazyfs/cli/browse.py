@@ -91,10 +91,12 @@ def long_line(name: str, node: Node, names: Names, now: float | None = None) -> 
 
 
 async def ls(image: Image, path: str, *, long: bool, recursive: bool,
-             write: Callable[[str], None]) -> None:
+             write: Callable[[str], None], itself: bool = False) -> None:
     names = await image_names(image) if long else None
-    node = node_at(image, path, follow=True)
-    if node.type is not EntryType.DIR:
+    # GNU ls: a symlink named on the command line is followed unless -l or
+    # -d, and always when written with a trailing slash
+    node = node_at(image, path, follow=not (long or itself) or path.endswith("/"))
+    if node.type is not EntryType.DIR or itself:
         write(long_line(path, node, names) if long else path)
         return
     todo = [(path, node)]
@@ -158,7 +160,8 @@ def _iso(ns: int) -> str:
         f".{ns % 10**9:09d}".rstrip("0").rstrip(".") if ns % 10**9 else "") + "Z"
 
 
-def find(image: Image, path: str, name: str | None, type_letter: str | None) -> Iterator[str]:
+def find(image: Image, path: str, name: str | None, type_letter: str | None,
+         min_depth: int = 0, max_depth: int | None = None) -> Iterator[str]:
     want = None
     if type_letter is not None:
         if type_letter not in _TYPE_LETTERS:
@@ -166,8 +169,8 @@ def find(image: Image, path: str, name: str | None, type_letter: str | None) -> 
         want = _TYPE_LETTERS[type_letter]
     top = node_at(image, path, follow=True)
     base = "/" + path.strip("/") if path.strip("/") else "/"
-    for sub, node in _walk(image, base, top):
-        if want is not None and node.type is not want:
+    for sub, node, depth in _walk(image, base, top, max_depth):
+        if depth < min_depth or (want is not None and node.type is not want):
             continue
         leaf = sub.rsplit("/", 1)[-1] or "/"
         if name is not None and not fnmatch.fnmatchcase(leaf, name):
@@ -175,14 +178,15 @@ def find(image: Image, path: str, name: str | None, type_letter: str | None) -> 
         yield sub
 
 
-def _walk(image: Image, path: str, node: Node) -> Iterator[tuple[str, Node]]:
-    stack = [(path, node)]
+def _walk(image: Image, path: str, node: Node,
+          max_depth: int | None = None) -> Iterator[tuple[str, Node, int]]:
+    stack = [(path, node, 0)]
     while stack:
-        p, n = stack.pop()
-        yield p, n
-        if n.type is EntryType.DIR:
+        p, n, depth = stack.pop()
+        yield p, n, depth
+        if n.type is EntryType.DIR and (max_depth is None or depth < max_depth):
             kids = children(image, n)
-            stack.extend((f"{p.rstrip('/')}/{k}", c) for k, c in reversed(kids))
+            stack.extend((f"{p.rstrip('/')}/{k}", c, depth + 1) for k, c in reversed(kids))
 
 
 # -- diff -------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_command, open_options, open_store, opt, parse_ref, print_json, with_image
-from .render import render_stats
+from ..errors import UsageError
+from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json, with_image
+from .statstable import render_stats
 
 
 def _out_line(line: str) -> None:
@@ -18,17 +19,25 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from . import browse
 
     async def body(image):
-        await browse.ls(image, args.path, long=args.long, recursive=args.recursive, write=_out_line)
+        await browse.ls(image, args.path, long=args.long, recursive=args.recursive,
+                        itself=args.directory, write=_out_line)
     with_image(args, args.ref, body)
     return 0
 
 
 def _add_ls(sub) -> None:
     p = add_command(sub, "ls", "list a directory of an image, like ls")
-    p.add_argument("-l", dest="long", action="store_true", help="long listing: mode, owner, size, time")
+    p.add_argument("-l", dest="long", action="store_true",
+                   help="long listing: mode, owner, size, time; a symlink named as PATH is "
+                        "shown itself, as ls -l does (add a trailing / to list its target)")
     p.add_argument("-R", dest="recursive", action="store_true", help="list subdirectories too")
-    p.add_argument("ref", metavar="REF")
-    p.add_argument("path", metavar="PATH", nargs="?", default="/")
+    p.add_argument("-d", dest="directory", action="store_true",
+                   help="show a directory itself, not what it holds")
+    p.add_argument("-a", dest="all", action="store_true",
+                   help="accepted for habit's sake: names starting with . are always listed")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
+    p.add_argument("path", metavar="PATH", nargs="?", default="/",
+                   help="a directory or file inside the image (default: /)")
     p.set_defaults(func=cmd_ls)
 
 
@@ -49,9 +58,10 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 def _add_cat(sub) -> None:
     p = add_command(sub, "cat", "print files of an image (symlinks followed inside the image)")
-    p.add_argument("--stats", action="store_true", help="then what was fetched, per layer, on stderr")
-    p.add_argument("ref", metavar="REF")
-    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("--stats", action="store_true", help="then what was fetched, per layer, on stderr "
+                                                        "(lazyfs stats --help explains the columns)")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
+    p.add_argument("paths", metavar="PATH", nargs="+", help="files inside the image")
     p.set_defaults(func=cmd_cat)
 
 
@@ -66,8 +76,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 def _add_stat(sub) -> None:
     p = add_command(sub, "stat", "one path's attributes as JSON")
-    p.add_argument("ref", metavar="REF")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
+    p.add_argument("path", metavar="PATH", help="a path inside the image (not followed if a symlink)")
     p.set_defaults(func=cmd_stat)
 
 
@@ -75,7 +85,8 @@ def cmd_find(args: argparse.Namespace) -> int:
     from . import browse
 
     async def body(image):
-        for path in browse.find(image, args.path, args.name, args.type):
+        for path in browse.find(image, args.path, args.name, args.type,
+                                min_depth=args.mindepth, max_depth=args.maxdepth):
             _out_line(path)
     with_image(args, args.ref, body)
     return 0
@@ -83,11 +94,22 @@ def cmd_find(args: argparse.Namespace) -> int:
 
 def _add_find(sub) -> None:
     p = add_command(sub, "find", "walk an image's tree, like find")
-    p.add_argument("ref", metavar="REF")
-    p.add_argument("path", metavar="PATH", nargs="?", default="/")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
+    p.add_argument("path", metavar="PATH", nargs="?", default="/",
+                   help="where to start inside the image (default: /)")
     p.add_argument("-name", "--name", dest="name", metavar="GLOB", help="only names matching GLOB")
     p.add_argument("-type", "--type", dest="type", metavar="f|d|l|c|b|p", help="only this type")
+    p.add_argument("-maxdepth", "--maxdepth", dest="maxdepth", metavar="N", type=_depth,
+                   help="descend at most N levels below PATH (0: PATH alone)")
+    p.add_argument("-mindepth", "--mindepth", dest="mindepth", metavar="N", type=_depth, default=0,
+                   help="print nothing less than N levels below PATH")
     p.set_defaults(func=cmd_find)
+
+
+def _depth(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return int(text)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -115,27 +137,52 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def _add_diff(sub) -> None:
     p = add_command(sub, "diff", "paths added (A), removed (D) or changed (C) from REF1 to REF2")
     p.add_argument("--json", action="store_true", help="with what changed, as JSON")
-    p.add_argument("ref1", metavar="REF1")
-    p.add_argument("ref2", metavar="REF2")
+    p.add_argument("ref1", metavar="REF1", help="the image compared from")
+    p.add_argument("ref2", metavar="REF2", help="the image compared to")
     p.set_defaults(func=cmd_diff)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from . import browse
+    from . import browse, tarexport
+    kind, dest = _export_target(args)
 
     async def body(image):
-        return await browse.export(image, args.dir)
+        if kind == "dir":
+            return await browse.export(image, dest)
+        return await tarexport.export_tar(image, None if dest == "-" else dest)
     n = with_image(args, args.ref, body)
     if not opt(args, "quiet"):
-        print(f"exported {n} entries to {args.dir}", file=sys.stderr)
+        where = "stdout" if dest == "-" else dest
+        print(f"exported {n} entries to {where}", file=sys.stderr)
     return 0
 
 
+def _export_target(args: argparse.Namespace) -> tuple[str, str]:
+    """("dir", DIR) or ("archive", FILE or "-")."""
+    if args.tar is not None and args.dir is not None:
+        raise UsageError("export: give either DIR or --tar FILE, not both")
+    if args.tar is None and args.dir is None:
+        raise UsageError("export: give a DIR, - for a tar stream on stdout, or --tar FILE")
+    if args.dir is not None and args.dir != "-":
+        return "dir", args.dir
+    dest = args.tar or "-"
+    if dest == "-" and sys.stdout.isatty():
+        raise UsageError("export: not writing a tar stream to a terminal "
+                         "(redirect stdout, or use --tar FILE)")
+    return "archive", dest
+
+
 def _add_export(sub) -> None:
-    p = add_command(sub, "export", "write an image's merged tree to a directory")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("ref", metavar="REF")
-    p.add_argument("dir", metavar="DIR")
+    p = add_command(sub, "export",
+                    "write an image's merged tree to a directory, or as a tar stream")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not say how many entries were written")
+    p.add_argument("--tar", metavar="FILE",
+                   help="write a tar archive to FILE (- for stdout) instead of a directory: "
+                        "hardlinks, symlinks, devices, owners, modes, times and xattrs kept "
+                        "(xattrs and sub-second times as pax records)")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
+    p.add_argument("dir", metavar="DIR", nargs="?",
+                   help="an absent or empty directory; - writes a tar stream to stdout")
     p.set_defaults(func=cmd_export)
 
 

@@ -8,9 +8,10 @@ import re
 import sys
 
 from ..errors import LazyfsError, UsageError
-from .options import add_command, open_store, parse_ref, platform_of, print_json, registry_options
+from .options import REF_HELP, add_command, open_store, parse_ref, platform_of, print_json, registry_options
 from .progress import TtyProgress
-from .render import familiar_repo, human_size, image_fields, render
+from .render import FIELDS, familiar_repo, human_size, image_fields, render
+from .template import Template
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -40,7 +41,7 @@ def _add_pull(sub) -> None:
     p = add_command(sub, "pull", "download an image into the local store, verified")
     p.add_argument("-a", "--all-tags", action="store_true", help="download every tag of the repository")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image's full reference")
-    p.add_argument("ref", metavar="REF")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
     p.set_defaults(func=cmd_pull)
 
 
@@ -51,7 +52,9 @@ def cmd_images(args: argparse.Namespace) -> int:
         ids = [row["ID"] for row in rows]
         print("\n".join(dict.fromkeys(ids)), end="\n" if ids else "")
         return 0
-    template = args.format or _default_format(args.digests)
+    template = args.format
+    if not template or template.strip() == "table":
+        template = _default_format(args.digests)
     sys.stdout.write(render(template, rows))
     return 0
 
@@ -61,8 +64,10 @@ def _add_images(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     p.add_argument("--digests", action="store_true", help="show digests")
     p.add_argument("--no-trunc", action="store_true", help="do not truncate IDs")
-    p.add_argument("--format", metavar="TEMPLATE", help="Go-template subset, e.g. 'table {{.Repository}}\\t{{.ID}}'")
-    p.add_argument("filter", metavar="REPO[:TAG]", nargs="?")
+    p.add_argument("--format", metavar="TEMPLATE",
+                   help="'json' (one object per line), 'table', or a Go template, e.g. "
+                        "'table {{.Repository}}\\t{{.ID}}' (fields: " + ", ".join(FIELDS) + ")")
+    p.add_argument("filter", metavar="REPO[:TAG]", nargs="?", help="only these (shell patterns allowed)")
     p.set_defaults(func=cmd_images)
 
 
@@ -92,16 +97,37 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     from .. import pull as _pull
     ref = parse_ref(args.ref)
+    template = None if args.format is None else _inspect_template(args.format)
     store = open_store(args)
     image = trio.run(lambda: _pull.resolve_for_inspect(
         ref, platform=platform_of(args), options=registry_options(args), store=store))
-    print_json(_pull.describe(image))
+    if args.raw:
+        # with --platform, the manifest chosen from an index, as crane does
+        chosen = image.manifest if platform_of(args) else image.index or image.manifest
+        sys.stdout.buffer.write(chosen.raw)
+        sys.stdout.buffer.flush()
+    elif template is not None:
+        sys.stdout.write(template.execute(_pull.describe(image)) + "\n")
+    else:
+        print_json(_pull.describe(image))
     return 0
+
+
+def _inspect_template(text: str) -> Template:
+    text = text.replace("\\t", "\t").replace("\\n", "\n")
+    return Template("{{json .}}" if text.strip() == "json" else text)
 
 
 def _add_inspect(sub) -> None:
     p = add_command(sub, "inspect", "manifest, platforms, config and layers as JSON (no layer download)")
-    p.add_argument("ref", metavar="REF")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("-f", "--format", metavar="TEMPLATE",
+                     help="print this Go template over the JSON document instead, "
+                          "e.g. '{{.Config.Digest}}' or '{{json .Layers}}'")
+    out.add_argument("--raw", action="store_true",
+                     help="print the manifest (or index) REF names, byte for byte as the registry "
+                          "sent it; with --platform, that platform's manifest")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
     p.set_defaults(func=cmd_inspect)
 
 
@@ -136,7 +162,9 @@ def _remove_one(store, text: str):
 
 def _add_rmi(sub) -> None:
     p = add_command(sub, "rmi", "forget images (by name:tag, name@digest or image ID)")
-    p.add_argument("refs", metavar="REF", nargs="+")
+    p.epilog = ("A REF that cannot be removed is reported and the others still are; "
+                "the exit code is then that of the first error.")
+    p.add_argument("refs", metavar="REF", nargs="+", help="NAME[:TAG], NAME@DIGEST or an image ID (prefix)")
     p.set_defaults(func=cmd_rmi)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import LayerFormatError, UsageError
-from .options import add_command, parse_ref, registry_options, with_image
+from .options import REF_HELP, add_command, parse_ref, registry_options, with_image
 
 
 def cmd_index_push(args: argparse.Namespace) -> int:
@@ -43,17 +43,23 @@ def cmd_index_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _missing_command(args: argparse.Namespace) -> int:
+    raise UsageError("index: which one? lazyfs index push REF, or lazyfs index verify REF")
+
+
 def _add_index(sub) -> None:
     p = add_command(sub, "index", "share layer tables through the registry")
     index_sub = p.add_subparsers(dest="index_command", metavar="COMMAND")
+    p.set_defaults(func=_missing_command)
     push = add_command(index_sub, "push",
                        "build any missing layer tables and publish them as a referrer of REF")
-    push.add_argument("ref", metavar="REF")
+    push.add_argument("ref", metavar="REF", help=REF_HELP)
     push.set_defaults(func=cmd_index_push)
     verify = add_command(index_sub, "verify",
                          "fetch REF's shareable layers whole and check the published tables "
                          "against them")
-    verify.add_argument("ref", metavar="REF")
+    verify.epilog = "Exits 9 (LayerFormatError) when a published table does not match its layer."
+    verify.add_argument("ref", metavar="REF", help=REF_HELP)
     verify.set_defaults(func=cmd_index_verify)
 
 

@@ -19,19 +19,25 @@ import sys
 from .._version import __version__
 from ..errors import LazyfsError, single_error
 from . import files, images, index, mounts
-from .options import add_common_options, opt
+from .options import HelpFormatter, add_common_options, opt
+
+EXIT_INTERRUPTED = 130
+"""Ctrl-C, as a shell reports SIGINT."""
+EXIT_BROKEN_PIPE = 141
+"""The reader of stdout went away, as a shell reports SIGPIPE."""
 
 COMMANDS = [*images.COMMANDS, *files.COMMANDS, *mounts.COMMANDS, *index.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lazyfs",
+        prog="lazyfs", usage="%(prog)s [-h] [--version] [global options] COMMAND ...",
+        formatter_class=HelpFormatter,
         description="Mount and inspect container images straight from a registry, "
                     "fetching only the bytes that are read.")
     parser.add_argument("--version", action="version", version=f"lazyfs {__version__}")
     add_common_options(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog="lazyfs")
     for add in COMMANDS:
         add(sub)
     return parser
@@ -57,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lazyfs: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (``lazyfs ls ... | head``): stop quietly, as cat does.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+        return EXIT_BROKEN_PIPE

@@ -8,8 +8,9 @@ import logging
 import sys
 
 from ..errors import UsageError
-from .options import add_command, open_options, open_store, opt, parse_ref, print_json
-from .render import align, render_stats
+from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json
+from .render import align
+from .statstable import legend, render_stats
 
 
 def _mount_options(args: argparse.Namespace):
@@ -65,8 +66,8 @@ def _add_mount(sub) -> None:
                    help="publish the index built for gzip layers to the registry (index push)")
     p.add_argument("-o", metavar="OPTS", action="append",
                    help="mount options: suid, dev, allow_other (default nosuid,nodev)")
-    p.add_argument("ref", metavar="REF")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="a directory")
     p.set_defaults(func=cmd_mount)
 
 
@@ -79,7 +80,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
 def _add_umount(sub) -> None:
     p = add_command(sub, "umount", "unmount a lazyfs mount (also one whose daemon died)")
     p.add_argument("-l", "--lazy", action="store_true", help="detach now, even if files are open")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="a directory")
     p.set_defaults(func=cmd_umount)
 
 
@@ -104,7 +105,7 @@ def cmd_mounts(args: argparse.Namespace) -> int:
 
 def _add_mounts(sub) -> None:
     p = add_command(sub, "mounts", "list active lazyfs mounts")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="as JSON")
     p.set_defaults(func=cmd_mounts)
 
 
@@ -120,8 +121,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def _add_stats(sub) -> None:
     p = add_command(sub, "stats", "what a mount has fetched, per layer")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.epilog = legend()
+    p.add_argument("--json", action="store_true",
+                   help="the whole stats document, with every counter, as JSON")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="a directory")
     p.set_defaults(func=cmd_stats)
 
 

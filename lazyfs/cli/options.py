@@ -6,30 +6,74 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import textwrap
 
 
-def add_common_options(p: argparse.ArgumentParser) -> None:
-    """Options every command takes, before or after the command name."""
-    s = argparse.SUPPRESS
-    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", default=s,
-                   help="platform to choose from a multi-platform image (default: this host)")
-    p.add_argument("--insecure-registry", metavar="HOST", action="append", default=s,
-                   help="talk plain HTTP (or unverified TLS) to HOST; repeatable")
-    p.add_argument("--registry-mirror", metavar="URL", action="append", default=s,
-                   help="try this mirror before Docker Hub; repeatable")
-    p.add_argument("--cache-dir", metavar="DIR", default=s, help="the local store (default: $LAZYFS_CACHE_DIR)")
-    p.add_argument("--cache-size", metavar="SIZE", default=s,
-                   help="bound on cached file content, e.g. 500M or 10G (default: $LAZYFS_CACHE_SIZE, "
-                        "else 10%% of the file system up to 10G)")
-    p.add_argument("--debug", action="store_true", default=s, help="log requests and decisions to stderr")
-    p.add_argument("--no-shared-index", action="store_true", default=s,
-                   help="build layer tables here instead of using ones published in the registry")
+_GLOBAL = [
+    (("--platform",), dict(metavar="OS/ARCH[/VARIANT]",
+                           help="platform to choose from a multi-platform image (default: this host)")),
+    (("--insecure-registry",), dict(metavar="HOST", action="append",
+                                    help="talk plain HTTP (or unverified TLS) to HOST; repeatable")),
+    (("--registry-mirror",), dict(metavar="URL", action="append",
+                                  help="try this mirror before Docker Hub; repeatable")),
+    (("--cache-dir",), dict(metavar="DIR", help="the local store (default: $LAZYFS_CACHE_DIR)")),
+    (("--cache-size",), dict(metavar="SIZE",
+                             help="bound on cached file content, e.g. 500M or 10G (default: "
+                                  "$LAZYFS_CACHE_SIZE, else 10%% of the file system up to 10G)")),
+    (("--debug",), dict(action="store_true", help="log requests and decisions to stderr")),
+    (("--no-shared-index",), dict(action="store_true",
+                                  help="build layer tables here instead of using ones "
+                                       "published in the registry")),
+]
+GLOBAL_TITLE = "global options"
+REF_HELP = "[REGISTRY/]REPO[:TAG][@DIGEST], oci:DIR[:TAG] or docker-archive:FILE"
+
+
+def global_flags() -> list[str]:
+    return [flags[0] for flags, _ in _GLOBAL]
+
+
+def add_common_options(p: argparse.ArgumentParser, brief: bool = False) -> None:
+    """The options every command takes, before or after the command name, in
+    a group of their own: described in full for ``lazyfs --help``, and
+    ``brief``ly (named, not explained) in each command's help."""
+    if brief:
+        group = p.add_argument_group(
+            GLOBAL_TITLE, ", ".join(global_flags()) + " (before or after the command; "
+                                                      "see lazyfs --help)")
+    else:
+        group = p.add_argument_group(GLOBAL_TITLE, "accepted before or after the command name")
+    for flags, kw in _GLOBAL:
+        kw = dict(kw, default=argparse.SUPPRESS)
+        if brief:
+            kw["help"] = argparse.SUPPRESS
+        group.add_argument(*flags, **kw)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, without breaking ``--cache-size`` at its hyphen, and with
+    an epilog's lines kept: one starting with two spaces is a ``NAME  text``
+    row, continued under its text."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(_fill_line(line, width, indent) for line in text.splitlines())
+
+
+def _fill_line(line: str, width: int, indent: str) -> str:
+    row = re.match(r"  \S+ +", line)
+    return textwrap.fill(line if row else " ".join(line.split()), width, initial_indent=indent,
+                         subsequent_indent=indent + " " * (row.end() if row else 0),
+                         break_on_hyphens=False)
 
 
 def add_command(sub, name: str, help: str) -> argparse.ArgumentParser:
     """A subcommand parser that also takes the common options after its name."""
-    p = sub.add_parser(name, help=help, description=help)
-    add_common_options(p)
+    p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+    add_common_options(p, brief=True)
     return p
 
 

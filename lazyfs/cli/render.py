@@ -1,18 +1,16 @@
-"""Docker's way of showing images: columns, human sizes and times, and the
-Go-template subset of ``--format``. Pure functions, so the CLI stays thin."""
+"""Docker's way of showing images: columns, human sizes and times, and
+``--format`` templates over them. Pure functions, so the CLI stays thin."""
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import re
 import time
 
-from ..errors import UsageError
+from .template import Template, unknown_field
 
-_FIELDS = {"Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST", "ID": "IMAGE ID",
+FIELDS = {"Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST", "ID": "IMAGE ID",
            "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "Size": "SIZE"}
-_PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 
 
 def familiar_repo(repository: str) -> str:
@@ -38,48 +36,30 @@ def image_fields(rec, no_trunc: bool = False, now: float | None = None) -> dict[
     }
 
 
-def render(template: str, rows: list[dict[str, str]]) -> str:
-    """Docker's ``--format``: a Go-template subset, ``table`` adding a header and alignment."""
+def render(template: str, rows: list[dict], headers: dict[str, str] | None = None) -> str:
+    """Docker's ``--format``: a Go template run per row, one line each;
+    ``json`` is ``{{json .}}``, and a ``table`` prefix adds a header (the
+    template run over ``headers``) and aligns the columns."""
+    headers = FIELDS if headers is None else headers
     template = template.replace("\\t", "\t").replace("\\n", "\n")
+    if template.strip() == "json":
+        template = "{{json .}}"
     table = template.startswith("table")
     if table:
         template = template[len("table"):].lstrip(" ")
-    _check_placeholders(template)
-    lines = [_fill(template, row) for row in rows]
+    parsed = Template(template, unknown_field(headers))
+    lines = [parsed.execute(row) for row in rows]
     if not table:
         return "".join(line + "\n" for line in lines)
-    header = _fill(template, None)
-    return align([header] + lines)
+    return align([parsed.execute(headers)] + lines)
 
 
-def _check_placeholders(template: str) -> None:
-    for expr in _PLACEHOLDER.findall(template):
-        if expr == "json .":
-            continue
-        if not expr.startswith(".") or expr[1:] not in _FIELDS:
-            raise UsageError(f"template: unknown placeholder {{{{{expr}}}}} "
-                             f"(known: {', '.join('.' + f for f in _FIELDS)}, json .)")
-
-
-def _fill(template: str, row: dict[str, str] | None) -> str:
-    def one(m: re.Match) -> str:
-        expr = m.group(1)
-        if expr == "json .":
-            return "" if row is None else _go_json(row)
-        return _FIELDS[expr[1:]] if row is None else row[expr[1:]]
-    return _PLACEHOLDER.sub(one, template)
-
-
-def _go_json(row: dict[str, str]) -> str:
-    text = json.dumps(dict(sorted(row.items())), separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def align(lines: list[str]) -> str:
+def align(lines: list[str], min_width: int = 10) -> str:
     """Go's tabwriter as docker sets it up: minimum width 10, padding 3."""
     cells = [line.split("\t") for line in lines]
     ncols = max(len(c) for c in cells)
-    widths = [max([10] + [len(c[i]) + 3 for c in cells if i < len(c) - 1]) for i in range(ncols)]
+    widths = [max([min_width] + [len(c[i]) + 3 for c in cells if i < len(c) - 1])
+              for i in range(ncols)]
     out = []
     for c in cells:
         out.append("".join(cell.ljust(widths[i]) if i < len(c) - 1 else cell for i, cell in enumerate(c)))
@@ -134,23 +114,3 @@ def _parse_time(text: str) -> _dt.datetime | None:
     tz = m.group(3) or "Z"
     base = _dt.datetime.fromisoformat(m.group(1) + (m.group(2) or "")[:7] + ("+00:00" if tz == "Z" else tz))
     return base.astimezone(_dt.timezone.utc)
-
-
-def render_stats(doc: dict) -> str:
-    head = [f"{doc.get('reference', '')}", f"digest {doc.get('digest', '')}",
-            f"opened in {doc.get('open_seconds', 0):.2f}s"]
-    if "index" in doc:
-        took = doc.get("index_seconds")
-        head.append(f"index {doc['index']}" + (f" in {took:.2f}s" if took is not None else ""))
-    lines = ["LAYER\tFORMAT\tMODE\tFETCHED\tSIZE\tREQUESTS\tHITS\tMISSES\tBAD"]
-    for layer in doc.get("layers", []):
-        mode = layer["mode"] + (f" ({layer['reason']})" if layer.get("reason") else "")
-        indexing = layer.get("indexing")
-        if indexing and indexing["state"] == "indexing":
-            mode += f" (indexing: {human_size(indexing['indexed'])} in)"
-        lines.append("\t".join([
-            layer["digest"].partition(":")[2][:12], layer["format"], mode,
-            human_size(layer["bytes_fetched"]), human_size(layer["size"]),
-            str(layer["requests"]), str(layer["cache_hits"]), str(layer["cache_misses"]),
-            str(layer["verify_failures"])]))
-    return "\n".join(head) + "\n" + align(lines)

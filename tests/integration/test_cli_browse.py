@@ -59,6 +59,32 @@ def test_ls_plain_and_recursive(images, tmp_path):
     assert rec.splitlines()[0] == "/x:" and "child" in rec
 
 
+def test_ls_takes_combined_flags_and_shows_a_named_symlink_with_l(images, tmp_path):
+    la = run("ls", "-la", images[0], "/", cache=tmp_path).stdout.decode()
+    assert la == run("ls", "-l", images[0], "/", cache=tmp_path).stdout.decode()
+    assert run("ls", "-lR", images[0], "/x", cache=tmp_path).stdout.decode().startswith("/x:\ntotal ")
+    link = run("ls", "-l", images[0], "/bin", cache=tmp_path).stdout.decode().splitlines()
+    assert len(link) == 1 and link[0].startswith("lrwxrwxrwx") and link[0].endswith(" /bin -> usr/bin")
+    usr_bin = run("ls", images[0], "/usr/bin", cache=tmp_path).stdout.decode()
+    assert run("ls", images[0], "/bin", cache=tmp_path).stdout.decode() == usr_bin
+    followed = run("ls", "-l", images[0], "/bin/", cache=tmp_path).stdout.decode()
+    assert followed == run("ls", "-l", images[0], "/usr/bin", cache=tmp_path).stdout.decode()
+    tmp = run("ls", "-ld", images[0], "/tmp", cache=tmp_path).stdout.decode().splitlines()
+    assert len(tmp) == 1 and tmp[0].startswith("drwxrwxrwt") and tmp[0].endswith(" /tmp")
+
+
+def test_find_takes_maxdepth_and_mindepth(images, tmp_path):
+    top = run("find", images[0], "/", "-maxdepth", "1", cache=tmp_path).stdout.decode().split()
+    assert top[0] == "/" and "/usr" in top and not any(p.count("/") > 1 for p in top)
+    kids = run("find", images[0], "/usr", "-mindepth", "1", "-maxdepth", "1", "-type", "d",
+               cache=tmp_path).stdout.decode().split()
+    assert "/usr/bin" in kids and "/usr" not in kids and all(p.count("/") == 2 for p in kids)
+    deep = run("find", images[0], "/", "-mindepth", "2", "-name", "tool*", cache=tmp_path)
+    assert deep.stdout.decode().split() == ["/usr/bin/tool", "/usr/bin/tool-link", "/usr/bin/tool-link2"]
+    bad = run("find", images[0], "/", "-maxdepth", "x", cache=tmp_path, check=False)
+    assert bad.returncode == 2
+
+
 def test_cat_follows_symlinks_inside_the_image_only(images, tmp_path):
     p = run("cat", images[0], "/etc/os-release", "/with space", cache=tmp_path)
     assert p.stdout == b"ID=awkward\nVERSION_ID=2\n" + b"space\n"
@@ -107,6 +133,40 @@ def test_export_writes_the_tree(images, tmp_path):
     assert "link_group" not in tree["/usr/bin/tool-link"]  # keeps the replaced content
     again = run("export", images[0], str(tmp_path / "out"), cache=tmp_path / "c", check=False)
     assert again.returncode == 2 and b"not empty" in again.stderr
+
+
+def test_export_as_tar_equals_the_directory_export(images, tmp_path):
+    import io
+    import tarfile
+    run("export", "-q", images[0], str(tmp_path / "dir"), cache=tmp_path / "c")
+    stream = run("export", "-q", images[0], "-", cache=tmp_path / "c").stdout
+    run("export", "-q", "--tar", str(tmp_path / "image.tar"), images[0], cache=tmp_path / "c")
+    assert (tmp_path / "image.tar").read_bytes() == stream
+    members = {m.name: m for m in tarfile.open(fileobj=io.BytesIO(stream), encoding="utf-8",
+                                               errors="surrogateescape")}
+    tree = describe(tmp_path / "dir")
+    assert {"/" + name for name in members} == set(tree)
+    assert members["bin"].issym() and members["bin"].linkname == "usr/bin"
+    assert members["dev/null"].ischr() and (members["dev/null"].devmajor, members["dev/null"].devminor) == (1, 3)
+    assert members["usr/bin/su"].mode == 0o4755 and members["tmp"].mode == 0o1777
+    assert members["owned"].uid == tree["/owned"]["uid"] and members["owned"].gid == tree["/owned"]["gid"]
+    links = [m for m in members.values() if m.islnk()]
+    assert links and all("/" + m.linkname == tree["/" + m.name]["link_group"] for m in links)
+    assert members["caps"].pax_headers["SCHILY.xattr.user.comment"] == "hello"
+    # what GNU tar unpacks from the stream is the directory export, byte for byte
+    out = tmp_path / "untarred"
+    out.mkdir()
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", "-",
+                    "-C", str(out)], input=stream, check=True)
+    assert describe(out) == tree
+
+
+def test_export_needs_one_destination(images, tmp_path):
+    both = run("export", "--tar", str(tmp_path / "t"), images[0], str(tmp_path / "d"),
+               cache=tmp_path / "c", check=False)
+    neither = run("export", images[0], cache=tmp_path / "c", check=False)
+    assert both.returncode == neither.returncode == 2
+    assert not (tmp_path / "-").exists() and not (tmp_path / "t").exists()
 
 
 def test_prune_all_empties_the_chunk_cache_and_cache_size_is_checked(registry, tmp_path):

@@ -196,6 +196,37 @@ def test_inspect_prints_manifest_config_and_layers_without_fetching_layers(regis
     assert arm_doc["Manifest"]["Digest"] == arm.digest and arm_doc["Platform"].startswith("linux/arm64")
 
 
+def test_images_format_json_and_go_template_actions(pulled):
+    name, img = pulled
+    lines = lazyfs("images", "--format", "json", f"{name}:v*").stdout.splitlines()
+    assert sorted(json.loads(line)["Tag"] for line in lines) == ["v1", "v2"]
+    out = lazyfs("images", "--format", '{{if eq .Tag "v1"}}{{.Tag | printf "%s!"}}{{end}}',
+                 f"{name}:v*").stdout
+    assert sorted(out.splitlines()) == ["", "v1!"]
+    assert lazyfs("images", "--format", "table", f"{name}:v1").stdout.split()[:2] == ["REPOSITORY", "TAG"]
+
+
+def test_inspect_format_and_raw(registry, cache_dir):
+    repo = f"cli/inspect-f-{uuid.uuid4().hex[:8]}"
+    with registry.client() as c:
+        amd = push_image(c, repo, None, [one_layer()], platform=("linux", "amd64"))
+        multi = push_index(c, repo, "v1", [(amd, {"os": "linux", "architecture": "amd64"})])
+    ref = f"{registry.host}/{repo}:v1"
+    assert lazyfs("inspect", "-f", "{{.Config.Digest}}", ref).stdout == sha256(amd.config) + "\n"
+    out = lazyfs("inspect", "--format", "{{range .Layers}}{{.Size}} {{end}}{{json .Platforms}}", ref).stdout
+    assert out == f'{len(amd.layers[0])} ["linux/amd64"]\n'
+    raw = subprocess.run([sys.executable, "-m", "lazyfs", "inspect", "--raw", ref],
+                         capture_output=True, cwd=ROOT, timeout=120, check=True).stdout
+    assert raw == multi.manifest
+    chosen = subprocess.run([sys.executable, "-m", "lazyfs", "inspect", "--raw", "--platform",
+                             "linux/amd64", ref], capture_output=True, cwd=ROOT, timeout=120,
+                            check=True).stdout
+    assert chosen == amd.manifest
+    bad = lazyfs("inspect", "-f", "{{.Name | nosuch}}", ref, check=False)
+    assert bad.returncode == UsageError.exit_code and "nosuch" in bad.stderr
+    assert len(bad.stderr.splitlines()) == 1
+
+
 def test_inspect_works_offline_for_a_pulled_image(tmp_path, cache_dir):
     reg = start_registry(tmp_path / "short-lived")
     try:
