@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import (InvalidManifest, LayerFormatError, NoMatchingPlatform, UnsupportedMediaType,
-                     UsageError)
+from .errors import (InvalidManifest, LayerFormatError, LazyfsError, NoMatchingPlatform,
+                     UnsupportedMediaType, UsageError)
 from .reference import Reference
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -217,7 +217,7 @@ def with_default_tag(ref: Reference) -> Reference:
 
 def parse_manifest(raw: bytes, content_type: str, digest: str) -> Manifest | Index:
     """``content_type`` is the response's; it decides only when the body names no type."""
-    doc = _load_object(raw, f"manifest {digest}")
+    doc = json_object(raw, f"manifest {digest}")
     media_type = _media_type(doc, content_type.split(";")[0].strip().lower(), digest)
     if doc.get("schemaVersion", 2) != 2:
         raise InvalidManifest(
@@ -297,15 +297,18 @@ def _subject(doc: dict, what: str) -> Descriptor | None:
     return _descriptor(doc["subject"], f"{what} subject") if doc.get("subject") else None
 
 
-def _load_object(raw: bytes, what: str) -> dict:
+def json_object(raw: bytes, what: str, error: type[LazyfsError] = InvalidManifest) -> dict:
+    """``raw`` as a JSON object, or ``error`` saying why not: hostile bytes
+    (not JSON, nested past the recursion limit, another type) end in one
+    error of the caller's kind, never in a traceback."""
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidManifest(f"{what}: not valid JSON ({e})") from None
+        raise error(f"{what}: not valid JSON ({e})") from None
     except RecursionError:
-        raise InvalidManifest(f"{what}: JSON nested too deeply") from None
+        raise error(f"{what}: JSON nested too deeply") from None
     if not isinstance(doc, dict):
-        raise InvalidManifest(f"{what}: not a JSON object")
+        raise error(f"{what}: not a JSON object")
     return doc
 
 
@@ -366,7 +369,7 @@ def select_platform(index: Index, want: Platform | None = None) -> Descriptor:
 
 def parse_config(raw: bytes, digest: str = "") -> ImageConfig:
     what = f"image config {digest}".rstrip()
-    doc = _load_object(raw, what)
+    doc = json_object(raw, what)
     cfg = _or(doc.get("config"), {})
     rootfs = _or(doc.get("rootfs"), {})
     if not isinstance(cfg, dict) or not isinstance(rootfs, dict):

@@ -99,7 +99,7 @@ def read_state(mountpoint: str | os.PathLike) -> dict | None:
     except (OSError, ValueError):
         return None
     pid = state.get("pid")
-    return state if isinstance(pid, int) and _alive(pid) else None
+    return state if isinstance(pid, int) and alive(pid) else None
 
 
 def _write_state(path: Path, state: dict) -> None:
@@ -120,7 +120,8 @@ def read_stats(mountpoint: str | os.PathLike) -> dict:
         raise MountError(f"cannot read statistics of {mp}: {e.strerror}") from None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent does not)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
@@ -458,7 +459,7 @@ def umount(mountpoint: str | os.PathLike, lazy: bool = False, *, wait: float = 5
         raise MountError(f"cannot unmount {mp}: {why}{hint}")
     if state is not None:
         deadline = time.monotonic() + wait
-        while _alive(state["pid"]) and time.monotonic() < deadline:
+        while alive(state["pid"]) and time.monotonic() < deadline:
             time.sleep(0.02)
     if read_state(mp) is None:
         with contextlib.suppress(OSError):

@@ -10,7 +10,6 @@ their digest, blobs hashed as they arrive and never trusted before.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
@@ -21,8 +20,8 @@ import trio
 from ..errors import (DigestMismatch, NoMatchingPlatform, NotFound, RangeNotSupported,
                       RegistryError, UnsupportedMediaType)
 from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, Index, Manifest,
-                        Platform, ResolvedImage, image_platforms, parse_config, parse_manifest,
-                        select_platform, with_default_tag)
+                        Platform, ResolvedImage, image_platforms, json_object, parse_config,
+                        parse_manifest, select_platform, with_default_tag)
 from ..reference import Reference
 from .ranges import (Part, Span, batches, boundary_of, cut, parse_content_range, parse_multipart,
                      range_header)
@@ -257,7 +256,7 @@ class RegistryClient:
                                             scope=repository_scope(ref)) as resp:
                 body = await read_limited(resp, MAX_MANIFEST_SIZE, what, ep)
                 next_url = _next_link(resp.headers.get_list("link"))
-            page = _json(body, what).get("tags") or []
+            page = json_object(body, f"{what}: answer", RegistryError).get("tags") or []
             if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
                 raise RegistryError(f"{what}: 'tags' is not a list of strings")
             tags.extend(page)
@@ -386,18 +385,6 @@ def _check_content_range(value: str | None, start: int, end: int, digest: str) -
     total = value.strip()[len(expected):]
     if total != "*" and (not total.isdigit() or int(total) < end):
         raise RegistryError(f"blob {digest}: Content-Range {value!r} has an impossible length")
-
-
-def _json(body: bytes, what: str) -> dict:
-    try:
-        doc = json.loads(body)
-    except ValueError as e:
-        raise RegistryError(f"{what}: answer is not valid JSON ({e})") from None
-    except RecursionError:
-        raise RegistryError(f"{what}: answer is JSON nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise RegistryError(f"{what}: answer is not a JSON object")
-    return doc
 
 
 def _next_link(values: list[str]) -> str | None:
