@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from lazyfs.errors import CacheError, RegistryUnreachable
+from tests.support.immutable import immutable
 
 LAZYFS = [sys.executable, "-m", "lazyfs"]
 
@@ -36,3 +37,20 @@ def test_a_registry_that_is_down_is_not_a_missing_local_image(tmp_path):
         assert p.returncode == RegistryUnreachable.exit_code, p.stderr
         assert p.stderr.startswith(f"lazyfs: cannot reach registry {host}"), p.stderr
         assert len(p.stderr.splitlines()) == 1, p.stderr
+
+
+def test_a_cache_directory_that_cannot_be_written_is_one_line(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    with immutable(cache):
+        p = run("ls", f"127.0.0.1:{free_port()}/x:y", "/", cache=cache)
+    assert p.returncode == CacheError.exit_code, p.stderr
+    assert p.stderr.splitlines() == [p.stderr.rstrip("\n")] and "Traceback" not in p.stderr
+    assert str(cache) in p.stderr and "not permitted" in p.stderr
+
+
+def test_a_file_where_the_cache_directory_should_be_is_one_line(tmp_path):
+    (tmp_path / "cache").write_text("in the way\n")
+    p = run("ls", f"127.0.0.1:{free_port()}/x:y", "/", cache=tmp_path / "cache")
+    assert p.returncode == CacheError.exit_code, p.stderr
+    assert len(p.stderr.splitlines()) == 1 and str(tmp_path / "cache") in p.stderr
