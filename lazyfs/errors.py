@@ -6,9 +6,14 @@ with, so neither the CLI nor the mount needs its own translation table::
 
     LazyfsError                      exit 1   EIO
     ├── UsageError                   exit 2   EINVAL
+    │   ├── IsADirectory             exit 2   EISDIR   (also IsADirectoryError)
+    │   └── NotASymlink              exit 2   EINVAL   (also OSError)
     ├── InvalidReference             exit 2   EINVAL
     ├── NotFound                     exit 3   ENOENT
-    │   └── SymlinkLoop              exit 3   ELOOP
+    │   ├── SymlinkLoop              exit 3   ELOOP
+    │   │   └── PathLoop             exit 3   ELOOP    (also OSError)
+    │   ├── PathNotFound             exit 3   ENOENT   (also FileNotFoundError)
+    │   └── NotADirectory            exit 3   ENOTDIR  (also NotADirectoryError)
     ├── Unauthorized                 exit 4   EACCES
     ├── NoMatchingPlatform           exit 5   ENOENT
     ├── DigestMismatch               exit 6   EIO
@@ -23,13 +28,20 @@ with, so neither the CLI nor the mount needs its own translation table::
     ├── MountError                   exit 10  EIO
     ├── CacheError                   exit 11  EIO
     └── CredentialsError             exit 12  EACCES
+
+The classes marked "also" are for the Python API (``lazyfs.sync``), whose
+methods are documented as working like ``os.stat``, ``os.listdir``, ``open``:
+they are the ``LazyfsError`` kind they always were *and* the ``OSError``
+subclass Python code catches, with ``errno`` and ``filename`` set
+(``path_error``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno as _errno
-from typing import Iterator
+import os
+from typing import Iterator, TypeVar
 
 
 class LazyfsError(Exception):
@@ -64,6 +76,40 @@ class SymlinkLoop(NotFound):
     """Resolving a path inside the image met too many symbolic links."""
 
     errno = _errno.ELOOP
+
+
+class PathLoop(SymlinkLoop, OSError):
+    """Too many symbolic links, from the Python API (also an ``OSError``, ELOOP)."""
+
+
+class PathNotFound(NotFound, FileNotFoundError):
+    """No such path in the image, from the Python API (also a ``FileNotFoundError``)."""
+
+
+class NotADirectory(NotFound, NotADirectoryError):
+    """Listing what is not a directory (also a ``NotADirectoryError``)."""
+
+    errno = _errno.ENOTDIR
+
+
+class IsADirectory(UsageError, IsADirectoryError):
+    """Opening a directory as a file (also an ``IsADirectoryError``)."""
+
+    errno = _errno.EISDIR
+
+
+class NotASymlink(UsageError, OSError):
+    """Reading the target of what is not a symbolic link (also an ``OSError``, EINVAL)."""
+
+
+PathErrorT = TypeVar("PathErrorT", PathLoop, PathNotFound, NotADirectory, IsADirectory,
+                     NotASymlink)
+
+
+def path_error(cls: type[PathErrorT], path: str) -> PathErrorT:
+    """``cls`` for ``path`` with errno, strerror and filename set, so that
+    ``str()`` reads as Python's own: ``[Errno 2] No such file or directory: '/x'``."""
+    return cls(cls.errno, os.strerror(cls.errno), path)
 
 
 class Unauthorized(LazyfsError):
