@@ -40,8 +40,15 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import logging
 import os
+import sys
 from typing import Iterator, TypeVar
+
+WARNINGS = logging.getLogger("lazyfs.warning")
+"""What the user should hear about although the command goes on (a broken
+credential file skipped, a cache size clamped): ``warn`` logs it here, and
+the CLI prints each one as a ``lazyfs: warning:`` line (``show_warnings``)."""
 
 
 class LazyfsError(Exception):
@@ -235,3 +242,22 @@ def lazyfs_error_in(group: BaseExceptionGroup) -> LazyfsError | None:
     if leaves and all(isinstance(e, LazyfsError) for e in leaves):
         return leaves[0]  # type: ignore[return-value]
     return None
+
+
+def warn(message: str) -> None:
+    """Tell the user, in one line, about something done in their stead."""
+    WARNINGS.warning(message)
+
+
+def show_warnings() -> None:
+    """Print ``warn``'s messages on stderr (whatever ``sys.stderr`` is when
+    one comes), once however often called."""
+    if not any(isinstance(h, _ToStderr) for h in WARNINGS.handlers):
+        handler = _ToStderr()
+        handler.setFormatter(logging.Formatter("lazyfs: warning: %(message)s"))
+        WARNINGS.addHandler(handler)
+
+
+class _ToStderr(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)

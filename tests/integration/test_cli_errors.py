@@ -11,7 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lazyfs.errors import CacheError, RegistryUnreachable
+from lazyfs.testing.push import OCI_LAYER_TAR, push_image
+from tests.support.images import make_tar
 from tests.support.immutable import immutable
 
 LAZYFS = [sys.executable, "-m", "lazyfs"]
@@ -54,3 +58,20 @@ def test_a_file_where_the_cache_directory_should_be_is_one_line(tmp_path):
     p = run("ls", f"127.0.0.1:{free_port()}/x:y", "/", cache=tmp_path / "cache")
     assert p.returncode == CacheError.exit_code, p.stderr
     assert len(p.stderr.splitlines()) == 1 and str(tmp_path / "cache") in p.stderr
+
+
+@pytest.fixture(scope="module")
+def small(registry) -> str:
+    with registry.client() as c:
+        push_image(c, "errors/small", "v1", [make_tar({"etc/": None, "etc/hostname": "box\n"})],
+                   layer_media_type=OCI_LAYER_TAR)
+    return f"{registry.host}/errors/small:v1"
+
+
+def test_a_cache_size_beyond_the_file_system_is_clamped_with_one_warning(small, tmp_path):
+    for args, env in ((["--cache-size", "1000T"], {}), ([], {"LAZYFS_CACHE_SIZE": "1000T"})):
+        p = run(*args, "ls", small, "/etc", cache=tmp_path / "cache", **env)
+        assert p.returncode == 0 and p.stdout == "hostname\n", p.stderr
+        warning, = p.stderr.splitlines()
+        assert warning.startswith("lazyfs: warning: cache size 1000T is larger than the file "
+                                  "system holding "), warning
