@@ -10,13 +10,13 @@ deleted and its piece fetched again. That check is also why writes are not
 fsynced: durability would buy nothing the check does not already give.
 
 The disk part is bounded (``LAZYFS_CACHE_SIZE``, at most the size of the file
-system it is on). Eviction drops the least
-recently used pieces, going by mtime, which a hit refreshes at most once a
-minute so that hits stay read-only on the disk. Pieces of layers that a live
-process holds a *lease* on are never evicted: a lease is a small file under
-``chunks/leases/`` listing layer digests, held with a shared ``flock`` that
-dies with its process, so a lease nobody holds any more is recognised as
-stale without trusting pids.
+system it is on). Eviction drops the least recently used pieces, going by
+mtime, which a hit refreshes at most once a minute so that hits stay
+read-only on the disk. Pieces of layers that a live process holds a *lease*
+on are never evicted: a lease is a small file under ``chunks/leases/``
+listing layer digests, held with a shared ``flock`` that dies with its
+process, so a lease nobody holds any more is recognised as stale without
+trusting pids.
 """
 
 from __future__ import annotations
