@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.errors import CacheError, RegistryUnreachable
+from lazyfs.errors import CacheError, CredentialsError, RegistryUnreachable
 from lazyfs.testing.push import OCI_LAYER_TAR, push_image
 from tests.support.images import make_tar
 from tests.support.immutable import immutable
@@ -75,3 +75,27 @@ def test_a_cache_size_beyond_the_file_system_is_clamped_with_one_warning(small, 
         warning, = p.stderr.splitlines()
         assert warning.startswith("lazyfs: warning: cache size 1000T is larger than the file "
                                   "system holding "), warning
+
+
+def test_a_corrupt_credential_file_is_skipped_with_one_warning(small, docker_config, tmp_path):
+    config = docker_config / "config.json"
+    config.write_text('{"auths": {,,}')
+    p = run("ls", small, "/etc", cache=tmp_path / "cache")
+    assert p.returncode == 0 and p.stdout == "hostname\n", p.stderr
+    warning, = p.stderr.splitlines()
+    assert warning.startswith(f"lazyfs: warning: credential file {config} is not valid JSON")
+
+
+def test_a_corrupt_credential_file_is_the_error_when_credentials_are_needed(
+        auth_registry, docker_config, tmp_path):
+    with auth_registry.client() as c:
+        push_image(c, "errors/private", "v1", [make_tar({"secret": "s\n"})],
+                   layer_media_type=OCI_LAYER_TAR)
+    config = docker_config / "config.json"
+    config.write_text('{"auths": {,,}')
+    p = run("ls", f"{auth_registry.host}/errors/private:v1", "/", cache=tmp_path / "cache")
+    assert p.returncode == CredentialsError.exit_code, p.stderr
+    warning, error = p.stderr.splitlines()
+    assert warning.startswith("lazyfs: warning: credential file")
+    assert error.startswith("lazyfs: unauthorized:") and str(config) in error
+    assert "not valid JSON" in error
