@@ -35,9 +35,10 @@ def free_port() -> int:
 
 def test_a_registry_that_is_down_is_not_a_missing_local_image(tmp_path):
     host = f"127.0.0.1:{free_port()}"
+    (tmp_path / "mnt").mkdir()
     for command in (["ls", f"{host}/x:y", "/"], ["cat", f"{host}/x:y", "/etc/hostname"],
-                    ["stat", f"{host}/x:y", "/"]):
-        p = run(*command, cache=tmp_path / "cache")
+                    ["stat", f"{host}/x:y", "/"], ["mount", f"{host}/x:y", str(tmp_path / "mnt")]):
+        p = run(*command, cache=tmp_path / "cache", XDG_RUNTIME_DIR=str(tmp_path / "run"))
         assert p.returncode == RegistryUnreachable.exit_code, p.stderr
         assert p.stderr.startswith(f"lazyfs: cannot reach registry {host}"), p.stderr
         assert len(p.stderr.splitlines()) == 1, p.stderr
