@@ -8,8 +8,9 @@ Python, ``parse_reference`` for docker-style references, and the
 
 from ._version import __version__
 from .errors import (CacheError, CorruptData, CredentialsError, DigestMismatch, InvalidManifest,
-                     InvalidReference, LayerFormatError,
-                     LazyfsError, MountError, NoMatchingPlatform, NotFound, RegistryError,
+                     InvalidReference, IsADirectory, LayerFormatError,
+                     LazyfsError, MountError, NoMatchingPlatform, NotADirectory, NotASymlink,
+                     NotFound, PathLoop, PathNotFound, RegistryError,
                      RegistryUnreachable, Unauthorized, UnsafeEntry, UnsupportedMediaType,
                      UsageError)
 from .reference import Reference, parse_reference
@@ -24,8 +25,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'lazyfs' has no attribute {name!r}")
 
 __all__ = [
-    "CacheError", "CorruptData", "CredentialsError", "DigestMismatch", "InvalidManifest", "InvalidReference", "LayerFormatError", "LazyfsError",
-    "MountError", "NoMatchingPlatform", "NotFound", "Reference", "RegistryError",
+    "CacheError", "CorruptData", "CredentialsError", "DigestMismatch", "InvalidManifest", "InvalidReference", "IsADirectory", "LayerFormatError", "LazyfsError",
+    "MountError", "NoMatchingPlatform", "NotADirectory", "NotASymlink", "NotFound", "PathLoop",
+    "PathNotFound", "Reference", "RegistryError",
     "RegistryUnreachable", "Unauthorized", "UnsafeEntry", "UnsupportedMediaType", "UsageError",
     "__version__", "open_image", "parse_reference",
 ]

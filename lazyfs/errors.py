@@ -6,9 +6,14 @@ with, so neither the CLI nor the mount needs its own translation table::
 
     LazyfsError                      exit 1   EIO
     ├── UsageError                   exit 2   EINVAL
+    │   ├── IsADirectory             exit 2   EISDIR   (also IsADirectoryError)
+    │   └── NotASymlink              exit 2   EINVAL   (also OSError)
     ├── InvalidReference             exit 2   EINVAL
     ├── NotFound                     exit 3   ENOENT
-    │   └── SymlinkLoop              exit 3   ELOOP
+    │   ├── SymlinkLoop              exit 3   ELOOP
+    │   │   └── PathLoop             exit 3   ELOOP    (also OSError)
+    │   ├── PathNotFound             exit 3   ENOENT   (also FileNotFoundError)
+    │   └── NotADirectory            exit 3   ENOTDIR  (also NotADirectoryError)
     ├── Unauthorized                 exit 4   EACCES
     ├── NoMatchingPlatform           exit 5   ENOENT
     ├── DigestMismatch               exit 6   EIO
@@ -23,13 +28,27 @@ with, so neither the CLI nor the mount needs its own translation table::
     ├── MountError                   exit 10  EIO
     ├── CacheError                   exit 11  EIO
     └── CredentialsError             exit 12  EACCES
+
+The classes marked "also" are for the Python API (``lazyfs.sync``), whose
+methods are documented as working like ``os.stat``, ``os.listdir``, ``open``:
+they are the ``LazyfsError`` kind they always were *and* the ``OSError``
+subclass Python code catches, with ``errno`` and ``filename`` set
+(``path_error``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno as _errno
-from typing import Iterator
+import logging
+import os
+import sys
+from typing import Iterator, TypeVar
+
+WARNINGS = logging.getLogger("lazyfs.warning")
+"""What the user should hear about although the command goes on (a broken
+credential file skipped, a cache size clamped): ``warn`` logs it here, and
+the CLI prints each one as a ``lazyfs: warning:`` line (``show_warnings``)."""
 
 
 class LazyfsError(Exception):
@@ -64,6 +83,40 @@ class SymlinkLoop(NotFound):
     """Resolving a path inside the image met too many symbolic links."""
 
     errno = _errno.ELOOP
+
+
+class PathLoop(SymlinkLoop, OSError):
+    """Too many symbolic links, from the Python API (also an ``OSError``, ELOOP)."""
+
+
+class PathNotFound(NotFound, FileNotFoundError):
+    """No such path in the image, from the Python API (also a ``FileNotFoundError``)."""
+
+
+class NotADirectory(NotFound, NotADirectoryError):
+    """Listing what is not a directory (also a ``NotADirectoryError``)."""
+
+    errno = _errno.ENOTDIR
+
+
+class IsADirectory(UsageError, IsADirectoryError):
+    """Opening a directory as a file (also an ``IsADirectoryError``)."""
+
+    errno = _errno.EISDIR
+
+
+class NotASymlink(UsageError, OSError):
+    """Reading the target of what is not a symbolic link (also an ``OSError``, EINVAL)."""
+
+
+PathErrorT = TypeVar("PathErrorT", PathLoop, PathNotFound, NotADirectory, IsADirectory,
+                     NotASymlink)
+
+
+def path_error(cls: type[PathErrorT], path: str) -> PathErrorT:
+    """``cls`` for ``path`` with errno, strerror and filename set, so that
+    ``str()`` reads as Python's own: ``[Errno 2] No such file or directory: '/x'``."""
+    return cls(cls.errno, os.strerror(cls.errno), path)
 
 
 class Unauthorized(LazyfsError):
@@ -189,3 +242,22 @@ def lazyfs_error_in(group: BaseExceptionGroup) -> LazyfsError | None:
     if leaves and all(isinstance(e, LazyfsError) for e in leaves):
         return leaves[0]  # type: ignore[return-value]
     return None
+
+
+def warn(message: str) -> None:
+    """Tell the user, in one line, about something done in their stead."""
+    WARNINGS.warning(message)
+
+
+def show_warnings() -> None:
+    """Print ``warn``'s messages on stderr (whatever ``sys.stderr`` is when
+    one comes), once however often called."""
+    if not any(isinstance(h, _ToStderr) for h in WARNINGS.handlers):
+        handler = _ToStderr()
+        handler.setFormatter(logging.Formatter("lazyfs: warning: %(message)s"))
+        WARNINGS.addHandler(handler)
+
+
+class _ToStderr(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)

@@ -14,7 +14,8 @@ from typing import Iterator
 
 import trio
 
-from .errors import NotFound, UsageError
+from .errors import (IsADirectory, NotADirectory, NotASymlink, NotFound, PathLoop, PathNotFound,
+                     SymlinkLoop, UsageError, path_error)
 from .formats.entry import EntryType
 from .image import Image, OpenOptions, open_image_async
 from .index.merged import Node
@@ -83,7 +84,14 @@ class SyncImage:
         return self.image.digest
 
     def node(self, path: str, follow_symlinks: bool = True) -> Node:
-        return self.image.index.resolve(path, follow=follow_symlinks)
+        """The node at ``path``; a path that is not there raises what
+        ``os.stat`` would (``PathNotFound``, ``PathLoop``)."""
+        try:
+            return self.image.index.resolve(path, follow=follow_symlinks)
+        except SymlinkLoop:
+            raise path_error(PathLoop, path) from None
+        except NotFound:
+            raise path_error(PathNotFound, path) from None
 
     def stat(self, path: str, follow_symlinks: bool = True) -> os.stat_result:
         return stat_result(self.node(path, follow_symlinks))
@@ -91,7 +99,7 @@ class SyncImage:
     def listdir(self, path: str = "/") -> list[str]:
         node = self.node(path)
         if node.type is not EntryType.DIR:
-            raise NotFound(f"not a directory: {path}")
+            raise path_error(NotADirectory, path)
         return [name for name, _, _ in self.image.index.readdir(node.ino)]
 
     def walk(self, top: str = "/") -> Iterator[tuple[str, list[str], list[str]]]:
@@ -113,7 +121,7 @@ class SyncImage:
     def readlink(self, path: str) -> str:
         node = self.node(path, follow_symlinks=False)
         if node.type is not EntryType.SYMLINK:
-            raise UsageError(f"not a symbolic link: {path}")
+            raise path_error(NotASymlink, path)
         return node.linkname
 
     def xattrs(self, path: str) -> dict[str, bytes]:
@@ -125,6 +133,8 @@ class SyncImage:
 
     def open(self, path: str) -> io.BufferedReader:
         node = self.node(path)
+        if node.type is EntryType.DIR:
+            raise path_error(IsADirectory, path)
         if node.type is not EntryType.FILE:
             raise UsageError(f"not a regular file: {path}")
         return io.BufferedReader(LazyFile(self, node), buffer_size=1 << 20)

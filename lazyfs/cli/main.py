@@ -17,7 +17,7 @@ import os
 import sys
 
 from .._version import __version__
-from ..errors import LazyfsError, single_error
+from ..errors import LazyfsError, show_warnings, single_error
 from . import files, images, index, mounts
 from .options import HelpFormatter, add_common_options, opt
 
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         # a failing command says one line, the error itself.
         logging.getLogger("lazyfs").addHandler(logging.NullHandler())
         logging.getLogger("lazyfs").propagate = False
+        show_warnings()
     try:
         with single_error():
             return args.func(args) or 0

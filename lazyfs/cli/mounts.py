@@ -18,13 +18,14 @@ def _mount_options(args: argparse.Namespace):
     flags = set()
     for group in args.o or []:
         flags.update(f for f in group.split(",") if f)
-    unknown = flags - {"suid", "dev", "nosuid", "nodev", "allow_other", "ro"}
+    unknown = flags - {"suid", "dev", "nosuid", "nodev", "allow_other", "ro", "nonempty"}
     if unknown:
         raise UsageError(f"unsupported mount option(s): {', '.join(sorted(unknown))} "
-                         "(lazyfs takes suid, dev, allow_other)")
+                         "(lazyfs takes suid, dev, allow_other, nonempty)")
     return MountOptions(foreground=args.foreground,
                         allow_other=args.allow_other or "allow_other" in flags,
-                        suid="suid" in flags, dev="dev" in flags, debug=bool(opt(args, "debug")))
+                        suid="suid" in flags, dev="dev" in flags, nonempty="nonempty" in flags,
+                        debug=bool(opt(args, "debug")))
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -65,7 +66,8 @@ def _add_mount(sub) -> None:
     p.add_argument("--push-index", action="store_true",
                    help="publish the index built for gzip layers to the registry (index push)")
     p.add_argument("-o", metavar="OPTS", action="append",
-                   help="mount options: suid, dev, allow_other (default nosuid,nodev)")
+                   help="mount options: suid, dev, allow_other, nonempty (mount over a directory "
+                        "that has entries; default nosuid,nodev)")
     p.add_argument("ref", metavar="REF", help=REF_HELP)
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="a directory")
     p.set_defaults(func=cmd_mount)

@@ -57,6 +57,8 @@ class MountOptions:
     suid: bool = False
     dev: bool = False
     debug: bool = False
+    nonempty: bool = False
+    """Mount over a directory that has entries (``-o nonempty``), hiding them."""
     log_path: Path | None = None
     """Where the daemon logs; by default beside its state file."""
 
@@ -173,8 +175,12 @@ def _mounted_type(mountpoint: str) -> str | None:
 # ---------------------------------------------------------------- checks
 
 
-def check_mountpoint(mountpoint: str | os.PathLike) -> str:
-    """The absolute mountpoint, or a ``MountError`` saying why it cannot be used."""
+def check_mountpoint(mountpoint: str | os.PathLike, nonempty: bool = False) -> str:
+    """The absolute mountpoint, or a ``MountError`` saying why it cannot be used.
+
+    A directory with entries is refused unless ``nonempty``: the mount would
+    hide them without a word, as fuse2 refused to (libfuse3 dropped the
+    check, so it is made here)."""
     mp = os.path.abspath(mountpoint)
     stale = MountError(f"mountpoint {mp} is a stale mount whose daemon is gone; "
                        f"run `lazyfs umount {mp}` to clean it")
@@ -192,10 +198,20 @@ def check_mountpoint(mountpoint: str | os.PathLike) -> str:
         raise MountError(f"mountpoint {mp} is busy: something is already mounted there")
     if not os.path.isdir(mp):
         raise MountError(f"mountpoint {mp} is not a directory")
+    if not nonempty and _has_entries(mp):
+        raise MountError(f"mount point {mp} is not empty (use -o nonempty to mount over it)")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise MountError("/dev/fuse is missing or not usable: load the fuse module "
                          "or run the container with --device /dev/fuse")
     return mp
+
+
+def _has_entries(mp: str) -> bool:
+    try:
+        with os.scandir(mp) as entries:
+            return next(entries, None) is not None
+    except OSError as e:
+        raise MountError(f"mountpoint {mp}: {e.strerror}") from None
 
 
 def fuse_options(fsname: str, options: MountOptions) -> set[str]:
@@ -223,7 +239,7 @@ async def serve(ops: pyfuse3.Operations, mountpoint: str | os.PathLike, *, fsnam
     ``ready`` is called with the state (also written to the state file) once
     the mount has answered a ``stat`` through the kernel.
     """
-    mp = check_mountpoint(mountpoint)
+    mp = check_mountpoint(mountpoint, options.nonempty)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         try:
             pyfuse3.init(ops, mp, fuse_options(fsname, options))
@@ -334,7 +350,7 @@ def mount(open_ops: OpsFactory, mountpoint: str | os.PathLike, *, fsname: str,
     serves, with its pid and log path. Errors before that are raised here,
     whichever process met them.
     """
-    mp = check_mountpoint(mountpoint)
+    mp = check_mountpoint(mountpoint, options.nonempty)
     if options.foreground:
         trio.run(_serve_from, open_ops, mp, fsname, options, digest, None)
         return Mounted(mp, os.getpid(), options.log_path, state_path(mp))

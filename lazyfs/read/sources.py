@@ -19,14 +19,14 @@ import trio
 
 from .. import manifest as mt
 from ..blob import BlobSource, FileBlob, _pread, check_range, file_digest
-from ..errors import (DigestMismatch, LayerFormatError, LazyfsError, NotFound,
-                     RangeNotSupported, UsageError)
+from ..errors import (DigestMismatch, LayerFormatError, NotFound, RangeNotSupported,
+                      RegistryUnreachable, UsageError)
 from ..manifest import (Descriptor, Index, Manifest, Platform, ResolvedImage, check_config,
                         image_platforms, parse_config, parse_manifest, select_platform)
 from ..reference import Reference
 from ..registry.client import MAX_RANGES_PER_REQUEST
 from ..registry.download import Consume, DownloadProgress, Fallback, fetch_blob, stream_blob
-from ..store.records import keep_metadata, resolve_from_store
+from ..store.records import keep_metadata, resolve_offline
 from ..store.blobs import Store
 
 log = logging.getLogger(__name__)
@@ -131,10 +131,8 @@ class RegistrySource:
     async def resolve(self, platform: Platform | None) -> ResolvedImage:
         try:
             r = await self.client.resolve(self.ref, platform)
-        except LazyfsError as e:
-            if not _offline_error(e):
-                raise
-            r = await trio.to_thread.run_sync(resolve_from_store, self.store, self.ref, platform)
+        except RegistryUnreachable as e:
+            r = await trio.to_thread.run_sync(resolve_offline, self.store, self.ref, platform, e)
             log.warning("%s; using the copy in the local store", e)
         check_config(r.manifest, r.config)
         await trio.to_thread.run_sync(keep_metadata, self.store, r)
@@ -143,11 +141,6 @@ class RegistrySource:
     def blob(self, desc: Descriptor) -> BlobSource:
         fb = self.fallbacks.setdefault(desc.digest, Fallback())
         return RegistryBlob(self.client, self.ref, desc, self.store, fb, self.full_pull)
-
-
-def _offline_error(e: LazyfsError) -> bool:
-    from ..errors import RegistryUnreachable
-    return isinstance(e, RegistryUnreachable)
 
 
 # -- OCI image layout -------------------------------------------------------------

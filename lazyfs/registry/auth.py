@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from ..errors import RegistryError, Unauthorized
-from .credentials import Credential, credential_files, normalize_registry
+from ..errors import CredentialsError, LazyfsError, RegistryError, Unauthorized
+from .credentials import Credential, credential_files, normalize_registry, unusable_files
 
 Challenge = tuple[str, dict[str, str]]
 """A lowercased scheme and its parameters, e.g. ``("bearer", {"realm": ...})``."""
@@ -226,9 +226,16 @@ class RegistryAuth(httpx.Auth):
             return f"tried credentials from {self.credential.source or 'the caller'}"
         return "no credentials found; looked in " + ", ".join(self._looked_in)
 
-    def unauthorized(self, what: str = "authentication required") -> Unauthorized:
+    def unauthorized(self, what: str = "authentication required") -> LazyfsError:
         """The error for a final 401, naming the registry and the source tried."""
-        return Unauthorized(f"unauthorized: {what} for {self.registry} ({self.tried_source})")
+        return self._refusal(f"{what} for {self.registry}")
+
+    def _refusal(self, what: str) -> LazyfsError:
+        """``Unauthorized``; but with no credential found and a credential file
+        skipped as unusable, that file is what to fix (``CredentialsError``)."""
+        if self.credential is None and (unusable := unusable_files()):
+            return CredentialsError(f"unauthorized: {what}, and " + "; ".join(unusable))
+        return Unauthorized(f"unauthorized: {what} ({self.tried_source})")
 
     def auth_flow(self, request: httpx.Request) -> _Flow:
         if not self._for_registry(request.url):
@@ -315,8 +322,8 @@ class RegistryAuth(httpx.Auth):
         request.extensions[_TOKEN_MARK] = True
         response = yield request
         if response.status_code in (401, 403):
-            raise Unauthorized(f"unauthorized: token server {realm} refused access to "
-                               f"{' '.join(scopes) or self.registry} ({self.tried_source})")
+            raise self._refusal(f"token server {realm} refused access to "
+                                f"{' '.join(scopes) or self.registry}")
         if response.status_code != 200:
             raise RegistryError(f"token server {realm} answered HTTP {response.status_code} "
                                 f"for {self.registry}")

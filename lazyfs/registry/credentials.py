@@ -5,6 +5,22 @@ they name.
 
 No message built here ever contains a password or token; errors name the
 file or helper that is wrong instead.
+
+A broken file is treated as docker treats it. Docker warns ``WARNING: Error
+loading config file: PATH: REASON`` and goes on as if the file were empty, so
+a broken ``config.json`` never stops an anonymous pull. Here:
+
+- a file that cannot be read or parsed (unreadable, not UTF-8, not JSON, not
+  a JSON object) is skipped with one warning line naming it and what is
+  wrong. It becomes an error only when its credentials are actually needed:
+  the registry demands authentication and no other file had a credential
+  for it. Then ``RegistryAuth.unauthorized`` reports a ``CredentialsError``
+  naming the file (``unusable_files``), since fixing the file is the way out;
+- a file that parses but whose entry for the registry asked about is broken
+  (bad base64, a helper that is missing or fails) is a ``CredentialsError``
+  at once: that credential was meant for this registry, and going on
+  without it would hide the mistake (docker, too, fails when a helper does);
+- entries for other registries are never looked at.
 """
 
 from __future__ import annotations
@@ -22,7 +38,7 @@ from typing import Any
 
 import trio
 
-from ..errors import CredentialsError
+from ..errors import CredentialsError, warn
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
@@ -99,8 +115,21 @@ def credential_files() -> list[AuthFile]:
     return files
 
 
+_unusable: dict[str, str] = {}
+"""Files the last search skipped, by label: what is wrong with each."""
+
+
+def unusable_files() -> list[str]:
+    """Why each credential file skipped by the last search could not be used
+    (see the module docstring), for the error of a registry that then
+    demanded credentials."""
+    return [_unusable[f.label] for f in credential_files() if f.label in _unusable]
+
+
 def find_credential(registry: str) -> Credential | None:
-    """The first credential for ``registry`` in docker/podman's config files.
+    """The first credential for ``registry`` in docker/podman's config files;
+    a file that cannot be parsed is skipped with a warning (see the module
+    docstring for when a broken file is an error).
 
     Blocking (it may run a credential helper): from async code use
     ``find_credential_async``.
@@ -121,6 +150,20 @@ async def find_credential_async(registry: str) -> Credential | None:
 
 
 def _load_config(auth_file: AuthFile) -> dict[str, Any] | None:
+    """The file's JSON object; None when it is absent, empty, or skipped as
+    unusable (warned about once per process and reason)."""
+    try:
+        config = _parse_config(auth_file)
+    except CredentialsError as e:
+        if _unusable.get(auth_file.label) != str(e):
+            warn(f"{e}; going on without it")
+        _unusable[auth_file.label] = str(e)
+        return None
+    _unusable.pop(auth_file.label, None)
+    return config
+
+
+def _parse_config(auth_file: AuthFile) -> dict[str, Any] | None:
     try:
         text = auth_file.path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -57,6 +57,18 @@ def check_free_space(where: Path, needed: int, what: str) -> None:
                          f"{needed} bytes needed, {free} free")
 
 
+@contextlib.contextmanager
+def cache_errors(root: Path, doing: str) -> Iterator[None]:
+    """The store's own file operations failing (a read-only file system, an
+    immutable or foreign-owned directory, a full disk) are the user's
+    environment, not a bug: one ``CacheError`` naming the directory and why."""
+    try:
+        yield
+    except OSError as e:
+        raise CacheError(f"cannot {doing} in cache directory {root}: "
+                         f"{e.strerror or e}") from None
+
+
 def check_digest(digest: str) -> str:
     """Digests become path names, so only well-formed ones are accepted."""
     if not isinstance(digest, str) or not _DIGEST.match(digest):
@@ -85,7 +97,8 @@ class BlobWriter:
         self.tmp_path, self._file = store._claim_tmp(digest)
 
     def write(self, data: bytes) -> int:
-        self._file.write(data)
+        with cache_errors(self._store.root, f"write blob {self.digest}"):
+            self._file.write(data)
         self._hash.update(data)
         self.written += len(data)
         return len(data)
@@ -94,9 +107,10 @@ class BlobWriter:
         """Place bytes that arrive out of order (parallel ranges); ``absorb``
         hashes them later, in blob order, so the digest check stays whole."""
         view = memoryview(data)
-        while view:
-            n = os.pwrite(self._file.fileno(), view, offset)
-            view, offset = view[n:], offset + n
+        with cache_errors(self._store.root, f"write blob {self.digest}"):
+            while view:
+                n = os.pwrite(self._file.fileno(), view, offset)
+                view, offset = view[n:], offset + n
 
     def absorb(self, data: bytes) -> None:
         """Hash and count bytes already placed with ``write_at``, in blob order."""
@@ -120,6 +134,10 @@ class BlobWriter:
         self.written = 0
 
     def _commit(self) -> Path:
+        with cache_errors(self._store.root, f"write blob {self.digest}"):
+            return self._commit_verified()
+
+    def _commit_verified(self) -> Path:
         self._file.flush()
         os.fsync(self._file.fileno())
         got = f"{self.digest.split(':', 1)[0]}:{self._hash.hexdigest()}"
@@ -146,10 +164,11 @@ class Store(ImageRecords):
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else default_root()
         self._prepare_root()
-        for sub in ("blobs", "tmp", "indexes"):
-            (self.root / sub).mkdir(mode=0o700, exist_ok=True)
-        self.db_path = self.root / "images.db"
-        self._create_records()
+        with cache_errors(self.root, "create the store"):
+            for sub in ("blobs", "tmp", "indexes"):
+                (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+            self.db_path = self.root / "images.db"
+            self._create_records()
 
     def _prepare_root(self) -> None:
         try:
@@ -198,7 +217,8 @@ class Store(ImageRecords):
             raise CacheError(f"not a valid index kind: {kind!r}")
         algo, hexd = check_digest(digest).split(":", 1)
         d = self.root / "indexes" / kind
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with cache_errors(self.root, f"create {kind} indexes"):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
         return d / f"{algo}-{hexd}"
 
     def _claim_tmp(self, digest: str):
@@ -231,7 +251,8 @@ class Store(ImageRecords):
         """
         import trio
         check_digest(digest)
-        w = await trio.to_thread.run_sync(self._open_writer, digest, size)
+        with cache_errors(self.root, f"write blob {digest}"):
+            w = await trio.to_thread.run_sync(self._open_writer, digest, size)
         try:
             yield w
             await trio.to_thread.run_sync(w._commit)
@@ -265,7 +286,8 @@ class Store(ImageRecords):
         check_digest(digest)
         if (p := self.blob_path(digest)) is not None:
             return p
-        w = BlobWriter(self, digest, len(data))
+        with cache_errors(self.root, f"write blob {digest}"):
+            w = BlobWriter(self, digest, len(data))
         try:
             w.restart()
             w.write(data)
@@ -284,7 +306,8 @@ class Store(ImageRecords):
         image's record would collect blobs that are about to be referenced.
         """
         import trio
-        f = open(self.root / "gc.lock", "a+b")
+        with cache_errors(self.root, "take the pull lease"):
+            f = open(self.root / "gc.lock", "a+b")
         try:
             while True:
                 try:
@@ -298,7 +321,9 @@ class Store(ImageRecords):
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        with open(self.root / "gc.lock", "a+b") as f:
+        with cache_errors(self.root, "lock the store"):
+            f = open(self.root / "gc.lock", "a+b")
+        with f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             yield
 

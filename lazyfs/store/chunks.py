@@ -9,13 +9,14 @@ after a power cut can put wrong bytes in front of a reader: such a file is
 deleted and its piece fetched again. That check is also why writes are not
 fsynced: durability would buy nothing the check does not already give.
 
-The disk part is bounded (``LAZYFS_CACHE_SIZE``). Eviction drops the least
-recently used pieces, going by mtime, which a hit refreshes at most once a
-minute so that hits stay read-only on the disk. Pieces of layers that a live
-process holds a *lease* on are never evicted: a lease is a small file under
-``chunks/leases/`` listing layer digests, held with a shared ``flock`` that
-dies with its process, so a lease nobody holds any more is recognised as
-stale without trusting pids.
+The disk part is bounded (``LAZYFS_CACHE_SIZE``, at most the size of the file
+system it is on). Eviction drops the least recently used pieces, going by
+mtime, which a hit refreshes at most once a minute so that hits stay
+read-only on the disk. Pieces of layers that a live process holds a *lease*
+on are never evicted: a lease is a small file under ``chunks/leases/``
+listing layer digests, held with a shared ``flock`` that dies with its
+process, so a lease nobody holds any more is recognised as stale without
+trusting pids.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..errors import CacheError, UsageError
+from ..errors import CacheError, UsageError, warn
 from ..formats import Piece
 
 MAGIC = b"LZC1"
@@ -65,14 +66,40 @@ def parse_size(text: str) -> int:
 
 
 def cache_size_limit(root: Path) -> int:
-    """``LAZYFS_CACHE_SIZE``, or a tenth of the file system the cache is on (at most 10 GiB)."""
-    if text := os.environ.get("LAZYFS_CACHE_SIZE"):
-        return parse_size(text)
+    """``LAZYFS_CACHE_SIZE``, or a tenth of the file system the cache is on (at most 10 GiB).
+
+    A size larger than that file system is clamped to it, with a warning,
+    rather than refused: the user asked for "as much as there is", and
+    eviction keeps working, where a limit that can never be reached would
+    let the disk fill up before any piece is dropped."""
+    text = os.environ.get("LAZYFS_CACHE_SIZE")
+    asked = parse_size(text) if text else None
     try:
         st = os.statvfs(_existing(root))
     except OSError:
-        return DEFAULT_CACHE_SIZE
-    return min(DEFAULT_CACHE_SIZE, int(st.f_blocks * st.f_frsize * DEFAULT_FRACTION))
+        return DEFAULT_CACHE_SIZE if asked is None else asked
+    fs_size = st.f_blocks * st.f_frsize
+    if asked is None:
+        return min(DEFAULT_CACHE_SIZE, int(fs_size * DEFAULT_FRACTION))
+    if asked > fs_size:
+        _warn_once(f"cache size {text.strip()} is larger than the file system holding "
+                   f"{root} ({_gib(fs_size)}); using {_gib(fs_size)}")
+        return fs_size
+    return asked
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Each process opens several caches on one store: one warning each."""
+    if message not in _warned:
+        _warned.add(message)
+        warn(message)
+
+
+def _gib(size: int) -> str:
+    return f"{size / (1 << 30):.1f}G"
 
 
 def _existing(path: Path) -> Path:

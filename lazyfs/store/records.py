@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from ..errors import CacheError, NotFound
+from ..errors import CacheError, NotFound, RegistryUnreachable
 from ..manifest import (Index, Manifest, Platform, ResolvedImage, image_platforms, parse_config,
                         parse_manifest, select_platform, with_default_tag)
 from ..reference import Reference
@@ -230,6 +230,17 @@ def resolve_from_store(store: Store, ref: Reference,
     config = parse_config(store.read_bytes(manifest.config.digest), manifest.config.digest)
     platforms = tuple(image_platforms(index)) if index is not None else ()
     return ResolvedImage(ref, index, manifest, config, platforms)
+
+
+def resolve_offline(store: Store, ref: Reference, platform: Platform | None,
+                    unreachable: RegistryUnreachable) -> ResolvedImage:
+    """The stored copy of an image whose registry cannot be reached; without
+    one, the registry's failure is the error to report, not the empty store."""
+    try:
+        return resolve_from_store(store, ref, platform)
+    except NotFound:
+        raise RegistryUnreachable(f"{unreachable}, and no copy of {with_default_tag(ref)} "
+                                  "in the local store") from None
 
 
 def _stored_document(store: Store, digest: str, media_type: str) -> Manifest | Index:

@@ -4,12 +4,16 @@ same image, and a mounted Debian image runs programs as a chroot."""
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 
 import pytest
 
-from lazyfs.testing.push import push_image, push_oci_layout
+from lazyfs.errors import MountError
+from lazyfs.testing.push import OCI_LAYER_TAR, push_image, push_oci_layout
 from tests.support.climount import cli_mount, lazyfs, lazyfs_env
+from tests.support.images import make_tar
+from tests.support.mounts import is_mounted
 from tests.support.trees import describe, differences
 
 pytestmark = pytest.mark.slow
@@ -188,3 +192,26 @@ def test_a_first_mount_with_early_reads_reads_exact_bytes_while_indexing(registr
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert differences(describe(rootfs, content=False), describe(mnt, content=False)) == []
+
+
+def test_a_mount_point_with_entries_is_refused_unless_nonempty(registry, tmp_path):
+    with registry.client() as c:
+        push_image(c, "mount/nonempty", "v1", [make_tar({"inside": "from the image\n"})],
+                   layer_media_type=OCI_LAYER_TAR)
+    ref = f"{registry.host}/mount/nonempty:v1"
+    env = lazyfs_env(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (mnt / "mine").write_text("the user's own\n")
+    try:
+        refused = lazyfs("mount", ref, str(mnt), env=env, check=False)
+    finally:
+        if is_mounted(mnt):  # not refused: take it down before failing
+            lazyfs("umount", str(mnt), env=env)
+    assert refused.returncode == MountError.exit_code, refused.stderr
+    assert refused.stderr == (f"lazyfs: mount point {mnt} is not empty "
+                              "(use -o nonempty to mount over it)\n")
+    assert not is_mounted(mnt)
+    with cli_mount(ref, mnt, env, "-o", "nonempty") as mounted:
+        assert sorted(os.listdir(mounted)) == ["inside"]
+    assert os.listdir(mnt) == ["mine"]

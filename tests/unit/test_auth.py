@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import stat
 import time
@@ -9,7 +10,8 @@ import time
 import pytest
 
 from lazyfs.registry import auth, credentials
-from lazyfs.registry.auth import TokenCache, parse_challenge, parse_challenges, parse_token_response
+from lazyfs.registry.auth import (RegistryAuth, TokenCache, parse_challenge, parse_challenges,
+                                  parse_token_response)
 from lazyfs.registry.credentials import (Credential, find_credential, find_credential_async,
                                          normalize_registry)
 from lazyfs.errors import CredentialsError, RegistryError
@@ -192,17 +194,41 @@ def test_later_file_used_when_earlier_lacks_registry(docker_config, tmp_path):
     assert find_credential("r.example").username == "docker"
 
 
-def test_malformed_json_names_file_not_secret(docker_config):
+def warnings_in(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "lazyfs.warning"]
+
+
+def test_malformed_json_is_skipped_with_one_warning_naming_file_not_secret(docker_config,
+                                                                           caplog):
     path = docker_config / "config.json"
     path.write_text('{"auths": {"r.example": {"auth": "c2VjcmV0cGFzcw=="}},,}')
-    with pytest.raises(CredentialsError) as e:
-        find_credential("r.example")
-    assert str(path) in str(e.value) and "not valid JSON" in str(e.value)
-    assert "c2VjcmV0" not in str(e.value)
+    with caplog.at_level(logging.WARNING, logger="lazyfs.warning"):
+        assert find_credential("r.example") is None
+        assert find_credential("other.example") is None
+    warning, = warnings_in(caplog)
+    assert str(path) in warning and "not valid JSON" in warning
+    assert "c2VjcmV0" not in warning
+    # needed after all (the registry demands credentials): the file is the error
+    e = RegistryAuth("r.example", None).unauthorized()
+    assert isinstance(e, CredentialsError)
+    assert str(path) in str(e) and "not valid JSON" in str(e) and "r.example" in str(e)
+    assert "c2VjcmV0" not in str(e)
+
+
+def test_a_file_that_is_not_an_object_is_skipped_until_needed(docker_config, caplog):
+    write_json(docker_config / "config.json", [1, 2])
+    with caplog.at_level(logging.WARNING, logger="lazyfs.warning"):
+        assert find_credential("r.example") is None
+    assert len(warnings_in(caplog)) == 1
+    e = RegistryAuth("r.example", None).unauthorized()
+    assert isinstance(e, CredentialsError)
+    assert "config.json" in str(e) and "not a JSON object" in str(e)
+    write_json(docker_config / "config.json", {})
+    assert find_credential("r.example") is None
+    assert not isinstance(RegistryAuth("r.example", None).unauthorized(), CredentialsError)
 
 
 @pytest.mark.parametrize(("config", "complaint"), [
-    ([1, 2], "not a JSON object"),
     ({"auths": ["r.example"]}, "auths is not a JSON object"),
     ({"auths": {"r.example": "user:pw"}}, "auths['r.example'] is not a JSON object"),
     ({"auths": {"r.example": {"auth": "%%%not-base64%%%"}}}, "auth is not base64"),

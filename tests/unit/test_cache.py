@@ -1,3 +1,4 @@
+import logging
 import os
 import signal
 import subprocess
@@ -49,6 +50,19 @@ def test_size_limit_from_environment_or_file_system(tmp_path, monkeypatch):
     st = os.statvfs(tmp_path)
     assert cache_size_limit(tmp_path / "not" / "yet") == min(
         DEFAULT_CACHE_SIZE, int(st.f_blocks * st.f_frsize * 0.10))
+
+
+def test_a_size_larger_than_the_file_system_is_clamped_with_one_warning(tmp_path, monkeypatch,
+                                                                         caplog):
+    monkeypatch.setenv("LAZYFS_CACHE_SIZE", "1000T")
+    st = os.statvfs(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="lazyfs.warning"):
+        assert cache_size_limit(tmp_path) == st.f_blocks * st.f_frsize
+        assert ChunkCache(tmp_path).limit == st.f_blocks * st.f_frsize
+    warnings = [r.getMessage() for r in caplog.records if r.name == "lazyfs.warning"]
+    assert len(warnings) == 1 and "1000T" in warnings[0] and str(tmp_path) in warnings[0]
+    monkeypatch.setenv("LAZYFS_CACHE_SIZE", "1M")
+    assert cache_size_limit(tmp_path) == 1 << 20
 
 
 def test_pieces_round_trip_across_cache_objects(tmp_path):
