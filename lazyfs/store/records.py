@@ -150,8 +150,10 @@ class ImageRecords:
         return _record(rows[0]) if rows else None
 
     def remove_image(self, repository: str | None = None, tag: str | None = None,
-                     digest: str | None = None, image_id: str | None = None) -> list[ImageRecord]:
-        """Forget images by ``repository:tag``, ``repository@digest`` or image-ID prefix.
+                     digest: str | None = None, image_id: str | None = None,
+                     force: bool = False) -> list[ImageRecord]:
+        """Forget images by ``repository:tag``, ``repository@digest`` or image-ID prefix;
+        an image ID several names point to only with ``force`` (docker's rule).
 
         Blobs stay until ``prune``: another image may share them.
         """
@@ -168,6 +170,9 @@ class ImageRecords:
             rows = db.execute(f"SELECT * FROM images WHERE {where}", args).fetchall()
             if image_id is not None and len({r[4] for r in rows}) > 1:
                 raise CacheError(f"image ID prefix {image_id} is ambiguous")
+            if image_id is not None and len(rows) > 1 and not force:
+                raise CacheError(f"unable to delete {image_id} (must be forced): image is "
+                                 f"referenced by {len(rows)} names")
             db.execute(f"DELETE FROM images WHERE {where}", args)
         if not rows:
             raise NotFound(f"no such image: {what}")
