@@ -62,6 +62,11 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 def _add_images(sub) -> None:
     p = add_command(sub, "images", "list pulled images, like docker images")
+    p.epilog = ("SIZE is the unpacked size, as docker images shows it: the sizes of the regular "
+                "files summed over the layers (a file replaced by a later layer counts twice), "
+                "the same whether the layers are gzip, zstd or plain tar. A pull computes it from "
+                "each layer's table, which it builds and keeps for the first mount; an image "
+                "pulled by an older lazyfs shows its compressed size until pulled again.")
     p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     p.add_argument("--digests", action="store_true", help="show digests")
     p.add_argument("--no-trunc", action="store_true", help="do not truncate IDs")

@@ -118,7 +118,7 @@ def test_images_default_quiet_digests_and_no_trunc(pulled):
     assert lines[0].index("TAG") == len(name) + 3
     v1 = next(line for line in lines if " v1 " in line)
     hexid = sha256(img["v1"].config)[7:19]
-    size = human_size(len(img["v1"].config) + sum(len(b) for b in img["v1"].layers))
+    size = human_size(2 * 3000)  # the unpacked files: etc/data in each of two layers
     assert v1.split() == [name, "v1", hexid, *human_since_words(v1), size]
     assert "years ago" in v1
     # Newest first: v1 was created in 2020, the others in 2024.
@@ -268,6 +268,23 @@ def test_rmi_and_prune(pulled, cache_dir):
     out = lazyfs("prune", "--all", "-f").stdout
     assert "Total reclaimed space" in out
     assert not any((cache_dir / "blobs" / "sha256").iterdir())
+
+
+def test_images_size_is_the_unpacked_size_whatever_the_compression(registry, cache_dir):
+    repo = f"cli/size-{uuid.uuid4().hex[:8]}"
+    files = {"etc/": None, "etc/big": os.urandom(40_000), "etc/zeros": bytes(250_000),
+             "etc/link": ("symlink", "big"), "etc/hard": ("hardlink", "etc/big")}
+    tar = make_tar(files)
+    with registry.client() as c:
+        push_image(c, repo, "gz", [gzip_bytes(tar), gzip_bytes(make_tar({"more": b"x" * 7}))])
+        push_image(c, repo, "tar", [tar, make_tar({"more": b"x" * 7})],
+                   layer_media_type="application/vnd.oci.image.layer.v1.tar")
+    name = f"{registry.host}/{repo}"
+    for tag in ("gz", "tar"):
+        lazyfs("pull", "-q", f"{name}:{tag}")
+    sizes = dict(line.split() for line in
+                 lazyfs("images", "--format", "{{.Tag}} {{.Size}}", name).stdout.splitlines())
+    assert sizes == {"gz": human_size(290_007), "tar": human_size(290_007)}
 
 
 def lazyfs_with_stdin(*args: str, answer: str | None) -> subprocess.CompletedProcess:
