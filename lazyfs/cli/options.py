@@ -23,8 +23,9 @@ _GLOBAL = [
                              help="bound on cached file content, e.g. 500M or 10G (default: "
                                   "$LAZYFS_CACHE_SIZE, else 10%% of the file system up to 10G)")),
     (("--creds",), dict(metavar="USER[:PASS]",
-                        help="log in to the registry as USER with PASS (asked for on a terminal "
-                             "when left out) instead of using stored credentials")),
+                        help="authenticate as USER with PASS (asked for on a terminal when "
+                             "left out) to the registries this command talks to, instead of "
+                             "stored credentials")),
     (("--debug",), dict(action="store_true", help="log requests and decisions to stderr")),
     (("--no-shared-index",), dict(action="store_true",
                                   help="build layer tables here instead of using ones "

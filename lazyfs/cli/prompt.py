@@ -21,14 +21,20 @@ def confirm(warning: str, instead: str) -> bool:
     """docker's ``[y/N]`` question; without a terminal, a usage error
     suggesting ``instead``."""
     _need_terminal(instead)
-    answer = input(f"{warning}\nAre you sure you want to continue? [y/N] ")
+    try:
+        answer = input(f"{warning}\nAre you sure you want to continue? [y/N] ")
+    except EOFError:
+        return False
     return answer.strip().lower() in ("y", "yes")
 
 
 def ask(question: str, instead: str, secret: bool = False) -> str:
     """One line typed on the terminal (not echoed when ``secret``)."""
     _need_terminal(instead)
-    return getpass.getpass(question) if secret else input(question)
+    try:
+        return getpass.getpass(question) if secret else input(question)
+    except EOFError:
+        raise UsageError(f"no answer given; {instead}") from None
 
 
 def _need_terminal(instead: str) -> None:

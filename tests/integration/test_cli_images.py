@@ -322,6 +322,10 @@ def test_prune_asks_on_a_terminal_and_needs_force_without_one(pulled, cache_dir)
     assert "Deleted" not in declined.stdout
     assert all(store.has_blob(d) for d in v1_layers)
 
+    ended = lazyfs_with_stdin("prune", answer="\x04")  # Ctrl-D: no answer is no
+    assert ended.returncode == 0 and "Traceback" not in ended.stderr, ended.stderr
+    assert all(store.has_blob(d) for d in v1_layers)
+
     accepted = lazyfs_with_stdin("prune", answer="y")
     assert accepted.returncode == 0, accepted.stderr
     assert "Deleted 4 blobs," in accepted.stdout
