@@ -3,9 +3,10 @@
 A pull is docker's v2 pull loop minus the unpacking: resolve the reference to
 one platform's manifest, keep the index, manifest and config as blobs (so the
 image can be inspected and listed offline), fetch the missing layers a few
-at a time, verify each, and only then record the image. A crash at any point
-leaves at worst some complete blobs and abandoned tmp files; the record,
-written last, is what makes an image exist.
+at a time, verify each, build each layer's table (the unpacked size ``images``
+shows, and a head start for the first mount), and only then record the
+image. A crash at any point leaves at worst some complete blobs and abandoned
+tmp files; the record, written last, is what makes an image exist.
 """
 
 from __future__ import annotations
