@@ -3,9 +3,10 @@
 A pull is docker's v2 pull loop minus the unpacking: resolve the reference to
 one platform's manifest, keep the index, manifest and config as blobs (so the
 image can be inspected and listed offline), fetch the missing layers a few
-at a time, verify each, and only then record the image. A crash at any point
-leaves at worst some complete blobs and abandoned tmp files; the record,
-written last, is what makes an image exist.
+at a time, verify each, build each layer's table (the unpacked size ``images``
+shows, and a head start for the first mount), and only then record the
+image. A crash at any point leaves at worst some complete blobs and abandoned
+tmp files; the record, written last, is what makes an image exist.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import Protocol
 
 import trio
 
-from .errors import NotFound, RegistryUnreachable, UsageError, single_error
+from .errors import (LayerFormatError, NotFound, RegistryUnreachable, UnsupportedMediaType,
+                     UsageError, single_error)
+from .formats.entry import EntryType
 from .manifest import Descriptor, Platform, ResolvedImage, with_default_tag
 from .read.sources import open_source
+from .read.tables import layer_tables
 from .reference import Reference
 from .registry import RegistryClient, RegistryOptions
 from .registry.download import fetch_blob
@@ -90,7 +94,8 @@ async def pull(ref: Reference, *, platform: Platform | None = None,
     async with store.lease():
         await trio.to_thread.run_sync(keep_metadata, store, image)
         fetched = await _fetch_layers(client, ref, image.manifest.layers, store, progress)
-        rec = image_record(ref, image)
+        unpacked = await _unpacked_size(image.manifest.layers, open_source(ref, store, client), store)
+        rec = image_record(ref, image, unpacked)
         known = await trio.to_thread.run_sync(
             lambda: store.find_image(rec.repository, rec.tag, rec.digest if not rec.tag else None))
         was_recorded = known is not None and known.digest == rec.digest
@@ -134,6 +139,18 @@ async def _fetch_layer(client: RegistryClient, ref: Reference, desc: Descriptor,
         await fetch_blob(client, ref, desc, store,
                          lambda done: progress.advance(desc.digest, done))
         progress.layer_done(desc.digest)
+
+
+async def _unpacked_size(layers: list[Descriptor], source, store: Store) -> int | None:
+    """What ``docker images`` shows as SIZE: the regular files' sizes summed
+    over the layers, from each layer's table (built from the verified blob
+    now, and kept for the first mount); ``None`` when a layer is not a
+    filesystem layer lazyfs can read."""
+    try:
+        tables = await layer_tables(layers, source, store)
+    except (LayerFormatError, UnsupportedMediaType):
+        return None
+    return sum(e.size for t in tables for e in t.entries if e.type is EntryType.FILE)
 
 
 async def resolve_for_inspect(ref: Reference, *, platform: Platform | None,

@@ -7,9 +7,10 @@ import fnmatch
 import re
 import sys
 
-from ..errors import LazyfsError, UsageError
+from ..errors import LazyfsError, NotFound, UsageError
 from .options import REF_HELP, add_command, open_store, parse_ref, platform_of, print_json, registry_options
 from .progress import TtyProgress
+from .prompt import confirm
 from .render import FIELDS, familiar_repo, human_size, image_fields, render
 from .template import Template
 
@@ -61,6 +62,11 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 def _add_images(sub) -> None:
     p = add_command(sub, "images", "list pulled images, like docker images")
+    p.epilog = ("SIZE is the unpacked size, as docker images shows it: the sizes of the regular "
+                "files summed over the layers (a file replaced by a later layer counts twice), "
+                "the same whether the layers are gzip, zstd or plain tar. A pull computes it from "
+                "each layer's table, which it builds and keeps for the first mount; an image "
+                "pulled by an older lazyfs shows its compressed size until pulled again.")
     p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     p.add_argument("--digests", action="store_true", help="show digests")
     p.add_argument("--no-trunc", action="store_true", help="do not truncate IDs")
@@ -136,7 +142,7 @@ def cmd_rmi(args: argparse.Namespace) -> int:
     code = 0
     for text in args.refs:
         try:
-            removed = _remove_one(store, text)
+            removed = _remove_one(store, text, args.force)
         except LazyfsError as e:
             print(f"lazyfs: {e}", file=sys.stderr)
             code = code or e.exit_code
@@ -147,11 +153,11 @@ def cmd_rmi(args: argparse.Namespace) -> int:
     return code
 
 
-def _remove_one(store, text: str):
+def _remove_one(store, text: str, force: bool):
     if re.fullmatch(r"(sha256:)?[0-9a-f]{1,64}", text):
         try:
-            return store.remove_image(image_id=text)
-        except LazyfsError:
+            return store.remove_image(image_id=text, force=force)
+        except NotFound:
             if text.startswith("sha256:"):
                 raise
     ref = parse_ref(text)
@@ -163,7 +169,11 @@ def _remove_one(store, text: str):
 def _add_rmi(sub) -> None:
     p = add_command(sub, "rmi", "forget images (by name:tag, name@digest or image ID)")
     p.epilog = ("A REF that cannot be removed is reported and the others still are; "
-                "the exit code is then that of the first error.")
+                "the exit code is then that of the first error. An image ID that several "
+                "names (repository:tag or repository@digest) point to is removed only with "
+                "-f, which then untags all of them, as docker rmi -f does.")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="remove an image ID even if several names point to it")
     p.add_argument("refs", metavar="REF", nargs="+", help="NAME[:TAG], NAME@DIGEST or an image ID (prefix)")
     p.set_defaults(func=cmd_rmi)
 
@@ -171,6 +181,8 @@ def _add_rmi(sub) -> None:
 def cmd_prune(args: argparse.Namespace) -> int:
     from ..store.chunks import prune_chunks
     store = open_store(args)
+    if not args.force and not confirm(_PRUNE_WARNING[args.all], "pass -f/--force to prune"):
+        return 0
     r = store.prune(all=args.all)
     chunks = prune_chunks(store, all=args.all)
     if args.all:
@@ -183,8 +195,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _add_prune(sub) -> None:
     p = add_command(sub, "prune", "delete blobs and indexes no recorded image needs")
+    p.epilog = ("Asks for confirmation on a terminal, as docker image prune does; "
+                "without a terminal, -f is required.")
     p.add_argument("--all", action="store_true", help="forget every image first, emptying the store")
+    p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_prune)
+
+
+_PRUNE_WARNING = {
+    False: "WARNING! This will remove all blobs, indexes and cached pieces no recorded image needs.",
+    True: "WARNING! This will forget every image and remove everything in the store.",
+}
 
 
 COMMANDS = [_add_pull, _add_images, _add_inspect, _add_rmi, _add_prune]

@@ -18,7 +18,7 @@ import sys
 
 from .._version import __version__
 from ..errors import LazyfsError, show_warnings, single_error
-from . import files, images, index, mounts
+from . import files, images, index, login, mounts
 from .options import HelpFormatter, add_common_options, opt
 
 EXIT_INTERRUPTED = 130
@@ -26,7 +26,8 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 """The reader of stdout went away, as a shell reports SIGPIPE."""
 
-COMMANDS = [*images.COMMANDS, *files.COMMANDS, *mounts.COMMANDS, *index.COMMANDS]
+COMMANDS = [*images.COMMANDS, *files.COMMANDS, *mounts.COMMANDS, *index.COMMANDS,
+            *login.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

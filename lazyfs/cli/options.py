@@ -9,6 +9,7 @@ import os
 import re
 import textwrap
 
+from ..errors import UsageError
 
 _GLOBAL = [
     (("--platform",), dict(metavar="OS/ARCH[/VARIANT]",
@@ -21,6 +22,10 @@ _GLOBAL = [
     (("--cache-size",), dict(metavar="SIZE",
                              help="bound on cached file content, e.g. 500M or 10G (default: "
                                   "$LAZYFS_CACHE_SIZE, else 10%% of the file system up to 10G)")),
+    (("--creds",), dict(metavar="USER[:PASS]",
+                        help="authenticate as USER with PASS (asked for on a terminal when "
+                             "left out) to the registries this command talks to, instead of "
+                             "stored credentials")),
     (("--debug",), dict(action="store_true", help="log requests and decisions to stderr")),
     (("--no-shared-index",), dict(action="store_true",
                                   help="build layer tables here instead of using ones "
@@ -100,8 +105,28 @@ def platform_of(args: argparse.Namespace):
 def registry_options(args: argparse.Namespace):
     """What the registry client needs from the command line."""
     from ..registry.client import RegistryOptions
+    from ..registry.login import fixed_auth
+    credential = creds_credential(args)
     return RegistryOptions(insecure_registries=tuple(opt(args, "insecure_registry") or ()),
-                           mirrors=tuple(opt(args, "registry_mirror") or ()))
+                           mirrors=tuple(opt(args, "registry_mirror") or ()),
+                           auth=fixed_auth(credential) if credential is not None else None)
+
+
+def creds_credential(args: argparse.Namespace):
+    """The credential ``--creds`` gives, its password asked for once if left out."""
+    from ..registry.credentials import Credential
+    from .prompt import ask
+    text = opt(args, "creds")
+    if text is None:
+        return None
+    if opt(args, "_creds") is None:
+        user, sep, password = text.partition(":")
+        if not user:
+            raise UsageError("--creds needs a user name: --creds USER[:PASS]")
+        if not sep:
+            password = ask(f"Password for {user}: ", "give it as --creds USER:PASS", secret=True)
+        args._creds = Credential(user, password, source="--creds")
+    return args._creds
 
 
 def parse_ref(text: str):

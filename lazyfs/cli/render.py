@@ -32,7 +32,7 @@ def image_fields(rec, no_trunc: bool = False, now: float | None = None) -> dict[
         "ID": rec.config_digest if no_trunc else hexid[:12],
         "CreatedSince": human_since(created, now) if created else "N/A",
         "CreatedAt": created.strftime("%Y-%m-%d %H:%M:%S +0000 UTC") if created else "N/A",
-        "Size": human_size(rec.size),
+        "Size": human_size(rec.size if rec.unpacked_size is None else rec.unpacked_size),
     }
 
 

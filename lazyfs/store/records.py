@@ -39,9 +39,12 @@ CREATE TABLE IF NOT EXISTS images (
     size            INTEGER NOT NULL,
     pulled_at       REAL NOT NULL,
     blobs           TEXT NOT NULL,
+    unpacked_size   INTEGER,
     PRIMARY KEY (repository, tag, digest)
 );
 """
+
+_PLACES = ",".join("?" * 12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,9 @@ class ImageRecord:
     pulled_at: float
     blobs: tuple[str, ...] = ()
     """Every blob the image needs: index, manifest, config and layers."""
+    unpacked_size: int | None = None
+    """Sum of the regular files' sizes over all layers, as ``docker images``
+    counts an image; ``None`` for a record from before it was kept."""
 
     @property
     def image_id(self) -> str:
@@ -80,6 +86,9 @@ class ImageRecords:
     def _create_records(self) -> None:
         with self._db() as db:
             db.execute(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(images)")}
+            if "unpacked_size" not in columns:
+                db.execute("ALTER TABLE images ADD COLUMN unpacked_size INTEGER")
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -117,13 +126,12 @@ class ImageRecords:
                     others = db.execute("SELECT COUNT(*) FROM images WHERE repository=? AND digest=?",
                                         (rec.repository, old[2])).fetchone()[0]
                     if not others:
-                        db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                                   (old[0], "", *old[2:]))
+                        db.execute(f"INSERT INTO images VALUES ({_PLACES})", (old[0], "", *old[2:]))
                 db.execute("DELETE FROM images WHERE repository=? AND tag='' AND digest=?",
                            (rec.repository, rec.digest))
             db.execute("DELETE FROM images WHERE repository=? AND tag=? AND digest=?",
                        (rec.repository, rec.tag or "", rec.digest))
-            db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?)", _row(rec))
+            db.execute(f"INSERT INTO images VALUES ({_PLACES})", _row(rec))
 
     def list_images(self, filter_repo: str | None = None, filter_tag: str | None = None) -> list[ImageRecord]:
         """Records newest first; filters are shell-style patterns, as ``docker images`` takes."""
@@ -150,8 +158,10 @@ class ImageRecords:
         return _record(rows[0]) if rows else None
 
     def remove_image(self, repository: str | None = None, tag: str | None = None,
-                     digest: str | None = None, image_id: str | None = None) -> list[ImageRecord]:
-        """Forget images by ``repository:tag``, ``repository@digest`` or image-ID prefix.
+                     digest: str | None = None, image_id: str | None = None,
+                     force: bool = False) -> list[ImageRecord]:
+        """Forget images by ``repository:tag``, ``repository@digest`` or image-ID prefix;
+        an image ID several names point to only with ``force`` (docker's rule).
 
         Blobs stay until ``prune``: another image may share them.
         """
@@ -168,6 +178,9 @@ class ImageRecords:
             rows = db.execute(f"SELECT * FROM images WHERE {where}", args).fetchall()
             if image_id is not None and len({r[4] for r in rows}) > 1:
                 raise CacheError(f"image ID prefix {image_id} is ambiguous")
+            if image_id is not None and len(rows) > 1 and not force:
+                raise CacheError(f"unable to delete {image_id} (must be forced): image is "
+                                 f"referenced by {len(rows)} names")
             db.execute(f"DELETE FROM images WHERE {where}", args)
         if not rows:
             raise NotFound(f"no such image: {what}")
@@ -182,7 +195,8 @@ def keep_metadata(store: Store, image: ResolvedImage) -> None:
         store.put_bytes(image.index.digest, image.index.raw)
 
 
-def image_record(ref: Reference, image: ResolvedImage) -> ImageRecord:
+def image_record(ref: Reference, image: ResolvedImage,
+                 unpacked_size: int | None = None) -> ImageRecord:
     """The record of ``image`` pulled as ``ref``: by tag, or untagged when
     ``ref`` names a digest."""
     m = image.manifest
@@ -201,6 +215,7 @@ def image_record(ref: Reference, image: ResolvedImage) -> ImageRecord:
         size=m.config.size + sum(d.size for d in m.layers),
         pulled_at=time.time(),
         blobs=tuple(blobs),
+        unpacked_size=unpacked_size,
     )
 
 
@@ -257,10 +272,10 @@ def _id_pattern(image_id: str) -> str:
 def _row(rec: ImageRecord) -> tuple:
     return (rec.repository, rec.tag or "", rec.digest, rec.manifest_digest, rec.config_digest,
             rec.media_type, rec.platform, rec.created, rec.size, rec.pulled_at,
-            json.dumps(sorted(set(rec.blobs))))
+            json.dumps(sorted(set(rec.blobs))), rec.unpacked_size)
 
 
 def _record(row: tuple) -> ImageRecord:
-    (repo, tag, digest, mdigest, cdigest, mt, plat, created, size, pulled, blobs) = row
+    (repo, tag, digest, mdigest, cdigest, mt, plat, created, size, pulled, blobs, unpacked) = row
     return ImageRecord(repo, tag or None, digest, mdigest, cdigest, mt, plat, created, size,
-                       pulled, tuple(json.loads(blobs)))
+                       pulled, tuple(json.loads(blobs)), unpacked)

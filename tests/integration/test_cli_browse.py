@@ -183,7 +183,7 @@ def test_prune_all_empties_the_chunk_cache_and_cache_size_is_checked(registry, t
         return [p for p in chunks.rglob("*")
                 if p.is_file() and "leases" not in p.parts and p.suffix != ".lock"]
     assert pieces()
-    out = run("prune", "--all", cache=tmp_path).stdout.decode()
+    out = run("prune", "--all", "-f", cache=tmp_path).stdout.decode()
     assert " cached pieces" in out and ", 0 cached pieces" not in out
     assert pieces() == []
     bad = run("--cache-size", "lots", "cat", ref, "/etc/empty", cache=tmp_path, check=False)

@@ -118,7 +118,7 @@ def test_images_default_quiet_digests_and_no_trunc(pulled):
     assert lines[0].index("TAG") == len(name) + 3
     v1 = next(line for line in lines if " v1 " in line)
     hexid = sha256(img["v1"].config)[7:19]
-    size = human_size(len(img["v1"].config) + sum(len(b) for b in img["v1"].layers))
+    size = human_size(2 * 3000)  # the unpacked files: etc/data in each of two layers
     assert v1.split() == [name, "v1", hexid, *human_since_words(v1), size]
     assert "years ago" in v1
     # Newest first: v1 was created in 2020, the others in 2024.
@@ -256,7 +256,7 @@ def test_rmi_and_prune(pulled, cache_dir):
     missing = lazyfs("rmi", f"{name}:v1", check=False)
     assert missing.returncode == NotFound.exit_code and f"{name}:v1" in missing.stderr
 
-    out = lazyfs("prune").stdout.splitlines()
+    out = lazyfs("prune", "-f").stdout.splitlines()
     assert out[0].startswith("Deleted 4 blobs,")  # v1: manifest, config, two layers
     assert all(not store.has_blob(d) for d in v1_layers)
     assert store.has_blob(sha256(img["v2"].layers[0]))
@@ -265,9 +265,89 @@ def test_rmi_and_prune(pulled, cache_dir):
     hexid = sha256(img["amd"].config)[7:19]
     assert lazyfs("rmi", hexid).stdout == f"Untagged: {name}:multi\n"
     assert lazyfs("images", "-q").stdout == ""
-    out = lazyfs("prune", "--all").stdout
+    out = lazyfs("prune", "--all", "-f").stdout
     assert "Total reclaimed space" in out
     assert not any((cache_dir / "blobs" / "sha256").iterdir())
+
+
+def test_images_size_is_the_unpacked_size_whatever_the_compression(registry, cache_dir):
+    repo = f"cli/size-{uuid.uuid4().hex[:8]}"
+    files = {"etc/": None, "etc/big": os.urandom(40_000), "etc/zeros": bytes(250_000),
+             "etc/link": ("symlink", "big"), "etc/hard": ("hardlink", "etc/big")}
+    tar = make_tar(files)
+    with registry.client() as c:
+        push_image(c, repo, "gz", [gzip_bytes(tar), gzip_bytes(make_tar({"more": b"x" * 7}))])
+        push_image(c, repo, "tar", [tar, make_tar({"more": b"x" * 7})],
+                   layer_media_type="application/vnd.oci.image.layer.v1.tar")
+    name = f"{registry.host}/{repo}"
+    for tag in ("gz", "tar"):
+        lazyfs("pull", "-q", f"{name}:{tag}")
+    sizes = dict(line.split() for line in
+                 lazyfs("images", "--format", "{{.Tag}} {{.Size}}", name).stdout.splitlines())
+    assert sizes == {"gz": human_size(290_007), "tar": human_size(290_007)}
+
+
+def lazyfs_with_stdin(*args: str, answer: str | None) -> subprocess.CompletedProcess:
+    """``lazyfs`` with no terminal (``answer=None``) or a terminal on stdin that
+    has ``answer`` typed."""
+    if answer is None:
+        return subprocess.run([sys.executable, "-m", "lazyfs", *args], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120, stdin=subprocess.DEVNULL)
+    import pty
+    main_fd, tty_fd = pty.openpty()
+    try:
+        os.write(main_fd, answer.encode() + b"\n")
+        return subprocess.run([sys.executable, "-m", "lazyfs", *args], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120, stdin=tty_fd)
+    finally:
+        os.close(tty_fd)
+        os.close(main_fd)
+
+
+def test_prune_asks_on_a_terminal_and_needs_force_without_one(pulled, cache_dir):
+    name, img = pulled
+    lazyfs("rmi", f"{name}:v1")
+    store = Store(cache_dir)
+    v1_layers = [sha256(b) for b in img["v1"].layers]
+
+    refused = lazyfs_with_stdin("prune", answer=None)
+    assert refused.returncode == UsageError.exit_code, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "-f" in refused.stderr
+    assert all(store.has_blob(d) for d in v1_layers)
+
+    declined = lazyfs_with_stdin("prune", answer="n")
+    assert declined.returncode == 0, declined.stderr
+    assert declined.stdout.startswith("WARNING! This will remove")
+    assert "Are you sure you want to continue? [y/N]" in declined.stdout
+    assert "Deleted" not in declined.stdout
+    assert all(store.has_blob(d) for d in v1_layers)
+
+    ended = lazyfs_with_stdin("prune", answer="\x04")  # Ctrl-D: no answer is no
+    assert ended.returncode == 0 and "Traceback" not in ended.stderr, ended.stderr
+    assert all(store.has_blob(d) for d in v1_layers)
+
+    accepted = lazyfs_with_stdin("prune", answer="y")
+    assert accepted.returncode == 0, accepted.stderr
+    assert "Deleted 4 blobs," in accepted.stdout
+    assert all(not store.has_blob(d) for d in v1_layers)
+
+    assert lazyfs_with_stdin("prune", "--all", "-f", answer=None).returncode == 0
+    assert lazyfs("images", "-q").stdout == ""
+
+
+def test_rmi_force_untags_every_name_of_an_image_id(pulled, cache_dir):
+    name, img = pulled
+    lazyfs("pull", "-q", f"{name}@{img['v2'].digest}")
+    hexid = sha256(img["v2"].config)[7:19]
+    refused = lazyfs("rmi", hexid, check=False)
+    assert refused.returncode == CacheError.exit_code
+    assert refused.stderr == f"lazyfs: unable to delete {hexid} (must be forced): image is " \
+                             "referenced by 2 names\n"
+    assert hexid in lazyfs("images", "-q").stdout.split()
+    out = lazyfs("rmi", "-f", hexid).stdout
+    assert sorted(out.splitlines()) == sorted([f"Untagged: {name}:v2",
+                                               f"Untagged: {name}@{img['v2'].digest}"])
+    assert hexid not in lazyfs("images", "-q").stdout.split()
 
 
 def test_cache_dir_option_and_unusable_store(tmp_path, cache_dir, registry):

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import os
@@ -279,3 +280,36 @@ async def test_blob_writer_keeps_an_interrupted_attempt_for_the_next_writer(tmp_
         assert w.resume_offset() == 4000
         w.write(data[4000:])
     assert store.blob_path(digest_of(data)).read_bytes() == data
+
+
+def test_records_of_an_older_store_gain_an_unknown_unpacked_size(tmp_path):
+    import sqlite3
+    old_schema = """CREATE TABLE images (repository TEXT NOT NULL, tag TEXT NOT NULL DEFAULT '',
+        digest TEXT NOT NULL, manifest_digest TEXT NOT NULL, config_digest TEXT NOT NULL,
+        media_type TEXT NOT NULL, platform TEXT NOT NULL, created TEXT NOT NULL,
+        size INTEGER NOT NULL, pulled_at REAL NOT NULL, blobs TEXT NOT NULL,
+        PRIMARY KEY (repository, tag, digest))"""
+    old = record(tag="old")
+    with sqlite3.connect(tmp_path / "images.db") as db:
+        db.execute(old_schema)
+        db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                   (old.repository, "old", old.digest, old.manifest_digest, old.config_digest,
+                    old.media_type, old.platform, old.created, old.size, old.pulled_at, "[]"))
+    store = Store(tmp_path)
+    assert [(r.tag, r.unpacked_size) for r in store.list_images()] == [("old", None)]
+    new = dataclasses.replace(record(tag="new"), unpacked_size=4567)
+    store.record_image(new)
+    assert store.find_image(new.repository, "new").unpacked_size == 4567
+
+
+def test_an_image_id_with_several_names_is_removed_only_when_forced(tmp_path):
+    store = Store(tmp_path)
+    a = record(tag="v1")
+    store.record_image(a)
+    store.record_image(dataclasses.replace(a, tag="latest"))
+    with pytest.raises(CacheError, match="must be forced"):
+        store.remove_image(image_id=a.config_digest)
+    assert len(store.list_images()) == 2
+    removed = store.remove_image(image_id=a.config_digest[7:19], force=True)
+    assert sorted(r.tag for r in removed) == ["latest", "v1"]
+    assert store.list_images() == []
