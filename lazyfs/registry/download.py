@@ -248,7 +248,12 @@ class _Sink:
     async def reserve(self, start: int, end: int) -> _Piece:
         await self._window.acquire()
         piece = _Piece(start, end)
-        self._send.send_nowait(piece)
+        try:
+            self._send.send_nowait(piece)
+        except trio.BrokenResourceError:
+            # ``deliver`` failed (the consumer raised): its error is the one
+            # to report, and the nursery is cancelling us anyway.
+            await trio.sleep_forever()
         return piece
 
     def close(self) -> None:
