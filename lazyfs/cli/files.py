@@ -8,7 +8,7 @@ import sys
 
 from ..errors import UsageError
 from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json, with_image
-from .progress import Tally, add_quiet, downloads, interruption
+from .progress import Tally, add_quiet, drawn, interruption
 from .statstable import render_stats
 
 
@@ -122,7 +122,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         from ..image import open_image_async
         async with open_image_async(parse_ref(args.ref2), open_options(args), open_store(args)) as b:
             return await inner(b)
-    with downloads(args, "comparing"):
+    with drawn(args, "comparing"):
         changes = with_image(args, args.ref1, body)
     if args.json:
         print_json(changes)
@@ -158,7 +158,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             return await browse.export(image, dest, tally)
         return await tarexport.export_tar(image, None if dest == "-" else dest, tally)
     try:
-        with downloads(args, "exporting") as display:
+        with drawn(args, "exporting") as display:
             n = with_image(args, args.ref, body)
     except BaseException as e:
         if interruption(e) is None or not tally.done:

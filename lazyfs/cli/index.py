@@ -6,7 +6,7 @@ import argparse
 
 from ..errors import LayerFormatError, UsageError
 from .options import REF_HELP, add_command, parse_ref, registry_options, with_image
-from .progress import add_quiet, downloads
+from .progress import add_quiet, drawn
 
 
 def cmd_index_push(args: argparse.Namespace) -> int:
@@ -18,7 +18,7 @@ def cmd_index_push(args: argparse.Namespace) -> int:
             return await publish_index(client, image)
     if parse_ref(args.ref).transport != "docker":
         raise UsageError(f"{args.ref}: only images in a registry can carry a shared index")
-    with downloads(args, "publishing the index"):
+    with drawn(args, "publishing the index"):
         digest = with_image(args, args.ref, body)
     print(digest)
     return 0

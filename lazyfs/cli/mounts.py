@@ -9,7 +9,7 @@ import sys
 
 from ..errors import UsageError
 from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json
-from .progress import add_quiet, downloads, shown
+from .progress import add_quiet, drawn, shown
 from .render import align
 from .statstable import legend, render_stats
 
@@ -61,7 +61,7 @@ def _index_here(args: argparse.Namespace, ref, options) -> None:
     async def run():
         async with open_image_async(ref, options, open_store(args)):
             pass
-    with downloads(args, "indexing"):
+    with drawn(args, "indexing"):
         trio.run(run)
 
 

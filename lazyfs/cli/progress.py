@@ -154,9 +154,10 @@ def _short(digest: str) -> str:
 
 
 @contextlib.contextmanager
-def downloads(args: argparse.Namespace, label: str = "") -> Iterator[Display | None]:
-    """Within it, every blob download is drawn (with ``label`` as a first
-    row, a spinner with the time taken), when ``shown``; else nothing."""
+def drawn(args: argparse.Namespace, label: str = "") -> Iterator[Display | None]:
+    """When ``shown``: within it, ``label`` is drawn as a first row (a
+    spinner and the time taken, for steps that cannot be measured, like a
+    prune or an upload), then every blob download; else nothing is."""
     if not shown(args):
         yield None
         return
