@@ -9,7 +9,7 @@ import sys
 
 from ..errors import UsageError
 from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json
-from .progress import add_quiet, drawn, shown
+from .progress import add_quiet, drawn
 from .render import align
 from .statstable import legend, render_stats
 
@@ -39,7 +39,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     ref = parse_ref(args.ref)
     options = dataclasses.replace(open_options(args), background_index=not args.wait_index,
                                   early_reads=args.early_reads, push_index=args.push_index)
-    if args.wait_index and not args.push_index and shown(args):
+    if args.wait_index and not args.push_index:
         _index_here(args, ref, options)
     factory = image_operations(str(ref) if ref.transport == "docker" else args.ref,
                                args.mountpoint, layers=args.layers,
@@ -51,9 +51,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def _index_here(args: argparse.Namespace, ref, options) -> None:
-    """``--wait-index`` on a terminal: download and index the layers in this
-    process, where their progress can be drawn, before the daemon starts
-    (it has no terminal); the daemon then finds every table in the store."""
+    """``--wait-index``: download and index the layers in this process
+    before the daemon starts; the daemon then finds every table in the store.
+    Here (the daemon has no terminal) their progress can be drawn, and a
+    Ctrl-C stops them like any command's work, partial downloads deleted."""
     import trio
 
     from ..image import open_image_async

@@ -69,6 +69,16 @@ def test_ctrl_c_during_export_download(registry, cache_dir, tmp_path):
                             "export", str(tmp_path / "out"))
 
 
+def test_ctrl_c_during_mount_wait_index(registry, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    blobs = [gzip_bytes(b) for b in _big_layers(2, 12 << 20)]
+    _interrupt_mid_download(registry, cache_dir, blobs, OCI_LAYER_GZIP, "mount", str(mp),
+                            "--wait-index")
+    assert str(mp) not in Path("/proc/mounts").read_text()
+
+
 def test_ctrl_c_during_export_write_stops_and_says_what_was_written(registry, cache_dir, tmp_path):
     repo = f"intr/write-{uuid.uuid4().hex[:8]}"
     files = {f"d{i // 500}/f{i}": b"x" * 4096 for i in range(20000)}
