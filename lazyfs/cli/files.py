@@ -161,7 +161,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         with drawn(args, "exporting") as display:
             n = with_image(args, args.ref, body)
     except BaseException as e:
-        if interruption(e) is None or not tally.done:
+        if interruption(e) is None or not (tally.done or tally.done_bytes):
             raise
         removed = " (removed)" if kind == "archive" and dest != "-" else ""
         raise KeyboardInterrupt(tally.summary(where) + removed) from None
