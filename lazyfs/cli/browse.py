@@ -24,6 +24,7 @@ from ..errors import LazyfsError, UnsafeEntry, UsageError
 from ..image import Image, mode_of
 from ..index.merged import ROOT_INO, Node
 from ..store.blobs import check_free_space
+from .progress import Tally, checkpoint
 
 READ_CHUNK = 4 << 20
 _TYPE_LETTERS = {"f": EntryType.FILE, "d": EntryType.DIR, "l": EntryType.SYMLINK,
@@ -255,21 +256,23 @@ async def content_digest(image: Image, node: Node) -> str:
 
 # -- export -------------------------------------------------------------------------
 
-async def export(image: Image, dest: str) -> int:
+async def export(image: Image, dest: str, tally: Tally | None = None) -> int:
     """Write the merged tree to ``dest`` (absent or empty); returns entries written.
 
     Layers are fetched whole first (one stream each beats a request per file),
-    then the tree is written in one worker thread. Every name is created
-    relative to its parent's descriptor with ``O_NOFOLLOW``/``O_EXCL``, so
-    nothing is ever written through a symlink, whatever the image holds."""
+    then the tree is written in one worker thread, counted into ``tally``, and
+    stopped between two entries by Ctrl-C. Every name is created relative to
+    its parent's descriptor with ``O_NOFOLLOW``/``O_EXCL``, so nothing is ever
+    written through a symlink, whatever the image holds."""
     os.makedirs(dest, exist_ok=True)
     if os.listdir(dest):
         raise UsageError(f"export: {dest} is not empty")
-    needed = sum(node.size for _, node in image.index.walk() if node.type is EntryType.FILE)
-    check_free_space(Path(dest), needed, f"the export of {image.ref}")
+    tally = tally if tally is not None else Tally()
+    count_tree(image, tally)
+    check_free_space(Path(dest), tally.total_bytes, f"the export of {image.ref}")
     await image.fetch_all()
     try:
-        return await trio.to_thread.run_sync(_export_tree, image, dest)
+        return await trio.to_thread.run_sync(_export_tree, image, dest, tally)
     except OSError as e:
         where = f"{e.filename!r} in {dest}" if e.filename else dest
         if e.errno == errno.ENAMETOOLONG:
@@ -277,43 +280,52 @@ async def export(image: Image, dest: str) -> int:
         raise LazyfsError(f"export: cannot write {where}: {e.strerror or e}") from None
 
 
-def _export_tree(image: Image, dest: str) -> int:
+def count_tree(image: Image, tally: Tally) -> None:
+    """What an export will write: entries below the root, bytes of files."""
+    for path, node in image.index.walk():
+        tally.total += path != "/"
+        if node.type is EntryType.FILE:
+            tally.total_bytes += node.size
+
+
+def _export_tree(image: Image, dest: str, tally: Tally) -> int:
     root = image.index.getattr(ROOT_INO)
     root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
     dirs: list[tuple[int, Node]] = [(root_fd, root)]
     try:
-        count = _export_dir(image, root, root_fd, {}, dirs)
+        _export_dir(image, root, root_fd, {}, dirs, tally)
     finally:
         for fd, node in reversed(dirs):
             _apply_meta(fd, None, node, image)
             os.close(fd)
-    return count
+    return tally.done
 
 
-def _export_dir(image: Image, dnode: Node, dfd: int, links: dict, dirs: list) -> int:
-    count = 0
+def _export_dir(image: Image, dnode: Node, dfd: int, links: dict, dirs: list, tally: Tally) -> None:
     for name, node in children(image, dnode):
-        count += 1
+        checkpoint()
         if node.type is EntryType.DIR:
             os.mkdir(name, 0o700, dir_fd=dfd)
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
             dirs.append((fd, node))
-            count += _export_dir(image, node, fd, links, dirs)
-        elif node.ino in links:
+            tally.done += 1
+            _export_dir(image, node, fd, links, dirs, tally)
+            continue
+        if node.ino in links:
             src_fd, src_name = links[node.ino]
             os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dfd, follow_symlinks=False)
         else:
-            _export_leaf(image, node, dfd, name)
+            _export_leaf(image, node, dfd, name, tally)
             if node.nlink > 1:
                 links[node.ino] = (dfd, name)
-    return count
+        tally.done += 1
 
 
-def _export_leaf(image: Image, node: Node, dfd: int, name: str) -> None:
+def _export_leaf(image: Image, node: Node, dfd: int, name: str, tally: Tally) -> None:
     if node.type is EntryType.SYMLINK:
         os.symlink(node.linkname, name, dir_fd=dfd)
     elif node.type is EntryType.FILE:
-        _write_file(image, node, dfd, name)
+        _write_file(image, node, dfd, name, tally)
         return
     else:
         kind = {EntryType.CHAR: stat_mod.S_IFCHR, EntryType.BLOCK: stat_mod.S_IFBLK,
@@ -322,11 +334,13 @@ def _export_leaf(image: Image, node: Node, dfd: int, name: str) -> None:
     _apply_meta(dfd, name, node, image)
 
 
-def _write_file(image: Image, node: Node, dfd: int, name: str) -> None:
+def _write_file(image: Image, node: Node, dfd: int, name: str, tally: Tally) -> None:
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
     try:
         for off in range(0, node.size, READ_CHUNK):
+            checkpoint()
             view = memoryview(image.read_local(node, off, READ_CHUNK))
+            tally.done_bytes += len(view)
             while view:
                 view = view[os.write(fd, view):]
         if os.fstat(fd).st_size != node.size:

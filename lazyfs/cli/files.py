@@ -8,6 +8,7 @@ import sys
 
 from ..errors import UsageError
 from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json, with_image
+from .progress import Tally, add_quiet, drawn, interruption
 from .statstable import render_stats
 
 
@@ -121,7 +122,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
         from ..image import open_image_async
         async with open_image_async(parse_ref(args.ref2), open_options(args), open_store(args)) as b:
             return await inner(b)
-    changes = with_image(args, args.ref1, body)
+    with drawn(args, "comparing"):
+        changes = with_image(args, args.ref1, body)
     if args.json:
         print_json(changes)
         return 0
@@ -137,6 +139,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def _add_diff(sub) -> None:
     p = add_command(sub, "diff", "paths added (A), removed (D) or changed (C) from REF1 to REF2")
     p.add_argument("--json", action="store_true", help="with what changed, as JSON")
+    add_quiet(p)
     p.add_argument("ref1", metavar="REF1", help="the image compared from")
     p.add_argument("ref2", metavar="REF2", help="the image compared to")
     p.set_defaults(func=cmd_diff)
@@ -145,14 +148,24 @@ def _add_diff(sub) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from . import browse, tarexport
     kind, dest = _export_target(args)
+    where = "stdout" if dest == "-" else dest
+    tally = Tally()
 
     async def body(image):
+        if display is not None:
+            display.tally("writing", tally)
         if kind == "dir":
-            return await browse.export(image, dest)
-        return await tarexport.export_tar(image, None if dest == "-" else dest)
-    n = with_image(args, args.ref, body)
+            return await browse.export(image, dest, tally)
+        return await tarexport.export_tar(image, None if dest == "-" else dest, tally)
+    try:
+        with drawn(args, "exporting") as display:
+            n = with_image(args, args.ref, body)
+    except BaseException as e:
+        if interruption(e) is None or not (tally.done or tally.done_bytes):
+            raise
+        removed = " (removed)" if kind == "archive" and dest != "-" else ""
+        raise KeyboardInterrupt(tally.summary(where) + removed) from None
     if not opt(args, "quiet"):
-        where = "stdout" if dest == "-" else dest
         print(f"exported {n} entries to {where}", file=sys.stderr)
     return 0
 

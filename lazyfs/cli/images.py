@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import re
 import sys
 
 from ..errors import LazyfsError, NotFound, UsageError
 from .options import REF_HELP, add_command, open_store, parse_ref, platform_of, print_json, registry_options
-from .progress import TtyProgress
+from .progress import Display, shown
 from .prompt import confirm
 from .render import FIELDS, familiar_repo, human_size, image_fields, render
 from .template import Template
@@ -23,12 +24,13 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if args.all_tags and (ref.tag is not None or ref.digest is not None):
         raise UsageError("tag can't be used with --all-tags/-a")
     store = open_store(args)
-    progress = None if args.quiet or not sys.stdout.isatty() else TtyProgress(sys.stdout)
-    kw = dict(platform=platform_of(args), options=registry_options(args), store=store, progress=progress)
-    if args.all_tags:
-        results = trio.run(lambda: _pull.pull_all_tags(ref, **kw))
-    else:
-        results = [trio.run(lambda: _pull.pull(ref, **kw))]
+    with Display(transient=False) if shown(args) else contextlib.nullcontext() as progress:
+        kw = dict(platform=platform_of(args), options=registry_options(args), store=store,
+                  progress=progress)
+        if args.all_tags:
+            results = trio.run(lambda: _pull.pull_all_tags(ref, **kw))
+        else:
+            results = [trio.run(lambda: _pull.pull(ref, **kw))]
     for r in results:
         if not args.quiet:
             print(f"Digest: {r.digest}")

@@ -6,6 +6,7 @@ import argparse
 
 from ..errors import LayerFormatError, UsageError
 from .options import REF_HELP, add_command, parse_ref, registry_options, with_image
+from .progress import add_quiet, drawn
 
 
 def cmd_index_push(args: argparse.Namespace) -> int:
@@ -17,7 +18,9 @@ def cmd_index_push(args: argparse.Namespace) -> int:
             return await publish_index(client, image)
     if parse_ref(args.ref).transport != "docker":
         raise UsageError(f"{args.ref}: only images in a registry can carry a shared index")
-    print(with_image(args, args.ref, body))
+    with drawn(args, "publishing the index"):
+        digest = with_image(args, args.ref, body)
+    print(digest)
     return 0
 
 
@@ -53,6 +56,7 @@ def _add_index(sub) -> None:
     p.set_defaults(func=_missing_command)
     push = add_command(index_sub, "push",
                        "build any missing layer tables and publish them as a referrer of REF")
+    add_quiet(push)
     push.add_argument("ref", metavar="REF", help=REF_HELP)
     push.set_defaults(func=cmd_index_push)
     verify = add_command(index_sub, "verify",

@@ -1,7 +1,11 @@
 """The ``lazyfs`` command: the parser, and ``main``, which runs one command.
 
 Every ``LazyfsError`` becomes one line on stderr and its class's exit code;
-nothing else is caught, so a traceback always means a bug.
+nothing else is caught, so a traceback always means a bug. Ctrl-C is the
+exception: whichever task or thread it reached, the command stops with one
+line, ``interrupted`` (and what was done, if the command says), exit 130,
+and the partial downloads it leaves are deleted rather than kept for resume:
+an interruption on purpose is not a crash.
 
 Commands live in modules by what they work on (``images``, ``files``,
 ``mounts``, ``index``): adding one is a ``cmd_*`` function plus an ``_add_*``
@@ -20,6 +24,7 @@ from .._version import __version__
 from ..errors import LazyfsError, show_warnings, single_error
 from . import files, images, index, login, mounts
 from .options import HelpFormatter, add_common_options, opt
+from .progress import interruption
 
 EXIT_INTERRUPTED = 130
 """Ctrl-C, as a shell reports SIGINT."""
@@ -64,9 +69,23 @@ def main(argv: list[str] | None = None) -> int:
     except LazyfsError as e:
         print(f"lazyfs: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
+    except BaseExceptionGroup as group:
+        ki = interruption(group)
+        if ki is None:
+            raise
+        return _interrupted(ki)
     except BrokenPipeError:
         # The reader went away (``lazyfs ls ... | head``): stop quietly, as cat does.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    download = sys.modules.get("lazyfs.registry.download")
+    if download is not None:
+        download.discard_partials()
+    detail = f": {e}" if str(e) else ""
+    print(f"lazyfs: interrupted{detail}", file=sys.stderr)
+    return EXIT_INTERRUPTED

@@ -9,6 +9,7 @@ import sys
 
 from ..errors import UsageError
 from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json
+from .progress import add_quiet, drawn
 from .render import align
 from .statstable import legend, render_stats
 
@@ -39,6 +40,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     ref = parse_ref(args.ref)
     options = dataclasses.replace(open_options(args), background_index=not args.wait_index,
                                   early_reads=args.early_reads, push_index=args.push_index)
+    if args.wait_index and not args.push_index:
+        _index_here(args, ref, options)
     factory = image_operations(str(ref) if ref.transport == "docker" else args.ref,
                                args.mountpoint, layers=args.layers,
                                open_options=options, store=open_store(args))
@@ -46,6 +49,22 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if opt(args, "debug") and not args.foreground:
         print(f"lazyfs: daemon {mounted.pid} logs to {mounted.log_path}", file=sys.stderr)
     return 0
+
+
+def _index_here(args: argparse.Namespace, ref, options) -> None:
+    """``--wait-index``: download and index the layers in this process
+    before the daemon starts; the daemon then finds every table in the store.
+    Here (the daemon has no terminal) their progress can be drawn, and a
+    Ctrl-C stops them like any command's work, partial downloads deleted."""
+    import trio
+
+    from ..image import open_image_async
+
+    async def run():
+        async with open_image_async(ref, options, open_store(args)):
+            pass
+    with drawn(args, "indexing"):
+        trio.run(run)
 
 
 def _add_mount(sub) -> None:
@@ -65,6 +84,7 @@ def _add_mount(sub) -> None:
                         "before the whole layer is checked against its digest")
     p.add_argument("--push-index", action="store_true",
                    help="publish the index built for gzip layers to the registry (index push)")
+    add_quiet(p)
     p.add_argument("-o", metavar="OPTS", action="append",
                    help="mount options: suid, dev, allow_other, nonempty (mount over a directory "
                         "that has entries; default nosuid,nodev)")

@@ -23,6 +23,8 @@ from ..formats.entry import EntryType
 from ..image import Image
 from ..index.merged import Node
 from ..store.blobs import check_free_space
+from .browse import count_tree
+from .progress import Tally, checkpoint
 
 READ_CHUNK = 4 << 20
 _TYPES = {EntryType.FILE: tarfile.REGTYPE, EntryType.DIR: tarfile.DIRTYPE,
@@ -30,20 +32,21 @@ _TYPES = {EntryType.FILE: tarfile.REGTYPE, EntryType.DIR: tarfile.DIRTYPE,
           EntryType.BLOCK: tarfile.BLKTYPE, EntryType.FIFO: tarfile.FIFOTYPE}
 
 
-async def export_tar(image: Image, dest: str | None) -> int:
+async def export_tar(image: Image, dest: str | None, tally: Tally | None = None) -> int:
     """Write the tree to the file ``dest``, or to stdout when None; returns
     the number of members. Layers are fetched whole first, as for a
-    directory export."""
+    directory export; members are counted into ``tally``."""
+    tally = tally if tally is not None else Tally()
+    count_tree(image, tally)
     if dest is not None:
-        needed = sum(n.size for _, n in image.index.walk() if n.type is EntryType.FILE)
-        check_free_space(Path(dest).resolve().parent, needed, f"the export of {image.ref}")
+        check_free_space(Path(dest).resolve().parent, tally.total_bytes, f"the export of {image.ref}")
     await image.fetch_all()
-    return await trio.to_thread.run_sync(_write_to, image, dest)
+    return await trio.to_thread.run_sync(_write_to, image, dest, tally)
 
 
-def _write_to(image: Image, dest: str | None) -> int:
+def _write_to(image: Image, dest: str | None, tally: Tally) -> int:
     if dest is None:
-        count = write_tar(image, sys.stdout.buffer)
+        count = write_tar(image, sys.stdout.buffer, tally)
         sys.stdout.buffer.flush()
         return count
     try:
@@ -52,7 +55,7 @@ def _write_to(image: Image, dest: str | None) -> int:
         raise LazyfsError(f"export: cannot write {dest}: {e.strerror or e}") from None
     try:
         with out:
-            return write_tar(image, out)
+            return write_tar(image, out, tally)
     except BaseException as e:
         os.unlink(dest)  # no half-written archive left behind
         if isinstance(e, OSError):
@@ -60,18 +63,19 @@ def _write_to(image: Image, dest: str | None) -> int:
         raise
 
 
-def write_tar(image: Image, out: BinaryIO) -> int:
+def write_tar(image: Image, out: BinaryIO, tally: Tally | None = None) -> int:
+    tally = tally if tally is not None else Tally()
     first_path: dict[int, str] = {}
-    count = 0
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
                       errors="surrogateescape", copybufsize=READ_CHUNK) as tar:
         for path, node in image.index.walk():
             if path == "/":
                 continue
+            checkpoint()
             info = member(image, path.lstrip("/"), node, first_path)
-            tar.addfile(info, _Content(image, node, info.name) if info.isreg() else None)
-            count += 1
-    return count
+            tar.addfile(info, _Content(image, node, info.name, tally) if info.isreg() else None)
+            tally.done += 1
+    return tally.done
 
 
 def member(image: Image, name: str, node: Node, first_path: dict[int, str]) -> tarfile.TarInfo:
@@ -104,17 +108,20 @@ def member(image: Image, name: str, node: Node, first_path: dict[int, str]) -> t
 class _Content:
     """A file's bytes for ``tarfile``, which asks for exact lengths."""
 
-    def __init__(self, image: Image, node: Node, name: str):
+    def __init__(self, image: Image, node: Node, name: str, tally: Tally):
         self._image, self._node, self._name, self._pos = image, node, name, 0
+        self._tally = tally
 
     def read(self, size: int) -> bytes:
         parts = []
         while size > 0:
+            checkpoint()
             data = self._image.read_local(self._node, self._pos, min(size, READ_CHUNK))
             if not data:
                 raise LazyfsError(f"export: {self._name} came out {self._pos} bytes, "
                                   f"not {self._node.size}")
             parts.append(data)
             self._pos += len(data)
+            self._tally.done_bytes += len(data)
             size -= len(data)
         return b"".join(parts)

@@ -13,13 +13,20 @@ wait for it.
 
 A pull asks for one plain GET instead (``fetch_blob``), and finishes an
 attempt an earlier process abandoned with ranges from where it stopped.
+
+An attempt cut short stays in the store's ``tmp/`` to be resumed, which is
+what a crash or a lost connection wants; a user who pressed Ctrl-C wants it
+gone, so the partial files of this process are remembered until then
+(``discard_partials``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +59,10 @@ arrive, so a process killed mid-way leaves them to be resumed from."""
 WHOLE_BLOB_STREAMED = "the whole blob was streamed (index build or export)"
 
 Consume = Callable[[bytes], object]
+Watcher = Callable[[Descriptor, "DownloadProgress"], object]
+
+_watcher: ContextVar[Watcher | None] = ContextVar("lazyfs_download_watcher", default=None)
+_partials: set[Path] = set()
 
 
 @dataclass
@@ -106,6 +117,8 @@ async def stream_blob(client: RegistryClient, ref: Reference, desc: Descriptor, 
     if chunk <= 0 or parallel <= 0:
         raise LazyfsError(f"blob {desc.digest}: chunk and parallel must be positive")
     progress = progress or DownloadProgress()
+    if (watcher := _watcher.get()) is not None:
+        watcher(desc, progress)
     consume = consume or _ignore
     local = await trio.to_thread.run_sync(store.sized_blob_path, desc.digest, desc.size)
     if local is not None:
@@ -116,6 +129,32 @@ async def stream_blob(client: RegistryClient, ref: Reference, desc: Descriptor, 
         local = await _download(client, ref, desc, store, consume, plan, fallback, progress)
     progress.path, progress.done = local, True
     return local
+
+
+@contextlib.contextmanager
+def watch(watcher: Watcher) -> Iterator[None]:
+    """Within this context (and the trio tasks it starts), ``watcher`` is
+    shown every ``stream_blob`` as it begins, with the ``DownloadProgress``
+    it keeps up to date: how a command shows what it is waiting for without
+    every layer between it and the download passing a callback along."""
+    token = _watcher.set(watcher)
+    try:
+        yield
+    finally:
+        _watcher.reset(token)
+
+
+def discard_partials() -> int:
+    """Delete what this process's interrupted downloads left in ``tmp/``
+    (kept there otherwise, for a later attempt to resume); returns the bytes
+    freed. For after Ctrl-C, when nothing of this process writes any more."""
+    freed = 0
+    for path in list(_partials):
+        with contextlib.suppress(FileNotFoundError):
+            freed += path.stat().st_size
+            path.unlink()
+        _partials.discard(path)
+    return freed
 
 
 def _ignore(data: bytes) -> None:
@@ -153,6 +192,7 @@ async def _download(client, ref: Reference, desc: Descriptor, store: Store, cons
         if not (plan.resume and 0 < w.resume_offset() < desc.size):
             await trio.to_thread.run_sync(w.restart)
         progress.tmp_path = w.tmp_path
+        _partials.add(w.tmp_path)
         try:
             await _adopt(w, consume, plan.chunk, progress)
             reason = await _fetch(client, ref, desc, w, consume, plan, fallback, progress)
@@ -160,6 +200,7 @@ async def _download(client, ref: Reference, desc: Descriptor, store: Store, cons
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(w.keep_prefix)
             raise
+    _partials.discard(progress.tmp_path)
     if fallback is not None:
         fallback.pulled_bytes += desc.size
         fallback.pull_reason = reason or fallback.reason or WHOLE_BLOB_STREAMED
@@ -248,7 +289,12 @@ class _Sink:
     async def reserve(self, start: int, end: int) -> _Piece:
         await self._window.acquire()
         piece = _Piece(start, end)
-        self._send.send_nowait(piece)
+        try:
+            self._send.send_nowait(piece)
+        except trio.BrokenResourceError:
+            # ``deliver`` failed (the consumer raised): its error is the one
+            # to report, and the nursery is cancelling us anyway.
+            await trio.sleep_forever()
         return piece
 
     def close(self) -> None:

@@ -232,7 +232,7 @@ def test_tty_progress_and_concurrent_pulls_of_one_image(registry, cache_dir):
     leader, follower = pty.openpty()
     try:
         p = subprocess.run([sys.executable, "-m", "lazyfs", "pull", ref], cwd=ROOT, stdout=follower,
-                           stderr=subprocess.PIPE, timeout=120)
+                           stderr=follower, timeout=120)
         os.close(follower)
         screen = b""
         while True:

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from lazyfs.errors import DigestMismatch
+from lazyfs.errors import CorruptData, DigestMismatch
 from lazyfs.manifest import Descriptor
 from lazyfs.pull import pull
 from lazyfs.reference import parse_reference
@@ -85,3 +85,18 @@ async def test_a_corrupted_piece_fails_verification(tmp_path, registry):
     with pytest.raises(DigestMismatch):
         await ranged(tmp_path, registry, layer)
     assert Store(tmp_path / "store").blob_path(layer.digest) is None
+
+
+@pytest.mark.parametrize("attempt", range(5))
+async def test_a_failing_consumer_is_the_error_reported_not_the_ranges_it_stopped(tmp_path, attempt):
+    registry = MemoryRegistry()
+    layer = build_layer("tar", {"big": bytes(range(256)) * 4000})
+    pushed = registry.push_image("dl/app", "v1", [layer])
+
+    def broken(data: bytes) -> None:
+        raise CorruptData("not a tar")
+    with pytest.raises(CorruptData):
+        async with RegistryClient(registry.options()) as client:
+            await stream_blob(client, parse_reference(pushed.ref),
+                              Descriptor(layer.media_type, layer.digest, layer.size),
+                              Store(tmp_path / "store"), broken, chunk=16 << 10, parallel=4)
