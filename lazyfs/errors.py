@@ -14,7 +14,8 @@ with, so neither the CLI nor the mount needs its own translation table::
     ├── DigestMismatch               exit 6   EIO
     ├── RegistryUnreachable          exit 7   EIO
     ├── RegistryError                exit 8   EIO
-    │   └── RangeNotSupported        exit 8   EIO
+    │   ├── RangeNotSupported        exit 8   EIO
+    │   └── RegistryInterrupted      exit 8   EIO
     ├── UnsupportedMediaType         exit 9   EIO
     ├── LayerFormatError             exit 9   EIO
     │   ├── CorruptData              exit 9   EIO
@@ -103,6 +104,11 @@ class RegistryError(LazyfsError):
 
 class RangeNotSupported(RegistryError):
     """The registry answered a Range request with the whole blob; callers fall back to a full pull."""
+
+
+class RegistryInterrupted(RegistryError):
+    """The registry broke off an answer or was briefly unable to give one
+    (a body cut short, HTTP 5xx, 408 or 429): asking again later may succeed."""
 
 
 class UnsupportedMediaType(LazyfsError):
