@@ -161,6 +161,14 @@ class CredentialsError(LazyfsError):
     errno = _errno.EACCES
 
 
+def naming(subject: str, error: object, mark: str = "") -> str:
+    """``error``'s message led by ``subject`` (``layer sha256:…``), unless it
+    already holds ``mark`` (by default ``subject``): a message that names its
+    layer or blob is not prefixed with it again."""
+    text = str(error)
+    return text if (mark or subject) in text else f"{subject}: {text}"
+
+
 @contextlib.contextmanager
 def single_error() -> Iterator[None]:
     """Around a trio nursery: when every task that failed failed with a

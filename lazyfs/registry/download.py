@@ -28,7 +28,7 @@ import trio
 
 from ..blob import _pread
 from ..errors import (DigestMismatch, LazyfsError, RangeNotSupported, RegistryError,
-                      RegistryInterrupted, RegistryUnreachable, single_error)
+                      RegistryInterrupted, RegistryUnreachable, naming, single_error)
 from ..manifest import Descriptor
 from ..reference import Reference
 from ..store.blobs import BlobWriter, Store
@@ -188,7 +188,7 @@ async def _fetch(client, ref: Reference, desc: Descriptor, w: BlobWriter, consum
     Returns why the blob was streamed rather than fetched in ranges, if it was."""
     reason = ""
     patience = _Patience(client.options.retry_deadline, client.options.backoff, progress,
-                         f"blob {desc.digest}")
+                         f"blob {desc.digest}", desc.digest)
     wanted = progress.consumed > 0 or (plan.ranged and desc.size > plan.chunk)
     if wanted and not (fallback is not None and fallback.reason):
         try:
@@ -197,7 +197,7 @@ async def _fetch(client, ref: Reference, desc: Descriptor, w: BlobWriter, consum
             return ""
         except RangeNotSupported as e:
             reason = str(e)
-            log.warning("layer %s: %s; streaming it whole", desc.digest, e)
+            log.warning("%s; streaming it whole", naming(f"layer {desc.digest}", e, desc.digest))
             if fallback is not None and not fallback.reason:
                 fallback.reason = reason
     await patience.persist(lambda: _streamed(client, ref, desc, _Sink(w, consume, progress, 3),
@@ -216,6 +216,8 @@ class _Patience:
     backoff: float
     progress: DownloadProgress
     what: str
+    mark: str
+    """What names the blob in a message (its digest)."""
     _seen: int = -1
     _since: float = 0.0
 
@@ -232,7 +234,8 @@ class _Patience:
                                   "gave up)") from None
                 wait = min(max(self.backoff, FIRST_WAIT) * 2 ** (failures - 1),
                            LONGEST_WAIT, left)
-                log.warning("%s: %s; asking again in %.1f s", self.what, e, wait)
+                log.warning("%s; asking again in %.1f s", naming(self.what, e, self.mark),
+                            wait)
                 await trio.sleep(wait)
 
     def _left(self) -> float:

@@ -113,6 +113,13 @@ class ResumingBody(httpx.AsyncByteStream):
 
 
 def _declared_length(resp: httpx.Response) -> int | None:
+    """The body's length as the answer states it: a 206's ``Content-Range``
+    (a proxy may send fewer bytes under a matching ``Content-Length``), else
+    its ``Content-Length``."""
+    if resp.status_code == 206:
+        cr = parse_content_range(resp.headers.get("content-range"))
+        if cr is not None:
+            return cr.end - cr.start
     try:
         return int(resp.headers["content-length"])
     except (KeyError, ValueError):
