@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 import trio
 
 from ..errors import LazyfsError, RegistryError, RegistryUnreachable, single_error
 from ..formats import LayerTable, format_named
+from ..formats.base import check_diff_id
 from ..index.layertable import save_layer_table, table_path
 from ..index.merged import MergedIndex
 from ..index.progressive import ProgressiveIndex
@@ -36,10 +37,13 @@ class BackgroundIndex:
     """The layers of one image still to be indexed, and how far they are."""
 
     def __init__(self, name: str, tables: list[LayerTable | None], descs: list[Descriptor],
-                 store: Store, started: float, early_reads: bool = False):
+                 store: Store, started: float, early_reads: bool = False,
+                 diff_ids: Sequence[str] = ()):
         self.name = name
         """The image, for the log."""
         self.tables = tables
+        self.diff_ids = diff_ids
+        """From the image config: each layer's table is checked against them."""
         self.store = store
         self.early_reads = early_reads
         self.progress = ProgressiveIndex(len(tables))
@@ -149,6 +153,12 @@ class BackgroundIndex:
         table = await stream.index(layer.blob, publish=publish)
         path = table_path(self.store, table.format, stream.desc.digest)
         await trio.to_thread.run_sync(save_layer_table, path, table)
+        if pos < len(self.diff_ids):
+            try:
+                check_diff_id(table, stream.desc.digest, self.diff_ids[pos])
+            except LazyfsError as e:
+                stream.fail(e)
+                raise
         layer.content = format_named(table.format).reader(table)
         stream.settle(table)
         if not self.early_reads:
