@@ -194,7 +194,9 @@ class ProgressiveIndex:
 
     @property
     def settled(self) -> bool:
-        return self.final is not None or self.error is not None
+        """Whether answers are final: the merged index, or a failure that no
+        later question will start again."""
+        return self.final is not None or (self.error is not None and self._retry is None)
 
     async def wait_final(self) -> MergedIndex:
         self._failed(retried=False)

@@ -46,6 +46,7 @@ async def test_the_next_lookup_after_a_failure_indexes_again(tmp_path, registry,
             await image.tree.lookup(ROOT_INO, "etc")
         state = image.stats()["index"]
         assert state.startswith("failed: ") and "next lookup or read starts it again" in state
+        assert not image.tree.lasting  # nothing the kernel may cache yet
         with pytest.raises(RegistryInterrupted):
             await image.tree.lookup(ROOT_INO, "etc")
         assert image.stats()["index_attempts"] == 2
@@ -72,6 +73,7 @@ async def test_a_layer_that_fails_its_digest_is_not_indexed_again(tmp_path, regi
             await image.tree.lookup(ROOT_INO, "etc")
         assert registry.count(digest=base) == asked
         assert "next lookup" not in image.stats()["index"]
+        assert image.tree.lasting
 
 
 async def test_the_next_read_after_a_failure_starts_the_layer_again(tmp_path):
