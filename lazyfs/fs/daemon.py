@@ -11,8 +11,8 @@ mountpoint, log path) under ``$XDG_RUNTIME_DIR/lazyfs`` or ``/run/lazyfs``;
 ``/proc/mounts`` says what is mounted, the state file says who serves it.
 The log beside it is removed when the daemon unmounts cleanly having logged
 no warning; a daemon that failed keeps it and says where it is (in its
-error, or in ``lazyfs mounts`` once it is gone). A log the caller named is
-always kept.
+error, or in ``lazyfs mounts`` once it is gone). A log the caller named, or
+of a ``--debug`` mount, is always kept.
 """
 
 from __future__ import annotations
@@ -409,7 +409,7 @@ def _daemon_main(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptio
         with errors.single_error():
             trio.run(_serve_from, open_ops, mp, fsname, options, digest,
                      lambda state: report({"ok": True}))
-        if not failures.seen and options.log_path == default_log_path(mp):
+        if not (failures.seen or options.debug) and options.log_path == default_log_path(mp):
             with contextlib.suppress(OSError):
                 options.log_path.unlink()
         return 0

@@ -1,6 +1,6 @@
 """A mount daemon's log: removed when the daemon unmounts cleanly with
-nothing gone wrong, kept (and pointed to) when it failed or logged an error,
-always kept when the caller named it."""
+nothing gone wrong, kept (and pointed to) when it failed or logged a
+warning, always kept when the caller named it or asked for ``--debug``."""
 
 from __future__ import annotations
 
@@ -47,6 +47,11 @@ def test_a_clean_unmount_removes_the_log(tmp_path, layers):
 def test_a_log_that_recorded_an_error_is_kept(tmp_path, layers):
     m = _serve_then_umount(tmp_path / "w", layers, fail=["/etc/bad"])
     assert "injected failure" in m.log.read_text() and "unmounted" in m.log.read_text()
+
+
+def test_a_debug_log_is_kept(tmp_path, layers):
+    m = _serve_then_umount(tmp_path / "w", layers, debug=True)
+    assert "unmounted" in m.log.read_text()
 
 
 def test_a_log_the_caller_named_is_kept(tmp_path, layers):
