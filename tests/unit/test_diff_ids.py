@@ -72,3 +72,27 @@ async def test_a_first_mount_serves_no_layer_with_a_lying_diff_id(tmp_path, regi
         assert stats["index"].startswith("failed: ") and "diff_id" in stats["index"]
         assert stats["layers"][0]["indexing"]["state"].startswith("failed: ")
         assert "next lookup" not in stats["index"]
+
+
+async def test_a_decompressed_copy_that_misses_its_diff_id_is_not_kept(tmp_path):
+    """The copy a single-frame zstd layer is served from is verified against
+    the diff_id too (a table built before diff_ids were kept has none)."""
+    from lazyfs.read.decompressed import DecompressedBlob
+
+    layer = build_layer("zstd", ENTRIES)
+    blob_file = tmp_path / "layer.zst"
+    blob_file.write_bytes(layer.blob)
+
+    class Local:
+        digest, size = layer.digest, layer.size
+
+        async def path(self):
+            return blob_file
+
+    store = Store(tmp_path / "store")
+    with pytest.raises(DigestMismatch):
+        await DecompressedBlob(Local(), LIE, store).read_range(0, 10)
+    assert store.blob_path(LIE) is None
+    copy = DecompressedBlob(Local(), layer.diff_id, store)
+    assert (await copy.read_range(0, 10)) == (await copy.read_range(0, 512))[:10]
+    assert store.blob_path(layer.diff_id) is not None
