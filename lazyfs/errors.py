@@ -19,7 +19,8 @@ with, so neither the CLI nor the mount needs its own translation table::
     ├── DigestMismatch               exit 6   EIO
     ├── RegistryUnreachable          exit 7   EIO
     ├── RegistryError                exit 8   EIO
-    │   └── RangeNotSupported        exit 8   EIO
+    │   ├── RangeNotSupported        exit 8   EIO
+    │   └── RegistryInterrupted      exit 8   EIO
     ├── UnsupportedMediaType         exit 9   EIO
     ├── LayerFormatError             exit 9   EIO
     │   ├── CorruptData              exit 9   EIO
@@ -158,6 +159,11 @@ class RangeNotSupported(RegistryError):
     """The registry answered a Range request with the whole blob; callers fall back to a full pull."""
 
 
+class RegistryInterrupted(RegistryError):
+    """The registry broke off an answer or was briefly unable to give one
+    (a body cut short, HTTP 5xx, 408 or 429): asking again later may succeed."""
+
+
 class UnsupportedMediaType(LazyfsError):
     """A manifest or layer of a kind lazyfs does not read (e.g. schema1)."""
 
@@ -206,6 +212,14 @@ class CredentialsError(LazyfsError):
 
     exit_code = 12
     errno = _errno.EACCES
+
+
+def naming(subject: str, error: object, mark: str = "") -> str:
+    """``error``'s message led by ``subject`` (``layer sha256:…``), unless it
+    already holds ``mark`` (by default ``subject``): a message that names its
+    layer or blob is not prefixed with it again."""
+    text = str(error)
+    return text if (mark or subject) in text else f"{subject}: {text}"
 
 
 @contextlib.contextmanager

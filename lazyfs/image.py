@@ -180,14 +180,15 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
         descs = list(resolved.manifest.layers)
         shared = _shared_index(client, resolved, options)
         defer = options.background_index and not options.layer_views
-        tables = await layer_tables(descs, source, store, shared, defer)
+        diff_ids = resolved.config.diff_ids
+        tables = await layer_tables(descs, source, store, shared, defer, diff_ids)
         index = background = None
         if all(t is not None for t in tables):
             index = await merged_index(resolved.manifest.digest, descs, tables, store,
                                        options.layer_views)
         else:
             background = BackgroundIndex(str(ref), tables, descs, store, started,
-                                         options.early_reads)
+                                         options.early_reads, diff_ids)
         layers = [reader_layer(i, d, t, source, resolved, store)
                   for i, (d, t) in enumerate(zip(descs, tables))]
         cache = ChunkCache(store.root / "chunks")

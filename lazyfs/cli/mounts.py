@@ -107,22 +107,35 @@ def _add_umount(sub) -> None:
 
 
 def cmd_mounts(args: argparse.Namespace) -> int:
-    from ..fs.daemon import list_mounts
+    from ..fs.daemon import default_log_path, list_mounts
     rows = []
     for m in list_mounts():
         state = m.state or {}
-        rows.append({"mountpoint": m.mountpoint, "reference": m.source,
-                     "digest": state.get("digest", ""), "pid": state.get("pid"),
-                     "alive": m.state is not None})
+        row = {"mountpoint": m.mountpoint, "reference": m.source,
+               "digest": state.get("digest", ""), "pid": state.get("pid"),
+               "alive": m.state is not None}
+        if m.state is None and (log := default_log_path(m.mountpoint)).exists():
+            row["log"] = str(log)
+        rows.append(row)
     if args.json:
         print_json(rows)
         return 0
     lines = ["MOUNTPOINT\tREFERENCE\tDIGEST\tPID"]
     for r in rows:
         pid = str(r["pid"]) if r["alive"] else "dead (run lazyfs umount)"
-        lines.append(f"{r['mountpoint']}\t{r['reference']}\t{r['digest'][:19]}\t{pid}")
+        if "log" in r:
+            pid = f"dead (log: {_escaped(r['log'])}; run lazyfs umount)"
+        lines.append(f"{_escaped(r['mountpoint'])}\t{_escaped(r['reference'])}\t"
+                     f"{r['digest'][:19]}\t{pid}")
     sys.stdout.write(align(lines))
     return 0
+
+
+def _escaped(text: str) -> str:
+    """Backslash, tabs, newlines and other control characters as /proc/mounts
+    writes them (``\\012``): one mount stays one line of the table."""
+    return "".join(f"\\{ord(c):03o}" if c == "\\" or ord(c) < 0x20 or c == "\x7f" else c
+                   for c in text)
 
 
 def _add_mounts(sub) -> None:

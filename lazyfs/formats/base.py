@@ -16,7 +16,7 @@ from typing import Iterator, Protocol, Sequence
 import trio
 
 from ..blob import BlobSource
-from ..errors import LayerFormatError
+from ..errors import DigestMismatch, LayerFormatError
 from .entry import Entry, EntryType
 
 
@@ -56,6 +56,18 @@ class LayerTable:
     state: bytes = b""
     """Format state (seek points, frame table, ...), opaque outside the format."""
     entries: list[Entry] = field(default_factory=list)
+    diff_id: str = ""
+    """The digest of the layer's uncompressed bytes, when the pass that built
+    this table read all of them (empty otherwise: nothing to check)."""
+
+
+def check_diff_id(table: LayerTable, layer: str, expected: str) -> None:
+    """``DigestMismatch`` when the table's pass found the layer's uncompressed
+    bytes to differ from what the image config says (``rootfs.diff_ids``):
+    containerd refuses such a layer, and so do we."""
+    if table.diff_id and expected and table.diff_id != expected:
+        raise DigestMismatch(f"layer {layer}: its uncompressed content hashes to "
+                             f"{table.diff_id}, the image config says {expected} (diff_id)")
 
 
 class ContentReader(Protocol):

@@ -80,7 +80,7 @@ def build_from_file(path: Path, layer: str, span: int = SPAN) -> LayerTable:
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
         spans = _spans(points, mm)
     return LayerTable("gzip", True, state=encode_state(layer, spans, MAGIC),
-                      entries=[located(m) for m in members])
+                      entries=[located(m) for m in members], diff_id=parser.diff_id)
 
 
 def _first_line(e: Exception) -> str:
@@ -194,7 +194,7 @@ class StreamIndexer:
         if total > self._open.out:
             self._publish(Point(self._size, 0, total, b""), self._hash.digest())
         return LayerTable("gzip", True, state=encode_state(self.layer, self.spans, MAGIC),
-                          entries=self._entries)
+                          entries=self._entries, diff_id=self._parser.diff_id)
 
     def close(self) -> None:
         self._inflater.close()

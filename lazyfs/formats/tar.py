@@ -45,7 +45,7 @@ def build_from_file(path: Path, layer: str) -> LayerTable:
         finally:
             view.release()
     return LayerTable("tar", True, state=layer.encode() + b"\n" + b"".join(digests),
-                      entries=[m.entry for m in members])
+                      entries=[m.entry for m in members], diff_id=parser.diff_id)
 
 
 def _locate(m: Member, view: memoryview, digests: list[bytes]) -> None:

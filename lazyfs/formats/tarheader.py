@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import struct
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -61,12 +62,14 @@ class TarParser:
 
     ``layer`` only names the layer in error messages. ``offset`` counts the
     bytes fed so far (the stream's length once all is fed); ``done`` turns
-    true at the end-of-archive marker.
+    true at the end-of-archive marker. Every byte fed is hashed on the way:
+    a pass that feeds the whole stream learns the layer's diff_id for free.
     """
 
     def __init__(self, layer: str = "layer"):
         self.layer = layer
         self.offset = 0
+        self._digest = hashlib.sha256()
         self.done = False
         self._hdr = bytearray()
         self._skip = 0
@@ -84,9 +87,15 @@ class TarParser:
         """The members whose header ends in ``data`` (any bytes-like object)."""
         mv = memoryview(data).cast("B")
         try:
+            self._digest.update(mv)
             return self._feed(mv)
         finally:
             mv.release()
+
+    @property
+    def diff_id(self) -> str:
+        """The sha256 digest of every byte fed so far."""
+        return "sha256:" + self._digest.hexdigest()
 
     def _feed(self, mv: memoryview) -> list[Member]:
         n = len(mv)

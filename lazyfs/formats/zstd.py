@@ -54,7 +54,8 @@ def build_from_file(path: Path, layer: str) -> LayerTable:
     parser.close()
     lazy = len(spans) > 1
     return LayerTable("zstd", lazy, "" if lazy else NOT_SEEKABLE,
-                      encode_state(layer, spans, MAGIC), [located(m) for m in members])
+                      encode_state(layer, spans, MAGIC), [located(m) for m in members],
+                      parser.diff_id)
 
 
 def _inflate_all(view: memoryview, layer: str):

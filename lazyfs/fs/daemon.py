@@ -9,6 +9,10 @@ leaves a dead mount behind is worse than one that fails.
 Each daemon leaves a small JSON state file (pid, reference, manifest digest,
 mountpoint, log path) under ``$XDG_RUNTIME_DIR/lazyfs`` or ``/run/lazyfs``;
 ``/proc/mounts`` says what is mounted, the state file says who serves it.
+The log beside it is removed when the daemon unmounts cleanly having logged
+no warning; a daemon that failed keeps it and says where it is (in its
+error, or in ``lazyfs mounts`` once it is gone). A log the caller named, or
+of a ``--debug`` mount, is always kept.
 """
 
 from __future__ import annotations
@@ -414,16 +418,20 @@ def _daemon_main(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptio
     with contextlib.suppress(OSError):
         os.write(report_fd, json.dumps({"pid": os.getpid()}).encode() + b"\n")
 
+    failures = _Failures()
     try:
         os.chdir("/")
-        _log_to_file(options.log_path, options.debug)
+        _log_to_file(options.log_path, options.debug, failures)
         with errors.single_error():
             trio.run(_serve_from, open_ops, mp, fsname, options, digest,
                      lambda state: report({"ok": True}))
+        if not (failures.seen or options.debug) and options.log_path == default_log_path(mp):
+            with contextlib.suppress(OSError):
+                options.log_path.unlink()
         return 0
     except LazyfsError as e:
         log.error("%s", e)
-        report({"error": type(e).__name__, "message": str(e)})
+        report({"error": type(e).__name__, "message": f"{e} (see {options.log_path})"})
         return e.exit_code
     except BaseException as e:
         log.exception("daemon failed")
@@ -435,7 +443,20 @@ def _daemon_main(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptio
         logging.shutdown()
 
 
-def _log_to_file(path: Path, debug: bool) -> None:
+class _Failures(logging.Handler):
+    """Whether anything went wrong enough to be logged (a warning or worse: a
+    request answered with an error, a retry): the log of a daemon that
+    unmounted cleanly is removed unless it holds one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen = True
+
+
+def _log_to_file(path: Path, debug: bool, failures: logging.Handler) -> None:
     """Send logging and any stray output (fatal tracebacks, libfuse's own
     messages) to ``path``; the daemon has no terminal."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -450,6 +471,7 @@ def _log_to_file(path: Path, debug: bool) -> None:
     logging.basicConfig(stream=sys.stderr, force=True,
                         level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().addHandler(failures)
 
 
 def umount(mountpoint: str | os.PathLike, lazy: bool = False, *, wait: float = 5.0) -> None:

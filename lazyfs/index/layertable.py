@@ -88,7 +88,7 @@ def load_layer_table(path: Path) -> LayerTable:
 def _encode(table: LayerTable) -> bytes:
     entries = table.entries
     head = json.dumps({"format": table.format, "lazy": table.lazy, "reason": table.reason,
-                       "count": len(entries)}).encode()
+                       "count": len(entries), "diff_id": table.diff_id}).encode()
     datas = list(map(attrgetter("data"), entries))
     types = bytes(map(_TYPE_CODE.__getitem__, map(attrgetter("type"), entries)))
     sections = [head, table.state, types]
@@ -121,7 +121,8 @@ def _decode(raw: bytes) -> LayerTable:
         entries = list(map(Entry, names, kinds, modes, uids, gids, unames, gnames, sizes, mtimes,
                            links, majors, minors, map(dict, repeat((), n)), datas))
     _decode_xattrs(sections[pos + 2], entries)
-    return LayerTable(head["format"], head["lazy"], head["reason"], state, entries)
+    return LayerTable(head["format"], head["lazy"], head["reason"], state, entries,
+                      str(head.get("diff_id", "")))
 
 
 def _split(raw: bytes) -> list[bytes]:

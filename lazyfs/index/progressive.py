@@ -34,6 +34,7 @@ when the merged index takes over.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -132,6 +133,7 @@ class ProgressiveIndex:
         self.layers = [LayerSeen() for _ in range(layer_count)]
         self.final: MergedIndex | None = None
         self.error: LazyfsError | None = None
+        self._retry: Callable[[], None] | None = None
         self._changed = trio.Event()
         self._final_ready = trio.Event()
         self._paths: dict[Path_, int] = {(): ROOT_INO}
@@ -155,12 +157,34 @@ class ProgressiveIndex:
         self._final_ready.set()
         self._wake()
 
-    def fail(self, error: LazyfsError) -> None:
-        """Indexing cannot finish: every waiting and later question gets ``error``."""
+    def fail(self, error: LazyfsError, retry: Callable[[], None] | None = None) -> None:
+        """Indexing cannot finish: every waiting question gets ``error``. So
+        do later ones, unless ``retry`` is given: the next question then
+        calls it (to start the indexing again) and waits for that attempt."""
         if self.error is None:
             self.error = error
+        self._retry = retry
         self._final_ready.set()
         self._wake()
+
+    def restart(self) -> None:
+        """Indexing starts again after a failure: layers not complete are
+        forgotten, to be shown again from their start."""
+        self.error, self._retry = None, None
+        for i, seen in enumerate(self.layers):
+            if not seen.complete:
+                self.layers[i] = LayerSeen()
+        if self.final is None:
+            self._final_ready = trio.Event()
+        self._wake()
+
+    @property
+    def restartable(self) -> bool:
+        """Whether the next question starts a failed indexing again."""
+        return self.error is not None and self._retry is not None
+
+    def _failed(self, retried: bool = True) -> None:
+        raise_or_retry(self.error, self._retry, retried)
 
     def _wake(self) -> None:
         self._changed.set()
@@ -170,9 +194,12 @@ class ProgressiveIndex:
 
     @property
     def settled(self) -> bool:
-        return self.final is not None or self.error is not None
+        """Whether answers are final: the merged index, or a failure that no
+        later question will start again."""
+        return self.final is not None or (self.error is not None and self._retry is None)
 
     async def wait_final(self) -> MergedIndex:
+        self._failed(retried=False)
         await self._final_ready.wait()
         return self.final_index()
 
@@ -197,8 +224,6 @@ class ProgressiveIndex:
     async def lookup(self, parent: int, name: str) -> Node | None | _Marker:
         """The early answer, waiting while it may still come; ``FINAL`` once
         only the merged index can answer (``Tree`` hands over then)."""
-        if self.error is not None:
-            raise self.error
         if self.final is not None:
             return FINAL
         return await self._decided(self._path(parent) + (name,))
@@ -208,8 +233,7 @@ class ProgressiveIndex:
         the mount's statistics stay readable."""
         if ino == ROOT_INO:
             return self._root()
-        if self.error is not None:
-            raise self.error
+        self._failed(retried=False)
         known = self._nodes.get(ino)
         if known is None:
             raise NotFound(f"no inode {ino} in image index")
@@ -261,9 +285,10 @@ class ProgressiveIndex:
     async def _decided(self, path: Path_) -> Node | None | _Marker:
         """The early answer for ``path``, waiting while it may still come;
         ``FINAL`` when only the merged index can answer."""
+        retried = False
         while True:
-            if self.error is not None:
-                raise self.error
+            self._failed(retried)
+            retried = True
             if self.final is not None:
                 return FINAL
             answer = self._decide(path)
@@ -343,6 +368,17 @@ class ProgressiveIndex:
         node = _provisional(ino, e, layer)
         self._nodes[ino] = (path, node, e)
         return node
+
+
+def raise_or_retry(error: LazyfsError | None, retry: Callable[[], None] | None,
+                   retried: bool) -> None:
+    """After a failed indexing: raise ``error``, unless this request may start
+    the indexing again (``retry``, not done by this request yet: ``retried``)."""
+    if error is None:
+        return
+    if retried or retry is None:
+        raise error
+    retry()
 
 
 def _implied(layer: int) -> tuple[int, Entry]:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 import trio
 
-from ..errors import LazyfsError, single_error
+from ..errors import LazyfsError, RegistryError, RegistryUnreachable, single_error
 from ..formats import LayerTable, format_named
+from ..formats.base import check_diff_id
 from ..index.layertable import save_layer_table, table_path
 from ..index.merged import MergedIndex
 from ..index.progressive import ProgressiveIndex
@@ -36,10 +37,13 @@ class BackgroundIndex:
     """The layers of one image still to be indexed, and how far they are."""
 
     def __init__(self, name: str, tables: list[LayerTable | None], descs: list[Descriptor],
-                 store: Store, started: float, early_reads: bool = False):
+                 store: Store, started: float, early_reads: bool = False,
+                 diff_ids: Sequence[str] = ()):
         self.name = name
         """The image, for the log."""
         self.tables = tables
+        self.diff_ids = diff_ids
+        """From the image config: each layer's table is checked against them."""
         self.store = store
         self.early_reads = early_reads
         self.progress = ProgressiveIndex(len(tables))
@@ -52,6 +56,9 @@ class BackgroundIndex:
         self.started = started
         self.indexed_in: float | None = None
         """Seconds from ``started`` (``time.monotonic``) until every layer was indexed."""
+        self.attempts = 1
+        """Indexing attempts so far: a failure the registry may heal from is retried."""
+        self.last_error: LazyfsError | None = None
 
     def content(self, position: int, then: LayerContent) -> LayerContent:
         """How layer ``position`` is read: ``then`` once it is indexed."""
@@ -61,28 +68,64 @@ class BackgroundIndex:
     async def run(self, layers: list[Layer],
                   merge: Callable[[list[LayerTable]], Awaitable[MergedIndex]]) -> bool:
         """Index the pending layers into ``layers`` (the reader's), then merge;
-        whether the merged index now answers."""
-        try:
-            await self._stream_layers(layers)
-            index = await merge(self.tables)
-        except LazyfsError as e:
-            log.error("indexing %s failed: %s", self.name, e)
-            self.progress.fail(e)
+        whether the merged index now answers. A failure the registry may
+        heal from (it was unreachable past the retry deadline) is not the
+        end: the next lookup or read starts the indexing again."""
+        while True:
+            try:
+                await self._stream_layers(layers)
+                index = await merge(self.tables)
+            except LazyfsError as e:
+                if not await self._failed(e):
+                    return False
+                continue
+            self.indexed_in = time.monotonic() - self.started
+            self.progress.set_final(index)
+            log.info("image %s indexed in %.2f s", self.name, self.indexed_in)
+            return True
+
+    async def _failed(self, error: LazyfsError) -> bool:
+        """Fail every waiting request; whether a later one asked to try again."""
+        again = trio.Event() if _may_heal(error) else None
+        then = "; the next lookup or read starts it again" if again is not None else ""
+        log.error("indexing %s failed: %s%s", self.name, error, then)
+        self.last_error = error
+
+        def restart() -> None:
+            self.attempts += 1
+            log.info("indexing %s again (attempt %d)", self.name, self.attempts)
+            self.progress.restart()
             for stream in self.streams.values():
-                if not stream.done and stream.error is None:
-                    stream.fail(e)  # cancelled with the others: its reads must not wait on
+                if not stream.done:
+                    stream.reset()
+            again.set()
+
+        retry = restart if again is not None else None
+        self.progress.fail(error, retry)
+        for stream in self.streams.values():
+            if not stream.done:
+                stream.fail(stream.error or error, retry)
+        if again is None:
             return False
-        self.indexed_in = time.monotonic() - self.started
-        self.progress.set_final(index)
-        log.info("image %s indexed in %.2f s", self.name, self.indexed_in)
+        await again.wait()
         return True
 
     def state(self) -> dict:
         """For the image's statistics."""
         p = self.progress
-        return {"index": "ready" if p.final is not None
-                else f"failed: {p.error}" if p.error else "indexing",
-                "index_seconds": None if self.indexed_in is None else round(self.indexed_in, 3)}
+        if p.final is not None:
+            index = "ready"
+        elif p.error is not None:
+            again = " (the next lookup or read starts it again)" if p.restartable else ""
+            index = f"failed: {p.error}{again}"
+        else:
+            index = "indexing"
+        state = {"index": index,
+                 "index_seconds": None if self.indexed_in is None else round(self.indexed_in, 3)}
+        if self.attempts > 1:
+            state["index_attempts"] = self.attempts
+            state["index_last_error"] = str(self.last_error)
+        return state
 
     def layer_state(self, position: int) -> dict | None:
         stream = self.streams.get(position)
@@ -97,9 +140,10 @@ class BackgroundIndex:
             finally:
                 limit.release_on_behalf_of(pos)
 
+        pending = [pos for pos, stream in self.streams.items() if not stream.done]
         with single_error():
             async with trio.open_nursery() as nursery:
-                for pos in sorted(self.streams, reverse=True):
+                for pos in sorted(pending, reverse=True):
                     await limit.acquire_on_behalf_of(pos)
                     nursery.start_soon(one, pos)
 
@@ -109,9 +153,21 @@ class BackgroundIndex:
         table = await stream.index(layer.blob, publish=publish)
         path = table_path(self.store, table.format, stream.desc.digest)
         await trio.to_thread.run_sync(save_layer_table, path, table)
+        if pos < len(self.diff_ids):
+            try:
+                check_diff_id(table, stream.desc.digest, self.diff_ids[pos])
+            except LazyfsError as e:
+                stream.fail(e)
+                raise
         layer.content = format_named(table.format).reader(table)
         stream.settle(table)
         if not self.early_reads:
             self.progress.add(pos, table.entries)
         self.progress.complete(pos)
         return table
+
+
+def _may_heal(error: LazyfsError) -> bool:
+    """Whether asking the registry again later may succeed: it was unreachable
+    or answered badly, rather than sent bytes that failed their digest."""
+    return isinstance(error, (RegistryUnreachable, RegistryError))

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import trio
 
-from ..errors import LazyfsError
+from ..errors import LazyfsError, naming
 from ..formats import LayerTable, format_named
 from .reader import Layer, Reader
 from .sources import RegistryBlob
@@ -56,7 +56,8 @@ class Prefetch:
                 self.state[layer.digest] = "done"
             except LazyfsError as e:
                 self.state[layer.digest] = f"failed: {e}"
-                log.warning("layer %s: prefetch failed: %s", layer.digest, e)
+                log.warning("prefetch failed: %s", naming(f"layer {layer.digest}", e,
+                                                          layer.digest))
 
 
 def prioritized(tables: Sequence[LayerTable | None]) -> list[tuple[int, bytes, int, int]]:

@@ -29,7 +29,7 @@ from typing import Hashable, Sequence
 import trio
 
 from ..blob import BlobSource, _pread
-from ..errors import CacheError, DigestMismatch, LayerFormatError, LazyfsError
+from ..errors import CacheError, DigestMismatch, LayerFormatError, LazyfsError, naming
 from ..formats import ContentReader, Piece, slice_piece
 from ..store.chunks import ChunkCache
 from .fetch import MERGE_GAP, decode, fetch, retryable
@@ -163,7 +163,8 @@ class Reader:
             if not retryable(error) or failures >= FETCH_ATTEMPTS:
                 raise error
             layer.stats.retries += 1
-            log.warning("layer %s: retrying a read after: %s", layer.digest, error)
+            log.warning("%s; retrying the read", naming(f"layer {layer.digest}", error,
+                                                         layer.digest))
             await trio.sleep(RETRY_DELAY * failures)
         return got
 
@@ -284,7 +285,7 @@ class Reader:
                 data = await decode(layer.content, p, span)
             except (DigestMismatch, LayerFormatError) as e:
                 layer.stats.verify_failures += 1
-                log.error("layer %s: %s", layer.digest, e)
+                log.error("%s", naming(f"layer {layer.digest}", e, layer.digest))
                 self.memory.discard(_span_key(layer, (p.start, p.end)))
                 self._flights.land(key, flights[key], error=e)
                 continue

@@ -22,6 +22,7 @@ from ..formats.entry import Entry
 from ..errors import LazyfsError
 from ..formats import GzipReader, LayerTable, StreamIndexer, read_content
 from ..formats.spans import LOCATOR as _LOC
+from ..index.progressive import raise_or_retry
 from ..manifest import Descriptor
 from ..store.blobs import Store
 
@@ -40,6 +41,7 @@ class LayerStream:
     table: LayerTable | None = None
     error: LazyfsError | None = None
     changed: trio.Event = field(default_factory=trio.Event)
+    _retry: Callable[[], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.indexer = StreamIndexer(self.desc.digest)
@@ -59,10 +61,14 @@ class LayerStream:
                 "indexed": getattr(p, "consumed", 0)}
 
     async def finished(self) -> None:
+        retried = False
         while not self.done:
-            if self.error is not None:
-                raise self.error
+            self._failed(retried)
+            retried = True
             await self.changed.wait()
+
+    def _failed(self, retried: bool) -> None:
+        raise_or_retry(self.error, self._retry, retried)
 
     async def index(self, blob, *, publish: Callable[[list[Entry]], None] | None = None
                     ) -> LayerTable:
@@ -89,9 +95,18 @@ class LayerStream:
         self.table = table
         self.wake()
 
-    def fail(self, error: LazyfsError) -> None:
-        """The layer cannot be indexed: waiting and later readers get ``error``."""
-        self.error = error
+    def fail(self, error: LazyfsError, retry: Callable[[], None] | None = None) -> None:
+        """The layer cannot be indexed: waiting readers get ``error``, and
+        so do later ones unless ``retry`` is given: the next one calls it
+        (to start the indexing again) and waits for that attempt."""
+        self.error, self._retry = error, retry
+        self.wake()
+
+    def reset(self) -> None:
+        """Indexing starts again, from the layer's first byte."""
+        self.indexer.close()
+        self.indexer = StreamIndexer(self.desc.digest)
+        self.error, self._retry, self.progress = None, None, None
         self.wake()
 
     def _progress(self) -> DownloadProgress:
@@ -109,9 +124,10 @@ class LayerStream:
         layer is indexed (read it the ordinary way then)."""
         at, length = _LOC.unpack(data)
         end = at + min(offset + size, length)
+        retried = False
         while not self.done:
-            if self.error is not None:
-                raise self.error
+            self._failed(retried)
+            retried = True
             if self.indexer.covered >= end:
                 return await self._read_spans(data, offset, size)
             await self.changed.wait()

@@ -8,10 +8,13 @@ pass. The merged index is kept per manifest digest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import trio
 
 from ..errors import CacheError, single_error
 from ..formats import LayerTable, format_of
+from ..formats.base import check_diff_id
 from ..index.layertable import load_layer_table, save_layer_table, table_path
 from ..index.merged import MergedIndex
 from ..manifest import Descriptor
@@ -28,15 +31,19 @@ def layer_name(position: int, desc: Descriptor) -> str:
 
 
 async def layer_tables(descs: list[Descriptor], source, store: Store,
-                       shared=None, defer: bool = False) -> list[LayerTable | None]:
+                       shared=None, defer: bool = False,
+                       diff_ids: Sequence[str] = ()) -> list[LayerTable | None]:
     """Each layer's table; with ``defer``, ``None`` for a layer that would
-    need a full pass over a blob still in the registry."""
+    need a full pass over a blob still in the registry. A table whose pass
+    hashed the layer's uncompressed bytes is checked against ``diff_ids``."""
     tables: list[LayerTable | None] = [None] * len(descs)
     limit = trio.CapacityLimiter(INDEX_CONCURRENCY)
 
     async def one(i: int, desc: Descriptor) -> None:
         async with limit:
-            tables[i] = await layer_table(desc, source.blob(desc), store, shared, defer)
+            tables[i] = table = await layer_table(desc, source.blob(desc), store, shared, defer)
+            if table is not None and i < len(diff_ids):
+                check_diff_id(table, desc.digest, diff_ids[i])
 
     with single_error():
         async with trio.open_nursery() as nursery:

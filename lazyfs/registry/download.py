@@ -25,16 +25,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
 from ..blob import _pread
-from ..errors import DigestMismatch, LazyfsError, RangeNotSupported, RegistryError, single_error
+from ..errors import (DigestMismatch, LazyfsError, RangeNotSupported, RegistryError,
+                      RegistryInterrupted, RegistryUnreachable, naming, single_error)
 from ..manifest import Descriptor
 from ..reference import Reference
 from ..store.blobs import BlobWriter, Store
@@ -57,9 +58,13 @@ STREAM_PIECE = 1 << 20
 """What a plain GET hands on at a time: its bytes reach the tmp file as they
 arrive, so a process killed mid-way leaves them to be resumed from."""
 WHOLE_BLOB_STREAMED = "the whole blob was streamed (index build or export)"
+FIRST_WAIT = 0.2
+"""Seconds before a failed range is first asked for again (doubling after)."""
+LONGEST_WAIT = 5.0
 
 Consume = Callable[[bytes], object]
 Watcher = Callable[[Descriptor, "DownloadProgress"], object]
+T = TypeVar("T")
 
 _watcher: ContextVar[Watcher | None] = ContextVar("lazyfs_download_watcher", default=None)
 _partials: set[Path] = set()
@@ -223,19 +228,62 @@ async def _fetch(client, ref: Reference, desc: Descriptor, w: BlobWriter, consum
     """Ranges while the registry answers them; then one stream for the rest.
     Returns why the blob was streamed rather than fetched in ranges, if it was."""
     reason = ""
+    patience = _Patience(client.options.retry_deadline, client.options.backoff, progress,
+                         f"blob {desc.digest}", desc.digest)
     wanted = progress.consumed > 0 or (plan.ranged and desc.size > plan.chunk)
     if wanted and not (fallback is not None and fallback.reason):
         try:
             await _ranged(client, ref, desc, _Sink(w, consume, progress, plan.parallel + 2),
-                          plan.chunk, plan.parallel)
+                          plan, patience)
             return ""
         except RangeNotSupported as e:
             reason = str(e)
-            log.warning("layer %s: %s; streaming it whole", desc.digest, e)
+            log.warning("%s; streaming it whole", naming(f"layer {desc.digest}", e, desc.digest))
             if fallback is not None and not fallback.reason:
                 fallback.reason = reason
-    await _streamed(client, ref, desc, _Sink(w, consume, progress, 3), plan.chunk)
+    await patience.persist(lambda: _streamed(client, ref, desc, _Sink(w, consume, progress, 3),
+                                             plan.chunk))
     return reason
+
+
+@dataclass
+class _Patience:
+    """How long a download keeps asking again for what the registry failed
+    to send (a range cut short, a refused connection, a 5xx): until
+    ``deadline`` seconds have passed without a byte arriving. What arrived
+    stays: only the missing part is asked for again."""
+
+    deadline: float
+    backoff: float
+    progress: DownloadProgress
+    what: str
+    mark: str
+    """What names the blob in a message (its digest)."""
+    _seen: int = -1
+    _since: float = 0.0
+
+    async def persist(self, op: Callable[[], Awaitable[T]]) -> T:
+        failures = 0
+        while True:
+            try:
+                return await op()
+            except (RegistryInterrupted, RegistryUnreachable) as e:
+                failures += 1
+                left = self._left()
+                if left <= 0:
+                    raise type(e)(f"{e} (nothing arrived for {self.deadline:g} s; "
+                                  "gave up)") from None
+                wait = min(max(self.backoff, FIRST_WAIT) * 2 ** (failures - 1),
+                           LONGEST_WAIT, left)
+                log.warning("%s; asking again in %.1f s", naming(self.what, e, self.mark),
+                            wait)
+                await trio.sleep(wait)
+
+    def _left(self) -> float:
+        now = trio.current_time()
+        if self.progress.received != self._seen:
+            self._seen, self._since = self.progress.received, now
+        return self._since + self.deadline - now
 
 
 async def fetch_blob(client: RegistryClient, ref: Reference, desc: Descriptor, store: Store,
@@ -320,13 +368,14 @@ class _Sink:
         self._consume(data)
 
 
-async def _ranged(client, ref: Reference, desc: Descriptor, sink: _Sink, chunk: int,
-                  parallel: int) -> None:
-    in_flight = trio.Semaphore(parallel)
+async def _ranged(client, ref: Reference, desc: Descriptor, sink: _Sink, plan: _Plan,
+                  patience: _Patience) -> None:
+    in_flight = trio.Semaphore(plan.parallel)
 
     async def fetch(piece: _Piece) -> None:
         try:
-            data = await client.get_range(ref, desc.digest, piece.start, piece.end, retry=True)
+            data = await patience.persist(lambda: client.get_range(
+                ref, desc.digest, piece.start, piece.end, retry=True))
         finally:
             in_flight.release()
         await sink.fill(piece, data)
@@ -334,8 +383,8 @@ async def _ranged(client, ref: Reference, desc: Descriptor, sink: _Sink, chunk: 
     with single_error():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sink.deliver)
-            for i, offset in enumerate(range(sink.consumed, desc.size, chunk)):
-                piece = await sink.reserve(offset, min(offset + chunk, desc.size))
+            for i, offset in enumerate(range(sink.consumed, desc.size, plan.chunk)):
+                piece = await sink.reserve(offset, min(offset + plan.chunk, desc.size))
                 await in_flight.acquire()
                 if i == 0:
                     # alone: a registry that ignores Range answers every

@@ -18,21 +18,24 @@ from __future__ import annotations
 import calendar
 import ipaddress
 import json
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
 import httpx
 import trio
 
 from .._version import __version__
-from ..errors import LazyfsError, NotFound, RegistryError, RegistryUnreachable, Unauthorized
+from ..errors import (LazyfsError, NotFound, RegistryError, RegistryInterrupted,
+                      RegistryUnreachable, Unauthorized)
 from ..reference import Reference
 from .auth import RegistryAuth, pick_challenge
 from .credentials import find_credential_async
+from .resume import RETRY_ERRORS, ResumingBody, resumable
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -43,8 +46,6 @@ REDIRECT_MARGIN = 30.0
 """A signed URL is given up this long before it says it expires."""
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
-_RETRY_ERRORS = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError,
-                 httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)
 _NOT_FOUND_CODES = {"MANIFEST_UNKNOWN": "manifest unknown", "NAME_UNKNOWN": "repository unknown",
                     "BLOB_UNKNOWN": "blob unknown"}
 
@@ -63,6 +64,11 @@ class RegistryOptions:
     backoff: float = 0.5
     max_backoff: float = 30.0
     """A ``Retry-After`` longer than this is reported, not waited for."""
+    retry_deadline: float = field(default_factory=lambda: _env_seconds(
+        "LAZYFS_RETRY_DEADLINE", 30.0))
+    """Seconds a whole-blob download keeps asking again for what failed
+    (ranges cut short, connections refused, 5xx) while no byte arrives;
+    ``$LAZYFS_RETRY_DEADLINE`` sets the default."""
     user_agent: str = f"lazyfs/{__version__}"
     auth: AuthFactory | None = None
     """``(registry, scope) -> httpx.Auth``; by default docker/podman credentials."""
@@ -145,11 +151,14 @@ class Transport:
                       retry: bool = True):
         """``(endpoint, response)`` from the first endpoint that answers.
         ``retry=False`` sends each request once, for a caller that keeps
-        its own budget of attempts."""
+        its own budget of attempts; otherwise a GET's body that breaks off is
+        resumed by Range (``resume.py``)."""
         async def open_at(ep: Endpoint):
-            return ep, await self._open_checked(ep, method, path, what,
-                                                scope=repository_scope(ref),
-                                                headers=headers, ok=ok, retry=retry)
+            resp = await self._open_checked(ep, method, path, what, scope=repository_scope(ref),
+                                            headers=headers, ok=ok, retry=retry)
+            if retry and method == "GET":
+                self._resume_on_break(ep, resp, path, what, repository_scope(ref), headers)
+            return ep, resp
 
         ep, resp = await self.each_endpoint(ref, open_at)
         try:
@@ -211,6 +220,23 @@ class Transport:
             await resp.aclose()
         raise _error_for(resp.status_code, body, ep, what, auth)
 
+    def _resume_on_break(self, ep: Endpoint, resp: httpx.Response, path: str, what: str,
+                         scope: str, headers: dict[str, str] | None) -> None:
+        """Let a retried GET's body survive a break: the rest is asked for by Range."""
+        wanted = resumable(resp, (headers or {}).get("Range"))
+        if wanted is None:
+            return
+
+        async def reopen(byte_range: str) -> httpx.Response:
+            return await self._open_checked(ep, "GET", path, what, scope=scope,
+                                            headers={**(headers or {}), "Range": byte_range})
+
+        resp.stream = ResumingBody(resp, wanted, reopen, self._tries(True), self._backoff)
+
+    def _backoff(self, attempt: int) -> float:
+        """Seconds to wait before the ``attempt``-th retry (from 1)."""
+        return min(self.options.backoff * 2 ** (attempt - 1), self.options.max_backoff)
+
     async def _via_known_redirect(self, ep: Endpoint, url: httpx.URL,
                                   headers: dict[str, str] | None,
                                   tries: int) -> httpx.Response | None:
@@ -250,10 +276,10 @@ class Transport:
             request = self._http.build_request(method, url, headers=headers, content=content)
             try:
                 resp = await self._http.send(request, auth=auth, stream=True)
-            except _RETRY_ERRORS as e:
+            except RETRY_ERRORS as e:
                 if attempt == last:
                     raise _unreachable(ep, e) from None
-                await trio.sleep(min(o.backoff * 2 ** attempt, o.max_backoff))
+                await trio.sleep(self._backoff(attempt + 1))
                 continue
             except httpx.HTTPError as e:
                 raise _unreachable(ep, e) from None
@@ -261,7 +287,7 @@ class Transport:
                 return resp
             delay = _retry_after(resp.headers.get("retry-after"))
             if delay is None:
-                delay = min(o.backoff * 2 ** attempt, o.max_backoff)
+                delay = self._backoff(attempt + 1)
             if delay > o.max_backoff:
                 return resp
             await resp.aclose()
@@ -309,6 +335,14 @@ class Transport:
                     auth.cache.remember_challenge(auth.registry, self._challenges[host])
                 self._auths[key] = auth
         return self._auths[key]
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if value >= 0 else default
 
 
 def most_useful_error(errors: list[tuple[Endpoint, LazyfsError]]) -> LazyfsError:
@@ -414,10 +448,8 @@ async def body_chunks(resp: httpx.Response, chunk_size: int, ep: Endpoint) -> As
             async for chunk in chunks:
                 yield chunk
     except httpx.HTTPError as e:
-        raise RegistryError(f"registry {ep.host}: answer for {resp.url.path} cut short "
-                            f"({_reason(e)})") from None
-
-
+        raise RegistryInterrupted(f"registry {ep.host}: answer for {resp.url.path} cut short "
+                                  f"({_reason(e)})") from None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -451,7 +483,8 @@ def _error_for(status: int, body: bytes, ep: Endpoint, what: str,
             return auth.unauthorized(f"access to {what} denied")
         return Unauthorized(f"unauthorized: access to {what} denied by {ep.host}")
     detail = f" {code}: {message}" if code else ""
-    return RegistryError(f"registry {ep.host}: {what}: HTTP {status}{detail}")
+    cls = RegistryInterrupted if status in _RETRY_STATUS else RegistryError
+    return cls(f"registry {ep.host}: {what}: HTTP {status}{detail}")
 
 
 def _unreachable(ep: Endpoint, e: httpx.HTTPError) -> RegistryUnreachable:

@@ -10,9 +10,9 @@ a config that is not JSON (exit 9) or whose size lies is refused by
 an unknown layer media type is refused when the layers are read (``inspect``
 still describes the image); zero layers is an empty root directory; an index
 naming a missing manifest is exit 3; schema1 is exit 9 (the registry will not
-store it, so that case goes through an OCI layout). ``diff_ids`` that do not
-match their layers are not checked for lazily read gzip layers: the layer
-blob digest is what lazyfs verifies.
+store it, so that case goes through an OCI layout). A ``diff_id`` that does
+not match its gzip layer is refused (exit 6), since the layer is read whole
+to build its table anyway, as containerd refuses it.
 """
 
 from __future__ import annotations
@@ -114,9 +114,10 @@ def test_zero_layers_is_an_empty_root(refs, cli):
     assert (p.returncode, p.stdout) == (0, b"")
 
 
-def test_wrong_diff_ids_are_not_checked_but_the_bytes_are_the_layers(refs, cli):
+def test_wrong_diff_ids_are_refused(refs, cli):
     p = cli("cat", refs["diff-ids-wrong"], "/a")
-    assert (p.returncode, p.stdout) == (0, b"hello\n")
+    assert (p.returncode, p.stdout) == (C.EXIT_DIGEST, b"")
+    assert "diff_id" in one_error_line(p)
 
 
 def test_diff_ids_that_do_not_count_the_layers_are_refused(refs, cli):

@@ -433,7 +433,8 @@ def test_mount_over_a_mount_fails_before_forking(fs, layers, tmp_path):
 
 
 def test_sigterm_unmounts_cleanly_with_a_read_in_flight(tmp_path, layers):
-    with mounted(tmp_path, layers, slow=["/data/slow.bin"]) as m:
+    kept = {"log_path": str(tmp_path / "daemon.log")}
+    with mounted(tmp_path, layers, slow=["/data/slow.bin"], options=kept) as m:
         state = m.env["XDG_RUNTIME_DIR"]
         errors = []
 
@@ -475,7 +476,7 @@ def test_killed_daemon_leaves_a_stale_mount_that_umount_cleans(tmp_path, layers,
         assert os.stat(m.mountpoint).st_ino != 1
         with pytest.raises(MountError, match="not mounted"):
             umount(m.mountpoint)
-        again = start(tmp_path, layers)
+        again = start(tmp_path, layers, options={"log_path": str(tmp_path / "again.log")})
         try:
             with open(again.mountpoint / "etc/hostname", "rb") as held:
                 with pytest.raises(MountError, match="busy.*--lazy"):

@@ -197,14 +197,22 @@ async def test_fetch_blob_verifies(client, registry, pushed, tmp_path):
             await fetch_blob(client, ref_to(proxy.host, pushed.repository), desc, bad)
         assert bad.blob_path(desc.digest) is None
 
-    def cut(req: Request, resp: Response) -> Response:
-        resp.cut_after = 100 if "/blobs/" in req.path else None
-        return resp
+    def cut(after: int):
+        def cutting(req: Request, resp: Response) -> Response:
+            resp.cut_after = after if "/blobs/" in req.path else None
+            return resp
+        return cutting
 
-    async with serve(forward(registry.host, cut)) as proxy:
+    async with serve(forward(registry.host, cut(100))) as proxy:
+        resumed = Store(tmp_path / "resumed")
+        path = await fetch_blob(client, ref_to(proxy.host, pushed.repository), desc, resumed)
+        assert path.read_bytes() == pushed.layers[1]
+
+    impatient = RegistryOptions(**FAST, retry_deadline=0.5)
+    async with serve(forward(registry.host, cut(0))) as proxy, RegistryClient(impatient) as c:
         short = Store(tmp_path / "cut")
         with pytest.raises(RegistryError, match=r"cut short \(peer closed connection"):
-            await fetch_blob(client, ref_to(proxy.host, pushed.repository), desc, short)
+            await fetch_blob(c, ref_to(proxy.host, pushed.repository), desc, short)
         assert short.blob_path(desc.digest) is None
 
 

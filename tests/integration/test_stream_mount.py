@@ -247,3 +247,35 @@ async def test_a_refused_index_push_leaves_the_mount_serving(registry, pushed, t
             assert doc["index"] == "ready" and "published_index" not in doc
             assert proxy.count("other") >= 1
             assert (await _run("cat", str(m / "etc/app.conf"))).stdout == b"mode=fast\n"
+
+
+async def test_a_range_cut_short_while_indexing_is_asked_for_again(registry, pushed, tmp_path):
+    env = lazyfs_env(tmp_path)
+    async with fault_proxy(registry.host) as proxy:
+        proxy.arm("range", "truncate", path=BASE_DIGEST, from_offset=1)
+        async with mounted(f"{proxy.host}/{pushed}", tmp_path / "mnt", env) as m:
+            doc = await _until_indexed(m, env)
+            assert doc["index"] == "ready"
+            assert (await _run("sha256sum", str(m / "usr/lib/big.bin"))).stdout.split()[0] \
+                == sha256(BIG).partition(":")[2].encode()
+        assert [s.fault for s in proxy.seen].count("truncate") == 1
+
+
+async def test_an_index_failed_by_an_outage_recovers_on_the_next_access(registry, pushed,
+                                                                        tmp_path):
+    env = dict(lazyfs_env(tmp_path), LAZYFS_RETRY_DEADLINE="2")
+    async with fault_proxy(registry.host) as proxy:
+        proxy.arm(("blob", "range"), "status", times=None, path=BASE_DIGEST, status=503)
+        async with mounted(f"{proxy.host}/{pushed}", tmp_path / "mnt", env) as m:
+            bad = await _run("cat", str(m / "etc/os-release"))
+            assert bad.returncode != 0 and os.strerror(errno.EIO).encode() in bad.stderr
+            doc = await _until_indexed(m, env)
+            assert doc["index"].startswith("failed:") and "HTTP 503" in doc["index"]
+            assert "the next lookup or read starts it again" in doc["index"]
+            proxy.clear()
+            good = await _run("cat", str(m / "etc/os-release"))
+            assert good.stdout == b"ID=lazyfs\n"
+            doc = await _until_indexed(m, env)
+            assert doc["index"] == "ready" and doc["index_attempts"] == 2
+            text = await trio.to_thread.run_sync(lambda: lazyfs("stats", str(m), env=env).stdout)
+            assert "index built in " in text
