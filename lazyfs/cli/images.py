@@ -10,7 +10,7 @@ import sys
 
 from ..errors import LazyfsError, NotFound, UsageError
 from .options import REF_HELP, add_command, open_store, parse_ref, platform_of, print_json, registry_options
-from .progress import Display, shown
+from .progress import Display, add_quiet, drawn, shown
 from .prompt import confirm
 from .render import FIELDS, familiar_repo, human_size, image_fields, render
 from .template import Template
@@ -185,8 +185,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     store = open_store(args)
     if not args.force and not confirm(_PRUNE_WARNING[args.all], "pass -f/--force to prune"):
         return 0
-    r = store.prune(all=args.all)
-    chunks = prune_chunks(store, all=args.all)
+    with drawn(args, "pruning"):
+        r = store.prune(all=args.all)
+        chunks = prune_chunks(store, all=args.all)
     if args.all:
         print(f"Forgot {r.images} images")
     print(f"Deleted {r.blobs} blobs, {r.indexes} indexes, {r.tmp} temporary files, "
@@ -201,6 +202,7 @@ def _add_prune(sub) -> None:
                 "without a terminal, -f is required.")
     p.add_argument("--all", action="store_true", help="forget every image first, emptying the store")
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    add_quiet(p)
     p.set_defaults(func=cmd_prune)
 
 

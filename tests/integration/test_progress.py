@@ -84,6 +84,16 @@ def test_no_progress_in_a_pipe_or_with_quiet(registry, cache_dir, tmp_path, comm
     assert "\x1b" not in shown and "layer " not in shown, shown
 
 
+def test_prune_shows_its_step_on_a_terminal_and_nothing_with_quiet(registry, cache_dir, tmp_path):
+    _image(registry)
+    code, _, shown = _on_terminal("prune", "-f")
+    assert code == 0, shown
+    assert "\x1b[" in shown and "pruning" in shown, shown
+    code, _, shown = _on_terminal("prune", "-f", "-q")
+    assert code == 0, shown
+    assert "\x1b" not in shown and "pruning" not in shown, shown
+
+
 def test_mount_wait_index_shows_the_layers_being_indexed(registry, cache_dir, tmp_path):
     ref = _image(registry)
     mp = tmp_path / "mp"
