@@ -4,6 +4,7 @@ stat, find, diff, export (the work is in ``browse.py``)."""
 from __future__ import annotations
 
 import argparse
+import time
 import sys
 
 from ..errors import UsageError
@@ -117,15 +118,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from . import browse
 
     async def body(a):
-        async def inner(b):
-            return await browse.diff(a, b)
         from ..image import open_image_async
         async with open_image_async(parse_ref(args.ref2), open_options(args), open_store(args)) as b:
-            return await inner(b)
+            return await browse.diff(a, b), [_cost(a), _cost(b)]
+    started = time.monotonic()
     with drawn(args, "comparing"):
-        changes = with_image(args, args.ref1, body)
+        changes, costs = with_image(args, args.ref1, body)
     if args.json:
-        print_json(changes)
+        print_json({"changes": changes, "seconds": round(time.monotonic() - started, 3),
+                    "images": costs})
         return 0
     marks = {"added": "A", "removed": "D", "changed": "C"}
     for c in changes:
@@ -136,9 +137,18 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cost(image) -> dict:
+    """What opening and comparing an image fetched: the facts progress shows."""
+    layers = image.stats()["layers"]
+    return {"reference": str(image.ref), "layers": len(layers),
+            "bytes_fetched": sum(layer["bytes_fetched"] for layer in layers),
+            "bytes_downloaded_whole": sum(layer["pulled_bytes"] for layer in layers),
+            "requests": sum(layer["requests"] for layer in layers)}
+
+
 def _add_diff(sub) -> None:
     p = add_command(sub, "diff", "paths added (A), removed (D) or changed (C) from REF1 to REF2")
-    p.add_argument("--json", action="store_true", help="with what changed, as JSON")
+    p.add_argument("--json", action="store_true", help="what changed, how long it took and what each image fetched, as JSON")
     add_quiet(p)
     p.add_argument("ref1", metavar="REF1", help="the image compared from")
     p.add_argument("ref2", metavar="REF2", help="the image compared to")

@@ -119,7 +119,11 @@ def test_diff_names_what_changed(images, tmp_path):
     assert "A /added" in out
     assert any(l.startswith("C /etc/os-release") and "content" in l for l in out)
     doc = json.loads(run("diff", "--json", images[0], images[1], cache=tmp_path).stdout)
-    changed = {c["path"]: c for c in doc}
+    assert doc["seconds"] > 0
+    assert [i["reference"].rpartition("/")[2].partition("@")[0] for i in doc["images"]] == \
+        [r.rpartition("/")[2] for r in images[:2]]
+    assert all(i["layers"] >= 1 and i["bytes_fetched"] >= 0 for i in doc["images"])
+    changed = {c["path"]: c for c in doc["changes"]}
     assert changed["/etc/os-release"]["what"]["content"][0] != changed["/etc/os-release"]["what"]["content"][1]
     assert {"/added", "/etc/os-release"} <= set(changed) <= {"/", "/etc", "/added", "/etc/os-release"}
 
