@@ -3,6 +3,7 @@ corrupt or ignore Range."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 
@@ -184,7 +185,8 @@ async def test_server_ignoring_every_range_falls_back_to_one_stream(client, regi
 async def test_failures_leave_nothing_in_blobs_or_tmp(client, registry, pushed, blob, store,
                                                      fault, error, message):
     """Wrong bytes are a digest mismatch; what get_range raises after its
-    retries propagates as it is."""
+    retries propagates as it is (here once a short retry deadline passes)."""
+    client.options = dataclasses.replace(client.options, retry_deadline=2.0)
     async with fault_proxy(registry.host) as proxy:
         proxy.arm("range", **fault)
         with pytest.raises(error, match=message):
