@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from lazyfs.fs.daemon import alive
+
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = [sys.executable, "-m", "tests.support.fsrunner"]
 
@@ -64,14 +66,6 @@ def is_mounted(mountpoint: Path) -> bool:
     target = str(mountpoint)
     with open("/proc/mounts") as f:
         return any(line.split()[1].replace("\\040", " ") == target for line in f)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
