@@ -164,22 +164,28 @@ def _load_config(auth_file: AuthFile) -> dict[str, Any] | None:
 
 
 def _parse_config(auth_file: AuthFile) -> dict[str, Any] | None:
+    return parse_config_file(auth_file.path, auth_file.label)
+
+
+def parse_config_file(path: Path, label: str) -> dict[str, Any] | None:
+    """A credential file's JSON object; ``None`` when it is missing or empty.
+    Shared by the readers here and the writer behind ``lazyfs login``."""
     try:
-        text = auth_file.path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as e:
-        raise CredentialsError(f"cannot read credential file {auth_file.label}: "
-                         f"{getattr(e, 'strerror', None) or type(e).__name__}") from None
+        raise CredentialsError(f"cannot read credential file {label}: "
+                               f"{getattr(e, 'strerror', None) or type(e).__name__}") from None
     if not text.strip():
         return None
     try:
         config = json.loads(text)
     except json.JSONDecodeError as e:
-        raise CredentialsError(f"credential file {auth_file.label} is not valid JSON "
-                         f"(line {e.lineno} column {e.colno})") from None
+        raise CredentialsError(f"credential file {label} is not valid JSON "
+                               f"(line {e.lineno} column {e.colno})") from None
     if not isinstance(config, dict):
-        raise CredentialsError(f"credential file {auth_file.label} is not a JSON object")
+        raise CredentialsError(f"credential file {label} is not a JSON object")
     return config
 
 
@@ -268,7 +274,7 @@ def run_helper(name: str, registry: str, named_in: str) -> Credential | None:
     if path is None:
         raise CredentialsError(f"{where} is not on PATH")
     try:
-        returncode, out, err = _run_with_timeout([path, "get"], helper_server_url(registry))
+        returncode, out, err = run_with_timeout([path, "get"], helper_server_url(registry))
     except subprocess.TimeoutExpired:
         raise CredentialsError(f"{where} did not answer within {HELPER_TIMEOUT:g} s") from None
     except OSError as e:
@@ -282,7 +288,7 @@ def run_helper(name: str, registry: str, named_in: str) -> Credential | None:
     return _parse_helper_output(out, where, f"credential helper {program}")
 
 
-def _run_with_timeout(argv: list[str], stdin: str) -> tuple[int, bytes, bytes]:
+def run_with_timeout(argv: list[str], stdin: str) -> tuple[int, bytes, bytes]:
     """Run a helper in its own process group, so a timeout kills its children
     too and their open pipes cannot keep us waiting."""
     with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

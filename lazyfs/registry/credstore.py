@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CredentialsError
-from .credentials import HELPER_TIMEOUT, _run_with_timeout, helper_server_url, normalize_registry
+from .credentials import (HELPER_TIMEOUT, helper_server_url, normalize_registry, parse_config_file,
+                          run_with_timeout)
 
 
 def docker_config_file() -> Path:
@@ -65,20 +66,9 @@ def erase_credential(registry: str) -> bool:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as e:
-        raise CredentialsError(f"cannot read credential file {path}: "
-                               f"{getattr(e, 'strerror', None) or type(e).__name__}") from None
-    try:
-        config = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError as e:
-        raise CredentialsError(f"credential file {path} is not valid JSON (line {e.lineno} "
-                               f"column {e.colno}); not changing it") from None
-    if not isinstance(config, dict):
-        raise CredentialsError(f"credential file {path} is not a JSON object; not changing it")
-    return config
+        return parse_config_file(path, str(path)) or {}
+    except CredentialsError as e:
+        raise CredentialsError(f"{e}; not changing it") from None
 
 
 def _auths(config: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -114,7 +104,7 @@ def _run_helper(name: str, action: str, stdin: str) -> bool:
     if found is None:
         raise CredentialsError(f"credential helper {program} is not on PATH")
     try:
-        returncode, out, err = _run_with_timeout([found, action], stdin)
+        returncode, out, err = run_with_timeout([found, action], stdin)
     except subprocess.TimeoutExpired:
         raise CredentialsError(f"credential helper {program} did not answer within "
                                f"{HELPER_TIMEOUT:g} s") from None
