@@ -28,7 +28,7 @@ from .registry import RegistryClient, RegistryOptions
 from .registry.download import fetch_blob
 from .store.blobs import Store
 from .store.records import (ImageRecord, image_record, keep_metadata, platform_of,
-                            resolve_from_store)
+                            resolve_offline)
 
 MAX_CONCURRENT_LAYERS = 4
 
@@ -163,10 +163,7 @@ async def resolve_for_inspect(ref: Reference, *, platform: Platform | None,
     try:
         image = await resolve(ref, platform=platform, options=options)
     except RegistryUnreachable as unreachable:
-        try:
-            return await trio.to_thread.run_sync(resolve_from_store, store, ref, platform)
-        except NotFound:
-            raise unreachable from None
+        return await trio.to_thread.run_sync(resolve_offline, store, ref, platform, unreachable)
     await trio.to_thread.run_sync(keep_metadata, store, image)
     return image
 
