@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -29,6 +30,8 @@ from .state import (AlreadyExists, FailedPrecondition, Kind, RemoteLayer, Snapsh
                     Unavailable)
 
 log = logging.getLogger(__name__)
+
+NO_LABELS = "no remote-layer labels (a plain pull)"
 
 Resolve = Callable[[RemoteLayer], str]
 """Blocking: the directory serving a remote layer, or a LazyfsError."""
@@ -93,7 +96,7 @@ class Snapshotter:
         with self._lock:
             pending = self._layers.pop(f"pending:{key}", None)
             if pending is not None:
-                self._layers[name] = pending
+                self._layers[chain_id(name, labels)] = pending
 
     def remove(self, key: str) -> None:
         s = self.state.remove(key)
@@ -126,14 +129,19 @@ class Snapshotter:
                 _remove_dir(d)
 
     def stats(self) -> dict:
+        """Every layer snapshot by chain ID: served lazily, unpacked by
+        containerd (with why, when this process saw it), or failed."""
         with self._lock:
-            layers = {k: dict(vars(r)) for k, r in self._layers.items()
-                      if not k.startswith("pending:")}
+            known = {k: dict(vars(r)) for k, r in self._layers.items()
+                     if not k.startswith("pending:")}
+        layers = {}
         for s in self.state.walk([]):
-            if s.kind is Kind.COMMITTED and s.name not in layers:
-                if s.remote is not None:
-                    layers[s.name] = {"mode": "lazy", "ref": s.remote.ref,
-                                      "digest": s.remote.digest, "reason": ""}
+            if s.kind is not Kind.COMMITTED:
+                continue
+            cid = chain_id(s.name, s.labels)
+            layers[cid] = known.get(cid) or (
+                {"mode": "lazy", "ref": s.remote.ref, "digest": s.remote.digest, "reason": ""}
+                if s.remote else {"mode": "unpacked", "ref": "", "digest": "", "reason": NO_LABELS})
         counts = {m: sum(1 for r in layers.values() if r["mode"] == m)
                   for m in ("lazy", "unpacked", "failed")}
         return {"root": str(self.root), "layers": layers, **counts}
@@ -145,7 +153,7 @@ class Snapshotter:
         logging why) when containerd should unpack it instead."""
         layer = remote_layer(labels)
         if layer is None:
-            self._note(key, "no remote-layer labels (a plain pull)")
+            self._note(key, NO_LABELS)
             return
         try:
             path = self.resolve(layer)
@@ -236,6 +244,16 @@ class Snapshotter:
             options.append("index=off")
         options.append("lowerdir=" + ":".join(lowers))
         return [Mount("overlay", "overlay", options)]
+
+
+def chain_id(name: str, labels: dict[str, str]) -> str:
+    """The layer chain ID a committed snapshot stands for: its target label,
+    else its name without the ``NAMESPACE/SEQ/`` containerd's metadata store
+    puts before each key (its Commit does not pass the labels on)."""
+    if TARGET in labels:
+        return labels[TARGET]
+    m = re.fullmatch(r"[^/]+/\d+/(.+)", name)
+    return m.group(1) if m else name
 
 
 def disk_usage(path: Path) -> tuple[int, int]:

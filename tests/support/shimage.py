@@ -16,8 +16,10 @@ SCRIPT = 'read m < /etc/msg; echo "$m"; [ -e /etc/old ] || echo old-gone; echo w
 EXPECTED = "hello from the upper layer\nold-gone\nwrote\n"
 
 
-def shell_layers() -> list[bytes]:
-    base = {"bin/": None, "etc/": None, "tmp/": None, "lib/": None, "lib/x86_64-linux-gnu/": None,
+def shell_layers(name: str = "") -> list[bytes]:
+    """``name`` goes into a file of the base layer, so that images of
+    different names share no layer (nor snapshot)."""
+    base = {"etc/image": name, "bin/": None, "etc/": None, "tmp/": None, "lib/": None, "lib/x86_64-linux-gnu/": None,
             "lib64/": None, "etc/old": "to be deleted\n",
             "bin/sh": File(Path("/bin/dash").read_bytes(), mode=0o755)}
     for lib in LIBS:
@@ -27,5 +29,5 @@ def shell_layers() -> list[bytes]:
 
 
 def push_shell_image(client, repo: str, tag: str = "v1") -> str:
-    push_image(client, repo, tag, shell_layers())
+    push_image(client, repo, tag, shell_layers(repo))
     return f"{repo}:{tag}"

@@ -1,0 +1,148 @@
+"""The lazyfs snapshotter under the real containerd (Debian's 1.6) and runc:
+plain pulls unpack into it, ``ctr-remote image rpull`` gets layers served
+lazily, ``ctr run`` starts containers on both, and a restart keeps state."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from lazyfs.testing import debian
+from lazyfs.testing.containerd import start_containerd
+from tests.support.climount import lazyfs, lazyfs_env
+from tests.support.mounts import force_cleanup, is_mounted
+from tests.support.shimage import EXPECTED, SCRIPT, push_shell_image
+
+REMOTE = "containerd.io/snapshot/remote"
+
+
+class Snapshotter:
+    """``python -m lazyfs.snapshotter`` in a process of its own."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.state = work / "state"
+        self.sockdir = tempfile.mkdtemp(prefix="lazyfs-sn-")
+        self.socket = os.path.join(self.sockdir, "snapshotter.sock")
+        self.env = lazyfs_env(work)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.work / "snapshotter.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "lazyfs.snapshotter", "--socket", self.socket,
+                 "--state", str(self.state)], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.socket):
+            assert self.proc.poll() is None, self.log()
+            assert time.monotonic() < deadline, "the snapshotter did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+    def stats(self) -> dict:
+        path = self.state / "stats.json"
+        path.unlink(missing_ok=True)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not path.exists():
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.05)
+        time.sleep(0.05)
+        return json.loads(path.read_text())
+
+    def mounts(self) -> list[Path]:
+        root = self.state / "mounts"
+        return [p for p in root.iterdir() if is_mounted(p)] if root.exists() else []
+
+    def log(self) -> str:
+        return (self.work / "snapshotter.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def snapshotter(tmp_path_factory):
+    sn = Snapshotter(tmp_path_factory.mktemp("snapshotter"))
+    sn.start()
+    yield sn
+    sn.stop()
+    for mnt in (sn.state / "mounts").glob("*"):
+        force_cleanup(mnt, [])
+    os.rmdir(sn.sockdir)
+
+
+@pytest.fixture(scope="module")
+def ctd(tmp_path_factory, snapshotter):
+    with start_containerd(tmp_path_factory.mktemp("containerd"), snapshotter="lazyfs",
+                          proxy_snapshotters={"lazyfs": snapshotter.socket}) as c:
+        yield c
+
+
+def snapshot_labels(ctd, key: str) -> dict:
+    return json.loads(ctd.ctr("snapshots", "info", key)).get("Labels") or {}
+
+
+def chain_ids(ctd) -> list[str]:
+    lines = ctd.ctr("snapshots", "ls").splitlines()[1:]
+    return [line.split()[0] for line in lines if line.split()[-1] == "Committed"]
+
+
+def test_plain_pull_unpacks_into_the_snapshotter_and_runs(registry, ctd, snapshotter):
+    with registry.client() as c:
+        ref = f"{registry.host}/{push_shell_image(c, 'snap/plain')}"
+    ctd.ctr("image", "pull", "--plain-http", ref)
+    assert ctd.ctr("run", "--rm", ref, "plain1", "/bin/sh", "-c", SCRIPT) == EXPECTED
+    layers = snapshotter.stats()["layers"]
+    mine = [layers[k] for k in chain_ids(ctd) if k in layers]
+    assert [r["mode"] for r in mine] == ["unpacked", "unpacked"]
+    assert all("plain pull" in r["reason"] for r in mine)
+    assert all(REMOTE not in snapshot_labels(ctd, k) for k in chain_ids(ctd))
+
+
+def test_rpull_serves_layers_lazily_and_survives_a_restart(registry, ctd, snapshotter):
+    with registry.client() as c:
+        ref = f"{registry.host}/{push_shell_image(c, 'snap/remote')}"
+    before = set(chain_ids(ctd))
+    ctd.ctr("image", "rpull", "--plain-http", ref)
+    new = [k for k in chain_ids(ctd) if k not in before]
+    assert len(new) == 2
+    assert all(snapshot_labels(ctd, k).get(REMOTE) == "remote snapshot" for k in new)
+    assert {snapshotter.stats()["layers"][k]["mode"] for k in new} == {"lazy"}
+    assert ctd.ctr("run", "--rm", ref, "remote1", "/bin/sh", "-c", SCRIPT) == EXPECTED
+
+    snapshotter.stop()
+    assert snapshotter.mounts() == []
+    snapshotter.start()
+    assert set(new) <= set(chain_ids(ctd))
+    assert ctd.ctr("run", "--rm", ref, "remote2", "/bin/sh", "-c", SCRIPT) == EXPECTED
+    assert snapshotter.mounts(), "the restarted snapshotter serves the layers again"
+    assert {snapshotter.stats()["layers"][k]["mode"] for k in new} == {"lazy"}
+
+
+@pytest.mark.slow
+# zstd:chunked as ctr-remote writes it: skopeo's has the gzip image's diff_ids,
+# so its layers would be the same snapshots
+@pytest.mark.parametrize("fmt", ["estargz", "zstd-chunked-stargz", "gzip"])
+def test_rpull_then_run_python_from_lazily_served_layers(registry, ctd, snapshotter, fmt):
+    img = debian.debian_image(registry.host, "bookworm-python", fmt, repo="snap/debian-py")
+    if fmt == "gzip":
+        lazyfs("index", "push", "-q", img.ref, env=snapshotter.env)
+    before = set(chain_ids(ctd))
+    ctd.ctr("image", "rpull", "--plain-http", img.ref, timeout=300)
+    new = [k for k in chain_ids(ctd) if k not in before]
+    assert ctd.ctr("run", "--rm", img.ref, f"py-{fmt}", "python3", "-c", "print(6*7)",
+                   timeout=300) == "42\n"
+    layers = snapshotter.stats()["layers"]
+    assert len(new) == 4 and {layers[k]["mode"] for k in new} == {"lazy"}
+    assert {layers[k]["digest"] for k in new} == {d["digest"] for d in debian.layers(
+        img.layout, debian.default_tag(img.layout, img.tag))}
