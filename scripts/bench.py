@@ -22,6 +22,7 @@ COMMANDS = {
     "stream": "bench_stream",
     "download": "bench_download",
     "warm-read": "bench_warm_read",
+    "snapshotter": "bench_snapshotter",
 }
 
 
