@@ -107,23 +107,18 @@ class _Parser:
         return Selector(tuple(path), m.group(), self.value(regex=m.group() == "~="))
 
     def field(self) -> str:
-        self.skip_space()
-        if self.pos < len(self.text) and self.text[self.pos] in "\"'":
-            return self.quoted()
-        m = _FIELD.match(self.text, self.pos)
-        if not m:
-            self.fail("expected a field name or a quoted string")
-        self.pos = m.end()
-        return m.group()
+        return self.word(_FIELD, "\"'", "a field name or a quoted string")
 
     def value(self, regex: bool) -> str:
+        return self.word(_BARE_VALUE, "\"'/|" if regex else "\"'", "a value")
+
+    def word(self, bare: re.Pattern, quotes: str, what: str) -> str:
         self.skip_space()
-        quotes = "\"'/|" if regex else "\"'"
         if self.pos < len(self.text) and self.text[self.pos] in quotes:
             return self.quoted()
-        m = _BARE_VALUE.match(self.text, self.pos)
+        m = bare.match(self.text, self.pos)
         if not m:
-            self.fail("expected a value")
+            self.fail(f"expected {what}")
         self.pos = m.end()
         return m.group()
 

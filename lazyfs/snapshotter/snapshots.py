@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,6 +31,9 @@ from .state import (AlreadyExists, FailedPrecondition, Kind, RemoteLayer, Snapsh
                     Unavailable)
 
 log = logging.getLogger(__name__)
+
+NEW_DIR_GRACE = 600
+"""Seconds a half-made snapshot directory is left alone by Cleanup."""
 
 NO_LABELS = "no remote-layer labels (a plain pull)"
 
@@ -125,8 +129,11 @@ class Snapshotter:
         """Remove the directories of snapshots that no longer exist."""
         ids = self.state.ids()
         for d in (self.root / "snapshots").iterdir():
-            if not d.name.isdigit() or int(d.name) not in ids:
-                _remove_dir(d)
+            if d.name.isdigit() and int(d.name) in ids:
+                continue
+            if d.name.startswith("new-") and time.time() - d.stat().st_mtime < NEW_DIR_GRACE:
+                continue  # a Prepare or View making it right now
+            _remove_dir(d)
 
     def stats(self) -> dict:
         """Every layer snapshot by chain ID: served lazily, unpacked by

@@ -150,6 +150,15 @@ class State:
 
     def create(self, kind: Kind, key: str, parent: str, labels: dict[str, str]) -> Snapshot:
         """A new active or view snapshot (``storage.CreateSnapshot``)."""
+        return self._add(key, parent, kind, labels, None)
+
+    def add_remote(self, name: str, parent: str, labels: dict[str, str],
+                   remote: RemoteLayer) -> Snapshot:
+        """A committed snapshot whose content is a lazily served layer."""
+        return self._add(name, parent, Kind.COMMITTED, labels, remote)
+
+    def _add(self, name: str, parent: str, kind: Kind, labels: dict[str, str],
+             remote: RemoteLayer | None) -> Snapshot:
         with self._transaction():
             if parent:
                 p = self._row(parent)
@@ -157,13 +166,15 @@ class State:
                     raise NotFound(f"parent snapshot {parent!r} does not exist")
                 if p.kind is not Kind.COMMITTED:
                     raise UsageError(f"parent {parent!r} is not a committed snapshot")
-            if self._row(key) is not None:
-                raise AlreadyExists(f"snapshot {key!r} already exists")
+            if self._row(name) is not None:
+                raise AlreadyExists(f"snapshot {name!r} already exists")
             now = _now_ns()
+            where = json.dumps({"ref": remote.ref, "digest": remote.digest}) if remote else None
             self._db.execute(
-                "INSERT INTO snapshots (name, parent, kind, labels, created, updated)"
-                " VALUES (?,?,?,?,?,?)", (key, parent, int(kind), json.dumps(labels), now, now))
-            s = self._row(key)
+                "INSERT INTO snapshots (name, parent, kind, labels, created, updated, remote)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (name, parent, int(kind), json.dumps(labels), now, now, where))
+            s = self._row(name)
             s.chain = self._chain(s)
             return s
 
@@ -184,24 +195,6 @@ class State:
                 "UPDATE snapshots SET name=?, kind=?, labels=?, created=?, updated=?, size=?,"
                 " inodes=? WHERE id=?",
                 (name, int(Kind.COMMITTED), json.dumps(labels), now, now, size, inodes, s.id))
-            return self._row(name)
-
-    def add_remote(self, name: str, parent: str, labels: dict[str, str],
-                   remote: RemoteLayer) -> Snapshot:
-        """A committed snapshot whose content is a lazily served layer."""
-        with self._transaction():
-            if parent:
-                p = self._row(parent)
-                if p is None or p.kind is not Kind.COMMITTED:
-                    raise NotFound(f"committed parent snapshot {parent!r} does not exist")
-            if self._row(name) is not None:
-                raise AlreadyExists(f"committed snapshot {name!r} already exists")
-            now = _now_ns()
-            self._db.execute(
-                "INSERT INTO snapshots (name, parent, kind, labels, created, updated, remote)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (name, parent, int(Kind.COMMITTED), json.dumps(labels), now, now,
-                 json.dumps({"ref": remote.ref, "digest": remote.digest})))
             return self._row(name)
 
     def remove(self, key: str) -> Snapshot:
