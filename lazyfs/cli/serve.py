@@ -1,0 +1,67 @@
+"""``lazyfs serve``: the long-lived service (the work is in ``lazyfs.serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import UsageError
+from .client import DEFAULT_SOCKET, SOCKET_ENV
+from .options import add_command, open_options, open_store, opt
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import trio
+
+    from ..fs.daemon import MountOptions
+    from ..serve.control import Commands
+    from ..serve.service import ServeSettings, run_service
+    logging.getLogger("lazyfs").propagate = True
+    logging.basicConfig(level=logging.DEBUG if opt(args, "debug") else logging.INFO,
+                        stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not opt(args, "debug"):
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+    for name in ("idle_timeout", "tag_ttl"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+    control = None if args.no_control_socket else (
+        args.control_socket or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET)
+    settings = ServeSettings(
+        root=args.root, control_socket=control, containerd_socket=args.containerd_socket,
+        containerd_state=args.containerd_state, idle=args.idle_timeout, tag_ttl=args.tag_ttl,
+        mount=MountOptions(foreground=True, allow_other=args.allow_other,
+                           debug=bool(opt(args, "debug"))),
+        open_options=open_options(args), store=open_store(args))
+    commands = Commands(parse=args._parser.parse_args, run=args._run)
+    trio.run(run_service, settings, commands)
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = add_command(sub, "serve",
+                    "serve every image under ROOT (store mode) until SIGTERM or SIGINT; "
+                    "the CLI's commands ask it first")
+    p.add_argument("--control-socket", metavar="PATH",
+                   help=f"where the CLI asks the service (default: ${SOCKET_ENV}, "
+                        f"else {DEFAULT_SOCKET})")
+    p.add_argument("--no-control-socket", action="store_true",
+                   help="answer only through the mount")
+    p.add_argument("--containerd-socket", metavar="PATH",
+                   help="also serve containerd's snapshots API there (a proxy snapshotter)")
+    p.add_argument("--containerd-state", metavar="DIR", default="/var/lib/lazyfs/snapshotter",
+                   help="where the snapshotter keeps its snapshots (default: %(default)s)")
+    p.add_argument("--idle-timeout", metavar="SECONDS", type=float, default=600.0,
+                   help="close an image nobody used for this long (default: %(default)g)")
+    p.add_argument("--tag-ttl", metavar="SECONDS", type=float, default=180.0,
+                   help="resolve a tag again once its answer is this old (default: %(default)g); "
+                        "a digest never changes")
+    p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    p.add_argument("root", metavar="ROOT", help="an empty directory to mount at")
+    p.set_defaults(func=cmd_serve)
+
+
+COMMANDS = [_add_serve]
