@@ -7,8 +7,10 @@ import logging
 import sys
 
 from ..errors import UsageError
+from ..serve.paths import FSNAME as STORE_FSNAME
 from .client import DEFAULT_SOCKET, SOCKET_ENV
 from .options import add_command, open_options, open_store, opt
+from .render import align, human_size
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -62,6 +64,39 @@ def _add_serve(sub) -> None:
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.add_argument("root", metavar="ROOT", help="an empty directory to mount at")
     p.set_defaults(func=cmd_serve)
+
+
+def render_service(doc: dict) -> str:
+    """``lazyfs stats ROOT`` of a store-mode mount: one row per image, then
+    the failures with their reasons (``lazyfs stats ROOT/REF`` for one image)."""
+    fuse = doc.get("fuse", {})
+    images = doc.get("images", [])
+    lines = [f"service  {sum(i['state'] == 'open' for i in images)} of {len(images)} images "
+             f"open, {fuse.get('reads', 0)} reads, {human_size(fuse.get('bytes_read', 0))}, "
+             f"{doc.get('failure_count', 0)} failures"]
+    rows = ["IMAGE\tDIGEST\tSTATE\tOPENS\tIDLE\tFETCHED"]
+    for i in images:
+        fetched = sum(layer.get("bytes_fetched", 0) for layer in i["image"].get("layers", []))
+        rows.append(f"{', '.join(i['references'])}\t{i['digest'][:19]}\t{i['state']}\t"
+                    f"{i['opens']}\t{i['idle_seconds']:.0f}s\t{human_size(fetched)}")
+    lines.append(align(rows).rstrip("\n"))
+    for f in doc.get("failures", []):
+        lines.append(f"failed  {f['what']}: {f['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def image_rows(mountpoint: str, doc: dict) -> list[dict]:
+    """``lazyfs mounts``: the images open in a store-mode mount, each where it
+    was looked up."""
+    import os
+    slots = {i["slot"]: i for i in doc.get("images", [])}
+    rows = []
+    for written, number in doc.get("written", {}).items():
+        image = slots.get(number)
+        if image is not None and image["state"] == "open":
+            rows.append({"mountpoint": os.path.join(mountpoint, written),
+                         "reference": written, "digest": image["digest"]})
+    return rows
 
 
 COMMANDS = [_add_serve]

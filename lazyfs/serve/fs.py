@@ -274,7 +274,7 @@ class StoreOperations(pyfuse3.Operations):
         out["mode"] = "store"
         out["fuse"] = {"reads": self.counters.reads, "bytes_read": self.counters.bytes_read,
                        "errors": self.counters.errors, "open_files": len(self._handles)}
-        out["written"] = sorted("/".join(p) for p in self._written)
+        out["written"] = {"/".join(p): self._slot_of_written[p] for p in sorted(self._written)}
         out["layer_views"] = {d: layer_dir_name(d) for d in sorted(self._layers)}
         for name, more in self.extra_stats.items():
             out[name] = more()

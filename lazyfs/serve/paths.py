@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from ..errors import InvalidReference
 from ..reference import Reference, parse_reference
 
+FSNAME = "lazyfs-store"
+"""The source of a store-mode mount in /proc/mounts."""
 LAYERS_DIR = ".layers"
 """The root's directory of per-layer views, named by layer digest."""
 
@@ -57,6 +59,7 @@ def step(parts: tuple[str, ...], name: str) -> Step:
         raise InvalidReference(f"invalid reference component {name!r}")
     longer = (*parts, name)
     if not parts and is_registry(name):
+        parse_reference(name + "/x")  # a host docker would accept, or ENOENT now
         return Step(longer)
     if ":" in name or "@" in name:
         ref = parse_reference("/".join(longer))
@@ -65,6 +68,5 @@ def step(parts: tuple[str, ...], name: str) -> Step:
         return Step(longer, ref)
     # Checked now, so that a prefix that can never become a reference is ENOENT
     # at once rather than an empty directory.
-    parse_reference("/".join((*longer, "x")) if not parts and is_registry(name)
-                    else "/".join(longer) + ":latest")
+    parse_reference("/".join(longer) + ":latest")
     return Step(longer)

@@ -22,11 +22,9 @@ from .control import Commands, Control
 from .fs import StoreOperations
 from .images import IDLE_SECONDS, TAG_TTL_SECONDS, ImageSet
 from .layers import StoreLayers
+from .paths import FSNAME
 
 log = logging.getLogger(__name__)
-
-FSNAME = "lazyfs-store"
-
 
 @dataclass
 class ServeSettings:
