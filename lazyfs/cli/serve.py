@@ -82,7 +82,21 @@ def render_service(doc: dict) -> str:
     lines.append(align(rows).rstrip("\n"))
     for f in doc.get("failures", []):
         lines.append(f"failed  {f['what']}: {f['reason']}")
+    if doc.get("snapshotter", {}).get("running"):
+        lines.append(render_snapshotter(doc["snapshotter"]))
     return "\n".join(lines) + "\n"
+
+
+def render_snapshotter(sn: dict) -> str:
+    """The containerd snapshotter's layers: served lazily, or unpacked by
+    containerd and why."""
+    rows = ["CHAIN ID\tMODE\tLAYER\tIMAGE OR REASON"]
+    for chain, layer in sn.get("layers", {}).items():
+        rows.append(f"{chain[:19]}\t{layer['mode']}\t{layer['digest'][:19] or '-'}\t"
+                    f"{layer['reason'] or layer['ref']}")
+    head = (f"snapshotter  {sn.get('lazy', 0)} layers lazy, {sn.get('unpacked', 0)} unpacked, "
+            f"{sn.get('failed', 0)} failed ({sn.get('socket', '')})")
+    return head + "\n" + align(rows).rstrip("\n")
 
 
 def image_rows(mountpoint: str, doc: dict) -> list[dict]:

@@ -3,8 +3,8 @@ snapshotter (``ctr-remote image rpull`` + ``ctr run``) against ``ctr image
 pull`` + ``ctr run`` with containerd's overlayfs snapshotter.
 
 Each measurement is cold: a fresh containerd (empty content store), a fresh
-snapshotter state and lazyfs cache, the snapshotter already running (as a
-service would be). Timed: from the pull command to the container's exit.
+``lazyfs serve --containerd-socket`` (empty cache and snapshotter state),
+already running before the clock starts. Timed: from the pull command to the container's exit.
 Bytes: what the registry served for the image's layers (its access log),
 through a delaying proxy when a delay is asked for. The gzip image's index
 is published beforehand (``lazyfs index push``), as a registry serving
@@ -120,19 +120,21 @@ def _measure(mode: str, ref: str, case: Path, stack: ExitStack) -> dict:
 
 @contextmanager
 def _snapshotter(case: Path):
-    """``python -m lazyfs.snapshotter`` with a fresh state and cache; its socket."""
+    """``lazyfs serve --containerd-socket`` with a fresh state and cache; its socket."""
     sockdir = tempfile.mkdtemp(prefix="lazyfs-bench-sn-")
     sock = os.path.join(sockdir, "s.sock")
-    env = _env(case)
-    with open(case / "snapshotter.log", "wb") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "lazyfs.snapshotter", "--socket", sock,
-                                 "--state", str(case / "state")], env=env, cwd=REPO,
+    root = case / "store"
+    root.mkdir()
+    with open(case / "serve.log", "wb") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "lazyfs", "serve", "--no-control-socket",
+                                 "--containerd-socket", sock, "--containerd-state",
+                                 str(case / "state"), str(root)], env=_env(case), cwd=REPO,
                                 stdout=logf, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
-        while not os.path.exists(sock):
+        while not (os.path.exists(sock) and os.path.ismount(root)):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the snapshotter did not start: {case / 'snapshotter.log'}")
+                raise RuntimeError(f"lazyfs serve did not start: {case / 'serve.log'}")
             time.sleep(0.05)
         yield sock
     finally:
@@ -142,6 +144,7 @@ def _snapshotter(case: Path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        subprocess.run(["umount", "-l", str(root)], capture_output=True)
         shutil.rmtree(sockdir, ignore_errors=True)
 
 

@@ -1,11 +1,13 @@
-"""The lazyfs snapshotter under the real containerd (Debian's 1.6) and runc:
-plain pulls unpack into it, ``ctr-remote image rpull`` gets layers served
-lazily, ``ctr run`` starts containers on both, and a restart keeps state."""
+"""The lazyfs snapshotter of ``lazyfs serve`` under the real containerd
+(Debian's 1.6) and runc: plain pulls unpack into it, ``ctr-remote image
+rpull`` gets layers served lazily, ``ctr run`` starts containers on both, and
+a restart of the service keeps state and serves the layers again."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,63 +24,60 @@ from tests.support.mounts import force_cleanup, is_mounted
 from tests.support.shimage import EXPECTED, SCRIPT, push_shell_image
 
 REMOTE = "containerd.io/snapshot/remote"
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Snapshotter:
-    """``python -m lazyfs.snapshotter`` in a process of its own."""
+    """``lazyfs serve --containerd-socket`` in a process of its own: the store
+    mode mount serves the layers, the snapshotter answers containerd."""
 
     def __init__(self, work: Path):
         self.work = work
+        self.root = work / "store"
         self.state = work / "state"
         self.sockdir = tempfile.mkdtemp(prefix="lazyfs-sn-")
         self.socket = os.path.join(self.sockdir, "snapshotter.sock")
-        self.env = lazyfs_env(work)
+        self.env = dict(lazyfs_env(work), PYTHONPATH=str(REPO))
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        with open(self.work / "snapshotter.log", "ab") as log:
+        self.root.mkdir(exist_ok=True)
+        with open(self.work / "serve.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "lazyfs.snapshotter", "--socket", self.socket,
-                 "--state", str(self.state)], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                [sys.executable, "-m", "lazyfs", "serve", "--no-control-socket",
+                 "--containerd-socket", self.socket, "--containerd-state", str(self.state),
+                 str(self.root)], env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
-        while not os.path.exists(self.socket):
+        while not (is_mounted(self.root) and os.path.exists(self.socket)):
             assert self.proc.poll() is None, self.log()
-            assert time.monotonic() < deadline, "the snapshotter did not start"
+            assert time.monotonic() < deadline, "lazyfs serve did not start: " + self.log()
             time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
+            self.proc.send_signal(signal.SIGTERM)
+            assert self.proc.wait(30) == 0, self.log()
+        force_cleanup(self.root, [])
 
     def stats(self) -> dict:
-        path = self.state / "stats.json"
-        path.unlink(missing_ok=True)
-        self.proc.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 10
-        while not path.exists():
-            assert time.monotonic() < deadline, self.log()
-            time.sleep(0.05)
-        time.sleep(0.05)
-        return json.loads(path.read_text())
+        return json.loads(os.getxattr(self.root, "user.lazyfs.stats"))["snapshotter"]
 
-    def mounts(self) -> list[Path]:
-        root = self.state / "mounts"
-        return [p for p in root.iterdir() if is_mounted(p)] if root.exists() else []
+    def serving(self) -> bool:
+        return is_mounted(self.root)
 
     def log(self) -> str:
-        return (self.work / "snapshotter.log").read_text(errors="replace")
+        return (self.work / "serve.log").read_text(errors="replace")
 
 
 @pytest.fixture(scope="module")
 def snapshotter(tmp_path_factory):
     sn = Snapshotter(tmp_path_factory.mktemp("snapshotter"))
     sn.start()
-    yield sn
-    sn.stop()
-    for mnt in (sn.state / "mounts").glob("*"):
-        force_cleanup(mnt, [])
-    os.rmdir(sn.sockdir)
+    try:
+        yield sn
+    finally:
+        sn.stop()
+        os.rmdir(sn.sockdir)
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +120,15 @@ def test_rpull_serves_layers_lazily_and_survives_a_restart(registry, ctd, snapsh
     assert ctd.ctr("run", "--rm", ref, "remote1", "/bin/sh", "-c", SCRIPT) == EXPECTED
 
     snapshotter.stop()
-    assert snapshotter.mounts() == []
+    assert not snapshotter.serving()
     snapshotter.start()
     assert set(new) <= set(chain_ids(ctd))
     assert ctd.ctr("run", "--rm", ref, "remote2", "/bin/sh", "-c", SCRIPT) == EXPECTED
-    assert snapshotter.mounts(), "the restarted snapshotter serves the layers again"
     assert {snapshotter.stats()["layers"][k]["mode"] for k in new} == {"lazy"}
+    shown = lazyfs("stats", str(snapshotter.root), env=snapshotter.env).stdout
+    assert re.search(r"^snapshotter  [2-9]\d* layers lazy, \d+ unpacked, 0 failed", shown, re.M)
+    assert all(re.search(rf"^{k[:19]} +lazy +sha256:\S+ +{re.escape(ref)}$", shown, re.M)
+               for k in new), shown
 
 
 @pytest.mark.slow
