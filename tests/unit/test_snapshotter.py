@@ -260,3 +260,39 @@ async def test_state_and_remote_layers_survive_a_restart(tmp_path, layers):
         assert options[-1] == "lowerdir={}".format(layers.root / "1" / "sha256-aaa")
         assert layers.calls and set(layers.calls) == {(REF, "sha256:aaa")}
         assert service.stats()["layers"]["chain1"]["mode"] == "lazy"
+
+
+async def test_cri_labels_name_the_layer_too(tmp_path, layers):
+    async with serving(tmp_path / "state", layers) as (c, _):
+        labels = {"containerd.io/snapshot.ref": "chain1",
+                  "containerd.io/snapshot/cri.image-ref": REF,
+                  "containerd.io/snapshot/cri.layer-digest": "sha256:ccc",
+                  "containerd.io/snapshot/cri.image-layers": "sha256:ccc"}
+        assert await code_of(c("Prepare", key="k", labels=labels)) == \
+            grpc.StatusCode.ALREADY_EXISTS
+    assert layers.calls == [(REF, "sha256:ccc")]
+
+
+def test_generated_modules_match_the_proto_files():
+    """The wire contract is the .proto text: every message's fields (name,
+    number) and the service's methods, as the committed modules describe them."""
+    import re
+
+    from lazyfs.snapshotter.api import mount_pb2
+    api = Path(pb.__file__).parent
+    for module in (pb, mount_pb2):
+        text = (api / Path(module.DESCRIPTOR.name).name).read_text()
+        text = re.sub(r"//[^\n]*", "", text)
+        assert module.DESCRIPTOR.package == re.search(r"package ([\w.]+);", text).group(1)
+        messages = dict(re.findall(r"message (\w+) \{([^}]*)\}", text))
+        assert set(messages) == set(module.DESCRIPTOR.message_types_by_name)
+        for name, body in messages.items():
+            fields = {(f, int(n)) for f, n in re.findall(r"(\w+) = (\d+);", body)}
+            desc = module.DESCRIPTOR.message_types_by_name[name]
+            assert fields == {(f.name, f.number) for f in desc.fields}, name
+    service = pb.DESCRIPTOR.services_by_name["Snapshots"]
+    assert service.full_name == "containerd.services.snapshots.v1.Snapshots"
+    methods = re.findall(r"rpc (\w+)\((\w+)\) returns \((?:stream )?([\w.]+)\)",
+                         (api / "snapshots.proto").read_text())
+    assert [(m.name, m.input_type.name, m.output_type.full_name.rpartition(".")[2])
+            for m in service.methods] == [(n, i, o.rpartition(".")[2]) for n, i, o in methods]
