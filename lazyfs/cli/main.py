@@ -22,7 +22,7 @@ import sys
 
 from .._version import __version__
 from ..errors import LazyfsError, show_warnings, single_error
-from . import files, images, index, login, mounts
+from . import files, images, index, login, mounts, trace
 from .options import HelpFormatter, add_common_options, opt
 from .progress import interruption
 
@@ -32,7 +32,7 @@ EXIT_BROKEN_PIPE = 141
 """The reader of stdout went away, as a shell reports SIGPIPE."""
 
 COMMANDS = [*images.COMMANDS, *files.COMMANDS, *mounts.COMMANDS, *index.COMMANDS,
-            *login.COMMANDS]
+            *login.COMMANDS, *trace.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:
