@@ -192,6 +192,7 @@ class Reader:
             got[p.key] = data
             if foreground:
                 layer.stats.hits += 1
+                self._log(layer, "hit", p.start, p.end - p.start)
         return todo
 
     async def _round(self, layer: Layer, todo: list[Piece], got: dict[tuple, bytes],
