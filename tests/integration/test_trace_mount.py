@@ -54,6 +54,8 @@ def test_record_push_and_replay_on_a_fresh_cache(image, tmp_path):
     shown = json.loads(lazyfs("trace", "show", "--json", image.ref, env=first).stdout)
     assert shown["manifest"] == image.digest
     assert [e["path"] for e in shown["entries"]] == ["/" + p for p in START]
+    text = lazyfs("trace", "show", image.ref, env=first).stdout
+    assert f"{len(START)} ranges" in text and f"/{START[2]}" in text
     assert lazyfs("trace", "push", image.ref, env=first).stdout.startswith("sha256:")
 
     fresh = lazyfs_env(tmp_path / "b")

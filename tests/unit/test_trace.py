@@ -7,16 +7,19 @@ import base64
 import json
 import logging
 import random
+import sys
 
 import pytest
 import trio
 
+from lazyfs.cli.timeline import draw_timeline
 from lazyfs.image import OpenOptions, open_image_async
-from lazyfs.read.replay import ReplayOptions, batches
+from lazyfs.read import replay as replay_module
+from lazyfs.read.replay import Replay, ReplayOptions, batches
 from lazyfs.read.stats import EventLog, unpack_events
 from lazyfs.read.trace import (MAX_ENTRIES, MAX_TRACE_BYTES, Trace, TraceEntry, load_trace,
                                pull_trace, push_trace, save_trace)
-from lazyfs.errors import LayerFormatError
+from lazyfs.errors import LayerFormatError, UsageError
 from lazyfs.manifest import Descriptor
 from lazyfs.reference import parse_reference
 from lazyfs.registry import RegistryClient
@@ -230,3 +233,57 @@ def test_event_log_is_bounded_and_fits_its_xattr():
     assert len(packed) <= 300
     doc = unpack_events(packed)
     assert doc["dropped"] > 900 and doc["events"][0][4] == 0
+
+
+async def test_replay_keeps_to_its_rate(tmp_path, monkeypatch):
+    monkeypatch.setattr(replay_module, "FIRST_BATCH", 16 << 10)
+    registry = MemoryRegistry()
+    pushed = push(registry)
+    trace = await record(registry, pushed, Store(tmp_path / "a"))
+    store = Store(tmp_path / "b")
+    save_trace(store, trace)
+    rate = 300_000
+    reads = [(0, e.data, e.offset, e.size) for e in trace.entries]
+    planned = batches(reads)
+    assert len(planned) == 3
+    later = sum(r[3] for b in planned[:-1] for r in b)  # asked for before the last batch
+    async with opened(registry, pushed.ref, store, replay=ReplayOptions(rate=rate)) as image:
+        began = trio.current_time()
+        await settled(image)
+        assert image.replay.done == len(START)
+        assert trio.current_time() - began >= later / rate
+
+
+async def test_replay_leaves_half_its_slots_to_waiting_reads(tmp_path, autojump_clock):
+    registry = MemoryRegistry()
+    pushed = push(registry)
+    async with opened(registry, pushed.ref, Store(tmp_path)) as image:
+        replay = Replay(image.reader, ReplayOptions(concurrency=4))
+        image.reader.reading = 1  # as while a read waits for its bytes
+        for _ in range(2):
+            await replay._slot(0)
+            replay._inflight += 1
+        with trio.move_on_after(1) as waited:
+            await replay._slot(0)
+        assert waited.cancelled_caught
+        image.reader.reading = 0
+        with trio.fail_after(1):
+            await replay._slot(0)
+
+
+def test_the_timeline_is_drawn(tmp_path, monkeypatch):
+    log = EventLog()
+    for i, kind in enumerate(["read", "prefetch", "readahead", "index", "hit"]):
+        log.add(i % 2, kind, i * 4096, 4096, start=i * 0.01)
+    doc = log.document()
+    doc["layers"] = [{"digest": "sha256:" + "a" * 64, "size": 1 << 20},
+                     {"digest": "sha256:" + "b" * 64, "size": 1 << 20}]
+    draw_timeline(doc, tmp_path / "t.svg")
+    draw_timeline(doc, tmp_path / "t.png")
+    assert b"<svg" in (tmp_path / "t.svg").read_bytes()[:400]
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(UsageError, match="svg or .png"):
+        draw_timeline(doc, tmp_path / "t.jpg")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(UsageError, match=r"pip install 'lazyfs\[plot\]'"):
+        draw_timeline(doc, tmp_path / "u.svg")
