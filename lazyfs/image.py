@@ -260,13 +260,17 @@ def _start(image: Image, nursery: trio.Nursery, client, options: OpenOptions,
 
 
 async def _replay(image: Image, client, tables: list[LayerTable | None]) -> None:
+    """A trace is a hint: whatever goes wrong with it, the image serves on."""
     digests = [i.desc.digest for i in image.layers]
-    if image.replay.options.enabled:
-        trace, image.replay.source = await find_trace(image.store, client, image.ref,
-                                                      image.digest, digests)
-    else:
-        trace = None
-    await image.replay.run(trace, digests, tables)
+    trace = None
+    try:
+        if image.replay.options.enabled:
+            trace, image.replay.source = await find_trace(image.store, client, image.ref,
+                                                          image.digest, digests)
+        await image.replay.run(trace, digests, tables)
+    except LazyfsError as e:
+        image.replay.state = f"failed: {e}"
+        log.warning("trace replay stopped: %s", e)
 
 
 async def _record(image: Image) -> None:

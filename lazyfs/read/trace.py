@@ -44,6 +44,9 @@ MAX_TRACE_BYTES = 4 << 20
 """A trace blob larger than this is refused unread."""
 RECORD_SECONDS = 300.0
 """How long after opening reads are recorded: the start, not the whole life."""
+RANGES_PER_FILE = 256
+"""Separate ranges noted per file (a database read at random): more are not
+worth a replay, and each read is checked against those already noted."""
 SAVE_EVERY = 5.0
 RELATED_TRACES = 32
 """Other images' traces looked at for shared layers, newest first."""
@@ -148,7 +151,7 @@ class Recorder:
                 return
         if noted and (e := entries[noted[-1]]).offset + e.size == offset:
             entries[noted[-1]] = TraceEntry(e.at, e.layer, data, e.offset, e.size + size)
-        elif len(entries) < self._limit:
+        elif len(entries) < self._limit and len(noted) < RANGES_PER_FILE:
             noted.append(len(entries))
             entries.append(TraceEntry(at, self._digests[layer], data, offset, size))
         else:
