@@ -3,7 +3,7 @@
 One row per layer; each request is a bar from when it was sent to when it
 was answered, placed at its offset in the layer (its height is its size,
 at least a hairline). Reads, trace replay, readahead and background indexing
-have colours of their own; chunk-cache hits are marks. matplotlib is an
+have colours of their own; reads found in the cache (memory or disk) are marks. matplotlib is an
 optional extra (``pip install lazyfs[plot]``), imported only here.
 """
 
@@ -16,7 +16,7 @@ from ..errors import UsageError
 COLOURS = {"read": "#d62728", "prefetch": "#1f77b4", "readahead": "#ff7f0e",
            "index": "#7f7f7f", "hit": "#2ca02c"}
 LABELS = {"read": "read (waited for)", "prefetch": "trace replay", "readahead": "readahead",
-          "index": "download + index", "hit": "chunk-cache hit"}
+          "index": "download + index", "hit": "cache hit (memory or disk)"}
 MIN_BAR = 0.002
 """Seconds: a bar shorter than this is drawn this wide, so it shows."""
 
