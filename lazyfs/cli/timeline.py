@@ -3,8 +3,9 @@
 One row per layer; each request is a bar from when it was sent to when it
 was answered, placed at its offset in the layer (its height is its size,
 at least a hairline). Reads, trace replay, readahead and background indexing
-have colours of their own; reads found in the cache (memory or disk) are marks. matplotlib is an
-optional extra (``pip install lazyfs[plot]``), imported only here.
+have colours of their own; pieces found in the cache (memory or disk) are
+marks. matplotlib is an optional extra (``pip install lazyfs[plot]``),
+imported only here.
 """
 
 from __future__ import annotations
