@@ -51,6 +51,7 @@ def test_record_push_and_replay_on_a_fresh_cache(image, tmp_path):
     first = lazyfs_env(tmp_path / "a")
     with cli_mount(image.ref, tmp_path / "mnt", first) as mnt:
         expected = read_start(mnt)
+        lazyfs("umount", str(mnt), env=first)  # waits for the daemon, which keeps the trace
     shown = json.loads(lazyfs("trace", "show", "--json", image.ref, env=first).stdout)
     assert shown["manifest"] == image.digest
     assert [e["path"] for e in shown["entries"]] == ["/" + p for p in START]
@@ -77,6 +78,7 @@ def test_a_hostile_trace_serves_the_right_bytes(image, tmp_path):
     env = lazyfs_env(tmp_path / "a")
     with cli_mount(image.ref, tmp_path / "mnt", env) as mnt:
         expected = read_start(mnt)
+        lazyfs("umount", str(mnt), env=env)
     recorded = Trace.from_json(next((tmp_path / "a" / "cache" / "indexes" / "traces")
                                     .iterdir()).read_bytes())
     good = recorded.entries[0]
