@@ -44,6 +44,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
                            rate=parse_size(args.prefetch_rate) if args.prefetch_rate else 0)
     if replay.concurrency < 1:
         raise UsageError("--prefetch-concurrency must be at least 1")
+    if args.prefetch and args.no_prefetch:
+        raise UsageError("--prefetch and --no-prefetch contradict each other")
     options = dataclasses.replace(open_options(args), background_index=not args.wait_index,
                                   early_reads=args.early_reads, push_index=args.push_index,
                                   record_trace=True, replay=replay)
