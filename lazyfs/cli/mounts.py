@@ -11,6 +11,7 @@ from ..errors import UsageError
 from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json
 from .progress import add_quiet, drawn
 from .render import align
+from .serve import STORE_FSNAME, image_rows, render_service
 from .statstable import legend, render_stats
 
 
@@ -134,6 +135,9 @@ def cmd_mounts(args: argparse.Namespace) -> int:
         if m.state is None and (log := default_log_path(m.mountpoint)).exists():
             row["log"] = str(log)
         rows.append(row)
+        if m.state is not None and m.source == STORE_FSNAME:
+            rows.extend(dict(r, pid=row["pid"], alive=True)
+                        for r in image_rows(m.mountpoint, _served_stats(m.mountpoint)))
     if args.json:
         print_json(rows)
         return 0
@@ -161,18 +165,54 @@ def _add_mounts(sub) -> None:
     p.set_defaults(func=cmd_mounts)
 
 
+def _served_stats(path: str) -> dict:
+    """The statistics a store-mode mount answers at ``path`` (``{}`` if none)."""
+    import json
+    import os
+
+    from ..fs.operations import STATS_XATTR
+    try:
+        return json.loads(os.getxattr(path, STATS_XATTR))
+    except (OSError, ValueError):
+        return {}
+
+
+def _events(path: str) -> bytes:
+    """The fetch log of a mount, or of an image inside a store-mode mount."""
+    import os
+
+    from ..errors import MountError
+    from ..fs.daemon import read_events
+    from ..fs.operations import EVENTS_XATTR
+    try:
+        return read_events(path)
+    except MountError:
+        try:
+            return os.getxattr(path, EVENTS_XATTR)
+        except OSError:
+            raise MountError(f"{path}: neither a lazyfs mount nor an image served by "
+                             "lazyfs serve") from None
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
-    from ..fs.daemon import read_events, read_stats
+    from ..errors import MountError
+    from ..fs.daemon import read_stats
     if args.timeline:
         from ..read.stats import unpack_events
         from .timeline import draw_timeline
-        draw_timeline(unpack_events(read_events(args.mountpoint)), args.timeline)
+        draw_timeline(unpack_events(_events(args.mountpoint)), args.timeline)
         return 0
-    doc = read_stats(args.mountpoint)
+    try:
+        doc = read_stats(args.mountpoint)
+    except MountError:
+        # an image inside a store-mode mount answers for itself
+        doc = _served_stats(args.mountpoint)
+        if not doc:
+            raise
     if args.json:
         print_json(doc)
         return 0
-    sys.stdout.write(render_stats(doc))
+    sys.stdout.write(render_service(doc) if doc.get("mode") == "store" else render_stats(doc))
     return 0
 
 
