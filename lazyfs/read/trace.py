@@ -301,18 +301,17 @@ async def pull_trace(client, ref, manifest: str) -> Trace | None:
         log.info("image %s: no published trace: %s", manifest, e)
         return None
     for artifact in found:
-        what = f"trace artifact {artifact.digest}"
         try:
             if artifact.subject is None or artifact.subject.digest != manifest:
-                raise LayerFormatError(f"{what}: its subject is not image {manifest}")
+                raise LayerFormatError(f"its subject is not image {manifest}")
             blobs = [d for d in artifact.layers if d.media_type == MEDIA_TYPE]
             if not blobs:
-                raise LayerFormatError(f"{what}: holds no trace")
+                raise LayerFormatError("it holds no trace")
             data = await client.read_blob(ref, blobs[0], limit=MAX_TRACE_BYTES)
-            trace = Trace.from_json(data, what)
+            trace = Trace.from_json(data)
             if trace.manifest != manifest:
-                raise LayerFormatError(f"{what}: records image {trace.manifest}, not {manifest}")
+                raise LayerFormatError(f"it records image {trace.manifest}, not {manifest}")
             return trace
         except LazyfsError as e:
-            log.warning("image %s: ignoring %s", manifest, e)
+            log.warning("image %s: ignoring trace artifact %s: %s", manifest, artifact.digest, e)
     return None

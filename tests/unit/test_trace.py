@@ -4,6 +4,7 @@ a cold store ahead of the reads, shared as a referrer, and never trusted."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import random
@@ -17,6 +18,9 @@ from lazyfs.image import OpenOptions, open_image_async
 from lazyfs.read import replay as replay_module
 from lazyfs.read.replay import Replay, ReplayOptions, batches
 from lazyfs.read.stats import EventLog, unpack_events
+from lazyfs.index.shared import push_referrer
+from lazyfs.read.trace import ARTIFACT_TYPE as TRACE_ARTIFACT
+from lazyfs.read.trace import MEDIA_TYPE as TRACE_MEDIA
 from lazyfs.read.trace import (MAX_ENTRIES, MAX_TRACE_BYTES, Trace, TraceEntry, load_trace,
                                pull_trace, push_trace, save_trace)
 from lazyfs.errors import LayerFormatError, UsageError
@@ -287,3 +291,20 @@ def test_the_timeline_is_drawn(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(UsageError, match=r"pip install 'lazyfs\[plot\]'"):
         draw_timeline(doc, tmp_path / "u.svg")
+
+
+async def test_a_published_trace_too_big_or_for_another_image_is_refused(tmp_path, caplog):
+    registry = MemoryRegistry()
+    pushed = push(registry)
+    ref = parse_reference(pushed.ref)
+    subject = Descriptor(pushed.media_type, pushed.digest, len(pushed.manifest))
+    huge = b'{"mediaType": "application/vnd.lazyfs.trace.v1+json", "pad": "' + \
+        b"x" * MAX_TRACE_BYTES + b'"}'
+    other = Trace("sha256:" + "9" * 64, entries=[TraceEntry(0, "sha256:" + "8" * 64, b"x", 0, 1)])
+    async with RegistryClient(registry.options()) as client:
+        await push_referrer(client, ref, subject, TRACE_ARTIFACT, [(TRACE_MEDIA, huge, {})])
+        await push_trace(client, ref, subject, other)
+        assert await pull_trace(client, ref, pushed.digest) is None
+    assert "too large" in caplog.text and f"records image {other.manifest}" in caplog.text
+    assert not registry.seen("blob", method="GET",
+                             digest="sha256:" + hashlib.sha256(huge).hexdigest())
