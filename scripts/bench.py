@@ -1,4 +1,4 @@
-"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,all}``.
+"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,trace,all}``.
 
 Each subcommand prints Markdown tables and writes ``.bench/results-NAME.json``.
 """
@@ -23,6 +23,7 @@ COMMANDS = {
     "download": "bench_download",
     "warm-read": "bench_warm_read",
     "snapshotter": "bench_snapshotter",
+    "trace": "bench_trace",
 }
 
 

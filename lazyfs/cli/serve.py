@@ -37,10 +37,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         containerd_state=args.containerd_state, idle=args.idle_timeout, tag_ttl=args.tag_ttl,
         mount=MountOptions(foreground=True, allow_other=args.allow_other,
                            debug=bool(opt(args, "debug"))),
-        open_options=open_options(args), store=open_store(args))
+        open_options=_traced(open_options(args)), store=open_store(args))
     commands = Commands(parse=args._parser.parse_args, run=args._run)
     trio.run(run_service, settings, commands)
     return 0
+
+
+def _traced(options):
+    """The service's images record their first reads and replay traces, as mounts do."""
+    import dataclasses
+
+    from ..read.replay import ReplayOptions
+    return dataclasses.replace(options, record_trace=True, replay=ReplayOptions())
 
 
 def _add_serve(sub) -> None:
