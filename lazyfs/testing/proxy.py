@@ -89,6 +89,11 @@ class TcpProxy:
 
     def close(self) -> None:
         self._closed = True
+        # close() alone does not wake a thread blocked in accept(); shutdown does
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._sock.close()
         with self._lock:
             for s in self._open:
