@@ -265,6 +265,8 @@ class LazyOperations(pyfuse3.Operations):
     async def getxattr(self, inode, name, ctx):
         if inode == ROOT_INO and name == STATS_XATTR.encode():
             return json.dumps(self.stats()).encode()
+        if self._tree.without_xattrs(inode):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         node = await self._node(inode)
         if isinstance(node, _Virtual) or not node.has_xattrs:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -282,6 +284,8 @@ class LazyOperations(pyfuse3.Operations):
 
     @_answers
     async def listxattr(self, inode, ctx):
+        if self._tree.without_xattrs(inode):
+            return []
         node = await self._node(inode)
         if isinstance(node, _Virtual) or not node.has_xattrs:
             return []
