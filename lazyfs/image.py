@@ -12,6 +12,7 @@ The synchronous API is ``lazyfs.sync``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -35,6 +36,7 @@ from .read.tables import layer_name, layer_tables, merged_index
 from .reference import Reference, parse_reference
 from .read.sources import open_source
 from .store.blobs import Store
+from .store.schemes import SchemeFile
 
 __all__ = ["Image", "LayerInfo", "OpenOptions", "mode_of", "open_image_async"]
 
@@ -174,7 +176,7 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
     ref = parse_reference(ref) if isinstance(ref, str) else ref
     store = store or Store()
     started = time.monotonic()
-    async with _client_for(ref, options) as client:
+    async with _client_for(ref, options, store) as client:
         source = open_source(ref, store, client, options.full_pull)
         resolved = await source.resolve(options.platform)
         descs = list(resolved.manifest.layers)
@@ -250,11 +252,15 @@ def _info(position: int, desc: Descriptor, table: LayerTable | None) -> LayerInf
     return LayerInfo(position, desc, table.format, table.lazy, table.reason)
 
 
-def _client_for(ref: Reference, options: OpenOptions):
+def _client_for(ref: Reference, options: OpenOptions, store: Store):
     if ref.transport != "docker":
         return contextlib.nullcontext()
     from .registry.client import RegistryClient
-    return RegistryClient(options.registry)
+    from .registry.transport import RegistryOptions
+    registry = options.registry or RegistryOptions()
+    if registry.schemes is None:
+        registry = dataclasses.replace(registry, schemes=SchemeFile(store.root))
+    return RegistryClient(registry)
 
 
 def _shared_index(client, resolved, options: OpenOptions):

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 import httpx
 import trio
@@ -77,6 +78,15 @@ class RegistryOptions:
     transport: httpx.AsyncBaseTransport | None = None
     """What sends the requests; ``None`` is the network. ``lazyfs.testing``
     puts an in-memory registry here."""
+    schemes: SchemeMemory | None = None
+    """Where the scheme each host answered on is remembered between runs,
+    so that it is tried first next time (``store.schemes.SchemeFile``)."""
+
+
+class SchemeMemory(Protocol):
+    def get(self, host: str) -> str | None: ...
+
+    def put(self, host: str, scheme: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -102,12 +112,13 @@ class Transport:
         self._down: set[Endpoint] = set()
         self._challenges: dict[str, tuple[str, dict[str, str]]] = {}
         self._redirects: dict[str, tuple[httpx.URL, float]] = {}
+        self.tls = OnDemandTrust(ssl.PROTOCOL_TLS_CLIENT)
 
     async def __aenter__(self) -> Transport:
         o = self.options
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(o.timeout, connect=o.connect_timeout),
-            verify=ssl.create_default_context(), trust_env=True, follow_redirects=False,
+            verify=self.tls, trust_env=True, follow_redirects=False,
             headers={"User-Agent": o.user_agent}, transport=o.transport)
         return self
 
@@ -303,7 +314,12 @@ class Transport:
             if ep.api_host in self._bases:
                 return self._bases[ep.api_host]
             failure: LazyfsError | None = None
-            for scheme in ep.schemes:
+            memory = self.options.schemes
+            known = memory.get(ep.api_host) if memory is not None else None
+            schemes = ep.schemes
+            if known in schemes:
+                schemes = (known, *(s for s in schemes if s != known))
+            for scheme in schemes:
                 base = f"{scheme}://{ep.api_host}"
                 try:
                     resp = await self._send(ep, "GET", httpx.URL(base + "/v2/"), None, None, None,
@@ -316,9 +332,13 @@ class Transport:
                     self._bases[ep.api_host] = base
                     if (challenge := pick_challenge(resp)) is not None:
                         self._challenges[ep.host] = challenge
+                    if memory is not None and scheme != known:
+                        memory.put(ep.api_host, scheme)
                     return base
-                raise RegistryError(f"{ep.host} does not speak the registry v2 API "
-                                    f"(GET {base}/v2/ answered HTTP {resp.status_code})")
+                failure = RegistryError(f"{ep.host} does not speak the registry v2 API "
+                                        f"(GET {base}/v2/ answered HTTP {resp.status_code})")
+                if scheme != known:
+                    raise failure
             assert failure is not None
             raise failure
 
@@ -335,6 +355,28 @@ class Transport:
                     auth.cache.remember_challenge(auth.registry, self._challenges[host])
                 self._auths[key] = auth
         return self._auths[key]
+
+
+class OnDemandTrust(ssl.SSLContext):
+    """``ssl.create_default_context()``, except that the system's trust store
+    (tens of milliseconds to parse) is loaded at the first TLS handshake:
+    a mount from a plain-HTTP registry never pays for it."""
+
+    trusted = False
+    """Whether the trust store was loaded: a TLS handshake was begun."""
+
+    def _trust(self) -> None:
+        if not self.trusted:
+            self.load_default_certs(ssl.Purpose.SERVER_AUTH)
+            self.trusted = True
+
+    def wrap_bio(self, *args, **kw):
+        self._trust()
+        return super().wrap_bio(*args, **kw)
+
+    def wrap_socket(self, *args, **kw):
+        self._trust()
+        return super().wrap_socket(*args, **kw)
 
 
 def _env_seconds(name: str, default: float) -> float:
