@@ -10,7 +10,7 @@ their digest, blobs hashed as they arrive and never trusted before.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
 
@@ -55,8 +55,11 @@ class RegistryClient:
 
     # --- images ------------------------------------------------------------
 
-    async def resolve(self, ref: Reference, platform: Platform | None = None) -> ResolvedImage:
-        """Tag or digest to verified manifest and config; diff_ids are checked by callers."""
+    async def resolve(self, ref: Reference, platform: Platform | None = None,
+                      known: Callable[[str], bytes | None] | None = None) -> ResolvedImage:
+        """Tag or digest to verified manifest and config; diff_ids are checked by callers.
+        ``known(digest)`` may hold the config already (a blob is named by its
+        content): it is used, checked against the digest, without a request."""
         ref = with_default_tag(ref)
         raw, media_type, digest = await self.get_manifest(ref)
         top = parse_manifest(raw, media_type, digest)
@@ -68,8 +71,10 @@ class RegistryClient:
         if manifest.config.media_type not in CONFIG_TYPES:
             raise UnsupportedMediaType(f"manifest {manifest.digest}: config media type "
                                        f"{manifest.config.media_type} is not a container image")
-        config = parse_config(await self.read_blob(ref, manifest.config, MAX_CONFIG_SIZE),
-                              manifest.config.digest)
+        raw = _verified(known(manifest.config.digest), manifest.config) if known else None
+        if raw is None:
+            raw = await self.read_blob(ref, manifest.config, MAX_CONFIG_SIZE)
+        config = parse_config(raw, manifest.config.digest)
         if index is not None:
             platforms = image_platforms(index)
         else:
@@ -356,6 +361,15 @@ def _check_manifest_digest(resp: httpx.Response, raw: bytes, ref: Reference, wha
     if published and published.partition(":")[0] == hasher.name and got != published:
         raise DigestMismatch(f"manifest {what}: registry says {published}, content hashes to {got}")
     return got
+
+
+def _verified(data: bytes | None, desc: Descriptor) -> bytes | None:
+    """``data`` if it is the blob ``desc`` names, else None."""
+    if data is None or len(data) != desc.size:
+        return None
+    hasher = _hasher(desc.digest)
+    hasher.update(data)
+    return data if _digest_of(hasher) == desc.digest else None
 
 
 def _check_not_longer(received: int, desc: Descriptor) -> None:
