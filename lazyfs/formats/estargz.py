@@ -39,6 +39,8 @@ TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 TOC_NAME = "stargz.index.json"
 FOOTER_SIZE = 51
 LEGACY_FOOTER_SIZE = 47
+TOC_GUESS_MIN = 64 << 10
+TOC_GUESS_MAX = 4 << 20
 
 
 # --- footer -----------------------------------------------------------------
@@ -127,16 +129,20 @@ async def build(desc, blob: BlobSource) -> LayerTable:
                                "an unverified eStargz TOC is not used")
     if blob.size < LEGACY_FOOTER_SIZE:
         raise LayerFormatError(f"layer {layer}: {blob.size} bytes is too small for eStargz")
-    tail = await blob.read_range(blob.size - min(FOOTER_SIZE, blob.size), blob.size)
+    tail_start = blob.size - toc_guess(blob.size)
+    tail = await blob.read_range(tail_start, blob.size)
     try:
-        toc_offset, footer = parse_footer(tail)
+        toc_offset, footer = parse_footer(tail[-FOOTER_SIZE:])
     except LayerFormatError as e:
         raise LayerFormatError(f"layer {layer}: {e}") from None
     data_end = blob.size - footer
     if toc_offset >= data_end:
         raise LayerFormatError(f"layer {layer}: TOC offset {toc_offset} is past the blob's "
                                f"data ({data_end} bytes)")
-    raw = await blob.read_range(toc_offset, data_end)
+    if toc_offset >= tail_start:
+        raw = tail[toc_offset - tail_start:data_end - tail_start]
+    else:
+        raw = await blob.read_range(toc_offset, tail_start) + tail[:data_end - tail_start]
 
     def decode() -> tuple[list[Entry], int | None]:
         toc_json = toc_json_from_member(raw, layer)
@@ -148,6 +154,13 @@ async def build(desc, blob: BlobSource) -> LayerTable:
     state = pack_state(layer=layer, toc_digest=expected, toc_offset=toc_offset,
                        footer=footer, prefetch_end=prefetch)
     return LayerTable(format="estargz", lazy=True, state=state, entries=entries)
+
+
+def toc_guess(size: int) -> int:
+    """How much of the blob's end to ask for at once: the footer and, most
+    of the time, the whole TOC behind it (about 0.5% of a layer), saving a
+    round trip per layer; a larger TOC costs one more request."""
+    return min(size, max(FOOTER_SIZE, min(TOC_GUESS_MAX, max(TOC_GUESS_MIN, size // 100))))
 
 
 def prefetch_end(items: list[dict]) -> int | None:

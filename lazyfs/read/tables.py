@@ -8,6 +8,7 @@ pass. The merged index is kept per manifest digest.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import trio
@@ -23,6 +24,7 @@ from .sources import RegistryBlob
 from .streaming import LayerStream
 
 INDEX_CONCURRENCY = 2
+"""Layers indexed by a pass over their bytes at once (TOC formats are not limited)."""
 
 
 def layer_name(position: int, desc: Descriptor) -> str:
@@ -40,7 +42,8 @@ async def layer_tables(descs: list[Descriptor], source, store: Store,
     limit = trio.CapacityLimiter(INDEX_CONCURRENCY)
 
     async def one(i: int, desc: Descriptor) -> None:
-        async with limit:
+        toc = format_of(desc.media_type, desc.annotations).toc
+        async with contextlib.nullcontext() if toc else limit:
             tables[i] = table = await layer_table(desc, source.blob(desc), store, shared, defer)
             if table is not None and i < len(diff_ids):
                 check_diff_id(table, desc.digest, diff_ids[i])

@@ -34,3 +34,30 @@ async def test_a_second_open_fetches_no_blob_byte_config_included(tmp_path, fmt)
         node = image.index.resolve("/etc/os-release")
         assert await image.read(node, 0, node.size) == b"debian\n"
     assert [r.kind for r in registry.requests if r.kind not in ("ping", "manifest")] == []
+
+
+def _ranges_per_layer(registry: MemoryRegistry, pushed) -> list[int]:
+    return [registry.count("range", digest=layer.digest) for layer in pushed.layers]
+
+
+@pytest.mark.parametrize("fmt", TOC_FORMATS)
+async def test_each_layers_toc_comes_in_one_request(tmp_path, fmt):
+    registry = MemoryRegistry()
+    pushed = registry.push_image("library/app", "v1", _layers(fmt))
+    async with open_image_async(pushed.ref, OpenOptions(registry=registry.options()),
+                                Store(tmp_path)) as image:
+        assert image.index.resolve("/srv/data").size == 5000
+    assert _ranges_per_layer(registry, pushed) == [1, 1, 1]
+
+
+async def test_an_estargz_toc_larger_than_the_guess_costs_one_more_request(tmp_path, monkeypatch):
+    from lazyfs.formats import estargz
+    monkeypatch.setattr(estargz, "TOC_GUESS_MIN", 200)
+    monkeypatch.setattr(estargz, "TOC_GUESS_MAX", 200)
+    registry = MemoryRegistry()
+    pushed = registry.push_image("library/app", "v1", _layers("estargz"))
+    async with open_image_async(pushed.ref, OpenOptions(registry=registry.options()),
+                                Store(tmp_path)) as image:
+        node = image.index.resolve("/usr/lib/f39")
+        assert await image.read(node, 0, node.size) == b"39\n" * 50
+    assert _ranges_per_layer(registry, pushed)[0] == 3, "tail, rest of the TOC, the read"
