@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 import trio
 
@@ -23,11 +23,9 @@ from .formats.entry import EntryType
 from .errors import UsageError
 from .formats import LayerTable, format_of
 from .index.merged import MergedIndex, Node
-from .index.publish import built_here, publish_quietly
 from .index.tree import Tree, mode_of
 from .manifest import Descriptor, Platform
 from .store.chunks import ChunkCache
-from .read.background import BackgroundIndex
 from .read.content import LayerContent, TableContent, reader_layer
 from .read.prefetch import Prefetch, prioritized, warm_quietly
 from .read.reader import Reader
@@ -37,6 +35,9 @@ from .reference import Reference, parse_reference
 from .read.sources import open_source
 from .store.blobs import Store
 from .store.schemes import SchemeFile
+
+if TYPE_CHECKING:
+    from .read.background import BackgroundIndex
 
 __all__ = ["Image", "LayerInfo", "OpenOptions", "mode_of", "open_image_async"]
 
@@ -189,6 +190,7 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
             index = await merged_index(resolved.manifest.digest, descs, tables, store,
                                        options.layer_views)
         else:
+            from .read.background import BackgroundIndex
             background = BackgroundIndex(str(ref), tables, descs, store, started,
                                          options.early_reads, diff_ids)
         layers = [reader_layer(i, d, t, source, resolved, store)
@@ -225,14 +227,22 @@ def _start(image: Image, nursery: trio.Nursery, client, options: OpenOptions,
     publish = options.push_index and client is not None
     if image.background is not None:
         nursery.start_soon(_index_then_publish, image, client if publish else None)
-    elif publish and built_here(tables, [i.desc.digest for i in image.layers],
-                                image.shared_tables):
-        nursery.start_soon(publish_quietly, client, image)
+    elif publish:
+        from .index.publish import built_here, publish_quietly
+        if built_here(tables, [i.desc.digest for i in image.layers], image.shared_tables):
+            nursery.start_soon(publish_quietly, client, image)
     if options.prefetch and not options.full_pull:
         image.prefetch()
+    if not options.full_pull:
+        nursery.start_soon(_warm_landmarked, image.reader, tables)
+
+
+async def _warm_landmarked(reader: Reader, tables: list[LayerTable | None]) -> None:
+    """Files the producer marked (eStargz's landmark), fetched ahead of any
+    read: found in the background, as the walk over every entry is not free."""
     landmarked = prioritized(tables)
-    if landmarked and not options.full_pull:
-        nursery.start_soon(warm_quietly, image.reader, landmarked)
+    if landmarked:
+        await warm_quietly(reader, landmarked)
 
 
 async def _index_then_publish(image: Image, client) -> None:
@@ -242,6 +252,7 @@ async def _index_then_publish(image: Image, client) -> None:
         return await merged_index(image.digest, descs, tables, image.store, False)
 
     if await image.background.run(image.reader.layers, merge) and client is not None:
+        from .index.publish import publish_quietly
         await publish_quietly(client, image)
 
 

@@ -28,7 +28,6 @@ from ..blob import BlobSource
 from ..errors import LayerFormatError, UnsupportedMediaType
 from .base import ContentReader, LayerTable, Piece, entry_differences, read_content, slice_piece
 from .entry import Entry
-from .gzip import GzipReader, StreamIndexer
 
 __all__ = ["ContentReader", "GzipReader", "LayerFormat", "LayerTable", "Piece", "FORMATS",
            "StreamIndexer", "build_table", "detect_format", "format_named", "format_of",
@@ -132,6 +131,15 @@ ZSTD_CHUNKED = LayerFormat("zstd:chunked", _ZSTD,
 FORMATS = (ESTARGZ, ZSTD_CHUNKED, TAR, GZIP, ZSTD)
 """Marked formats first: the first whose media type matches and whose
 annotations (if it has any) are present wins."""
+
+
+def __getattr__(name: str):
+    """``GzipReader`` and ``StreamIndexer``, imported when first asked for:
+    an image without a gzip layer to index never loads them."""
+    if name in ("GzipReader", "StreamIndexer"):
+        from . import gzip
+        return getattr(gzip, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def format_of(media_type: str, annotations: dict[str, str] | None = None) -> LayerFormat:

@@ -61,3 +61,18 @@ async def test_an_estargz_toc_larger_than_the_guess_costs_one_more_request(tmp_p
         node = image.index.resolve("/usr/lib/f39")
         assert await image.read(node, 0, node.size) == b"39\n" * 50
     assert _ranges_per_layer(registry, pushed)[0] == 3, "tail, rest of the TOC, the read"
+
+
+def test_the_mount_path_imports_only_what_every_mount_uses():
+    """Indexing gzip layers, publishing tables and the background indexer
+    are loaded when an image needs them, not by every mount."""
+    import subprocess
+    import sys
+    code = ("import sys, lazyfs.cli.main, lazyfs.fs.operations, lazyfs.fs.daemon, lazyfs.image; "
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                text=True).stdout.split())
+    assert "lazyfs.image" in loaded
+    assert loaded.isdisjoint({"lazyfs.formats.gzip", "lazyfs.formats.zran", "rapidgzip",
+                              "lazyfs.index.publish", "lazyfs.index.shared",
+                              "lazyfs.read.background"})
