@@ -31,6 +31,7 @@ import trio
 from ..blob import BlobSource
 from ..errors import CorruptData, DigestMismatch, LayerFormatError
 from .base import LayerTable, Piece, inflate_streams
+from .deflate import fast
 from .entry import Entry, EntryType
 from .toc import (MAX_TOC_SIZE, entries_from_toc, pack_state, parse_toc, piece_params, plain_name,
                   plan, unpack_chunks, unpack_state, verify_chunk)
@@ -195,7 +196,7 @@ class EstargzReader:
         inner, size, digest, _ = piece_params(piece)
         try:
             out = _inflate(raw, inner + size)
-        except zlib.error as e:
+        except (zlib.error, fast.error) as e:
             raise CorruptData(f"layer {self.layer}: eStargz chunk at blob bytes "
                                  f"{piece.start}-{piece.end} is not valid gzip ({e})") from None
         return verify_chunk(out[inner:inner + size], size, digest,
@@ -203,7 +204,7 @@ class EstargzReader:
 
 
 def _inflate(raw: bytes, want: int) -> bytes:
-    return inflate_streams(raw, want, lambda: zlib.decompressobj(31), zlib.error, "gzip member")
+    return inflate_streams(raw, want, lambda: fast.decompressobj(31), fast.error, "gzip member")
 
 
 def prioritized(table) -> list[Entry]:
