@@ -41,7 +41,7 @@ from ..index.tree import Tree, mode_of
 
 log = logging.getLogger(__name__)
 
-TIMEOUT = 300.0
+TIMEOUT = 86400.0
 """Seconds the kernel may cache entries and attributes: the image is immutable."""
 BLKSIZE = 128 * 1024
 """Preferred I/O size reported in ``st_blksize``: big reads cost fewer FUSE round trips."""
@@ -314,8 +314,9 @@ class LazyOperations(pyfuse3.Operations):
 
     @_answers
     async def opendir(self, inode, ctx):
-        node = await self._node(inode)
-        if isinstance(node, _Virtual) or node.type is not EntryType.DIR:
+        # The kernel opens only what it was told is a directory: no query
+        # here (``find`` opens every directory, again on every walk).
+        if inode in self._virtual:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = next(self._next_fh)
         self._dirs[fh] = _Cursor(inode)

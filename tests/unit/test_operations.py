@@ -73,7 +73,7 @@ class _CountingTree(Tree):
         return await super().xattrs(ino)
 
 
-async def test_xattrs_of_a_node_without_any_are_answered_without_the_tree(tmp_path):
+async def test_xattrs_of_a_node_without_any_and_opendir_are_answered_without_the_tree(tmp_path):
     layer = [D("etc"), F("etc/os-release", b"debian"),
              F("bin/ping", b"\x7fELF", xattrs={"security.capability": b"\x01\x02"})]
     with MergedIndex.build(tmp_path / "ix", [layer], per_layer=False) as index:
@@ -85,7 +85,9 @@ async def test_xattrs_of_a_node_without_any_are_answered_without_the_tree(tmp_pa
                 await ops.getxattr(plain, b"security.selinux", None)
             assert e.value.errno == pyfuse3.ENOATTR
             assert await ops.listxattr(plain, None) == []
-        assert tree.asked == 0
+        fh = await ops.opendir(index.resolve("/etc").ino, None)
+        await ops.releasedir(fh)
+        assert tree.asked == 0, "neither xattrs of a plain file nor opendir ask the tree"
         ping = index.resolve("/bin/ping").ino
         assert await ops.getxattr(ping, b"security.capability", None) == b"\x01\x02"
         assert await ops.listxattr(ping, None) == [b"security.capability"]
