@@ -37,6 +37,7 @@ from ..reference import Reference
 from .auth import RegistryAuth, pick_challenge
 from .credentials import find_credential_async
 from .resume import RETRY_ERRORS, ResumingBody, resumable
+from .tls import OnDemandTrust
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -355,28 +356,6 @@ class Transport:
                     auth.cache.remember_challenge(auth.registry, self._challenges[host])
                 self._auths[key] = auth
         return self._auths[key]
-
-
-class OnDemandTrust(ssl.SSLContext):
-    """``ssl.create_default_context()``, except that the system's trust store
-    (tens of milliseconds to parse) is loaded at the first TLS handshake:
-    a mount from a plain-HTTP registry never pays for it."""
-
-    trusted = False
-    """Whether the trust store was loaded: a TLS handshake was begun."""
-
-    def _trust(self) -> None:
-        if not self.trusted:
-            self.load_default_certs(ssl.Purpose.SERVER_AUTH)
-            self.trusted = True
-
-    def wrap_bio(self, *args, **kw):
-        self._trust()
-        return super().wrap_bio(*args, **kw)
-
-    def wrap_socket(self, *args, **kw):
-        self._trust()
-        return super().wrap_socket(*args, **kw)
 
 
 def _env_seconds(name: str, default: float) -> float:
