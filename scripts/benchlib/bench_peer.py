@@ -6,12 +6,16 @@ Both read the same blobs from one bench registry (plain HTTP, loopback):
   ``ctr-remote``): ``mount`` → first ``cat`` of a bottom-layer file
   (``/etc/os-release``) and of a top-layer file, cold; a second mount with
   the index cached (lazyfs; blob bytes counted by the registry's log);
-  ``find`` and ``ls -lR`` once the tree has been walked once (warm);
+  ``find`` and ``ls -lR`` once the tree has been walked once (warm); the
+  cold first read again with the registry behind a proxy 50 ms and
+  200 Mbit/s away (``benchlib.proxy``), beside ``skopeo copy`` + ``umoci
+  unpack`` over the same link (not with ``--quick``);
 * one eStargz layer holding a 200 MB file (4 MiB chunks, as ``ctr-remote``
   cuts them): ``dd`` cold, then warm (lazyfs: a second mount on the kept
-  cache; stargz-store: the same store after its page cache for the file is
-  dropped with ``posix_fadvise``), with the daemon's CPU time for the warm
-  pass and its peak RSS;
+  cache; stargz-store: the same store), the page cache dropped before each
+  warm pass with ``--drop-caches`` (else stargz-store's file gets a
+  ``posix_fadvise`` that may not empty it: the note says which), with the
+  daemon's CPU time for the warm pass and its peak RSS;
 * the FUSE ceiling: a trivial pyfuse3 filesystem serving the same size
   from memory.
 
@@ -36,9 +40,11 @@ from lazyfs.testing.manifests import image as built_image
 from lazyfs.testing.push import push_blob, push_manifest
 
 from . import peer
+from .fullpull import full_pull
 from .common import BENCH_DIR, Run, drop_caches, log, ratio, rss_mib
 from .lazy import push_debian
-from .mounting import bench_env, mounted, unmount
+from .mounting import bench_env, mounted
+from .proxy import TcpProxy
 from .registry import running_registry
 
 VARIANT = "bookworm-python"
@@ -66,6 +72,7 @@ def run(quick: bool) -> Run:
                 digests = _layer_digests(deb)
                 _first_reads(res, deb.ref, digests, work, cursor, why is None)
                 _tree_walks(res, deb.ref, digests, work, why is None)
+                _far_away(res, deb.ref, digests, work, why is None, quick)
             _big_reads(res, big_ref, big_digest, size, work, why is None)
         _ceiling(res, size, work)
     finally:
@@ -154,6 +161,34 @@ def _peer_cat(ref: str, layer: str, path: str) -> float:
         t = time.perf_counter()
         st.layer_path(ref, layer, path).read_bytes()
         return time.perf_counter() - t
+
+
+# -- a registry far away --------------------------------------------------------------------
+
+RTT = 0.05
+RATE = 25_000_000
+"""25 ms each way (the proxy holds each request and each new connection
+50 ms) and 200 Mbit/s per connection."""
+
+
+def _far_away(res: Run, ref: str, digests: list[str], work: Path, peer_ok: bool,
+              quick: bool) -> None:
+    with TcpProxy(ref.partition("/")[0], delay=RTT, rate=RATE) as proxy:
+        far = ref.replace(ref.partition("/")[0], proxy.host, 1)
+        env = bench_env(work / "far-cache", work / "run")
+        shutil.rmtree(work / "far-cache", ignore_errors=True)
+        before = (proxy.connections, proxy.sends)
+        lazy = _lazy_cat(far, BOTTOM, work / "mnt", env)
+        trips = proxy.connections - before[0] + proxy.sends - before[1]
+        st = _peer_cat(far, digests[0], BOTTOM) if peer_ok else None
+        full = None if quick else full_pull(far, work / "full")
+    note = f"lazyfs: {trips} connections + requests through the proxy"
+    _add(res, "mount → first cat, 50 ms RTT, 200 Mbit/s, cold", "s", lazy, st, note=note)
+    if full is not None:
+        row = _add(res, "same first read against skopeo copy + umoci unpack + cat, same link",
+                   "s", lazy, note=full.error or f"full pull {full.total_s:.2f} s; lazyfs / "
+                                                 f"full pull = {ratio(lazy, full.total_s):.3f}")
+        row["full_pull_s"] = full.total_s
 
 
 # -- tree walks -----------------------------------------------------------------------------
