@@ -96,7 +96,7 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def _add(res: Run, what: str, unit: str, lazy=None, stargz=None, note: str = "") -> None:
+def _add(res: Run, what: str, unit: str, lazy=None, stargz=None, note: str = "") -> dict:
     row = res.add(what=what, unit=unit, lazyfs=lazy, stargz=stargz, load=_load(), note=note)
     log(f"{what}: lazyfs {lazy} stargz-store {stargz} {unit}")
     return row
