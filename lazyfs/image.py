@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 import trio
 
 from .formats.entry import EntryType
-from .errors import UsageError
+from .errors import LazyfsError, UsageError
 from .formats import LayerTable, format_of
 from .index.merged import MergedIndex, Node
 from .index.tree import Tree, mode_of
@@ -30,9 +30,9 @@ from .read.content import LayerContent, TableContent, reader_layer
 from .read.prefetch import Prefetch, prioritized, warm_quietly
 from .read.reader import Reader
 from .read.stats import image_stats
-from .read.tables import layer_name, layer_tables, merged_index
+from .read.tables import check_diff_ids, layer_name, layer_tables, merged_index
 from .reference import Reference, parse_reference
-from .read.sources import open_source
+from .read.sources import RegistrySource, open_source
 from .store.blobs import Store
 from .store.schemes import SchemeFile
 
@@ -179,12 +179,29 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
     started = time.monotonic()
     async with _client_for(ref, options, store) as client:
         source = open_source(ref, store, client, options.full_pull)
-        resolved = await source.resolve(options.platform)
-        descs = list(resolved.manifest.layers)
-        shared = _shared_index(client, resolved, options)
         defer = options.background_index and not options.layer_views
+        early: dict[str, tuple] = {}
+
+        async def tables_of(manifest) -> None:
+            """The tables, fetched while the config is: a failure here is
+            met again, and raised, by the ordinary path below."""
+            shared = _shared_index(client, ref, manifest.digest, options)
+            with contextlib.suppress(LazyfsError):
+                early[manifest.digest] = shared, await layer_tables(
+                    list(manifest.layers), source, store, shared, defer)
+
+        if isinstance(source, RegistrySource):
+            resolved = await source.resolve(options.platform, tables_of)
+        else:
+            resolved = await source.resolve(options.platform)
+        descs = list(resolved.manifest.layers)
         diff_ids = resolved.config.diff_ids
-        tables = await layer_tables(descs, source, store, shared, defer, diff_ids)
+        if resolved.manifest.digest in early:
+            shared, tables = early[resolved.manifest.digest]
+            check_diff_ids(tables, descs, diff_ids)
+        else:
+            shared = _shared_index(client, resolved.pinned, resolved.manifest.digest, options)
+            tables = await layer_tables(descs, source, store, shared, defer, diff_ids)
         index = background = None
         if all(t is not None for t in tables):
             index = await merged_index(resolved.manifest.digest, descs, tables, store,
@@ -274,8 +291,8 @@ def _client_for(ref: Reference, options: OpenOptions, store: Store):
     return RegistryClient(registry)
 
 
-def _shared_index(client, resolved, options: OpenOptions):
+def _shared_index(client, ref: Reference, manifest_digest: str, options: OpenOptions):
     if client is None or not options.use_shared_index:
         return None
     from .index.shared import SharedIndex
-    return SharedIndex(client, resolved.pinned, resolved.manifest.digest)
+    return SharedIndex(client, ref, manifest_digest)

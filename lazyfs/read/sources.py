@@ -128,9 +128,11 @@ class RegistrySource:
         self.client, self.ref, self.store, self.full_pull = client, ref, store, full_pull
         self.fallbacks: dict[str, Fallback] = {}
 
-    async def resolve(self, platform: Platform | None) -> ResolvedImage:
+    async def resolve(self, platform: Platform | None, alongside=None) -> ResolvedImage:
+        """``alongside(manifest)`` runs while the config is fetched; it must
+        not raise (a caller keeps its own failures for later)."""
         try:
-            r = await self.client.resolve(self.ref, platform, self._stored)
+            r = await self.client.resolve(self.ref, platform, self._stored, alongside)
         except RegistryUnreachable as e:
             r = await trio.to_thread.run_sync(resolve_offline, self.store, self.ref, platform, e)
             log.warning("%s; using the copy in the local store", e)

@@ -10,7 +10,7 @@ their digest, blobs hashed as they arrive and never trusted before.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
 
@@ -18,10 +18,10 @@ import httpx
 import trio
 
 from ..errors import (DigestMismatch, NoMatchingPlatform, NotFound, RangeNotSupported,
-                      RegistryError, UnsupportedMediaType)
-from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, Index, Manifest,
-                        Platform, ResolvedImage, image_platforms, json_object, parse_config,
-                        parse_manifest, select_platform, with_default_tag)
+                      RegistryError, UnsupportedMediaType, single_error)
+from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, ImageConfig, Index,
+                        Manifest, Platform, ResolvedImage, image_platforms, json_object,
+                        parse_config, parse_manifest, select_platform, with_default_tag)
 from ..reference import Reference
 from .ranges import (Part, Span, batches, boundary_of, cut, parse_content_range, parse_multipart,
                      range_header)
@@ -56,10 +56,14 @@ class RegistryClient:
     # --- images ------------------------------------------------------------
 
     async def resolve(self, ref: Reference, platform: Platform | None = None,
-                      known: Callable[[str], bytes | None] | None = None) -> ResolvedImage:
+                      known: Callable[[str], bytes | None] | None = None,
+                      alongside: Callable[[Manifest], Awaitable[None]] | None = None
+                      ) -> ResolvedImage:
         """Tag or digest to verified manifest and config; diff_ids are checked by callers.
         ``known(digest)`` may hold the config already (a blob is named by its
-        content): it is used, checked against the digest, without a request."""
+        content): it is used, checked against the digest, without a request.
+        ``alongside(manifest)`` runs while the config is fetched (a mount
+        fetches the layers' TOCs meanwhile) and is waited for."""
         ref = with_default_tag(ref)
         raw, media_type, digest = await self.get_manifest(ref)
         top = parse_manifest(raw, media_type, digest)
@@ -71,10 +75,13 @@ class RegistryClient:
         if manifest.config.media_type not in CONFIG_TYPES:
             raise UnsupportedMediaType(f"manifest {manifest.digest}: config media type "
                                        f"{manifest.config.media_type} is not a container image")
-        raw = _verified(known(manifest.config.digest), manifest.config) if known else None
-        if raw is None:
-            raw = await self.read_blob(ref, manifest.config, MAX_CONFIG_SIZE)
-        config = parse_config(raw, manifest.config.digest)
+        if alongside is None:
+            config = await self._config(ref, manifest, known)
+        else:
+            with single_error():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(alongside, manifest)
+                    config = await self._config(ref, manifest, known)
         if index is not None:
             platforms = image_platforms(index)
         else:
@@ -83,6 +90,13 @@ class RegistryClient:
                 raise NoMatchingPlatform(f"image {ref} is for {config.platform.normalized()}, "
                                          f"not the requested {platform}")
         return ResolvedImage(ref, index, manifest, config, tuple(platforms))
+
+    async def _config(self, ref: Reference, manifest: Manifest,
+                      known: Callable[[str], bytes | None] | None) -> ImageConfig:
+        raw = _verified(known(manifest.config.digest), manifest.config) if known else None
+        if raw is None:
+            raw = await self.read_blob(ref, manifest.config, MAX_CONFIG_SIZE)
+        return parse_config(raw, manifest.config.digest)
 
     async def _child_manifest(self, ref: Reference, desc: Descriptor) -> Manifest:
         raw, media_type, digest = await self.get_manifest(ref.with_digest(desc.digest))

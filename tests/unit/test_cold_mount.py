@@ -76,3 +76,21 @@ def test_the_mount_path_imports_only_what_every_mount_uses():
     assert loaded.isdisjoint({"lazyfs.formats.gzip", "lazyfs.formats.zran", "rapidgzip",
                               "lazyfs.index.publish", "lazyfs.index.shared",
                               "lazyfs.read.background"})
+
+
+async def test_the_layers_tocs_are_fetched_while_the_config_is(tmp_path, autojump_clock):
+    """With the config's answer stalled, every layer's TOC has been asked
+    for already: the first mount does not wait a round trip for it."""
+    import json
+
+    import trio
+    registry = MemoryRegistry()
+    pushed = registry.push_image("library/app", "v1", _layers("estargz"))
+    config = json.loads(pushed.manifest)["config"]["digest"]
+    registry.fault("stall", kind="blob", digest=config, seconds=600)
+    with pytest.raises(trio.TooSlowError):
+        with trio.fail_after(60):
+            async with open_image_async(pushed.ref, OpenOptions(registry=registry.options()),
+                                        Store(tmp_path)):
+                pass
+    assert _ranges_per_layer(registry, pushed) == [1, 1, 1]
