@@ -155,8 +155,7 @@ class StoreOperations(pyfuse3.Operations):
             if text == ".." and (local == ROOT_INO or self._is_layer_root(slot, local)):
                 return self._virtual_attrs(self._virtual[ROOT_INO if local == ROOT_INO
                                                          else LAYERS_INO])
-            async with self.images.using(slot):
-                return await ops.lookup(local, name, ctx)
+            return await ops.lookup(local, name, ctx)
         v = self._virtual.get(parent_inode)
         if v is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -181,9 +180,8 @@ class StoreOperations(pyfuse3.Operations):
             ino = self._symlink_for(text)
             return self._virtual_attrs(self._virtual[ino])
         number, local = self._layers[digest]
-        ops, _, slot = await self._image(number << SLOT_SHIFT | local)
-        async with self.images.using(slot):
-            return await ops.getattr(local)
+        ops, _, _ = await self._image(number << SLOT_SHIFT | local)
+        return await ops.getattr(local)
 
     def _symlink_for(self, digest: str) -> int:
         key = (LAYERS_DIR, digest)
@@ -211,17 +209,15 @@ class StoreOperations(pyfuse3.Operations):
         self._written.add(where.parts)
         self._slot_of_written[where.parts] = slot.number
         ops, local, _ = await self._image(slot.number << SLOT_SHIFT | ROOT_INO)
-        async with self.images.using(slot):
-            attrs = await ops.getattr(local)
+        attrs = await ops.getattr(local)
         attrs.entry_timeout = min(TIMEOUT, self.images.fresh(str(where.reference)))
         return attrs
 
     @_answers
     async def getattr(self, inode, ctx=None):
         if inode >> SLOT_SHIFT:
-            ops, local, slot = await self._image(inode)
-            async with self.images.using(slot):
-                return await ops.getattr(local, ctx)
+            ops, local, _ = await self._image(inode)
+            return await ops.getattr(local, ctx)
         v = self._virtual.get(inode)
         if v is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -230,9 +226,8 @@ class StoreOperations(pyfuse3.Operations):
     @_answers
     async def readlink(self, inode, ctx):
         if inode >> SLOT_SHIFT:
-            ops, local, slot = await self._image(inode)
-            async with self.images.using(slot):
-                return await ops.readlink(local, ctx)
+            ops, local, _ = await self._image(inode)
+            return await ops.readlink(local, ctx)
         v = self._virtual.get(inode)
         if v is None or not v.target:
             raise pyfuse3.FUSEError(errno.EINVAL)
@@ -241,9 +236,8 @@ class StoreOperations(pyfuse3.Operations):
     @_answers
     async def getxattr(self, inode, name, ctx):
         if inode >> SLOT_SHIFT:
-            ops, local, slot = await self._image(inode)
-            async with self.images.using(slot):
-                return await ops.getxattr(local, name, ctx)
+            ops, local, _ = await self._image(inode)
+            return await ops.getxattr(local, name, ctx)
         if inode == ROOT_INO and name == STATS_XATTR.encode():
             return json.dumps(self.stats()).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -251,9 +245,8 @@ class StoreOperations(pyfuse3.Operations):
     @_answers
     async def listxattr(self, inode, ctx):
         if inode >> SLOT_SHIFT:
-            ops, local, slot = await self._image(inode)
-            async with self.images.using(slot):
-                return await ops.listxattr(local, ctx)
+            ops, local, _ = await self._image(inode)
+            return await ops.listxattr(local, ctx)
         return []
 
     @_answers
