@@ -24,7 +24,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("lazyfs").propagate = True
     logging.basicConfig(level=logging.DEBUG if opt(args, "debug") else logging.INFO,
                         stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     if not opt(args, "debug"):
         logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     for name in ("idle_timeout", "tag_ttl"):

@@ -9,7 +9,8 @@ same ``LazyOperations`` a single-image mount uses, handed the image's own
 inode; only the inode numbers it gives back are shifted.
 
 ``.layers/sha256-<hex>`` is a layer's own tree in overlayfs lowerdir form
-(the per-layer view of the first open image that has it), and
+(the per-layer view of the first open image that has it, built when first
+asked for: an image opened only for its merged tree does not pay for it), and
 ``.layers/sha256:<hex>`` a symlink to it: a ``:`` cannot appear in a
 ``lowerdir=`` list, a digest is how callers know the layer.
 """
@@ -93,6 +94,8 @@ class StoreOperations(pyfuse3.Operations):
         self._slot_of_written: dict[tuple[str, ...], int] = {}
         self._layers: dict[str, tuple[int, int]] = {}
         """Layer digest -> (slot, the layer view's root inode in that image)."""
+        self._pending: dict[str, int] = {}
+        """Layer digest -> the slot of an open image that has it, views not built yet."""
         self._started = time.time_ns()
         self.extra_stats: dict[str, Callable[[], dict]] = {}
         """More sections of the service's statistics (control socket, snapshotter)."""
@@ -102,15 +105,23 @@ class StoreOperations(pyfuse3.Operations):
 
     def _register_layers(self, slot: Slot) -> None:
         image = slot.image
+        if not slot.views:
+            for info in image.layers:
+                self._pending.setdefault(info.desc.digest, slot.number)
+            return
         roots = dict(image.index.layer_roots) if image.index is not None else {}
         for info in image.layers:
             ino = roots.get(layer_name(info.position, info.desc))
             if ino is not None:
                 self._layers.setdefault(info.desc.digest, (slot.number, ino))
 
-    def layer_path(self, digest: str) -> str | None:
-        """The name of ``digest``'s view under ``.layers``, once an open image has it."""
-        return layer_dir_name(digest) if digest in self._layers else None
+    async def layer_view(self, digest: str) -> tuple[int, int] | None:
+        """(slot, inode) of ``digest``'s directory under ``.layers``, its
+        image's per-layer views built if they were not yet; ``None`` when no
+        open image has that layer."""
+        if digest not in self._layers and digest in self._pending:
+            await self.images.views_of(self.images.slot(self._pending[digest]))
+        return self._layers.get(digest)
 
     async def _image(self, inode: int) -> tuple[_ImageOps, int, Slot]:
         """The operations of the image holding ``inode``, and its own inode."""
@@ -174,12 +185,15 @@ class StoreOperations(pyfuse3.Operations):
 
     async def _layer_entry(self, text: str) -> pyfuse3.EntryAttributes:
         digest = text.replace("-", ":", 1) if ":" not in text else text
-        if digest not in self._layers:
+        if digest not in self._layers and digest not in self._pending:
             return _absent()
         if ":" in text:
             ino = self._symlink_for(text)
             return self._virtual_attrs(self._virtual[ino])
-        number, local = self._layers[digest]
+        view = await self.layer_view(digest)
+        if view is None:
+            return _absent()
+        number, local = view
         ops, _, _ = await self._image(number << SLOT_SHIFT | local)
         return await ops.getattr(local)
 
@@ -268,7 +282,7 @@ class StoreOperations(pyfuse3.Operations):
         out["fuse"] = {"reads": self.counters.reads, "bytes_read": self.counters.bytes_read,
                        "errors": self.counters.errors, "open_files": len(self._handles)}
         out["written"] = {"/".join(p): self._slot_of_written[p] for p in sorted(self._written)}
-        out["layer_views"] = {d: layer_dir_name(d) for d in sorted(self._layers)}
+        out["layer_views"] = {d: layer_dir_name(d) for d in sorted({*self._layers, *self._pending})}
         for name, more in self.extra_stats.items():
             out[name] = more()
         return out
@@ -291,7 +305,10 @@ class StoreOperations(pyfuse3.Operations):
         it; the root also lists ``.layers``, which lists the layer views."""
         if v.ino == LAYERS_INO:
             out = []
-            for digest, (number, local) in sorted(self._layers.items()):
+            for digest in sorted({*self._layers, *self._pending}):
+                number, local = self._layers.get(digest, (0, self._symlink_for(digest)))
+                # a view not built yet is listed without opening anything: its
+                # real inode comes with the lookup
                 out.append((layer_dir_name(digest),
                             self._dir_attrs(number << SLOT_SHIFT | local)))
                 out.append((digest, self._virtual_attrs(self._virtual[self._symlink_for(digest)])))
