@@ -96,6 +96,14 @@ def servable(args) -> str:
     return ""
 
 
+class _NoProgress(io.TextIOWrapper):
+    """A client's stderr, never taken for a terminal: progress is drawn by a
+    thread of its own, which would draw into the service's log instead."""
+
+    def isatty(self) -> bool:
+        return False
+
+
 class Control:
     def __init__(self, images: ImageSet, commands: Commands):
         self.images = images
@@ -165,8 +173,9 @@ class Control:
         await _send(conn, b'{"accepted": true}\n')
         out = io.open(os.dup(fds[0]), "w", encoding=request.get("encoding") or "utf-8",
                       errors=request.get("errors") or "strict")
-        err = io.open(os.dup(fds[1]), "w", encoding="utf-8",
-                      errors=request.get("stderr_errors") or "backslashreplace")
+        err = _NoProgress(io.BufferedWriter(io.FileIO(os.dup(fds[1]), "w")), encoding="utf-8",
+                          errors=request.get("stderr_errors") or "backslashreplace",
+                          line_buffering=True)
         args._served = self._borrow
         code = await trio.to_thread.run_sync(self._in_thread, args, out, err)
         self.answered += 1

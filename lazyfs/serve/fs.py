@@ -100,6 +100,7 @@ class StoreOperations(pyfuse3.Operations):
         self.extra_stats: dict[str, Callable[[], dict]] = {}
         """More sections of the service's statistics (control socket, snapshotter)."""
         images.on_open.append(self._register_layers)
+        images.on_close.append(lambda slot: self._ops.pop(slot.number, None))
 
     # ------------------------------------------------------------ inodes
 

@@ -102,6 +102,8 @@ class ImageSet:
         self.failure_count = 0
         self.on_open: list[Callable[[Slot], None]] = []
         """Called with each slot whose image was just opened (or reopened)."""
+        self.on_close: list[Callable[[Slot], None]] = []
+        """Called with each slot whose image was closed: drop what refers to it."""
         self.opened_at = time.time()
 
     # ---------------------------------------------------------------- lookup
@@ -146,7 +148,7 @@ class ImageSet:
             return known.slot
         if known is not None:
             pinned = await self._resolve(ref)
-            if str(pinned) == str(known.slot.pinned):
+            if pinned.digest == known.slot.digest:
                 known.resolved_at = now
                 return known.slot
             log.info("%s now points at %s (was %s)", ref, pinned.digest, known.slot.digest)
@@ -236,17 +238,22 @@ class ImageSet:
             self.failed(str(ref), e)
             for slot in self.slots():
                 if slot.image is image:
-                    slot.image = None
+                    self._forget(slot)
 
     def close(self, slot: Slot) -> None:
         if slot.image is None:
             return
         slot.last_stats = slot.image.stats()
         log.info("closed %s (idle %.0f s)", slot.pinned, time.monotonic() - slot.last_used)
-        slot.image = None
         if slot._scope is not None:
             slot._scope.cancel()
-            slot._scope = None
+        self._forget(slot)
+
+    def _forget(self, slot: Slot) -> None:
+        slot.image = None
+        slot._scope = None
+        for hook in self.on_close:
+            hook(slot)
 
     async def reap(self, period: float = 1.0) -> None:
         """Close images idle for ``idle`` seconds, forever."""
@@ -283,4 +290,6 @@ class ImageSet:
 
 
 def _key(pinned: Reference, views: bool) -> str:
-    return f"{pinned} (layers)" if views else str(pinned)
+    """One image, whichever tag led to it."""
+    key = f"{pinned.registry}/{pinned.repository}@{pinned.digest}"
+    return f"{key} (layers)" if views else key
