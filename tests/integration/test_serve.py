@@ -14,8 +14,10 @@ import pytest
 
 from lazyfs.testing.push import push_image
 from lazyfs.testing.realregistry import free_port
+from tests.support.awkward import awkward_tars
 from tests.support.climount import LAZYFS
 from tests.support.images import make_tar
+from tests.support.ocilayout import write_oci_layout
 from tests.support.serving import serving
 from tests.support.trees import describe, differences
 
@@ -47,8 +49,20 @@ def _wait(predicate, seconds: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_store_mode_tree_equals_umoci_unpack(service, registry, awkward):
-    tars, _, expected = awkward
+@pytest.fixture(scope="module")
+def awkward_small(tmp_path_factory):
+    """The awkward image with 50 files where it has 10,000 (each file is read)."""
+    tars = awkward_tars(many=50)
+    root = tmp_path_factory.mktemp("awkward-small")
+    layout = write_oci_layout(root / "layout", [gzip.compress(t, mtime=0) for t in tars],
+                              tag="awkward")
+    subprocess.run(["umoci", "unpack", "--image", layout.ref, str(root / "bundle")], check=True,
+                   capture_output=True)
+    return tars, describe(root / "bundle" / "rootfs")
+
+
+def test_store_mode_tree_equals_umoci_unpack(service, registry, awkward_small):
+    tars, expected = awkward_small
     with registry.client() as c:
         push_image(c, "serve/awkward", "v1", [gzip.compress(t, mtime=0) for t in tars])
     image = service.root / registry.host / "serve/awkward:v1"
@@ -142,28 +156,29 @@ COMMANDS = [
     ("inspect", "{ref}"),
     ("diff", "{ref}", "{other}"),
     ("cat", "{ref}", "/no/such/file"),
-    ("export", "{ref}", "-"),
+    ("export", "{small}", "-"),
 ]
 
 
 def test_the_cli_asks_the_service_and_answers_as_alone(service, debian, registry, tmp_path):
     ref, other = debian["bookworm-python"].ref, debian["bookworm"].ref
+    small = f"{registry.host}/serve/export:v1"
+    with registry.client() as c:
+        push_image(c, "serve/export", "v1", [gzip.compress(make_tar(
+            {"f": b"x\n", "d/": None, "d/link": ("symlink", "../f")}))])
     before = service.stats()["control"]["answered"]
     for command in COMMANDS:
-        argv = [a.format(ref=ref, other=other) for a in command]
+        argv = [a.format(ref=ref, other=other, small=small) for a in command]
         served, alone = _run(*argv, env=service.env), _run(*argv, env=service.alone_env)
         assert (served.returncode, served.stdout) == (alone.returncode, alone.stdout), argv
         assert served.stderr == alone.stderr, argv
     assert service.stats()["control"]["answered"] == before + len(COMMANDS)
     # what the service would answer differently runs alone: an option it would
     # not honour is seen by the client, an export to files by the service
-    with registry.client() as c:
-        push_image(c, "serve/export", "v1", [gzip.compress(make_tar({"f": b"x\n"}))])
     declined = service.stats()["control"]["declined"]
     assert _run("ls", "--no-shared-index", ref, env=service.env).returncode == 0
     out = tmp_path / "out"
-    assert _run("export", "-q", f"{registry.host}/serve/export:v1", str(out),
-                env=service.env).returncode == 0
+    assert _run("export", "-q", small, str(out), env=service.env).returncode == 0
     assert (out / "f").read_bytes() == b"x\n"
     assert service.stats()["control"]["declined"] == declined + 1
     assert service.stats()["control"]["answered"] == before + len(COMMANDS)
