@@ -77,7 +77,8 @@ def render_service(doc: dict) -> str:
     rows = ["IMAGE\tDIGEST\tSTATE\tOPENS\tIDLE\tFETCHED"]
     for i in images:
         fetched = sum(layer.get("bytes_fetched", 0) for layer in i["image"].get("layers", []))
-        rows.append(f"{', '.join(i['references'])}\t{i['digest'][:19]}\t{i['state']}\t"
+        views = " (layer views)" if i.get("layer_views") else ""
+        rows.append(f"{', '.join(i['references'])}{views}\t{i['digest'][:19]}\t{i['state']}\t"
                     f"{i['opens']}\t{i['idle_seconds']:.0f}s\t{human_size(fetched)}")
     lines.append(align(rows).rstrip("\n"))
     for f in doc.get("failures", []):

@@ -214,3 +214,13 @@ def test_mounts_and_stats_cover_the_service(service, debian):
     one = _run("stats", "--json", str(service.root / ref.host / f"{ref.repo}:{ref.tag}"),
                env=env)
     assert json.loads(one.stdout)["digest"] == ref.digest
+
+
+def test_the_snapshotter_runs_in_the_service(tmp_path):
+    pytest.importorskip("lazyfs.snapshotter")
+    sock = tmp_path / "snapshots.sock"
+    with serving(tmp_path / "work", "--containerd-socket", str(sock),
+                 "--containerd-state", str(tmp_path / "state")) as service:
+        _wait(sock.exists, 20, "the snapshots socket")
+        snap = service.stats()["snapshotter"]
+        assert snap["running"] is True and snap["socket"] == str(sock)
