@@ -7,7 +7,9 @@ import errno
 import gzip
 import json
 import os
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -122,6 +124,35 @@ def test_bad_references_fail_that_path_only(service, registry):
     with registry.client() as c:
         push_image(c, "serve/small", "v1", [gzip.compress(make_tar({"hello": b"hi\n"}))])
     assert (service.root / registry.host / "serve/small:v1/hello").read_bytes() == b"hi\n"
+
+
+def test_a_registry_that_never_answers_stalls_only_its_own_path(service, registry):
+    listener = socket.create_server(("127.0.0.1", 0))
+    stalled = f"127.0.0.1:{listener.getsockname()[1]}/x:v1"
+    outcome: list = []
+
+    def look():
+        try:
+            os.stat(service.root / stalled)
+            outcome.append(0)
+        except OSError as e:
+            outcome.append(e.errno)
+
+    waiting = threading.Thread(target=look)
+    waiting.start()
+    try:
+        conn, _ = listener.accept()  # the service asked, and hears nothing back
+        with registry.client() as c:
+            push_image(c, "serve/meanwhile", "v1", [gzip.compress(make_tar({"f": b"ok\n"}))])
+        t = time.monotonic()
+        assert (service.root / registry.host / "serve/meanwhile:v1/f").read_bytes() == b"ok\n"
+        assert time.monotonic() - t < 10
+        assert waiting.is_alive()
+        conn.close()
+    finally:
+        listener.close()
+    waiting.join(60)
+    assert outcome and outcome[0] == errno.EIO
 
 
 def test_idle_images_are_closed_and_reopened(service, registry):
