@@ -147,7 +147,13 @@ class ImageSet:
         if known is not None and (ref.digest or now - known.resolved_at < self.tag_ttl):
             return known.slot
         if known is not None:
-            pinned = await self._resolve(ref)
+            try:
+                pinned = await self._resolve(ref)
+            except LazyfsError as e:
+                # The image it named is still good: keep serving it, ask again later.
+                self.failed(f"{ref} (resolving again; still serving {known.slot.digest})", e)
+                known.resolved_at = now
+                return known.slot
             if pinned.digest == known.slot.digest:
                 known.resolved_at = now
                 return known.slot

@@ -90,3 +90,18 @@ async def test_a_failure_is_remembered_with_its_reason_and_not_cached(tmp_path):
         assert await _read(images, await images.by_reference(ref)) == b"now\n"
 
     await _with_images(tmp_path, registry, body)
+
+
+async def test_a_tag_whose_registry_fails_keeps_serving_the_image_it_named(tmp_path):
+    registry = MemoryRegistry()
+    first = _push(registry, "v1", "one\n")
+
+    async def body(images: ImageSet):
+        slot = await images.by_reference(first.ref)
+        images.tag_ttl = 0
+        registry.fault("status", kind="manifest", status=503, times=None)
+        assert await images.by_reference(first.ref) is slot
+        assert await _read(images, slot) == b"one\n"
+        assert "resolving again" in images.failures[-1]["what"]
+
+    await _with_images(tmp_path, registry, body)
