@@ -14,6 +14,7 @@ fresh service whose cache is empty but for the trace of the case:
 Timed: rpull, run, and both. Bytes and requests are the registry's access
 log for the layer blobs, from the rpull to the end of the replay. The
 median of ``REPEAT`` runs is reported, with the load average at its start.
+The last "registry" run's timeline is drawn with ``lazyfs stats --timeline``.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class _Bench:
         self.ref, self.work, self.cursor, self.layers = ref, work, cursor, layers
 
     def repeat(self, name: str, trace: Path | None, n: int) -> dict:
-        runs = [self.once(name, trace, i, picture=(i == n - 1)) for i in range(n)]
+        runs = [self.once(name, trace, i, picture=(name == "registry" and i == n - 1))
+                for i in range(n)]
         row = dict(sorted(runs, key=lambda r: r["total_s"])[len(runs) // 2], case=name,
                    runs=" ".join(f"{r['total_s']:.2f}" for r in runs),
                    load=" ".join(f"{r['load']:.1f}" for r in runs))
