@@ -29,16 +29,13 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from lazyfs.fs.operations import STATS_XATTR
 from lazyfs.testing.containerd import start_containerd
 
 from .bench_snapshotter import case_env, lazyfs_cli, serve_snapshotter
-from .bench_trace import DELAY, FORMAT, PICTURES, REPEAT, START, VARIANT
-from .common import BENCH_DIR, REPO, Run, log, ratio
-from .lazy import layer_sizes, push_debian
-from .proxy import DelayProxy
-from .registry import running_registry
-
-STATS_XATTR = "user.lazyfs.stats"
+from .bench_trace import (DELAY, FORMAT, PICTURES, REPEAT, START, VARIANT, delayed_image,
+                          replayed, seed_trace)
+from .common import REPO, Run, log, ratio
 
 
 def run(quick: bool) -> Run:
@@ -46,22 +43,14 @@ def run(quick: bool) -> Run:
     repeat = 1 if quick else REPEAT
     res.note(f"registry {int(DELAY * 1000)} ms per request away through a TCP proxy; "
              "fresh containerd and lazyfs serve per run")
-    work = BENCH_DIR / "work" / "trace-ctr"
-    shutil.rmtree(work, ignore_errors=True)
-    with running_registry("trace-ctr") as (reg, cursor):
-        img = push_debian(reg.host, VARIANT, FORMAT)
-        if isinstance(img, str):
-            res.add(case="all", error=img)
-            res.save()
+    with delayed_image(res) as found:
+        if found is None:
             return res
-        layers = frozenset(layer_sizes(img.layout, VARIANT))
-        with DelayProxy(reg.host, DELAY) as proxy:
-            bench = _Bench(img.ref.replace(reg.host, proxy.host, 1), work, cursor, layers)
-            rows = {"none": bench.repeat("none", None, repeat)}
-            recorded = bench.kept_trace("none")
-            rows["local"] = bench.repeat("local", recorded, repeat)
-            lazyfs_cli(work / "none-0", "trace", "push", bench.ref)
-            rows["registry"] = bench.repeat("registry", None, repeat)
+        bench = _Bench(*found)
+        rows = {"none": bench.repeat("none", None, repeat)}
+        rows["local"] = bench.repeat("local", bench.kept_trace("none"), repeat)
+        lazyfs_cli(bench.work / "none-0", "trace", "push", bench.ref)
+        rows["registry"] = bench.repeat("registry", None, repeat)
     for row in rows.values():
         row["run_vs_none"] = ratio(row["run_s"], rows["none"]["run_s"])
         row["total_vs_none"] = ratio(row["total_s"], rows["none"]["total_s"])
@@ -100,10 +89,7 @@ class _Bench:
         case = self.work / f"{name}-{i}"
         shutil.rmtree(case, ignore_errors=True)
         case.mkdir(parents=True)
-        if trace is not None:
-            dest = case / "cache" / "indexes" / "traces" / trace.name
-            dest.parent.mkdir(parents=True, mode=0o700)
-            shutil.copy(trace, dest)
+        seed_trace(case / "cache", trace)
         load = os.getloadavg()[0]
         with ExitStack() as stack:
             sock = stack.enter_context(serve_snapshotter(case))
@@ -116,7 +102,7 @@ class _Bench:
             ctd.ctr("run", "--rm", self.ref, "bench", "python3", "-c", START, timeout=600)
             t2 = time.perf_counter()
             image_dir = case / "store" / self.ref
-            stats = _replayed(image_dir)
+            stats = replayed(lambda: json.loads(os.getxattr(image_dir, STATS_XATTR)))
             if picture:
                 PICTURES.mkdir(exist_ok=True)
                 subprocess.run([sys.executable, "-m", "lazyfs", "stats", "--timeline",
@@ -134,13 +120,3 @@ class _Bench:
         """The trace the first ``name`` run's service kept when it stopped."""
         return next((self.work / f"{name}-0" / "cache" / "indexes" / "traces").iterdir())
 
-
-def _replayed(image_dir: Path, timeout: float = 120) -> dict:
-    """The served image's stats once its replay is over."""
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = json.loads(os.getxattr(image_dir, STATS_XATTR))
-        state = stats.get("trace", {}).get("replay", {}).get("state")
-        if state not in ("looking", "running") or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.1)
