@@ -1,4 +1,4 @@
-"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,snapshotter,trace,serve,all}``.
+"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,snapshotter,trace,serve,trace-ctr,all}``.
 
 Each subcommand prints Markdown tables and writes ``.bench/results-NAME.json``.
 """
@@ -25,6 +25,7 @@ COMMANDS = {
     "snapshotter": "bench_snapshotter",
     "trace": "bench_trace",
     "serve": "bench_serve",
+    "trace-ctr": "bench_trace_ctr",
 }
 
 
