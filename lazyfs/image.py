@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator
@@ -29,7 +30,9 @@ from .store.chunks import ChunkCache
 from .read.content import LayerContent, TableContent, reader_layer
 from .read.prefetch import Prefetch, prioritized, warm_quietly
 from .read.reader import Reader
-from .read.stats import image_stats
+from .read.replay import Replay, ReplayOptions, find_trace
+from .read.stats import EventLog, image_stats
+from .read.trace import SAVE_EVERY, Recorder, save_trace
 from .read.tables import check_diff_ids, layer_name, layer_tables, merged_index
 from .reference import Reference, parse_reference
 from .read.sources import RegistrySource, open_source
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
     from .read.background import BackgroundIndex
 
 __all__ = ["Image", "LayerInfo", "OpenOptions", "mode_of", "open_image_async"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +70,11 @@ class OpenOptions:
     still fails every later request, but bytes already served were unchecked."""
     push_index: bool = False
     """Publish the tables built by a full pass to the registry once they are complete."""
+    record_trace: bool = False
+    """Record the reads of the first minutes and keep them as the image's trace (mounts)."""
+    replay: ReplayOptions | None = None
+    """Fetch what a recorded trace (local, of an image sharing layers, or
+    published) says the start will read, ahead of the reads."""
 
 
 @dataclass
@@ -102,6 +112,8 @@ class Image:
     """The layers indexed after opening, if any."""
     published: str = ""
     """The digest of the index artifact pushed after background indexing, if any."""
+    recorder: Recorder | None = None
+    replay: Replay | None = None
 
     @property
     def ref(self) -> Reference:
@@ -127,6 +139,8 @@ class Image:
         size = _readable(node, offset, size)
         if size == 0:
             return b""
+        if self.recorder is not None:
+            self.recorder.note(node.layer, node.data, offset, size)
         return await self.contents[node.layer].read(node.data, offset, size)
 
     async def warm(self, nodes: list[Node]) -> None:
@@ -171,13 +185,17 @@ def _readable(node: Node, offset: int, size: int) -> int:
 
 @contextlib.asynccontextmanager
 async def open_image_async(ref: str | Reference, options: OpenOptions | None = None,
-                           store: Store | None = None) -> AsyncIterator[Image]:
-    """Open ``ref``; the registry connection lives as long as the context."""
+                           store: Store | None = None, *, client=None) -> AsyncIterator[Image]:
+    """Open ``ref``; the registry connection lives as long as the context.
+    A long-lived caller may lend its own ``client`` (connections, tokens and
+    endpoint choices kept warm across images)."""
     options = options or OpenOptions()
     ref = parse_reference(ref) if isinstance(ref, str) else ref
     store = store or Store()
     started = time.monotonic()
-    async with _client_for(ref, options, store) as client:
+    lent = contextlib.nullcontext(client) if client is not None and ref.transport == "docker" \
+        else _client_for(ref, options, store)
+    async with lent as client:
         source = open_source(ref, store, client, options.full_pull)
         defer = options.background_index and not options.layer_views
         early: dict[str, tuple] = {}
@@ -216,6 +234,7 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
         with cache.lease([d.digest for d in descs]):
             async with trio.open_nursery() as nursery:
                 reader = Reader(layers, cache, nursery)
+                reader.events = EventLog(started)
                 contents = [TableContent(reader, i) for i in range(len(layers))]
                 if background is not None:
                     contents = [background.content(i, c) for i, c in enumerate(contents)]
@@ -234,6 +253,7 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                     failed = e
                 finally:
                     nursery.cancel_scope.cancel()
+                    _keep_trace(image)
             if failed is not None:
                 raise failed
 
@@ -243,6 +263,7 @@ def _start(image: Image, nursery: trio.Nursery, client, options: OpenOptions,
     """The image's background work: indexing, publishing, prefetching."""
     publish = options.push_index and client is not None
     if image.background is not None:
+        image.background.events = image.reader.events
         nursery.start_soon(_index_then_publish, image, client if publish else None)
     elif publish:
         from .index.publish import built_here, publish_quietly
@@ -250,7 +271,16 @@ def _start(image: Image, nursery: trio.Nursery, client, options: OpenOptions,
             nursery.start_soon(publish_quietly, client, image)
     if options.prefetch and not options.full_pull:
         image.prefetch()
-    if not options.full_pull:
+    if options.record_trace:
+        image.recorder = Recorder(image.digest, str(image.ref),
+                                  [(i.desc.digest, i.format) for i in image.layers],
+                                  image.reader.events.started)
+        nursery.start_soon(_record, image)
+    background = options.replay is None or options.replay.enabled
+    if options.replay is not None and not options.full_pull:
+        image.replay = Replay(image.reader, options.replay)
+        nursery.start_soon(_replay, image, client, tables)
+    if background and not options.full_pull:
         nursery.start_soon(_warm_landmarked, image.reader, tables)
 
 
@@ -260,6 +290,42 @@ async def _warm_landmarked(reader: Reader, tables: list[LayerTable | None]) -> N
     landmarked = prioritized(tables)
     if landmarked:
         await warm_quietly(reader, landmarked)
+
+
+async def _replay(image: Image, client, tables: list[LayerTable | None]) -> None:
+    """A trace is a hint: whatever goes wrong with it, the image serves on."""
+    digests = [i.desc.digest for i in image.layers]
+    trace = None
+    try:
+        if image.replay.options.enabled:
+            trace, image.replay.source = await find_trace(image.store, client, image.ref,
+                                                          image.digest, digests)
+        await image.replay.run(trace, digests, tables)
+    except LazyfsError as e:
+        image.replay.state = f"failed: {e}"
+        log.warning("trace replay stopped: %s", e)
+
+
+async def _record(image: Image) -> None:
+    """Keep the trace as it grows, so a mount that is killed leaves it too."""
+    while True:
+        await trio.sleep(SAVE_EVERY)
+        if image.recorder.changed:
+            await trio.to_thread.run_sync(_save_trace, image.store, image.recorder.trace())
+
+
+def _keep_trace(image: Image) -> None:
+    if image.recorder is not None and image.recorder.changed:
+        _save_trace(image.store, image.recorder.trace())
+
+
+def _save_trace(store: Store, trace) -> None:
+    if not trace.entries:
+        return
+    try:
+        save_trace(store, trace)
+    except LazyfsError as e:
+        log.warning("%s", e)
 
 
 async def _index_then_publish(image: Image, client) -> None:
