@@ -74,8 +74,7 @@ def test_the_mount_path_imports_only_what_every_mount_uses():
                                 text=True).stdout.split())
     assert "lazyfs.image" in loaded
     assert loaded.isdisjoint({"lazyfs.formats.gzip", "lazyfs.formats.zran", "rapidgzip",
-                              "lazyfs.index.publish", "lazyfs.index.shared",
-                              "lazyfs.read.background"})
+                              "lazyfs.index.publish", "lazyfs.read.background"})
 
 
 async def test_the_layers_tocs_are_fetched_while_the_config_is(tmp_path, autojump_clock):
