@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import trio
 
@@ -99,6 +99,8 @@ class Image:
     """The layers indexed after opening, if any."""
     published: str = ""
     """The digest of the index artifact pushed after background indexing, if any."""
+    mirrors: Callable[[], list[dict]] | None = None
+    """What the registry's mirrors have shown so far (skipped, single-range)."""
 
     @property
     def ref(self) -> Reference:
@@ -203,6 +205,7 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                               contents, store, time.monotonic() - started,
                               getattr(source, "fallbacks", {}), shared.loaded if shared else [],
                               Prefetch(nursery), background)
+                image.mirrors = getattr(client, "mirrors", None)
                 _start(image, nursery, client, options, tables)
                 failed = None
                 try:

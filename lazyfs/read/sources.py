@@ -20,11 +20,10 @@ import trio
 from .. import manifest as mt
 from ..blob import BlobSource, FileBlob, _pread, check_range, file_digest
 from ..errors import (DigestMismatch, LayerFormatError, NotFound, RangeNotSupported,
-                      RegistryUnreachable, UsageError)
+                      RegistryInterrupted, RegistryUnreachable, UsageError)
 from ..manifest import (Descriptor, Index, Manifest, Platform, ResolvedImage, check_config,
                         image_platforms, parse_config, parse_manifest, select_platform)
 from ..reference import Reference
-from ..registry.client import MAX_RANGES_PER_REQUEST
 from ..registry.download import Consume, DownloadProgress, Fallback, fetch_blob, stream_blob
 from ..store.records import keep_metadata, resolve_offline
 from ..store.blobs import Store
@@ -81,26 +80,40 @@ class RegistryBlob:
         local = self._store.blob_path(self.digest)
         if local is None and not self.fallback.reason:
             try:
-                if len(spans) == 1:
-                    parts = [await self._client.get_range(self._ref, self.digest, *spans[0],
-                                                          retry=retry)]
-                else:
-                    parts = await self._client.get_ranges(self._ref, self.digest, spans)
-                return parts, self._requests(spans)
+                return await self._client.fetch_spans(self._ref, self.digest, spans,
+                                                      retry=retry, whole=self._whole_answer)
             except RangeNotSupported as e:
                 if not self.fallback.reason:
                     self.fallback.reason = str(e)
                     log.warning("layer %s: %s; pulling it whole", self.digest, e)
+            local = self._store.blob_path(self.digest)
         if local is None:
             local = await self.path(self.fallback.reason)
         return await trio.to_thread.run_sync(_pread_all, local, spans), 0
 
-    def _requests(self, spans: list[tuple[int, int]]) -> int:
-        if len(spans) <= 1:
-            return len(spans)
-        if self._client.multi_range(self._ref):
-            return -(-len(spans) // MAX_RANGES_PER_REQUEST)
-        return len(spans)
+    async def _whole_answer(self, ep, chunks, spans: list[tuple[int, int]],
+                            multi: bool) -> list[bytes]:
+        """A 200 to a Range request is data, not a reason to give up ranges:
+        a pull-through mirror answers so while it fills itself, S3 so to
+        several ranges. The bytes needed are taken from the stream and the
+        rest left unread; a mirror that keeps answering so for this blob,
+        or a read reaching past the blob's middle, has the whole answer kept
+        (verified) in the store instead. A registry's second 200 to a single
+        range means it ignores Range: the layer is pulled whole, once."""
+        fb = self.fallback
+        if not multi:
+            fb.whole_answers += 1
+            if not ep.mirror and fb.whole_answers > 1:
+                raise RangeNotSupported(f"registry {ep.host} answered a Range request for blob "
+                                        f"{self.digest} with HTTP 200, not 206")
+        last = max(e for _, e in spans)
+        if ep.mirror and (fb.whole_answers > 2 or 2 * last >= self.size):
+            path = await self._store.write_blob(self.digest, chunks, self.size)
+            fb.pulled_bytes += self.size
+            fb.pull_reason = (f"mirror {ep.host} answered a Range request with the whole blob, "
+                              "kept")
+            return await trio.to_thread.run_sync(_pread_all, path, spans)
+        return await _take(chunks, spans, self.digest, ep.host)
 
     async def path(self, why: str = "") -> Path:
         """The verified blob in the store, pulled once for every concurrent caller."""
@@ -117,6 +130,22 @@ class RegistryBlob:
         order to ``consume`` on the way (see ``download.stream_blob``)."""
         return await stream_blob(self._client, self._ref, self._desc, self._store, consume,
                                  fallback=self.fallback, progress=progress)
+
+
+async def _take(chunks, spans: list[tuple[int, int]], digest: str, host: str) -> list[bytes]:
+    """The spans' bytes from the front of a whole blob's body, reading no further."""
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
+    held = bytearray()
+    pos = 0
+    async for chunk in chunks:
+        if pos + len(chunk) > first:
+            held += chunk[max(0, first - pos):]
+        pos += len(chunk)
+        if pos >= last:
+            break
+    if pos < last:
+        raise RegistryInterrupted(f"registry {host}: blob {digest} ended after {pos} bytes")
+    return [bytes(held[s - first:e - first]) for s, e in spans]
 
 
 def _pread_all(path: Path, spans: list[tuple[int, int]]) -> list[bytes]:
