@@ -20,7 +20,7 @@ import trio
 from .. import manifest as mt
 from ..blob import BlobSource, FileBlob, _pread, check_range, file_digest
 from ..errors import (DigestMismatch, LayerFormatError, NotFound, RangeNotSupported,
-                      RegistryInterrupted, RegistryUnreachable, UsageError)
+                      RegistryUnreachable, UsageError)
 from ..manifest import (Descriptor, Index, Manifest, Platform, ResolvedImage, check_config,
                         image_platforms, parse_config, parse_manifest, select_platform)
 from ..reference import Reference
@@ -91,29 +91,36 @@ class RegistryBlob:
             local = await self.path(self.fallback.reason)
         return await trio.to_thread.run_sync(_pread_all, local, spans), 0
 
-    async def _whole_answer(self, ep, chunks, spans: list[tuple[int, int]],
-                            multi: bool) -> list[bytes]:
+    def bad_bytes(self, error: Exception) -> None:
+        """Bytes fetched for this blob failed their check: if a mirror sent
+        them, the next attempt goes elsewhere."""
+        self._client.distrust(self._ref, self.digest, error)
+
+    async def _whole_answer(self, ep, spans: list[tuple[int, int]], multi: bool):
         """A 200 to a Range request is data, not a reason to give up ranges:
         a pull-through mirror answers so while it fills itself, S3 so to
-        several ranges. The bytes needed are taken from the stream and the
-        rest left unread; a mirror that keeps answering so for this blob,
-        or a read reaching past the blob's middle, has the whole answer kept
-        (verified) in the store instead. A registry's second 200 to a single
-        range means it ignores Range: the layer is pulled whole, once."""
+        several ranges. The bytes needed are taken from the front of the
+        body and the rest left unsent (the client's doing); a mirror that
+        keeps answering so for this blob, or a read reaching past the blob's
+        middle, has the whole answer kept (verified) in the store instead. A
+        registry's second 200 to a single range means it ignores Range: the
+        layer is pulled whole, once."""
         fb = self.fallback
         if not multi:
             fb.whole_answers += 1
             if not ep.mirror and fb.whole_answers > 1:
                 raise RangeNotSupported(f"registry {ep.host} answered a Range request for blob "
                                         f"{self.digest} with HTTP 200, not 206")
-        last = max(e for _, e in spans)
-        if ep.mirror and (fb.whole_answers > 2 or 2 * last >= self.size):
+        if not (ep.mirror and (fb.whole_answers > 2 or 2 * max(e for _, e in spans) >= self.size)):
+            return None
+
+        async def keep(chunks) -> list[bytes]:
             path = await self._store.write_blob(self.digest, chunks, self.size)
             fb.pulled_bytes += self.size
-            fb.pull_reason = (f"mirror {ep.host} answered a Range request with the whole blob, "
-                              "kept")
+            fb.pull_reason = (f"mirror {ep.host} answered a Range request with the whole "
+                              "blob, kept")
             return await trio.to_thread.run_sync(_pread_all, path, spans)
-        return await _take(chunks, spans, self.digest, ep.host)
+        return keep
 
     async def path(self, why: str = "") -> Path:
         """The verified blob in the store, pulled once for every concurrent caller."""
@@ -130,22 +137,6 @@ class RegistryBlob:
         order to ``consume`` on the way (see ``download.stream_blob``)."""
         return await stream_blob(self._client, self._ref, self._desc, self._store, consume,
                                  fallback=self.fallback, progress=progress)
-
-
-async def _take(chunks, spans: list[tuple[int, int]], digest: str, host: str) -> list[bytes]:
-    """The spans' bytes from the front of a whole blob's body, reading no further."""
-    first, last = min(s for s, _ in spans), max(e for _, e in spans)
-    held = bytearray()
-    pos = 0
-    async for chunk in chunks:
-        if pos + len(chunk) > first:
-            held += chunk[max(0, first - pos):]
-        pos += len(chunk)
-        if pos >= last:
-            break
-    if pos < last:
-        raise RegistryInterrupted(f"registry {host}: blob {digest} ended after {pos} bytes")
-    return [bytes(held[s - first:e - first]) for s, e in spans]
 
 
 def _pread_all(path: Path, spans: list[tuple[int, int]]) -> list[bytes]:

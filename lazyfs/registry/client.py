@@ -18,7 +18,7 @@ import httpx
 import trio
 
 from ..errors import (DigestMismatch, NoMatchingPlatform, NotFound, RangeNotSupported,
-                      RegistryError, UnsupportedMediaType)
+                      RegistryError, RegistryInterrupted, UnsupportedMediaType)
 from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, Index, Manifest,
                         Platform, ResolvedImage, image_platforms, json_object, parse_config,
                         parse_manifest, select_platform, with_default_tag)
@@ -36,9 +36,13 @@ MAX_RANGES_PER_REQUEST = 32
 MULTIPART_OVERHEAD = 512
 """Generous bytes per part for the boundary and part headers of a multi-range answer."""
 
-WholeAnswer = Callable[[Endpoint, AsyncIterator[bytes], list[Span], bool], Awaitable[list[bytes]]]
-"""``(endpoint, body, spans, multi) -> bytes of each span``: what to make of
-a 200 answered to a Range request (``multi``: to a multi-range one)."""
+Keep = Callable[[AsyncIterator[bytes]], Awaitable[list[bytes]]]
+"""Takes in a whole blob's body (to keep it); returns the bytes of the spans."""
+WholeAnswer = Callable[[Endpoint, list[Span], bool], Awaitable[Keep | None]]
+"""``(endpoint, spans, multi)``: what to make of a 200 answered to a Range
+request (``multi``: to a multi-range one): a ``Keep`` for the whole body,
+``None`` to take the spans' bytes from its front and stop the transfer, or
+an error raised."""
 
 
 class RegistryClient:
@@ -49,6 +53,7 @@ class RegistryClient:
         self._transport = Transport(self.options)
         self._multi_range: dict[str, bool] = {}
         self._range_limits: dict[str, trio.CapacityLimiter] = {}
+        self._served: dict[str, Endpoint] = {}
 
     async def __aenter__(self) -> RegistryClient:
         await self._transport.__aenter__()
@@ -210,7 +215,19 @@ class RegistryClient:
             out = [await self._single_at(ep, ref, digest, s, e, retry, whole) for s, e in spans]
             return out, requests + len(spans)
 
-        return await self._transport.each_endpoint(ref, at)
+        async def noted(ep: Endpoint) -> tuple[list[bytes], int]:
+            result = await at(ep)
+            self._served[digest] = ep
+            return result
+
+        return await self._transport.each_endpoint(ref, noted)
+
+    def distrust(self, ref: Reference, digest: str, error: Exception) -> None:
+        """The bytes last fetched for ``digest`` failed a check made after
+        they arrived; a mirror that sent them is skipped for a while."""
+        ep = self._served.pop(digest, None)
+        if ep is not None:
+            self._transport.mirror_failed(ep, error)
 
     def multi_range(self, ref: Reference) -> bool | None:
         """Whether ``ref``'s registry answered multi-range requests; ``None`` before the probe."""
@@ -229,8 +246,7 @@ class RegistryClient:
                                      scope=repository_scope(ref), headers=headers,
                                      retry=retry, resume=retry) as resp:
             if resp.status_code == 200 and whole is not None:
-                async with aclosing(body_chunks(resp, 1 << 20, ep)) as chunks:
-                    return (await whole(ep, chunks, [(start, end)], False))[0]
+                return (await _from_whole(resp, ep, [(start, end)], whole, False))[0]
             if resp.status_code != 206:
                 raise RangeNotSupported(f"registry {ep.host} answered a Range request for blob "
                                         f"{digest} with HTTP {resp.status_code}, not 206")
@@ -252,8 +268,7 @@ class RegistryClient:
                                      headers={"Range": range_header(spans)},
                                      ok=(416, 501), retry=False) as resp:
             if resp.status_code == 200 and whole is not None:
-                async with aclosing(body_chunks(resp, 1 << 20, ep)) as chunks:
-                    data = await whole(ep, chunks, spans, True)
+                data = await _from_whole(resp, ep, spans, whole, True)
                 return [Part(s, e, d) for (s, e), d in zip(spans, data)]
             if resp.status_code != 206:
                 return f"a multi-range request was answered with HTTP {resp.status_code}"
@@ -363,6 +378,37 @@ class RegistryClient:
             raise RegistryError(f"{what}: the referrers answer is not an index")
         return [d for d in index.manifests
                 if artifact_type is None or d.artifact_type == artifact_type]
+
+
+async def _from_whole(resp: httpx.Response, ep: Endpoint, spans: list[Span],
+                      whole: WholeAnswer, multi: bool) -> list[bytes]:
+    keep = await whole(ep, spans, multi)
+    if keep is not None:
+        async with aclosing(body_chunks(resp, 1 << 16, ep)) as chunks:
+            return await keep(chunks)
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
+    held = bytearray()
+    pos = 0
+    stopped = False
+    try:
+        async with aclosing(body_chunks(resp, 1 << 16, ep)) as chunks:
+            async for chunk in chunks:
+                if stopped:
+                    continue
+                if pos + len(chunk) > first:
+                    held += chunk[max(0, first - pos):]
+                pos += len(chunk)
+                if pos >= last:
+                    # Closing ends the transfer; iterating on lets httpx's
+                    # generators finish rather than linger half-read.
+                    stopped = True
+                    await resp.aclose()
+    except Exception:
+        if not stopped:
+            raise
+    if pos < last:
+        raise RegistryInterrupted(f"registry {ep.host}: blob answer ended after {pos} bytes")
+    return [bytes(held[s - first:e - first]) for s, e in spans]
 
 
 def _need(ref: Reference) -> frozenset[str]:

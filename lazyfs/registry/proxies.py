@@ -77,7 +77,7 @@ def _matches(entry: str, host: str, ip, port: int) -> bool:
     if want_port is not None and want_port != port:
         return False
     try:
-        return ip is not None and ip == ipaddress.ip_address(name.strip("[]"))
+        return ip == ipaddress.ip_address(name.strip("[]"))
     except ValueError:
         pass
     if name.startswith("*."):

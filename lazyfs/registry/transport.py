@@ -180,10 +180,11 @@ class Transport:
             return result
         raise most_useful_error(errors)
 
-    def mirror_failed(self, ep: Endpoint, error: LazyfsError) -> None:
+    def mirror_failed(self, ep: Endpoint, error: Exception) -> None:
         """Bytes from ``ep`` failed a check made after its answer (a digest)."""
         if ep.mirror:
             self.health.failed(ep.api_host, str(error))
+            log.warning("mirror %s skipped for a while: %s", ep.api_host, error)
 
     @asynccontextmanager
     async def reading(self, ref: Reference, method: str, path: str, what: str,
@@ -316,6 +317,9 @@ class Transport:
         hiccup: it is reported at once rather than retried.
         """
         o = self.options
+        if ep.mirror:
+            # The next endpoint is the better retry: a fleet has its registry.
+            tries = 1
         http = self._client(ep, url)
         if ep.headers:
             headers = httpx.Headers(list(ep.headers) + list((headers or {}).items()))
