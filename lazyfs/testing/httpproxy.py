@@ -13,6 +13,8 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
+from .proxy import accept_forever, shut
+
 
 class HttpProxy:
     def __init__(self, hosts: dict[str, str] | None = None) -> None:
@@ -25,19 +27,12 @@ class HttpProxy:
         self.address = f"127.0.0.1:{self._sock.getsockname()[1]}"
         self.url = f"http://{self.address}"
         self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=accept_forever, args=(self._sock, self._serve,
+                                                      lambda: self._closed), daemon=True).start()
 
     def close(self) -> None:
         self._closed = True
         self._sock.close()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
         head = b""
@@ -80,9 +75,6 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
+        shut(src, dst)
+        src.close()
+        dst.close()
