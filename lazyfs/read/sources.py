@@ -52,6 +52,7 @@ class RegistryBlob:
         self.digest, self.size = desc.digest, desc.size
         self._client, self._ref, self._desc, self._store = client, ref, desc, store
         self.fallback = fallback
+        self._keeping = False
         if full_pull and not fallback.reason:
             fallback.reason = "whole layers requested (--full-pull)"
 
@@ -111,11 +112,17 @@ class RegistryBlob:
             if not ep.mirror and fb.whole_answers > 1:
                 raise RangeNotSupported(f"registry {ep.host} answered a Range request for blob "
                                         f"{self.digest} with HTTP 200, not 206")
-        if not (ep.mirror and (fb.whole_answers > 2 or 2 * max(e for _, e in spans) >= self.size)):
+        if self._keeping or not (ep.mirror and (fb.whole_answers > 2
+                                                or 2 * max(e for _, e in spans) >= self.size)):
             return None
 
+        self._keeping = True
+
         async def keep(chunks) -> list[bytes]:
-            path = await self._store.write_blob(self.digest, chunks, self.size)
+            try:
+                path = await self._store.write_blob(self.digest, chunks, self.size)
+            finally:
+                self._keeping = False
             fb.pulled_bytes += self.size
             fb.pull_reason = (f"mirror {ep.host} answered a Range request with the whole "
                               "blob, kept")

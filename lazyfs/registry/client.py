@@ -267,7 +267,7 @@ class RegistryClient:
                                      scope=repository_scope(ref),
                                      headers={"Range": range_header(spans)},
                                      ok=(416, 501), retry=False) as resp:
-            if resp.status_code == 200 and whole is not None:
+            if resp.status_code == 200 and whole is not None and _compact(spans):
                 data = await _from_whole(resp, ep, spans, whole, True)
                 return [Part(s, e, d) for (s, e), d in zip(spans, data)]
             if resp.status_code != 206:
@@ -378,6 +378,14 @@ class RegistryClient:
             raise RegistryError(f"{what}: the referrers answer is not an index")
         return [d for d in index.manifests
                 if artifact_type is None or d.artifact_type == artifact_type]
+
+
+def _compact(spans: list[Span]) -> bool:
+    """Whether a whole blob's body from the first span to the last carries
+    little besides the spans: then it is worth reading rather than asking
+    each range again."""
+    wanted = sum(e - s for s, e in spans)
+    return max(e for _, e in spans) - min(s for s, _ in spans) <= 2 * wanted + (1 << 20)
 
 
 async def _from_whole(resp: httpx.Response, ep: Endpoint, spans: list[Span],

@@ -164,3 +164,25 @@ async def test_a_single_range_mirror_costs_what_a_multi_range_registry_does(
     assert refused == 1, "asked once, then single ranges only"
     assert single["stats"]["layers"][0]["mode"] == "lazy"
     assert single_bytes <= 1.2 * multi_bytes, (single_bytes, multi_bytes)
+
+
+async def test_a_200_to_a_range_request_is_used_and_ranges_go_on(
+        registry, scattered, tmp_path, docker_config):
+    """Over a real connection: the bytes needed are taken from the front of
+    the whole blob, the connection is dropped, the layer stays lazy."""
+    async with fault_proxy(registry.host) as proxy:
+        ref = f"{proxy.host}/{scattered}"
+        store = Store(tmp_path / "s")
+        async with open_image_async(ref, OpenOptions(registry=RegistryOptions()),
+                                    store=store) as img:
+            proxy.arm(("range", "multirange"), "ignore_range", times=1)
+            first = img.index.resolve("/etc/small0")
+            assert await img.read(first, 0, first.size) == b"small file 0\n" * 20
+            later = img.index.resolve("/etc/small9")
+            assert await img.read(later, 0, later.size) == b"small file 9\n" * 20
+            s = img.stats()["layers"][0]
+        whole = [r for r in proxy.seen if r.fault == "ignore_range"]
+        assert len(whole) == 1 and whole[0].status == 200
+        assert proxy.count("blob") == 1, "only the config, never the layer whole"
+        assert s["mode"] == "lazy" and s["pulled_bytes"] == 0 and not s["reason"]
+        assert store.blob_path(s["digest"]) is None

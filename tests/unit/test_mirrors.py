@@ -206,3 +206,16 @@ async def test_override_path_moves_the_api_root(fleet, tmp_path):
     assert [r.url.path for r in mirror.requests] == [
         f"/custom/api/app/one/manifests/{pushed.digest}"]
     assert upstream.count("manifest") == 1
+
+
+def test_stats_table_tells_each_mirrors_state():
+    from lazyfs.cli.statstable import render_stats
+    doc = {"reference": "r", "digest": "d", "layers": [], "mirrors": [
+        {"host": "cache:5000", "requests": 3, "failures": 1, "state": "skipped",
+         "skipped_for_seconds": 20.2, "last_failure": "HTTP 503"},
+        {"host": "spegel:30020", "requests": 7, "failures": 0, "state": "in use",
+         "single_range": "a multi-range request was answered with HTTP 501"}]}
+    text = render_stats(doc)
+    assert "mirror cache:5000: 3 answers, skipped for 20s more after 1 failures (HTTP 503)" in text
+    assert ("mirror spegel:30020: 7 answers; single ranges only (a multi-range request was "
+            "answered with HTTP 501)") in text
