@@ -150,3 +150,32 @@ def test_proxy_variables_upper_case_first_and_by_scheme():
     cgi = ProxyConfig.from_env({"HTTP_PROXY": "http://p:1", "REQUEST_METHOD": "GET"})
     assert cgi.proxy_for("http", "r.example", 80) is None
     assert ProxyConfig.from_env({}).proxy_for("https", "r.example", 443) is None
+
+
+def test_hosts_dir_option_reaches_the_registry_options():
+    from lazyfs.cli.main import build_parser
+    from lazyfs.cli.options import registry_options
+    for argv in (["--hosts-dir", "/srv/certs.d", "images"],
+                 ["images", "--hosts-dir", "/srv/certs.d"]):
+        args = build_parser().parse_args(argv)
+        assert registry_options(args).hosts_dir == "/srv/certs.d"
+    assert registry_options(build_parser().parse_args(["images"])).hosts_dir is None
+
+
+def test_tls_context_takes_the_ca_and_client_pairs_and_skip_verify(tmp_path):
+    import ssl
+    import subprocess
+
+    from lazyfs.errors import UsageError
+    from lazyfs.registry.hosts import tls_context
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=t", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    ctx = tls_context(TlsConfig(ca=(str(cert),), client=((str(cert), str(key)),)))
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    assert any(c.get("subject") == ((("commonName", "t"),),) for c in ctx.get_ca_certs())
+    loose = tls_context(TlsConfig(skip_verify=True))
+    assert loose.verify_mode == ssl.CERT_NONE and not loose.check_hostname
+    with pytest.raises(UsageError, match="cannot load certificate"):
+        tls_context(TlsConfig(ca=(str(tmp_path / "missing.pem"),)))
