@@ -4,6 +4,7 @@ answered to a Range request taken as data."""
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import replace
 
@@ -38,10 +39,15 @@ class Router(httpx.AsyncBaseTransport):
         raise httpx.ConnectError(f"no such host: {host}", request=request)
 
 
+@functools.cache
+def estargz_layer():
+    return build_layer("estargz", FILES, chunk_size=16384)
+
+
 @pytest.fixture
 def fleet(tmp_path):
     upstream, mirror = MemoryRegistry("upstream.test"), MemoryRegistry("mirror.test")
-    layer = build_layer("estargz", FILES, chunk_size=16384)
+    layer = estargz_layer()
     pushed = upstream.push_image("app/one", "v1", [layer])
     mirror.push_image("app/one", "v1", [layer])
     return upstream, mirror, layer, pushed
@@ -156,7 +162,7 @@ async def test_a_mirror_filling_itself_answers_200_and_the_layer_stays_lazy(flee
 
 async def test_a_registry_answering_200_once_keeps_ranges_and_uses_the_bytes(tmp_path):
     registry = MemoryRegistry()
-    layer = build_layer("estargz", FILES, chunk_size=16384)
+    layer = estargz_layer()
     pushed = registry.push_image("app/tar", "v1", [layer])
     store = Store(tmp_path / "cache")
     async with open_image_async(pushed.ref, OpenOptions(registry=registry.options()),
@@ -219,3 +225,20 @@ def test_stats_table_tells_each_mirrors_state():
     assert "mirror cache:5000: 3 answers, skipped for 20s more after 1 failures (HTTP 503)" in text
     assert ("mirror spegel:30020: 7 answers; single ranges only (a multi-range request was "
             "answered with HTTP 501)") in text
+
+
+async def test_a_mirror_redirecting_to_storage_is_followed_like_a_registry(tmp_path):
+    upstream = MemoryRegistry("upstream.test")
+    mirror = MemoryRegistry("mirror.test", redirect=True, storage_host="storage.mirror.test",
+                            token_host="auth.mirror.test")
+    layer = estargz_layer()
+    pushed = upstream.push_image("app/one", "v1", [layer])
+    mirror.push_image("app/one", "v1", [layer])
+    opts = options(tmp_path, upstream, mirror, '[host."https://mirror.test"]\n')
+    got, stats = await read_all(pushed.ref, opts, Store(tmp_path / "cache"))
+    assert got["/usr/big.bin"] == BIG
+    storage = [r for r in mirror.requests if r.host == "storage.mirror.test"]
+    redirects = [r for r in mirror.requests if r.host == "mirror.test" and r.status == 307]
+    assert storage and redirects and len(redirects) < len(storage), "the target is reused"
+    assert upstream.count("range") + upstream.count("multirange") == 0
+    assert stats["mirrors"][0]["state"] == "in use"
