@@ -36,7 +36,7 @@ from ..errors import (DigestMismatch, LazyfsError, NotFound, RangeNotSupported, 
 from ..reference import Reference
 from .auth import RegistryAuth, pick_challenge
 from .credentials import find_credential_async
-from .hosts import HostEntry, hosts_root, load_hosts, tls_context
+from .hosts import hosts_root, load_hosts, tls_context
 from .mirrors import (DOCKER_HUB, DOCKER_HUB_API, Endpoint, MirrorHealth, is_insecure,
                       registry_endpoints)
 from .proxies import ProxyConfig
@@ -100,7 +100,7 @@ class Transport:
         self.options = options
         self._clients: dict[tuple, httpx.AsyncClient] = {}
         self._open = False
-        self._hosts: dict[str, list[HostEntry] | None] = {}
+        self._hosts: dict[str, list[Endpoint]] = {}
         self.health = MirrorHealth()
         self._proxies = options.proxies or ProxyConfig.from_env()
         self._bases: dict[str, str] = {}
@@ -139,11 +139,13 @@ class Transport:
     # --- endpoints ---------------------------------------------------------
 
     def endpoints(self, ref: Reference) -> list[Endpoint]:
+        """Read once per registry: a changed ``hosts.toml`` applies to the next mount."""
         registry = ref.registry
         if registry not in self._hosts:
-            self._hosts[registry] = load_hosts(hosts_root(self.options.hosts_dir), registry)
-        return registry_endpoints(registry, self._hosts[registry], self.options.mirrors,
-                                  self.options.insecure_registries)
+            self._hosts[registry] = registry_endpoints(
+                registry, load_hosts(hosts_root(self.options.hosts_dir), registry),
+                self.options.mirrors, self.options.insecure_registries)
+        return self._hosts[registry]
 
     def upstream(self, ref: Reference) -> Endpoint:
         """The registry ``ref`` names (or the ``server`` configured for it),
