@@ -76,8 +76,8 @@ def host_env(tmp_path: Path, name: str, certs: Path) -> dict:
 
 
 @asynccontextmanager
-async def mounted(ref: str, mnt: Path, env: dict):
-    cm = cli_mount(ref, mnt, env)
+async def mounted(ref: str, mnt: Path, env: dict, *extra: str):
+    cm = cli_mount(ref, mnt, env, *extra)
     path = await trio.to_thread.run_sync(cm.__enter__)
     try:
         yield path
@@ -123,8 +123,9 @@ async def test_the_second_host_reads_everything_from_the_pull_through_cache(
             served = upstream.bytes_sent(path=LAYER)
             whole_gets = upstream.count("blob", path=LAYER)
 
-            two = host_env(tmp_path, "two", certs)
-            async with mounted(ref, tmp_path / "mnt2", two) as m:
+            # The second host names the directory with the option instead.
+            two = lazyfs_env(tmp_path / "two")
+            async with mounted(ref, tmp_path / "mnt2", two, "--hosts-dir", str(certs)) as m:
                 assert await read_files(m) == EXPECTED
                 second = stats(m, two)
         finally:
