@@ -32,7 +32,7 @@ import trio
 
 from .._version import __version__
 from ..errors import (DigestMismatch, LazyfsError, NotFound, RangeNotSupported, RegistryError,
-                      RegistryInterrupted, RegistryUnreachable, Unauthorized)
+                      RegistryInterrupted, RegistryUnreachable, Unauthorized, UsageError)
 from ..reference import Reference
 from .auth import RegistryAuth, pick_challenge
 from .credentials import find_credential_async
@@ -129,11 +129,16 @@ class Transport:
         key = (ep.tls, proxy)
         client = self._clients.get(key)
         if client is None:
-            client = self._clients[key] = httpx.AsyncClient(
-                timeout=httpx.Timeout(o.timeout, connect=o.connect_timeout),
-                verify=tls_context(ep.tls), trust_env=False, proxy=proxy,
-                follow_redirects=False, headers={"User-Agent": o.user_agent},
-                transport=o.transport)
+            try:
+                client = httpx.AsyncClient(
+                    timeout=httpx.Timeout(o.timeout, connect=o.connect_timeout),
+                    verify=tls_context(ep.tls), trust_env=False, proxy=proxy,
+                    follow_redirects=False, headers={"User-Agent": o.user_agent},
+                    transport=o.transport)
+            except ImportError:
+                raise UsageError(f"proxy {proxy}: SOCKS proxies need the socksio "
+                                 "package") from None
+            self._clients[key] = client
         return client
 
     # --- endpoints ---------------------------------------------------------

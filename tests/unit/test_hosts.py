@@ -179,3 +179,19 @@ def test_tls_context_takes_the_ca_and_client_pairs_and_skip_verify(tmp_path):
     assert loose.verify_mode == ssl.CERT_NONE and not loose.check_hostname
     with pytest.raises(UsageError, match="cannot load certificate"):
         tls_context(TlsConfig(ca=(str(tmp_path / "missing.pem"),)))
+
+
+async def test_a_socks_proxy_without_its_package_is_a_usage_error():
+    try:
+        import socksio  # noqa: F401
+        pytest.skip("socksio is installed")
+    except ImportError:
+        pass
+    from lazyfs.errors import UsageError
+    from lazyfs.reference import parse_reference
+    from lazyfs.registry import RegistryClient
+    from lazyfs.registry.transport import RegistryOptions
+    opts = RegistryOptions(proxies=ProxyConfig(https="socks5://127.0.0.1:1"), max_retries=0)
+    async with RegistryClient(opts) as client:
+        with pytest.raises(UsageError, match="socksio"):
+            await client.get_manifest(parse_reference("registry.example/app:v1"))
