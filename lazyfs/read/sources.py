@@ -95,7 +95,8 @@ class RegistryBlob:
     def bad_bytes(self, error: Exception) -> None:
         """Bytes fetched for this blob failed their check: if a mirror sent
         them, the next attempt goes elsewhere."""
-        self._client.distrust(self._ref, self.digest, error)
+        if self.local_path() is None:
+            self._client.distrust(self._ref, self.digest, error)
 
     async def _whole_answer(self, ep, spans: list[tuple[int, int]], multi: bool):
         """A 200 to a Range request is data, not a reason to give up ranges:
