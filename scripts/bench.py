@@ -1,4 +1,4 @@
-"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,all}``.
+"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,trace,all}``.
 
 Each subcommand prints Markdown tables and writes ``.bench/results-NAME.json``.
 """
@@ -22,6 +22,8 @@ COMMANDS = {
     "stream": "bench_stream",
     "download": "bench_download",
     "warm-read": "bench_warm_read",
+    "snapshotter": "bench_snapshotter",
+    "trace": "bench_trace",
 }
 
 

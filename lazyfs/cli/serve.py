@@ -37,10 +37,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         containerd_state=args.containerd_state, idle=args.idle_timeout, tag_ttl=args.tag_ttl,
         mount=MountOptions(foreground=True, allow_other=args.allow_other,
                            debug=bool(opt(args, "debug"))),
-        open_options=open_options(args), store=open_store(args))
+        open_options=_traced(open_options(args)), store=open_store(args))
     commands = Commands(parse=args._parser.parse_args, run=args._run)
     trio.run(run_service, settings, commands)
     return 0
+
+
+def _traced(options):
+    """The service's images record their first reads and replay traces, as mounts do."""
+    import dataclasses
+
+    from ..read.replay import ReplayOptions
+    return dataclasses.replace(options, record_trace=True, replay=ReplayOptions())
 
 
 def _add_serve(sub) -> None:
@@ -82,7 +90,21 @@ def render_service(doc: dict) -> str:
     lines.append(align(rows).rstrip("\n"))
     for f in doc.get("failures", []):
         lines.append(f"failed  {f['what']}: {f['reason']}")
+    if doc.get("snapshotter", {}).get("running"):
+        lines.append(render_snapshotter(doc["snapshotter"]))
     return "\n".join(lines) + "\n"
+
+
+def render_snapshotter(sn: dict) -> str:
+    """The containerd snapshotter's layers: served lazily, or unpacked by
+    containerd and why."""
+    rows = ["CHAIN ID\tMODE\tLAYER\tIMAGE OR REASON"]
+    for chain, layer in sn.get("layers", {}).items():
+        rows.append(f"{chain[:19]}\t{layer['mode']}\t{layer['digest'][:19] or '-'}\t"
+                    f"{layer['reason'] or layer['ref']}")
+    head = (f"snapshotter  {sn.get('lazy', 0)} layers lazy, {sn.get('unpacked', 0)} unpacked, "
+            f"{sn.get('failed', 0)} failed ({sn.get('socket', '')})")
+    return head + "\n" + align(rows).rstrip("\n")
 
 
 def image_rows(mountpoint: str, doc: dict) -> list[dict]:

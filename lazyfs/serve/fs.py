@@ -58,7 +58,8 @@ class _ImageOps(LazyOperations):
     """One image's tree, its inode numbers shifted into its slot."""
 
     def __init__(self, image: Image, base: int, fh):
-        super().__init__(image.tree, image.read, stats=image.stats)
+        super().__init__(image.tree, image.read, stats=image.stats,
+                         events=lambda: image.reader.events.packed(image))
         self.image = image
         self._base = base
         self._next_fh = fh

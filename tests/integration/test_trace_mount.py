@@ -1,0 +1,99 @@
+"""First-read traces end to end, on a real registry and real mounts: the
+first mount records, ``trace push`` publishes, a mount on a fresh cache pulls
+the trace and has fetched every recorded range before it is read; a hostile
+trace changes no byte a mount serves."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from lazyfs.fs.daemon import read_events, read_stats
+from lazyfs.read.stats import unpack_events
+from lazyfs.read.trace import Trace, TraceEntry, save_trace
+from lazyfs.store.blobs import Store
+from tests.support.climount import cli_mount, lazyfs, lazyfs_env
+
+pytestmark = pytest.mark.slow
+
+START = ["usr/lib/python3.11/json/__init__.py", "usr/lib/python3.11/json/decoder.py",
+         "usr/lib/python3.11/email/parser.py", "usr/lib/python3.11/sqlite3/__init__.py",
+         "usr/lib/os-release"]
+
+
+@pytest.fixture(scope="module")
+def image(registry):
+    from lazyfs.testing.debian import debian_image
+    return debian_image(registry.host, "bookworm-python", "estargz")
+
+
+def read_start(mnt) -> dict[str, bytes]:
+    return {p: (mnt / p).read_bytes() for p in START}
+
+
+def replayed(mnt, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = read_stats(mnt)
+        replay = stats["trace"]["replay"]
+        if replay["state"] not in ("looking", "running") or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)
+
+
+def requests(stats: dict) -> int:
+    return sum(layer["requests"] for layer in stats["layers"])
+
+
+def test_record_push_and_replay_on_a_fresh_cache(image, tmp_path):
+    first = lazyfs_env(tmp_path / "a")
+    with cli_mount(image.ref, tmp_path / "mnt", first) as mnt:
+        expected = read_start(mnt)
+        lazyfs("umount", str(mnt), env=first)  # waits for the daemon, which keeps the trace
+    shown = json.loads(lazyfs("trace", "show", "--json", image.ref, env=first).stdout)
+    assert shown["manifest"] == image.digest
+    assert [e["path"] for e in shown["entries"]] == ["/" + p for p in START]
+    text = lazyfs("trace", "show", image.ref, env=first).stdout
+    assert f"{len(START)} ranges" in text and f"/{START[2]}" in text
+    assert lazyfs("trace", "push", image.ref, env=first).stdout.startswith("sha256:")
+
+    fresh = lazyfs_env(tmp_path / "b")
+    with cli_mount(image.ref, tmp_path / "mnt", fresh) as mnt:
+        stats = replayed(mnt)
+        assert stats["trace"]["replay"] == {"source": "registry", "state": "done",
+                                            "planned": len(START), "dropped": 0,
+                                            "done": len(START), "failed": 0}
+        assert read_start(mnt) == expected
+        assert requests(read_stats(mnt)) == requests(stats), "no read had to fetch"
+        kinds = {e[3] for e in unpack_events(read_events(mnt))["events"]}
+        assert "prefetch" in kinds and "read" not in kinds
+        picture = tmp_path / "timeline.svg"
+        lazyfs("stats", "--timeline", str(picture), str(mnt), env=fresh)
+        assert b"<svg" in picture.read_bytes()[:400]
+
+
+def test_a_hostile_trace_serves_the_right_bytes(image, tmp_path):
+    env = lazyfs_env(tmp_path / "a")
+    with cli_mount(image.ref, tmp_path / "mnt", env) as mnt:
+        expected = read_start(mnt)
+        lazyfs("umount", str(mnt), env=env)
+    recorded = Trace.from_json(next((tmp_path / "a" / "cache" / "indexes" / "traces")
+                                    .iterdir()).read_bytes())
+    good = recorded.entries[0]
+    hostile = Trace(recorded.manifest, entries=[
+        TraceEntry(0, "sha256:" + "e" * 64, good.data, 0, 1 << 30),
+        TraceEntry(0, good.layer, b"\x01\x02not a locator", 0, 4096),
+        TraceEntry(0, good.layer, good.data, 1 << 40, 4096),
+        TraceEntry(0, good.layer, good.data, 0, 1 << 40),
+    ])
+    env = lazyfs_env(tmp_path / "b")
+    save_trace(Store(tmp_path / "b" / "cache"), hostile)
+    with cli_mount(image.ref, tmp_path / "mnt", env) as mnt:
+        replay = replayed(mnt)["trace"]["replay"]
+        assert (replay["planned"], replay["dropped"]) == (1, 3)
+        assert read_start(mnt) == expected
+        log = (tmp_path / "b" / "run" / "lazyfs").glob("*.log")
+        text = "".join(p.read_text() for p in log)
+    assert "1 layer(s) not in this image" in text and "2 entries dropped and 1 clamped" in text
