@@ -32,6 +32,7 @@ class HttpProxy:
 
     def close(self) -> None:
         self._closed = True
+        shut(self._sock)
         self._sock.close()
 
     def _serve(self, client: socket.socket) -> None:

@@ -99,8 +99,12 @@ class TcpProxy:
 
     def close(self) -> None:
         self._closed = True
+        shut(self._sock)  # wakes the accept() blocked in its thread; close() alone does not
         self._sock.close()
         with self._lock:
+            # Shut first: a socket another thread is reading from stays open
+            # on close(), and the client would wait for its timeout.
+            shut(*self._open)
             for s in self._open:
                 try:
                     s.close()
