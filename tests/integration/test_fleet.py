@@ -14,7 +14,6 @@ import json
 import subprocess
 import tarfile
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ import trio
 from lazyfs.testing.proxy import TcpProxy
 from lazyfs.testing.push import push_oci_layout
 from lazyfs.testing.realregistry import start_registry
-from tests.support.climount import cli_mount, lazyfs, lazyfs_env
+from tests.support.climount import lazyfs, lazyfs_env, mounted
 from tests.support.faultproxy import fault_proxy
 
 pytestmark = pytest.mark.slow
@@ -73,16 +72,6 @@ def host_env(tmp_path: Path, name: str, certs: Path) -> dict:
     env = lazyfs_env(tmp_path / name)
     env["LAZYFS_HOSTS_DIR"] = str(certs)
     return env
-
-
-@asynccontextmanager
-async def mounted(ref: str, mnt: Path, env: dict, *extra: str):
-    cm = cli_mount(ref, mnt, env, *extra)
-    path = await trio.to_thread.run_sync(cm.__enter__)
-    try:
-        yield path
-    finally:
-        await trio.to_thread.run_sync(cm.__exit__, None, None, None)
 
 
 async def read_files(mnt: Path) -> dict[str, bytes]:
