@@ -184,13 +184,17 @@ def _readable(node: Node, offset: int, size: int) -> int:
 
 @contextlib.asynccontextmanager
 async def open_image_async(ref: str | Reference, options: OpenOptions | None = None,
-                           store: Store | None = None) -> AsyncIterator[Image]:
-    """Open ``ref``; the registry connection lives as long as the context."""
+                           store: Store | None = None, *, client=None) -> AsyncIterator[Image]:
+    """Open ``ref``; the registry connection lives as long as the context.
+    A long-lived caller may lend its own ``client`` (connections, tokens and
+    endpoint choices kept warm across images)."""
     options = options or OpenOptions()
     ref = parse_reference(ref) if isinstance(ref, str) else ref
     store = store or Store()
     started = time.monotonic()
-    async with _client_for(ref, options) as client:
+    lent = contextlib.nullcontext(client) if client is not None and ref.transport == "docker" \
+        else _client_for(ref, options)
+    async with lent as client:
         source = open_source(ref, store, client, options.full_pull)
         resolved = await source.resolve(options.platform)
         descs = list(resolved.manifest.layers)

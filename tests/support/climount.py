@@ -16,8 +16,10 @@ LAZYFS = [sys.executable, "-m", "lazyfs"]
 
 
 def lazyfs_env(work: Path, cache: Path | None = None) -> dict:
+    # LAZYFS_SOCKET: commands work alone even where a lazyfs serve is running
     return dict(os.environ, XDG_RUNTIME_DIR=str(work / "run"),
-                LAZYFS_CACHE_DIR=str(cache or work / "cache"))
+                LAZYFS_CACHE_DIR=str(cache or work / "cache"),
+                LAZYFS_SOCKET=str(work / "no-service.sock"))
 
 
 def lazyfs(*args: str, env: dict, check: bool = True, timeout: float = 300):
