@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 import trio
 
@@ -112,6 +112,8 @@ class Image:
     """The layers indexed after opening, if any."""
     published: str = ""
     """The digest of the index artifact pushed after background indexing, if any."""
+    mirrors: Callable[[], list[dict]] | None = None
+    """What the registry's mirrors have shown so far (skipped, single-range)."""
     recorder: Recorder | None = None
     replay: Replay | None = None
 
@@ -243,6 +245,7 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                               contents, store, time.monotonic() - started,
                               getattr(source, "fallbacks", {}), shared.loaded if shared else [],
                               Prefetch(nursery), background)
+                image.mirrors = getattr(client, "mirrors", None)
                 _start(image, nursery, client, options, tables)
                 failed = None
                 try:

@@ -47,3 +47,15 @@ def cli_mount(ref: str, mountpoint: Path, env: dict, *extra: str) -> Iterator[Pa
                 if state.get("mountpoint") == str(mountpoint):
                     pids.append(state["pid"])
         force_cleanup(mountpoint, pids)
+
+
+@contextlib.asynccontextmanager
+async def mounted(ref: str, mountpoint: Path, env: dict, *extra: str):
+    """``cli_mount`` for trio tests: mounting and unmounting in a worker thread."""
+    import trio
+    cm = cli_mount(ref, mountpoint, env, *extra)
+    path = await trio.to_thread.run_sync(cm.__enter__)
+    try:
+        yield path
+    finally:
+        await trio.to_thread.run_sync(cm.__exit__, None, None, None)
