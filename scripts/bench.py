@@ -1,4 +1,4 @@
-"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,trace,all}``.
+"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,snapshotter,trace,serve,trace-ctr,peer,all}``.
 
 Each subcommand prints Markdown tables and writes ``.bench/results-NAME.json``.
 """
@@ -24,6 +24,9 @@ COMMANDS = {
     "warm-read": "bench_warm_read",
     "snapshotter": "bench_snapshotter",
     "trace": "bench_trace",
+    "serve": "bench_serve",
+    "trace-ctr": "bench_trace_ctr",
+    "peer": "bench_peer",
 }
 
 

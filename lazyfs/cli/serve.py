@@ -24,7 +24,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("lazyfs").propagate = True
     logging.basicConfig(level=logging.DEBUG if opt(args, "debug") else logging.INFO,
                         stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     if not opt(args, "debug"):
         logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     for name in ("idle_timeout", "tag_ttl"):
@@ -85,7 +85,8 @@ def render_service(doc: dict) -> str:
     rows = ["IMAGE\tDIGEST\tSTATE\tOPENS\tIDLE\tFETCHED"]
     for i in images:
         fetched = sum(layer.get("bytes_fetched", 0) for layer in i["image"].get("layers", []))
-        rows.append(f"{', '.join(i['references'])}\t{i['digest'][:19]}\t{i['state']}\t"
+        views = " (layer views)" if i.get("layer_views") else ""
+        rows.append(f"{', '.join(i['references'])}{views}\t{i['digest'][:19]}\t{i['state']}\t"
                     f"{i['opens']}\t{i['idle_seconds']:.0f}s\t{human_size(fetched)}")
     lines.append(align(rows).rstrip("\n"))
     for f in doc.get("failures", []):

@@ -306,6 +306,8 @@ class Reader:
                 data = await decode(layer.content, p, span)
             except (DigestMismatch, LayerFormatError) as e:
                 layer.stats.verify_failures += 1
+                if (bad := getattr(layer.blob, "bad_bytes", None)) is not None:
+                    bad(e)
                 log.error("%s", naming(f"layer {layer.digest}", e, layer.digest))
                 self.memory.discard(_span_key(layer, (p.start, p.end)))
                 self._flights.land(key, flights[key], error=e)

@@ -24,7 +24,6 @@ from ..errors import (DigestMismatch, LayerFormatError, NotFound, RangeNotSuppor
 from ..manifest import (Descriptor, Index, Manifest, Platform, ResolvedImage, check_config,
                         image_platforms, parse_config, parse_manifest, select_platform)
 from ..reference import Reference
-from ..registry.client import MAX_RANGES_PER_REQUEST
 from ..registry.download import Consume, DownloadProgress, Fallback, fetch_blob, stream_blob
 from ..store.records import keep_metadata, resolve_offline
 from ..store.blobs import Store
@@ -53,6 +52,7 @@ class RegistryBlob:
         self.digest, self.size = desc.digest, desc.size
         self._client, self._ref, self._desc, self._store = client, ref, desc, store
         self.fallback = fallback
+        self._keeping = False
         if full_pull and not fallback.reason:
             fallback.reason = "whole layers requested (--full-pull)"
 
@@ -81,26 +81,54 @@ class RegistryBlob:
         local = self._store.blob_path(self.digest)
         if local is None and not self.fallback.reason:
             try:
-                if len(spans) == 1:
-                    parts = [await self._client.get_range(self._ref, self.digest, *spans[0],
-                                                          retry=retry)]
-                else:
-                    parts = await self._client.get_ranges(self._ref, self.digest, spans)
-                return parts, self._requests(spans)
+                return await self._client.fetch_spans(self._ref, self.digest, spans,
+                                                      retry=retry, whole=self._whole_answer)
             except RangeNotSupported as e:
                 if not self.fallback.reason:
                     self.fallback.reason = str(e)
                     log.warning("layer %s: %s; pulling it whole", self.digest, e)
+            local = self._store.blob_path(self.digest)
         if local is None:
             local = await self.path(self.fallback.reason)
         return await trio.to_thread.run_sync(_pread_all, local, spans), 0
 
-    def _requests(self, spans: list[tuple[int, int]]) -> int:
-        if len(spans) <= 1:
-            return len(spans)
-        if self._client.multi_range(self._ref):
-            return -(-len(spans) // MAX_RANGES_PER_REQUEST)
-        return len(spans)
+    def bad_bytes(self, error: Exception) -> None:
+        """Bytes fetched for this blob failed their check: if a mirror sent
+        them, the next attempt goes elsewhere."""
+        if self.local_path() is None:
+            self._client.distrust(self._ref, self.digest, error)
+
+    async def _whole_answer(self, ep, spans: list[tuple[int, int]], multi: bool):
+        """A 200 to a Range request is data, not a reason to give up ranges:
+        a pull-through mirror answers so while it fills itself, S3 so to
+        several ranges. The bytes needed are taken from the front of the
+        body and the rest left unsent (the client's doing); a mirror that
+        keeps answering so for this blob, or a read reaching past the blob's
+        middle, has the whole answer kept (verified) in the store instead. A
+        registry's second 200 to a single range means it ignores Range: the
+        layer is pulled whole, once."""
+        fb = self.fallback
+        if not multi:
+            fb.whole_answers += 1
+            if not ep.mirror and fb.whole_answers > 1:
+                raise RangeNotSupported(f"registry {ep.host} answered a Range request for blob "
+                                        f"{self.digest} with HTTP 200, not 206")
+        if self._keeping or not (ep.mirror and (fb.whole_answers > 2
+                                                or 2 * max(e for _, e in spans) >= self.size)):
+            return None
+
+        self._keeping = True
+
+        async def keep(chunks) -> list[bytes]:
+            try:
+                path = await self._store.write_blob(self.digest, chunks, self.size)
+            finally:
+                self._keeping = False
+            fb.pulled_bytes += self.size
+            fb.pull_reason = (f"mirror {ep.host} answered a Range request with the whole "
+                              "blob, kept")
+            return await trio.to_thread.run_sync(_pread_all, path, spans)
+        return keep
 
     async def path(self, why: str = "") -> Path:
         """The verified blob in the store, pulled once for every concurrent caller."""
@@ -128,15 +156,25 @@ class RegistrySource:
         self.client, self.ref, self.store, self.full_pull = client, ref, store, full_pull
         self.fallbacks: dict[str, Fallback] = {}
 
-    async def resolve(self, platform: Platform | None) -> ResolvedImage:
+    async def resolve(self, platform: Platform | None, alongside=None) -> ResolvedImage:
+        """``alongside(manifest)`` runs while the config is fetched; it must
+        not raise (a caller keeps its own failures for later)."""
         try:
-            r = await self.client.resolve(self.ref, platform)
+            r = await self.client.resolve(self.ref, platform, self._stored, alongside)
         except RegistryUnreachable as e:
             r = await trio.to_thread.run_sync(resolve_offline, self.store, self.ref, platform, e)
             log.warning("%s; using the copy in the local store", e)
         check_config(r.manifest, r.config)
         await trio.to_thread.run_sync(keep_metadata, self.store, r)
         return r
+
+    def _stored(self, digest: str) -> bytes | None:
+        """A small blob kept by an earlier run (a config), unverified."""
+        path = self.store.blob_path(digest)
+        try:
+            return path.read_bytes() if path is not None else None
+        except OSError:
+            return None
 
     def blob(self, desc: Descriptor) -> BlobSource:
         fb = self.fallbacks.setdefault(desc.digest, Fallback())

@@ -112,6 +112,9 @@ def image_stats(image: Image) -> dict:
     out = {"reference": str(image.ref), "digest": image.digest,
            "open_seconds": round(image.opened_in, 3),
            "cache_corrupt": image.reader.cache.corrupt, "layers": layers}
+    mirrors = image.mirrors() if image.mirrors is not None else []
+    if mirrors:
+        out["mirrors"] = mirrors
     if image.background is not None:
         out.update(image.background.state())
         if image.published:

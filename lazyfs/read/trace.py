@@ -179,15 +179,33 @@ def trace_path(store, manifest: str) -> Path:
 
 
 def save_trace(store, trace: Trace) -> None:
-    """Keep ``trace`` as the image's trace (atomically; blocking, small)."""
+    """Keep ``trace`` as the image's trace (atomically; blocking, small),
+    ahead of what the kept one noted and it did not (``merged``)."""
     path = trace_path(store, trace.manifest)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(trace.to_json())
+        tmp.write_bytes(merged(trace, _load_file(path)).to_json())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise CacheError(f"cannot keep the trace of {trace.manifest}: {e.strerror}") from None
+
+
+def merged(new: Trace, old: Trace | None) -> Trace:
+    """``new``, then the entries of ``old`` that no entry of ``new`` covers:
+    a mount that reads less than the start it replayed (one ``cat``) must not
+    wipe that start's trace, and one that reads the same adds nothing."""
+    if old is None or old.manifest != new.manifest:
+        return new
+    noted: dict[tuple[str, bytes], list[TraceEntry]] = {}
+    for e in new.entries:
+        noted.setdefault((e.layer, e.data), []).append(e)
+    rest = [e for e in old.entries
+            if not any(n.offset <= e.offset and e.offset + e.size <= n.offset + n.size
+                       for n in noted.get((e.layer, e.data), ()))]
+    entries = (new.entries + rest)[:MAX_ENTRIES]
+    return Trace(new.manifest, new.reference or old.reference, new.created,
+                 {**old.formats, **new.formats}, entries)
 
 
 def load_trace(store, manifest: str) -> Trace | None:

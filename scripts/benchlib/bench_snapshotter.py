@@ -49,7 +49,7 @@ def run(quick: bool) -> Run:
                 res.note(f"{fmt}: {img}")
                 continue
             if fmt == "gzip":
-                _lazyfs(work / "indexer", "index", "push", "-q", img.ref)
+                lazyfs_cli(work / "indexer", "index", "push", "-q", img.ref)
             images[fmt] = img
         for delay in delays:
             for fmt, img in images.items():
@@ -100,7 +100,7 @@ def run(quick: bool) -> Run:
 def _measure(mode: str, ref: str, case: Path, stack: ExitStack) -> dict:
     case.mkdir(parents=True)
     if mode == "lazyfs":
-        sock = stack.enter_context(_snapshotter(case))
+        sock = stack.enter_context(serve_snapshotter(case))
         ctd = stack.enter_context(start_containerd(case / "containerd", snapshotter="lazyfs",
                                                    proxy_snapshotters={"lazyfs": sock}))
         pull = ("image", "rpull", "--plain-http", ref)
@@ -119,7 +119,7 @@ def _measure(mode: str, ref: str, case: Path, stack: ExitStack) -> dict:
 
 
 @contextmanager
-def _snapshotter(case: Path):
+def serve_snapshotter(case: Path):
     """``lazyfs serve --containerd-socket`` with a fresh state and cache; its socket."""
     sockdir = tempfile.mkdtemp(prefix="lazyfs-bench-sn-")
     sock = os.path.join(sockdir, "s.sock")
@@ -128,7 +128,7 @@ def _snapshotter(case: Path):
     with open(case / "serve.log", "wb") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "lazyfs", "serve", "--no-control-socket",
                                  "--containerd-socket", sock, "--containerd-state",
-                                 str(case / "state"), str(root)], env=_env(case), cwd=REPO,
+                                 str(case / "state"), str(root)], env=case_env(case), cwd=REPO,
                                 stdout=logf, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
@@ -148,12 +148,12 @@ def _snapshotter(case: Path):
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
-def _env(case: Path) -> dict:
+def case_env(case: Path) -> dict:
     return dict(os.environ, PYTHONPATH=str(REPO), LAZYFS_CACHE_DIR=str(case / "cache"),
                 XDG_RUNTIME_DIR=str(case / "run"))
 
 
-def _lazyfs(case: Path, *args: str) -> None:
+def lazyfs_cli(case: Path, *args: str) -> None:
     case.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "lazyfs", *args], env=_env(case), check=True,
+    subprocess.run([sys.executable, "-m", "lazyfs", *args], env=case_env(case), check=True,
                    capture_output=True, timeout=900)

@@ -25,13 +25,16 @@ import shutil
 import statistics
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from .common import BENCH_DIR, PYTHON, REPO, Run, log, ratio
 from .lazy import layer_sizes, push_debian
 from .mounting import bench_env, mount_stats, mounted
 from .proxy import DelayProxy
 from .registry import running_registry
+from .reglog import Cursor
 
 VARIANT, FORMAT = "bookworm-python", "estargz"
 DELAY = 0.05
@@ -47,26 +50,17 @@ def run(quick: bool) -> Run:
     repeat = 1 if quick else REPEAT
     res.note(f"registry {int(DELAY * 1000)} ms per request away through a TCP proxy "
              "(no sch_netem in this kernel); every run from an empty cache")
-    work = BENCH_DIR / "work" / "trace"
-    shutil.rmtree(work, ignore_errors=True)
-    with running_registry("trace") as (reg, cursor):
-        img = push_debian(reg.host, VARIANT, FORMAT)
-        if isinstance(img, str):
-            res.add(case="all", error=img)
-            res.save()
+    with delayed_image(res) as found:
+        if found is None:
             return res
-        layers = frozenset(layer_sizes(img.layout, VARIANT))
-        with DelayProxy(reg.host, DELAY) as proxy:
-            ref = img.ref.replace(reg.host, proxy.host, 1)
-            bench = _Bench(ref, work, cursor, layers)
-            cases = [("none", START, None), ("other, none", OTHER, None)]
-            rows = {name: bench.repeat(name, cmd, trace, repeat) for name, cmd, trace in cases}
-            recorded = bench.kept_trace("none")
-            rows["local"] = bench.repeat("local", START, recorded, repeat)
-            rows["other, local trace"] = bench.repeat("other, local trace", OTHER, recorded,
-                                                      repeat)
-            bench.push_trace("none")
-            rows["registry"] = bench.repeat("registry", START, None, repeat)
+        bench = _Bench(*found)
+        cases = [("none", START, None), ("other, none", OTHER, None)]
+        rows = {name: bench.repeat(name, cmd, trace, repeat) for name, cmd, trace in cases}
+        recorded = bench.kept_trace("none")
+        rows["local"] = bench.repeat("local", START, recorded, repeat)
+        rows["other, local trace"] = bench.repeat("other, local trace", OTHER, recorded, repeat)
+        bench.push_trace("none")
+        rows["registry"] = bench.repeat("registry", START, None, repeat)
     for name, row in rows.items():
         baseline = rows["other, none"] if name.startswith("other") else rows["none"]
         row["time_vs_none"] = ratio(row["seconds"], baseline["seconds"])
@@ -83,6 +77,44 @@ def run(quick: bool) -> Run:
                   ("runs", "runs (s)")])
     res.save({"delay_s": DELAY})
     return res
+
+
+@contextmanager
+def delayed_image(res: Run) -> Iterator[tuple[str, Path, Cursor, frozenset[str]] | None]:
+    """The image pushed to a fresh registry behind the proxy: its reference
+    through the proxy, an empty work directory, the registry's log cursor and
+    the layer digests; ``None`` (saved as the run's error) if it cannot be pushed."""
+    work = BENCH_DIR / "work" / res.name
+    shutil.rmtree(work, ignore_errors=True)
+    with running_registry(res.name) as (reg, cursor):
+        img = push_debian(reg.host, VARIANT, FORMAT)
+        if isinstance(img, str):
+            res.add(case="all", error=img)
+            res.save()
+            yield None
+            return
+        with DelayProxy(reg.host, DELAY) as proxy:
+            yield (img.ref.replace(reg.host, proxy.host, 1), work, cursor,
+                   frozenset(layer_sizes(img.layout, VARIANT)))
+
+
+def seed_trace(cache: Path, trace: Path | None) -> None:
+    """An empty cache holding only ``trace``, if any."""
+    if trace is not None:
+        dest = cache / "indexes" / "traces" / trace.name
+        dest.parent.mkdir(parents=True, mode=0o700)
+        shutil.copy(trace, dest)
+
+
+def replayed(stats_of: Callable[[], dict | None], timeout: float = 120) -> dict:
+    """The image's stats once its replay is over."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = stats_of() or {}
+        state = stats.get("trace", {}).get("replay", {}).get("state")
+        if state not in ("looking", "running") or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.1)
 
 
 class _Bench:
@@ -106,10 +138,7 @@ class _Bench:
         where = self._dir(name, i)
         shutil.rmtree(where, ignore_errors=True)
         cache = where / "cache"
-        if trace is not None:
-            dest = cache / "indexes" / "traces" / trace.name
-            dest.parent.mkdir(parents=True, mode=0o700)
-            shutil.copy(trace, dest)
+        seed_trace(cache, trace)
         env = bench_env(cache, where / "run")
         self.cursor.mark()
         with mounted(self.ref, where / "mnt", env) as m:
@@ -119,14 +148,14 @@ class _Bench:
             seconds = time.perf_counter() - t
             if r.returncode != 0:
                 raise RuntimeError(f"{command} failed: {r.stderr.strip()[-300:]}")
-            stats = _replayed(m.mountpoint)
+            stats = replayed(lambda: mount_stats(m.mountpoint))
             if picture:
                 PICTURES.mkdir(exist_ok=True)
                 out = PICTURES / f"trace-{where.name[:-2]}.png"
                 subprocess.run([PYTHON, "-m", "lazyfs", "stats", "--timeline", str(out),
                                 str(m.mountpoint)], env=env, check=True, cwd=REPO)
         served = self.cursor.served(self.layers)
-        replay = (stats or {}).get("trace", {}).get("replay", {})
+        replay = stats.get("trace", {}).get("replay", {})
         return {"seconds": seconds, "mount_s": m.seconds, "bytes": served.blob_bytes,
                 "bytes_mib": served.blob_bytes / 2**20, "requests": served.blob_requests,
                 "replayed": replay.get("done", 0),
@@ -141,13 +170,3 @@ class _Bench:
                        env=bench_env(where / "cache", where / "run"), cwd=REPO,
                        capture_output=True)
 
-
-def _replayed(mountpoint: Path, timeout: float = 120) -> dict | None:
-    """The mount's stats once its replay is over."""
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = mount_stats(mountpoint)
-        state = (stats or {}).get("trace", {}).get("replay", {}).get("state")
-        if state not in ("looking", "running") or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.1)

@@ -308,3 +308,22 @@ async def test_a_published_trace_too_big_or_for_another_image_is_refused(tmp_pat
     assert "too large" in caplog.text and f"records image {other.manifest}" in caplog.text
     assert not registry.seen("blob", method="GET",
                              digest="sha256:" + hashlib.sha256(huge).hexdigest())
+
+
+async def test_a_mount_reading_less_keeps_the_start_it_replayed(tmp_path):
+    registry = MemoryRegistry()
+    pushed = push(registry)
+    store = Store(tmp_path / "a")
+    full = await record(registry, pushed, store)
+    async with opened(registry, pushed.ref, store, record_trace=True) as image:
+        node = image.index.resolve("/usr/lib/m3.py")
+        await image.read(node, 0, 100)
+    kept = load_trace(store, pushed.digest)
+    assert kept.entries[0].size == 100 and kept.entries[0].data == node.data
+    assert kept.entries[1:] == [e for e in full.entries
+                                if not (e.data == node.data and e.offset == 0 and e.size <= 100)]
+    assert set(kept.entries) >= set(full.entries) - {kept.entries[0]}
+    async with opened(registry, pushed.ref, store, record_trace=True) as image:
+        await start(image)
+    again = load_trace(store, pushed.digest)
+    assert len(again.entries) == len(kept.entries) - 1, "the same start adds nothing"
