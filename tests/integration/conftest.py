@@ -23,3 +23,21 @@ def awkward(tmp_path_factory):
     subprocess.run(["umoci", "unpack", "--image", layout.ref, str(bundle)], check=True,
                    capture_output=True)
     return tars, layout, describe(bundle / "rootfs")
+
+
+@pytest.fixture(scope="session")
+def debian_rootfs(tmp_path_factory):
+    """``debian_rootfs(variant)``: ``umoci unpack`` of that cached Debian gzip
+    image, made once a session (it takes seconds); tests only read it."""
+    from lazyfs.testing.debian import debian_layout
+    made = {}
+
+    def rootfs(variant: str):
+        if variant not in made:
+            bundle = tmp_path_factory.mktemp(f"debian-{variant}") / "bundle"
+            subprocess.run(["umoci", "unpack", "--image",
+                            f"{debian_layout(variant, 'gzip')}:{variant}", str(bundle)],
+                           check=True, capture_output=True)
+            made[variant] = bundle / "rootfs"
+        return made[variant]
+    return rootfs

@@ -57,20 +57,10 @@ def debian_images(registry):
 
 
 @pytest.fixture(scope="module")
-def debian_unpacked(debian_images, tmp_path_factory):
-    """The reference tree: ``umoci unpack`` of the gzip image."""
-    bundle = tmp_path_factory.mktemp("debian") / "bundle"
-    layout = debian_images["gzip"].layout
-    subprocess.run(["umoci", "unpack", "--image", f"{layout}:bookworm-python", str(bundle)],
-                   check=True, capture_output=True)
-    return bundle / "rootfs"
-
-
-@pytest.fixture(scope="module")
-def debian_described(debian_unpacked):
-    """The reference tree described once for every format: with file digests
-    (``True``) and without (``False``)."""
-    full = describe(debian_unpacked)
+def debian_described(debian_rootfs):
+    """The reference tree, ``umoci unpack`` of the gzip image, described once
+    for every format: with file digests (``True``) and without (``False``)."""
+    full = describe(debian_rootfs("bookworm-python"))
     return {True: full,
             False: {p: {k: v for k, v in a.items() if k != "sha256"} for p, a in full.items()}}
 
@@ -161,7 +151,8 @@ def test_two_mounts_share_the_cache(registry, tmp_path):
         assert sum(layer["bytes_fetched"] for layer in stats_b["layers"]) == 0
 
 
-def test_a_first_mount_with_early_reads_reads_exact_bytes_while_indexing(registry, tmp_path):
+def test_a_first_mount_with_early_reads_reads_exact_bytes_while_indexing(registry, debian_rootfs,
+                                                                        tmp_path):
     """Files all over the image, read at once as the mount returns (many
     before their layer is complete), against umoci's unpack; then the tree."""
     import hashlib
@@ -173,10 +164,7 @@ def test_a_first_mount_with_early_reads_reads_exact_bytes_while_indexing(registr
     from lazyfs.fs.operations import STATS_XATTR
     from lazyfs.testing.debian import debian_image
     img = debian_image(registry.host, "bookworm", "gzip")
-    bundle = tmp_path / "bundle"
-    subprocess.run(["umoci", "unpack", "--image", f"{img.layout}:bookworm", str(bundle)],
-                   check=True, capture_output=True)
-    rootfs = bundle / "rootfs"
+    rootfs = debian_rootfs("bookworm")
     files = sorted(p for p in rootfs.rglob("*") if p.is_file() and not p.is_symlink())
     picks = [p.relative_to(rootfs) for p in files[::max(1, len(files) // 80)]]
     env = lazyfs_env(tmp_path)
