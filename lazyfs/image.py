@@ -12,6 +12,7 @@ The synchronous API is ``lazyfs.sync``.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -194,7 +195,8 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
         cache = ChunkCache(store.root / "chunks")
         with cache.lease([d.digest for d in descs]):
             async with trio.open_nursery() as nursery:
-                reader = Reader(layers, cache, nursery)
+                reader = Reader(layers, cache, nursery,
+                                deadline=_read_deadline(client))
                 contents = [TableContent(reader, i) for i in range(len(layers))]
                 if background is not None:
                     contents = [background.content(i, c) for i, c in enumerate(contents)]
@@ -255,6 +257,11 @@ def _client_for(ref: Reference, options: OpenOptions):
         return contextlib.nullcontext()
     from .registry.client import RegistryClient
     return RegistryClient(options.registry)
+
+
+def _read_deadline(client) -> float:
+    """The registry's read deadline; local blobs (no client) do not stall."""
+    return client.options.read_deadline if client is not None else math.inf
 
 
 def _shared_index(client, resolved, options: OpenOptions):

@@ -15,7 +15,6 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
 
 import httpx
-import trio
 
 from ..errors import (DigestMismatch, NoMatchingPlatform, NotFound, RangeNotSupported,
                       RegistryError, UnsupportedMediaType)
@@ -23,6 +22,7 @@ from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, Index
                         Platform, ResolvedImage, image_platforms, json_object, parse_config,
                         parse_manifest, select_platform, with_default_tag)
 from ..reference import Reference
+from .deadlines import HostSlots, request_deadline, within
 from .ranges import (Part, Span, batches, boundary_of, cut, parse_content_range, parse_multipart,
                      range_header)
 from .transport import (Endpoint, RegistryOptions, Transport, body_chunks, content_type,
@@ -44,7 +44,7 @@ class RegistryClient:
         self.options = options or RegistryOptions()
         self._transport = Transport(self.options)
         self._multi_range: dict[str, bool] = {}
-        self._range_limits: dict[str, trio.CapacityLimiter] = {}
+        self._range_limits: dict[str, HostSlots] = {}
 
     async def __aenter__(self) -> RegistryClient:
         await self._transport.__aenter__()
@@ -163,14 +163,15 @@ class RegistryClient:
         _check_spans(digest, [(start, end)])
         what = f"{ref.name}@{digest}"
         headers = {"Range": range_header([(start, end)])}
-        async with self._range_limit(ref), \
+        async with self._range_slot(ref, end - start, what) as progress, \
                 self._transport.reading(ref, "GET", _path(ref, "blobs", digest), what,
                                         headers=headers, retry=retry) as (ep, resp):
+            progress.tick()
             if resp.status_code != 206:
                 raise RangeNotSupported(f"registry {ep.host} answered a Range request for blob "
                                         f"{digest} with HTTP {resp.status_code}, not 206")
             _check_content_range(resp.headers.get("content-range"), start, end, digest)
-            data = await read_limited(resp, end - start, what, ep)
+            data = await read_limited(resp, end - start, what, ep, progress.tick)
         if len(data) != end - start:
             raise RegistryError(f"blob {digest}: range {start}-{end - 1} returned "
                                 f"{len(data)} of {end - start} bytes")
@@ -210,36 +211,40 @@ class RegistryClient:
         """The parts of one multi-range answer, or ``None`` if it was not a 206."""
         what = f"{ref.name}@{digest}"
         wanted = sum(e - s for s, e in spans)
-        async with self._range_limit(ref), \
+        async with self._range_slot(ref, wanted, what) as progress, \
                 self._transport.reading(ref, "GET", _path(ref, "blobs", digest), what,
                                         headers={"Range": range_header(spans)}, ok=(416,),
                                         retry=False) as (ep, resp):
+            progress.tick()
             if resp.status_code != 206:
                 return None
             boundary = boundary_of(resp.headers.get("content-type"))
             if boundary is not None:
                 body = await read_limited(resp, wanted + MULTIPART_OVERHEAD * len(spans),
-                                           what, ep)
+                                           what, ep, progress.tick)
                 return parse_multipart(body, boundary, f"blob {digest}")
             cr = parse_content_range(resp.headers.get("content-range"))
             if cr is None:
                 raise RegistryError(f"blob {digest}: multi-range answer with Content-Range "
                                     f"{resp.headers.get('content-range')!r}")
-            data = await read_limited(resp, cr.end - cr.start, what, ep)
+            data = await read_limited(resp, cr.end - cr.start, what, ep, progress.tick)
         if len(data) != cr.end - cr.start:
             raise RegistryError(f"blob {digest}: range {cr.start}-{cr.end - 1} returned "
                                 f"{len(data)} of {cr.end - cr.start} bytes")
         return [Part(cr.start, cr.end, data)]
 
     @asynccontextmanager
-    async def _range_limit(self, ref: Reference):
+    async def _range_slot(self, ref: Reference, nbytes: int, what: str):
+        """One of the host's range slots, and the request's deadline once it
+        has one: a stalled or dripping answer is cut (``deadlines.py``)."""
+        o = self.options
         host = self._transport.upstream(ref).api_host
-        limit = self._range_limits.get(host)
-        if limit is None:
-            limit = self._range_limits[host] = trio.CapacityLimiter(
-                self.options.max_range_requests)
-        async with limit:
-            yield
+        slots = self._range_limits.get(host)
+        if slots is None:
+            slots = self._range_limits[host] = HostSlots(o.max_range_requests, o.slot_release)
+        async with slots.slot() as progress:
+            with within(request_deadline(o.first_byte_timeout, o.min_rate, nbytes), what):
+                yield progress
 
     # --- tags, pushes, referrers ---------------------------------------------
 
