@@ -38,6 +38,7 @@ from ..errors import LazyfsError, NotFound, UsageError
 from ..image import OpenOptions, open_image_async
 from ..index.merged import ROOT_INO, MergedIndex, Node
 from ..index.tree import Tree, mode_of
+from .killed import KilledReaders
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,8 @@ class LazyOperations(pyfuse3.Operations):
         self._read = read
         self._layers = layers
         self._handles: dict[int, Node | _Virtual] = {}
+        self._openers: dict[int, int] = {}
+        self.killed = KilledReaders()
         self._dirs: dict[int, _Cursor] = {}
         self._next_fh = itertools.count(1)
         self._virtual: dict[int, _Virtual] = {}
@@ -361,6 +364,7 @@ class LazyOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         fh = next(self._next_fh)
         self._handles[fh] = node
+        self._openers[fh] = getattr(ctx, "pid", 0)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_answers
@@ -372,7 +376,10 @@ class LazyOperations(pyfuse3.Operations):
             return node.content[off:off + size]
         if node.type is not EntryType.FILE:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        data = await self._read(node, off, size)
+        with self.killed.watch(self._openers.get(fh)) as scope:
+            data = await self._read(node, off, size)
+        if scope.cancelled_caught:
+            raise pyfuse3.FUSEError(errno.EINTR)
         self.counters.reads += 1
         self.counters.bytes_read += len(data)
         return data
@@ -380,6 +387,7 @@ class LazyOperations(pyfuse3.Operations):
     @_answers
     async def release(self, fh):
         self._handles.pop(fh, None)
+        self._openers.pop(fh, None)
 
     # ------------------------------------------------------------ refused
 
