@@ -307,6 +307,8 @@ class Reader:
             except (DigestMismatch, LayerFormatError) as e:
                 layer.stats.verify_failures += 1
                 log.error("%s", naming(f"layer {layer.digest}", e, layer.digest))
+                if (distrust := getattr(layer.blob, "distrust", None)) is not None:
+                    distrust()
                 self.memory.discard(_span_key(layer, (p.start, p.end)))
                 self._flights.land(key, flights[key], error=e)
                 continue

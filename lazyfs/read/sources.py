@@ -59,6 +59,11 @@ class RegistryBlob:
     def local_path(self) -> Path | None:
         return self._store.blob_path(self.digest)
 
+    def distrust(self) -> None:
+        """Bytes of this blob failed their checks: the registry is asked
+        afresh where it lives rather than its last redirect target."""
+        self._client.forget_redirect(self._ref, self.digest)
+
     async def read_range(self, start: int, end: int) -> bytes:
         """For reads outside the reader (a TOC, a footer), which keep no
         attempts of their own: the client retries what fails in passing."""

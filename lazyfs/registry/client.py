@@ -10,14 +10,15 @@ their digest, blobs hashed as they arrive and never trusted before.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import replace
 
 import httpx
+import trio
 
-from ..errors import (DigestMismatch, NoMatchingPlatform, NotFound, RangeNotSupported,
-                      RegistryError, UnsupportedMediaType)
+from ..errors import (DigestMismatch, LazyfsError, NoMatchingPlatform, NotFound,
+                      RangeNotSupported, RegistryError, UnsupportedMediaType)
 from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, Index, Manifest,
                         Platform, ResolvedImage, image_platforms, json_object, parse_config,
                         parse_manifest, select_platform, with_default_tag)
@@ -163,6 +164,11 @@ class RegistryClient:
         _check_spans(digest, [(start, end)])
         what = f"{ref.name}@{digest}"
         headers = {"Range": range_header([(start, end)])}
+        with self._distrusting(ref, digest):
+            return await self._get_range(ref, digest, start, end, what, headers, retry)
+
+    async def _get_range(self, ref: Reference, digest: str, start: int, end: int, what: str,
+                         headers: dict[str, str], retry: bool) -> bytes:
         async with self._range_slot(ref, end - start, what) as progress, \
                 self._transport.reading(ref, "GET", _path(ref, "blobs", digest), what,
                                         headers=headers, retry=retry) as (ep, resp):
@@ -193,7 +199,8 @@ class RegistryClient:
         if len(spans) > 1 and self._multi_range.get(host, True):
             parts: list[Part] = []
             for batch in batches(spans, MAX_RANGES_PER_REQUEST):
-                got = await self._get_multi(ref, digest, batch)
+                with self._distrusting(ref, digest):
+                    got = await self._get_multi(ref, digest, batch)
                 if got is None:
                     self._multi_range[host] = False
                     break
@@ -232,6 +239,20 @@ class RegistryClient:
             raise RegistryError(f"blob {digest}: range {cr.start}-{cr.end - 1} returned "
                                 f"{len(data)} of {cr.end - cr.start} bytes")
         return [Part(cr.start, cr.end, data)]
+
+    @contextmanager
+    def _distrusting(self, ref: Reference, digest: str) -> Iterator[None]:
+        """A failed range request forgets the blob's redirect target."""
+        try:
+            yield
+        except (LazyfsError, trio.Cancelled):
+            self.forget_redirect(ref, digest)
+            raise
+
+    def forget_redirect(self, ref: Reference, digest: str) -> None:
+        """Ask the registry afresh where ``digest`` lives: bytes from its last
+        redirect target failed their checks (a reader's decode, our own)."""
+        self._transport.forget_redirect(_path(ref, "blobs", digest))
 
     @asynccontextmanager
     async def _range_slot(self, ref: Reference, nbytes: int, what: str):

@@ -274,6 +274,12 @@ class Transport:
         self._redirects.pop(str(url), None)
         return None
 
+    def forget_redirect(self, path: str) -> None:
+        """Stop using where the blob at ``path`` was redirected: it sent bad
+        bytes or none in time, and the registry may point somewhere better."""
+        for key in [k for k in self._redirects if httpx.URL(k).path == path]:
+            del self._redirects[key]
+
     def _tries(self, retry: bool) -> int:
         return self.options.max_retries + 1 if retry else 1
 

@@ -104,3 +104,27 @@ async def test_retry_after_is_honoured_within_the_reads_budget(pushed, tmp_path)
         with pytest.raises(RegistryError, match="503"):
             await image.read(image.index.resolve("/f7"), 0, 100)
         assert trio.current_time() - started < 1.0, "a wait past the deadline is not taken"
+
+
+@pytest.mark.parametrize("action", ["flip", "truncate", "stall"])
+async def test_a_redirect_target_that_fails_is_forgotten_at_once(tmp_path, action):
+    """Bytes from the storage host that fail their checks (or do not come in
+    time) send the read's next attempt back to the registry for a fresh
+    redirect, not to the same target again while its URL is still fresh."""
+    registry = MemoryRegistry(redirect=True)
+    registry.push_image("library/app", "v1", [build_layer("estargz", dict(FILES),
+                                                          chunk_size=65536)])
+    async with await _open(registry, tmp_path, first_byte_timeout=0.5,
+                           read_deadline=20.0) as image:
+        assert await image.read(image.index.resolve("/f1"), 0, 100) == FILES["f1"][:100]
+
+        def asked_registry() -> int:
+            return sum(registry.count(k, host=registry.host) for k in ("range", "multirange"))
+
+        before = asked_registry()
+        registry.fault(action, kind=("range", "multirange"), host=registry.storage_host,
+                       seconds=600)
+        with trio.fail_after(10):
+            assert await image.read(image.index.resolve("/f6"), 0, 5000) == FILES["f6"][:5000]
+        assert image.reader.layers[0].stats.retries == 1
+        assert asked_registry() == before + 1, "the retry went to the old redirect target"
