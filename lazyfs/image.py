@@ -26,7 +26,7 @@ from .index.merged import MergedIndex, Node
 from .index.publish import built_here, publish_quietly
 from .index.tree import Tree, mode_of
 from .manifest import Descriptor, Platform
-from .store.chunks import ChunkCache
+from .store.chunks import ChunkCache, WholeBlobs
 from .read.background import BackgroundIndex
 from .read.content import LayerContent, TableContent, reader_layer
 from .read.prefetch import Prefetch, prioritized, warm_quietly
@@ -192,7 +192,8 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                                          options.early_reads, diff_ids)
         layers = [reader_layer(i, d, t, source, resolved, store)
                   for i, (d, t) in enumerate(zip(descs, tables))]
-        cache = ChunkCache(store.root / "chunks")
+        cache = ChunkCache(store.root / "chunks",
+                           blobs=WholeBlobs(store.root / "blobs", store.kept_blobs, store.no_pull))
         with cache.lease([d.digest for d in descs]):
             async with trio.open_nursery() as nursery:
                 reader = Reader(layers, cache, nursery,

@@ -327,6 +327,31 @@ class Store(ImageRecords):
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             yield
 
+    @contextlib.contextmanager
+    def no_pull(self) -> Iterator[bool]:
+        """Whether no pull is under way (none holds its lease), held for the
+        block: blobs it fetched but has not recorded yet are then none."""
+        try:
+            f = open(self.root / "gc.lock", "a+b")
+        except OSError:
+            yield False
+            return
+        with f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+
+    def kept_blobs(self) -> set[str]:
+        """The blobs recorded images need (``prune`` keeps the same)."""
+        keep: set[str] = set()
+        with self._db() as db:
+            for (blobs,) in db.execute("SELECT blobs FROM images"):
+                keep.update(json.loads(blobs))
+        return keep
+
     # -- pruning -------------------------------------------------------------
 
     def prune(self, all: bool = False) -> PruneResult:
