@@ -35,7 +35,7 @@ from ..formats import ContentReader, Piece, slice_piece
 from ..store.chunks import ChunkCache
 from .fetch import MERGE_GAP, decode, fetch, retryable
 from .flights import Flight, Flights
-from .memory import MEMORY_BYTES, Memory
+from .memory import MEMORY_BYTES, InFlight, Memory
 
 __all__ = ["ChunkCache", "Layer", "LayerStats", "Reader"]
 
@@ -106,6 +106,8 @@ class Reader:
         self.cache = cache
         """The chunk cache on disk."""
         self.memory = Memory(memory_bytes)
+        self.in_flight = InFlight()
+        """Bounds what fetches and decodes under way hold, whatever the number of reads."""
         self.nursery = nursery
         """Where readahead runs; ``None`` turns readahead off."""
         self.deadline = deadline
@@ -268,10 +270,12 @@ class Reader:
         raw = await self._kept_spans(layer, pieces)
         wanted = sorted({(p.start, p.end) for p in pieces} - raw.keys())
         spans, _ = self._flights.claim(_span_key(layer, s) for s in wanted)
+        held = sum(e - s for s, e in wanted) + sum(p.skip + p.length for p in pieces)
         try:
-            if wanted:
-                raw.update(await self._fetch(layer, wanted))
-            kept = await self._decode_all(layer, pieces, flights, raw)
+            async with self.in_flight.room(held):
+                if wanted:
+                    raw.update(await self._fetch(layer, wanted))
+                kept = await self._decode_all(layer, pieces, flights, raw)
         finally:
             self._flights.fail(spans, None)
         if kept and self.cache.root is not None and not _is_local(layer.blob):
