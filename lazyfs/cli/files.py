@@ -8,7 +8,7 @@ import time
 import sys
 
 from ..errors import UsageError
-from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json, with_image
+from .options import REF_HELP, add_command, image_context, opt, print_json, with_image
 from .progress import Tally, add_quiet, drawn, interruption
 from .statstable import render_stats
 
@@ -118,8 +118,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from . import browse
 
     async def body(a):
-        from ..image import open_image_async
-        async with open_image_async(parse_ref(args.ref2), open_options(args), open_store(args)) as b:
+        async with image_context(args, args.ref2) as b:
             return await browse.diff(a, b), [_cost(a), _cost(b)]
     started = time.monotonic()
     with drawn(args, "comparing"):

@@ -11,6 +11,7 @@ from ..errors import UsageError
 from .options import REF_HELP, add_command, open_options, open_store, opt, parse_ref, print_json
 from .progress import add_quiet, drawn
 from .render import align
+from .serve import STORE_FSNAME, image_rows, render_service
 from .statstable import legend, render_stats
 
 
@@ -117,6 +118,9 @@ def cmd_mounts(args: argparse.Namespace) -> int:
         if m.state is None and (log := default_log_path(m.mountpoint)).exists():
             row["log"] = str(log)
         rows.append(row)
+        if m.state is not None and m.source == STORE_FSNAME:
+            rows.extend(dict(r, pid=row["pid"], alive=True)
+                        for r in image_rows(m.mountpoint, _served_stats(m.mountpoint)))
     if args.json:
         print_json(rows)
         return 0
@@ -144,13 +148,32 @@ def _add_mounts(sub) -> None:
     p.set_defaults(func=cmd_mounts)
 
 
+def _served_stats(path: str) -> dict:
+    """The statistics a store-mode mount answers at ``path`` (``{}`` if none)."""
+    import json
+    import os
+
+    from ..fs.operations import STATS_XATTR
+    try:
+        return json.loads(os.getxattr(path, STATS_XATTR))
+    except (OSError, ValueError):
+        return {}
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
+    from ..errors import MountError
     from ..fs.daemon import read_stats
-    doc = read_stats(args.mountpoint)
+    try:
+        doc = read_stats(args.mountpoint)
+    except MountError:
+        # an image inside a store-mode mount answers for itself
+        doc = _served_stats(args.mountpoint)
+        if not doc:
+            raise
     if args.json:
         print_json(doc)
         return 0
-    sys.stdout.write(render_stats(doc))
+    sys.stdout.write(render_service(doc) if doc.get("mode") == "store" else render_stats(doc))
     return 0
 
 

@@ -145,13 +145,21 @@ def open_options(args: argparse.Namespace):
                        use_shared_index=not opt(args, "no_shared_index"))
 
 
+def image_context(args: argparse.Namespace, ref_text: str):
+    """An async context giving ``ref_text`` opened: by the service answering
+    this command (``lazyfs serve`` sets ``args._served``), else here."""
+    served = opt(args, "_served")
+    if served is not None:
+        return served(ref_text)
+    from ..image import open_image_async
+    return open_image_async(parse_ref(ref_text), open_options(args), open_store(args))
+
+
 def with_image(args: argparse.Namespace, ref_text: str, body):
     """Run ``await body(image)`` with ``ref_text`` opened; returns its result."""
     import trio
 
-    from ..image import open_image_async
-
     async def run():
-        async with open_image_async(parse_ref(ref_text), open_options(args), open_store(args)) as image:
+        async with image_context(args, ref_text) as image:
             return await body(image)
     return trio.run(run)

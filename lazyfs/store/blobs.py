@@ -162,7 +162,8 @@ class BlobWriter:
 
 class Store(ImageRecords):
     def __init__(self, root: Path | str | None = None):
-        self.root = Path(root) if root is not None else default_root()
+        # absolute: a mount daemon changes to / after the store is opened
+        self.root = (Path(root) if root is not None else default_root()).absolute()
         self._prepare_root()
         with cache_errors(self.root, "create the store"):
             for sub in ("blobs", "tmp", "indexes"):

@@ -313,3 +313,11 @@ def test_an_image_id_with_several_names_is_removed_only_when_forced(tmp_path):
     removed = store.remove_image(image_id=a.config_digest[7:19], force=True)
     assert sorted(r.tag for r in removed) == ["latest", "v1"]
     assert store.list_images() == []
+
+
+def test_a_relative_store_root_survives_a_change_of_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = Store("cache")
+    monkeypatch.chdir("/")
+    assert store.root == tmp_path / "cache"
+    assert (store.root / "blobs").is_dir()

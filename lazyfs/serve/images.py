@@ -1,0 +1,262 @@
+"""The images a long-lived service holds open, and when it lets them go.
+
+An image is opened on first use and held by a task of the service's nursery
+(its registry client, reader and background work live as long as that task).
+Each image gets a slot: a number that prefixes the inodes of its tree in the
+mount's one inode space, and that stays with it after it is closed, so that
+inodes the kernel still remembers can reopen it (by digest, from the cache).
+
+A slot with no open file and no request in flight for ``idle`` seconds is
+closed and its memory returned. A reference written with a tag is resolved
+again once it is ``tag_ttl`` seconds old (a new digest is a new slot); one
+written with a digest never is. Failures are remembered for ``stats`` and
+logged; nothing here is cached about them, so the next request tries again.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+import trio
+
+from ..errors import LazyfsError, UsageError
+from ..image import Image, OpenOptions, open_image_async
+from ..read.sources import open_source
+from ..reference import Reference, parse_reference
+from ..store.blobs import Store
+
+log = logging.getLogger(__name__)
+
+IDLE_SECONDS = 600.0
+TAG_TTL_SECONDS = 180.0
+SLOT_SHIFT = 32
+"""An image's inode ``i`` is ``slot << SLOT_SHIFT | i`` in the mount."""
+MAX_FAILURES = 50
+
+
+@dataclass(eq=False)
+class Slot:
+    number: int
+    pinned: Reference
+    """The reference by digest: what reopens the image."""
+    names: set[str] = field(default_factory=set)
+    image: Image | None = None
+    layers: list[str] = field(default_factory=list)
+    """Layer digests, bottom first."""
+    users: int = 0
+    """Open files and requests in flight: while any, the image stays open."""
+    last_used: float = 0.0
+    opens: int = 0
+    last_stats: dict = field(default_factory=dict)
+    _scope: trio.CancelScope | None = None
+    _lock: trio.Lock = field(default_factory=trio.Lock)
+
+    @property
+    def digest(self) -> str:
+        return self.pinned.digest or ""
+
+    def stats(self) -> dict:
+        if self.image is not None:
+            self.last_stats = self.image.stats()
+        return {"slot": self.number, "references": sorted(self.names), "digest": self.digest,
+                "state": "open" if self.image is not None else "closed", "opens": self.opens,
+                "users": self.users,
+                "idle_seconds": round(time.monotonic() - self.last_used, 1),
+                "layers": list(self.layers), "image": self.last_stats}
+
+
+@dataclass
+class _Name:
+    slot: Slot
+    resolved_at: float
+
+
+class ImageSet:
+    """Images by reference, opened on demand, shared by the mount, the
+    control socket and the snapshotter."""
+
+    def __init__(self, nursery: trio.Nursery, store: Store, options: OpenOptions | None = None,
+                 *, idle: float = IDLE_SECONDS, tag_ttl: float = TAG_TTL_SECONDS,
+                 client=None):
+        self._nursery = nursery
+        self.store = store
+        self.options = options or OpenOptions()
+        self.idle = idle
+        self.tag_ttl = tag_ttl
+        self._client = client
+        self._slots: dict[int, Slot] = {}
+        self._by_pinned: dict[str, Slot] = {}
+        self._names: dict[str, _Name] = {}
+        self._name_locks: dict[str, trio.Lock] = collections.defaultdict(trio.Lock)
+        self.failures: collections.deque = collections.deque(maxlen=MAX_FAILURES)
+        self.failure_count = 0
+        self.on_open: list[Callable[[Slot], None]] = []
+        """Called with each slot whose image was just opened (or reopened)."""
+        self.opened_at = time.time()
+
+    # ---------------------------------------------------------------- lookup
+
+    def slot(self, number: int) -> Slot | None:
+        return self._slots.get(number)
+
+    def slots(self) -> list[Slot]:
+        return list(self._slots.values())
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def fresh(self, name: str) -> float:
+        """Seconds the answer for ``name`` stays right (``inf`` for a digest)."""
+        known = self._names.get(name)
+        if known is None:
+            return 0.0
+        if parse_reference(name).digest:
+            return float("inf")
+        return max(0.0, known.resolved_at + self.tag_ttl - time.monotonic())
+
+    async def by_reference(self, text: str | Reference) -> Slot:
+        """The open slot of the image ``text`` names, opening it if needed."""
+        ref = parse_reference(text) if isinstance(text, str) else text
+        if ref.transport != "docker":
+            raise UsageError(f"{ref}: only registry references are served")
+        name = str(ref)
+        try:
+            async with self._name_locks[name]:
+                slot = await self._named(name, ref)
+            await self.ensure_open(slot)
+        except LazyfsError as e:
+            self.failed(str(ref), e)
+            raise
+        return slot
+
+    async def _named(self, name: str, ref: Reference) -> Slot:
+        known = self._names.get(name)
+        now = time.monotonic()
+        if known is not None and (ref.digest or now - known.resolved_at < self.tag_ttl):
+            return known.slot
+        if known is not None:
+            pinned = await self._resolve(ref)
+            if str(pinned) == str(known.slot.pinned):
+                known.resolved_at = now
+                return known.slot
+            log.info("%s now points at %s (was %s)", ref, pinned.digest, known.slot.digest)
+            slot = self._by_pinned.get(str(pinned)) or self._new_slot(pinned)
+        else:
+            slot = await self._open_new(ref)
+        slot.names.add(name)
+        self._names[name] = _Name(slot, now)
+        return slot
+
+    async def _resolve(self, ref: Reference) -> Reference:
+        if self._client is None:
+            raise UsageError("no registry client to resolve tags with")
+        resolved = await open_source(ref, self.store, self._client).resolve(self.options.platform)
+        return resolved.pinned
+
+    def _new_slot(self, pinned: Reference) -> Slot:
+        slot = Slot(len(self._slots) + 1, pinned, last_used=time.monotonic())
+        self._slots[slot.number] = slot
+        self._by_pinned[str(pinned)] = slot
+        return slot
+
+    async def _open_new(self, ref: Reference) -> Slot:
+        """Open by the reference as written: one resolution, not two."""
+        if ref.digest and (slot := self._by_pinned.get(str(ref))) is not None:
+            return slot
+        scope = trio.CancelScope()
+        image = await self._nursery.start(self._hold, ref, scope)
+        pinned = image.ref
+        slot = self._by_pinned.get(str(pinned))
+        if slot is not None and slot.image is not None:
+            scope.cancel()  # the same image under a second name
+            return slot
+        slot = slot or self._new_slot(pinned)
+        self._adopt(slot, image, scope)
+        return slot
+
+    async def ensure_open(self, slot: Slot) -> Image:
+        """The slot's image, reopened (by digest) if it was closed."""
+        slot.last_used = time.monotonic()
+        if slot.image is not None:
+            return slot.image
+        async with slot._lock:
+            if slot.image is None:
+                scope = trio.CancelScope()
+                image = await self._nursery.start(self._hold, slot.pinned, scope)
+                self._adopt(slot, image, scope)
+        return slot.image
+
+    def _adopt(self, slot: Slot, image: Image, scope: trio.CancelScope) -> None:
+        slot.image, slot._scope = image, scope
+        slot.layers = [info.desc.digest for info in image.layers]
+        slot.opens += 1
+        slot.last_used = time.monotonic()
+        log.info("opened %s (%s) in %.2f s", image.ref, image.digest, image.opened_in)
+        for hook in self.on_open:
+            hook(slot)
+
+    async def _hold(self, ref: Reference, scope: trio.CancelScope, *,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+        image = None
+        try:
+            with scope:
+                async with open_image_async(ref, self.options, self.store) as image:
+                    task_status.started(image)
+                    await trio.sleep_forever()
+        except Exception as e:
+            if image is None:
+                raise
+            # The image's own background work failed after it was served: it is
+            # closed (the next request reopens it), the service goes on.
+            self.failed(str(ref), e)
+            for slot in self.slots():
+                if slot.image is image:
+                    slot.image = None
+
+    def close(self, slot: Slot) -> None:
+        if slot.image is None:
+            return
+        slot.last_stats = slot.image.stats()
+        log.info("closed %s (idle %.0f s)", slot.pinned, time.monotonic() - slot.last_used)
+        slot.image = None
+        if slot._scope is not None:
+            slot._scope.cancel()
+            slot._scope = None
+
+    async def reap(self, period: float = 1.0) -> None:
+        """Close images idle for ``idle`` seconds, forever."""
+        while True:
+            await trio.sleep(min(period, self.idle / 4) if self.idle > 0 else period)
+            now = time.monotonic()
+            for slot in self.slots():
+                if slot.image is not None and slot.users == 0 and now - slot.last_used >= self.idle:
+                    self.close(slot)
+
+    @contextlib.asynccontextmanager
+    async def using(self, slot: Slot) -> AsyncIterator[Image]:
+        """The slot's image, kept open for the duration."""
+        slot.users += 1
+        try:
+            yield await self.ensure_open(slot)
+        finally:
+            slot.users -= 1
+            slot.last_used = time.monotonic()
+
+    # ---------------------------------------------------------------- failures, stats
+
+    def failed(self, what: str, error: BaseException) -> None:
+        self.failure_count += 1
+        reason = str(error) or type(error).__name__
+        self.failures.append({"what": what, "reason": reason, "time": round(time.time(), 3),
+                              "errno": getattr(error, "errno", None)})
+        log.warning("%s: %s", what, reason)
+
+    def stats(self) -> dict:
+        return {"images": [s.stats() for s in self.slots()], "failures": list(self.failures),
+                "failure_count": self.failure_count, "idle_seconds": self.idle,
+                "tag_ttl_seconds": self.tag_ttl}
