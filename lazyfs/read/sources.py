@@ -98,7 +98,11 @@ class RegistryBlob:
                     log.warning("layer %s: %s; pulling it whole", self.digest, e)
         if local is None:
             local = await self.path(self.fallback.reason)
-        return await trio.to_thread.run_sync(_pread_all, local, spans), 0
+        try:
+            return await trio.to_thread.run_sync(_pread_all, local, spans), 0
+        except FileNotFoundError:
+            # evicted under the cache limit since we looked: by range after all
+            return await self._read(spans, retry)
 
     def _requests(self, spans: list[tuple[int, int]]) -> int:
         if len(spans) <= 1:

@@ -79,8 +79,10 @@ class RegistryOptions:
     """Seconds a range request may take to connect and get its answer's
     headers; with its body at ``min_rate``, its whole deadline
     (``deadlines.py``). ``$LAZYFS_FIRST_BYTE_TIMEOUT`` sets the default."""
-    min_rate: int = 128 << 10
-    """Bytes per second below which a range answer is cut and asked again."""
+    min_rate: int = 32 << 10
+    """Bytes per second below which a range answer is cut and asked again
+    (a read's own deadline usually comes first; this bounds whole-blob
+    downloads' 8 MiB ranges, 256 s each, on a link slower than this)."""
     slot_release: float = 2.0
     """Seconds without a byte after which a range request stops counting
     against ``max_range_requests`` (it still runs until its deadline)."""

@@ -12,7 +12,9 @@ ranges of random files for ``SECONDS`` (``$SOAK_READERS`` and
 page cache, so every read reaches the daemon) and compare every byte with
 the file's content.
 
-Reported: reads, mismatches (must be 0), failed reads (EIO), the slowest
+Reported: reads, mismatches (must be 0), failed reads (EIO), short reads
+(a prefix of the right bytes: the kernel returns what it has when a later
+page of the range failed), the slowest
 read against the read deadline, the daemon's resident memory (sampled, and
 its peak) against the budget in ``docs/architecture.md``, the faults
 injected, and what ``lazyfs stats`` counted (retries, timeouts, failed reads).
@@ -135,9 +137,13 @@ def _soak(mnt: Path, pid: int | None, files: dict[str, bytes], seconds: float) -
                     got = os.pread(fd, size, offset)
                 finally:
                     os.close(fd)
-                if got != data[offset:offset + size]:
+                want = data[offset:offset + size]
+                if len(got) < len(want) and want.startswith(got):
+                    outcome = "short"
+                elif got != want:
                     outcome = "mismatch"
-                    problems.append(f"{name} @{offset}+{size}: wrong bytes")
+                    problems.append(f"{name} @{offset}+{size}: {len(got)} bytes, "
+                                    f"first wrong at {_first_difference(got, want)}")
             except OSError as e:
                 outcome = "eio" if e.errno == errno.EIO else f"errno {e.errno}"
             took = time.monotonic() - started
@@ -161,16 +167,22 @@ def _soak(mnt: Path, pid: int | None, files: dict[str, bytes], seconds: float) -
     latencies.sort()
     peak = rss_mib(pid)[1] if pid else None
     over = sum(1 for x in latencies if x > READ_DEADLINE + 5)
+    over_twice = sum(1 for x in latencies if x > 2 * READ_DEADLINE + 5)
     return {"readers": READERS, "seconds": seconds, "reads": len(latencies),
             "mib_read": round(tally["bytes"] / 2**20, 1), "mismatches": tally["mismatch"],
-            "eio": tally["eio"], "other_errors": sum(v for k, v in tally.items()
+            "eio": tally["eio"], "short": tally["short"], "other_errors": sum(v for k, v in tally.items()
                                                        if k.startswith("errno")),
             "p50_s": _pct(latencies, 0.5), "p99_s": _pct(latencies, 0.99),
             "max_s": round(latencies[-1], 2) if latencies else None,
-            "over_deadline": over, "read_deadline_s": READ_DEADLINE,
+            "over_deadline": over, "over_twice_deadline": over_twice,
+            "read_deadline_s": READ_DEADLINE,
             "rss_p50_mib": _pct(sorted(rss), 0.5), "rss_max_sampled_mib": max(rss, default=None),
             "rss_peak_mib": round(peak, 1) if peak else None, "rss_budget_mib": RSS_BUDGET_MIB,
             "problems": problems[:20]}
+
+
+def _first_difference(got: bytes, want: bytes) -> int:
+    return next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -193,8 +205,9 @@ def _tables(res: Run, row: dict, image_bytes: int) -> None:
               f"{FAULT_RATE:.0%} of blob requests (image {image_bytes / 2**20:.0f} MiB, "
               f"cache {CACHE_SIZE})", [row],
               [("reads", "reads"), ("mib_read", "MiB read"), ("mismatches", "mismatches"),
-               ("eio", "EIO"), ("p50_s", "p50 s"), ("p99_s", "p99 s"), ("max_s", "max s"),
+               ("eio", "EIO"), ("short", "short reads"), ("p50_s", "p50 s"), ("p99_s", "p99 s"), ("max_s", "max s"),
                ("over_deadline", f"over {READ_DEADLINE:g}+5 s"),
+               ("over_twice_deadline", f"over 2x{READ_DEADLINE:g}+5 s"),
                ("rss_p50_mib", "RSS p50 MiB"), ("rss_peak_mib", "RSS peak MiB"),
                ("rss_budget_mib", "budget MiB")])
     res.note(f"faults injected: {row['faults']} of {row['requests']} blob requests")
