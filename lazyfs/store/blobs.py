@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import AsyncIterable, Iterator
 
 from ..errors import CacheError, DigestMismatch, NotFound
+from .chunks import try_lock
 from .records import ImageRecords
 
 _DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
@@ -332,18 +333,8 @@ class Store(ImageRecords):
     def no_pull(self) -> Iterator[bool]:
         """Whether no pull is under way (none holds its lease), held for the
         block: blobs it fetched but has not recorded yet are then none."""
-        try:
-            f = open(self.root / "gc.lock", "a+b")
-        except OSError:
-            yield False
-            return
-        with f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
+        with try_lock(self.root / "gc.lock") as free:
+            yield free
 
     def kept_blobs(self) -> set[str]:
         """The blobs recorded images need (``prune`` keeps the same)."""

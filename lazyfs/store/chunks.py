@@ -265,7 +265,7 @@ class ChunkCache:
         if self.root is None or not self.root.is_dir():
             return ChunkPrune()
         target = int(self.limit * EVICT_TO) if target is None else target
-        with _try_lock(self.root / "evict.lock") as locked:
+        with try_lock(self.root / "evict.lock") as locked:
             if not locked:
                 return ChunkPrune()
             keep = self.leased()
@@ -449,8 +449,15 @@ def _remove_empty_dirs(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def _try_lock(path: Path) -> Iterator[bool]:
-    with open(path, "a+b") as f:
+def try_lock(path: Path) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` held for the block if nobody holds
+    one (True), else nothing (False), without waiting."""
+    try:
+        f = open(path, "a+b")
+    except OSError:
+        yield False
+        return
+    with f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
