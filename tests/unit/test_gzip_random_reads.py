@@ -18,7 +18,7 @@ from lazyfs.testing import MemoryRegistry, build_layer
 from tests.support.text import words
 
 rng = random.Random(19)
-FILES = {f"d/{i}": words(rng, 3 << 20) for i in range(8)}
+FILES = {f"d/{i}": words(rng, 2 << 20) for i in range(6)}
 
 
 async def test_random_reads_fetch_each_span_about_once(tmp_path):
@@ -32,10 +32,10 @@ async def test_random_reads_fetch_each_span_about_once(tmp_path):
     store.blob_path(layer.digest).unlink()
     registry.requests.clear()
     reads = [(name, rng.randrange(len(data) - 4096)) for name, data in FILES.items()
-             for _ in range(60)]
+             for _ in range(50)]
     rng.shuffle(reads)
     async with open_image_async(pushed.ref, options, store) as image:
-        image.reader.memory = Memory(4 << 20)
+        image.reader.memory = Memory(2 << 20)
         image.reader.nursery = None  # no readahead: every byte fetched is for a read
 
         async def read(name: str, offset: int) -> None:
