@@ -12,15 +12,16 @@ The synchronous API is ``lazyfs.sync``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import trio
 
 from .formats.entry import EntryType
-from .errors import UsageError
+from .errors import LazyfsError, UsageError
 from .formats import LayerTable, format_of
 from .index.merged import MergedIndex, Node
 from .index.publish import built_here, publish_quietly
@@ -31,13 +32,17 @@ from .read.background import BackgroundIndex
 from .read.content import LayerContent, TableContent, reader_layer
 from .read.prefetch import Prefetch, prioritized, warm_quietly
 from .read.reader import Reader
-from .read.stats import image_stats
+from .read.replay import Replay, ReplayOptions, find_trace
+from .read.stats import EventLog, image_stats
+from .read.trace import SAVE_EVERY, Recorder, save_trace
 from .read.tables import layer_name, layer_tables, merged_index
 from .reference import Reference, parse_reference
 from .read.sources import open_source
 from .store.blobs import Store
 
 __all__ = ["Image", "LayerInfo", "OpenOptions", "mode_of", "open_image_async"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +68,11 @@ class OpenOptions:
     still fails every later request, but bytes already served were unchecked."""
     push_index: bool = False
     """Publish the tables built by a full pass to the registry once they are complete."""
+    record_trace: bool = False
+    """Record the reads of the first minutes and keep them as the image's trace (mounts)."""
+    replay: ReplayOptions | None = None
+    """Fetch what a recorded trace (local, of an image sharing layers, or
+    published) says the start will read, ahead of the reads."""
 
 
 @dataclass
@@ -100,6 +110,10 @@ class Image:
     """The layers indexed after opening, if any."""
     published: str = ""
     """The digest of the index artifact pushed after background indexing, if any."""
+    mirrors: Callable[[], list[dict]] | None = None
+    """What the registry's mirrors have shown so far (skipped, single-range)."""
+    recorder: Recorder | None = None
+    replay: Replay | None = None
 
     @property
     def ref(self) -> Reference:
@@ -125,6 +139,8 @@ class Image:
         size = _readable(node, offset, size)
         if size == 0:
             return b""
+        if self.recorder is not None:
+            self.recorder.note(node.layer, node.data, offset, size)
         return await self.contents[node.layer].read(node.data, offset, size)
 
     async def warm(self, nodes: list[Node]) -> None:
@@ -169,13 +185,17 @@ def _readable(node: Node, offset: int, size: int) -> int:
 
 @contextlib.asynccontextmanager
 async def open_image_async(ref: str | Reference, options: OpenOptions | None = None,
-                           store: Store | None = None) -> AsyncIterator[Image]:
-    """Open ``ref``; the registry connection lives as long as the context."""
+                           store: Store | None = None, *, client=None) -> AsyncIterator[Image]:
+    """Open ``ref``; the registry connection lives as long as the context.
+    A long-lived caller may lend its own ``client`` (connections, tokens and
+    endpoint choices kept warm across images)."""
     options = options or OpenOptions()
     ref = parse_reference(ref) if isinstance(ref, str) else ref
     store = store or Store()
     started = time.monotonic()
-    async with _client_for(ref, options) as client:
+    lent = contextlib.nullcontext(client) if client is not None and ref.transport == "docker" \
+        else _client_for(ref, options)
+    async with lent as client:
         source = open_source(ref, store, client, options.full_pull)
         resolved = await source.resolve(options.platform)
         descs = list(resolved.manifest.layers)
@@ -198,6 +218,7 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
             async with trio.open_nursery() as nursery:
                 reader = Reader(layers, cache, nursery,
                                 deadline=_read_deadline(client))
+                reader.events = EventLog(started)
                 contents = [TableContent(reader, i) for i in range(len(layers))]
                 if background is not None:
                     contents = [background.content(i, c) for i, c in enumerate(contents)]
@@ -206,6 +227,7 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                               contents, store, time.monotonic() - started,
                               getattr(source, "fallbacks", {}), shared.loaded if shared else [],
                               Prefetch(nursery), background)
+                image.mirrors = getattr(client, "mirrors", None)
                 _start(image, nursery, client, options, tables)
                 failed = None
                 try:
@@ -216,6 +238,7 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                     failed = e
                 finally:
                     nursery.cancel_scope.cancel()
+                    _keep_trace(image)
             if failed is not None:
                 raise failed
 
@@ -225,15 +248,61 @@ def _start(image: Image, nursery: trio.Nursery, client, options: OpenOptions,
     """The image's background work: indexing, publishing, prefetching."""
     publish = options.push_index and client is not None
     if image.background is not None:
+        image.background.events = image.reader.events
         nursery.start_soon(_index_then_publish, image, client if publish else None)
     elif publish and built_here(tables, [i.desc.digest for i in image.layers],
                                 image.shared_tables):
         nursery.start_soon(publish_quietly, client, image)
     if options.prefetch and not options.full_pull:
         image.prefetch()
+    if options.record_trace:
+        image.recorder = Recorder(image.digest, str(image.ref),
+                                  [(i.desc.digest, i.format) for i in image.layers],
+                                  image.reader.events.started)
+        nursery.start_soon(_record, image)
+    background = options.replay is None or options.replay.enabled
+    if options.replay is not None and not options.full_pull:
+        image.replay = Replay(image.reader, options.replay)
+        nursery.start_soon(_replay, image, client, tables)
     landmarked = prioritized(tables)
-    if landmarked and not options.full_pull:
+    if landmarked and background and not options.full_pull:
         nursery.start_soon(warm_quietly, image.reader, landmarked)
+
+
+async def _replay(image: Image, client, tables: list[LayerTable | None]) -> None:
+    """A trace is a hint: whatever goes wrong with it, the image serves on."""
+    digests = [i.desc.digest for i in image.layers]
+    trace = None
+    try:
+        if image.replay.options.enabled:
+            trace, image.replay.source = await find_trace(image.store, client, image.ref,
+                                                          image.digest, digests)
+        await image.replay.run(trace, digests, tables)
+    except LazyfsError as e:
+        image.replay.state = f"failed: {e}"
+        log.warning("trace replay stopped: %s", e)
+
+
+async def _record(image: Image) -> None:
+    """Keep the trace as it grows, so a mount that is killed leaves it too."""
+    while True:
+        await trio.sleep(SAVE_EVERY)
+        if image.recorder.changed:
+            await trio.to_thread.run_sync(_save_trace, image.store, image.recorder.trace())
+
+
+def _keep_trace(image: Image) -> None:
+    if image.recorder is not None and image.recorder.changed:
+        _save_trace(image.store, image.recorder.trace())
+
+
+def _save_trace(store: Store, trace) -> None:
+    if not trace.entries:
+        return
+    try:
+        save_trace(store, trace)
+    except LazyfsError as e:
+        log.warning("%s", e)
 
 
 async def _index_then_publish(image: Image, client) -> None:

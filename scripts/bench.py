@@ -1,4 +1,4 @@
-"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,soak,all}``
+"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,snapshotter,trace,serve,trace-ctr,soak,all}``
 (``all`` leaves out ``soak``).
 
 Each subcommand prints Markdown tables and writes ``.bench/results-NAME.json``.
@@ -23,6 +23,10 @@ COMMANDS = {
     "stream": "bench_stream",
     "download": "bench_download",
     "warm-read": "bench_warm_read",
+    "snapshotter": "bench_snapshotter",
+    "trace": "bench_trace",
+    "serve": "bench_serve",
+    "trace-ctr": "bench_trace_ctr",
     "soak": "bench_soak",
 }
 NOT_IN_ALL = {"soak"}

@@ -42,3 +42,17 @@ def docker_config(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg-run"))
     return d
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_host_configuration(tmp_path_factory):
+    """The machine's containerd host configuration (``/etc/containerd/certs.d``)
+    never reaches a test: one that wants a configuration writes its own. (The
+    variable also reaches the lazyfs processes the tests start.)"""
+    saved = os.environ.get("LAZYFS_HOSTS_DIR")
+    os.environ["LAZYFS_HOSTS_DIR"] = str(tmp_path_factory.mktemp("no-hosts-dir"))
+    yield
+    if saved is None:
+        os.environ.pop("LAZYFS_HOSTS_DIR", None)
+    else:
+        os.environ["LAZYFS_HOSTS_DIR"] = saved

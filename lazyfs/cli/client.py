@@ -63,9 +63,9 @@ def ask_service(argv: list[str]) -> int | None:
         except OSError:
             return None
         out = sys.stdout
-        request = {"argv": list(argv), "encoding": out.encoding or "utf-8",
-                   "errors": out.errors or "strict",
-                   "stderr_errors": sys.stderr.errors or "backslashreplace"}
+        request = {"argv": list(argv), "encoding": getattr(out, "encoding", None) or "utf-8",
+                   "errors": getattr(out, "errors", None) or "strict",
+                   "stderr_errors": getattr(sys.stderr, "errors", None) or "backslashreplace"}
         out.flush()
         sys.stderr.flush()
         first = None

@@ -28,9 +28,9 @@ __all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "build_parser", "commands", "
 
 
 def commands() -> list:
-    from . import files, images, index, login, mounts, serve
+    from . import files, images, index, login, mounts, serve, trace
     return [*images.COMMANDS, *files.COMMANDS, *mounts.COMMANDS, *index.COMMANDS,
-            *login.COMMANDS, *serve.COMMANDS]
+            *login.COMMANDS, *serve.COMMANDS, *trace.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,9 +38,18 @@ def cmd_mount(args: argparse.Namespace) -> int:
         logging.getLogger("lazyfs").propagate = True
         logging.basicConfig(level=logging.DEBUG if opt(args, "debug") else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ..read.replay import ReplayOptions
+    from ..store.chunks import parse_size
     ref = parse_ref(args.ref)
+    replay = ReplayOptions(enabled=not args.no_prefetch, concurrency=args.prefetch_concurrency,
+                           rate=parse_size(args.prefetch_rate) if args.prefetch_rate else 0)
+    if replay.concurrency < 1:
+        raise UsageError("--prefetch-concurrency must be at least 1")
+    if args.prefetch and args.no_prefetch:
+        raise UsageError("--prefetch and --no-prefetch contradict each other")
     options = dataclasses.replace(open_options(args), background_index=not args.wait_index,
-                                  early_reads=args.early_reads, push_index=args.push_index)
+                                  early_reads=args.early_reads, push_index=args.push_index,
+                                  record_trace=True, replay=replay)
     if args.wait_index and not args.push_index:
         _index_here(args, ref, options)
     factory = image_operations(str(ref) if ref.transport == "docker" else args.ref,
@@ -85,6 +94,14 @@ def _add_mount(sub) -> None:
                         "before the whole layer is checked against its digest")
     p.add_argument("--push-index", action="store_true",
                    help="publish the index built for gzip layers to the registry (index push)")
+    p.add_argument("--no-prefetch", action="store_true",
+                   help="fetch nothing in the background: no trace replay, no eStargz "
+                        "prefetch landmark (the reads are still recorded as the image's trace)")
+    p.add_argument("--prefetch-concurrency", metavar="N", type=int, default=4,
+                   help="trace replay: batches in flight at once, half of them while reads "
+                        "wait (default 4)")
+    p.add_argument("--prefetch-rate", metavar="SIZE",
+                   help="trace replay: at most SIZE bytes per second, e.g. 20M (default: no bound)")
     add_quiet(p)
     p.add_argument("-o", metavar="OPTS", action="append",
                    help="mount options: suid, dev, allow_other, nonempty (mount over a directory "
@@ -160,9 +177,31 @@ def _served_stats(path: str) -> dict:
         return {}
 
 
+def _events(path: str) -> bytes:
+    """The fetch log of a mount, or of an image inside a store-mode mount."""
+    import os
+
+    from ..errors import MountError
+    from ..fs.daemon import read_events
+    from ..fs.operations import EVENTS_XATTR
+    try:
+        return read_events(path)
+    except MountError:
+        try:
+            return os.getxattr(path, EVENTS_XATTR)
+        except OSError:
+            raise MountError(f"{path}: neither a lazyfs mount nor an image served by "
+                             "lazyfs serve") from None
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from ..errors import MountError
     from ..fs.daemon import read_stats
+    if args.timeline:
+        from ..read.stats import unpack_events
+        from .timeline import draw_timeline
+        draw_timeline(unpack_events(_events(args.mountpoint)), args.timeline)
+        return 0
     try:
         doc = read_stats(args.mountpoint)
     except MountError:
@@ -182,6 +221,9 @@ def _add_stats(sub) -> None:
     p.epilog = legend()
     p.add_argument("--json", action="store_true",
                    help="the whole stats document, with every counter, as JSON")
+    p.add_argument("--timeline", metavar="FILE",
+                   help="draw what was fetched over time into FILE (.svg or .png): a row per "
+                        "layer, a bar per request (needs matplotlib: pip install 'lazyfs[plot]')")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="a directory")
     p.set_defaults(func=cmd_stats)
 

@@ -18,6 +18,10 @@ _GLOBAL = [
                                     help="talk plain HTTP (or unverified TLS) to HOST; repeatable")),
     (("--registry-mirror",), dict(metavar="URL", action="append",
                                   help="try this mirror before Docker Hub; repeatable")),
+    (("--hosts-dir",), dict(metavar="DIR",
+                            help="containerd's registry host configuration (hosts.toml: "
+                                 "mirrors, certificates, headers) (default: $LAZYFS_HOSTS_DIR, "
+                                 "else /etc/containerd/certs.d)")),
     (("--cache-dir",), dict(metavar="DIR", help="the local store (default: $LAZYFS_CACHE_DIR)")),
     (("--cache-size",), dict(metavar="SIZE",
                              help="bound on cached file content, e.g. 500M or 10G (default: "
@@ -109,6 +113,7 @@ def registry_options(args: argparse.Namespace):
     credential = creds_credential(args)
     return RegistryOptions(insecure_registries=tuple(opt(args, "insecure_registry") or ()),
                            mirrors=tuple(opt(args, "registry_mirror") or ()),
+                           hosts_dir=opt(args, "hosts_dir"),
                            auth=fixed_auth(credential) if credential is not None else None)
 
 

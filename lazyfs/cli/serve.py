@@ -24,7 +24,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("lazyfs").propagate = True
     logging.basicConfig(level=logging.DEBUG if opt(args, "debug") else logging.INFO,
                         stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     if not opt(args, "debug"):
         logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     for name in ("idle_timeout", "tag_ttl"):
@@ -37,10 +37,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         containerd_state=args.containerd_state, idle=args.idle_timeout, tag_ttl=args.tag_ttl,
         mount=MountOptions(foreground=True, allow_other=args.allow_other,
                            debug=bool(opt(args, "debug"))),
-        open_options=open_options(args), store=open_store(args))
+        open_options=_traced(open_options(args)), store=open_store(args))
     commands = Commands(parse=args._parser.parse_args, run=args._run)
     trio.run(run_service, settings, commands)
     return 0
+
+
+def _traced(options):
+    """The service's images record their first reads and replay traces, as mounts do."""
+    import dataclasses
+
+    from ..read.replay import ReplayOptions
+    return dataclasses.replace(options, record_trace=True, replay=ReplayOptions())
 
 
 def _add_serve(sub) -> None:
@@ -77,12 +85,27 @@ def render_service(doc: dict) -> str:
     rows = ["IMAGE\tDIGEST\tSTATE\tOPENS\tIDLE\tFETCHED"]
     for i in images:
         fetched = sum(layer.get("bytes_fetched", 0) for layer in i["image"].get("layers", []))
-        rows.append(f"{', '.join(i['references'])}\t{i['digest'][:19]}\t{i['state']}\t"
+        views = " (layer views)" if i.get("layer_views") else ""
+        rows.append(f"{', '.join(i['references'])}{views}\t{i['digest'][:19]}\t{i['state']}\t"
                     f"{i['opens']}\t{i['idle_seconds']:.0f}s\t{human_size(fetched)}")
     lines.append(align(rows).rstrip("\n"))
     for f in doc.get("failures", []):
         lines.append(f"failed  {f['what']}: {f['reason']}")
+    if doc.get("snapshotter", {}).get("running"):
+        lines.append(render_snapshotter(doc["snapshotter"]))
     return "\n".join(lines) + "\n"
+
+
+def render_snapshotter(sn: dict) -> str:
+    """The containerd snapshotter's layers: served lazily, or unpacked by
+    containerd and why."""
+    rows = ["CHAIN ID\tMODE\tLAYER\tIMAGE OR REASON"]
+    for chain, layer in sn.get("layers", {}).items():
+        rows.append(f"{chain[:19]}\t{layer['mode']}\t{layer['digest'][:19] or '-'}\t"
+                    f"{layer['reason'] or layer['ref']}")
+    head = (f"snapshotter  {sn.get('lazy', 0)} layers lazy, {sn.get('unpacked', 0)} unpacked, "
+            f"{sn.get('failed', 0)} failed ({sn.get('socket', '')})")
+    return head + "\n" + align(rows).rstrip("\n")
 
 
 def image_rows(mountpoint: str, doc: dict) -> list[dict]:

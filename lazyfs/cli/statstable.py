@@ -38,6 +38,7 @@ def render_stats(doc: dict) -> str:
     layers = doc.get("layers", [])
     rows = ["\t".join(name for name, _ in COLUMNS)] + [_row(layer) for layer in layers]
     notes = [note for layer in layers for note in _notes(layer)]
+    notes += [_mirror_note(m) for m in doc.get("mirrors", [])]
     if doc.get("cache_corrupt"):
         notes.append(f"piece cache: {doc['cache_corrupt']} torn or corrupt pieces found and dropped")
     out = "\n".join(_head(doc)) + "\n" + align(rows, min_width=0)
@@ -82,6 +83,19 @@ def _row(layer: dict) -> str:
         human_size(whole) if whole else "-", human_size(ranges) if ranges else "-",
         str(layer["requests"]), str(layer["cache_hits"]), str(layer["cache_misses"]),
         str(layer["verify_failures"])])
+
+
+def _mirror_note(m: dict) -> str:
+    """One line per mirror: in use or skipped (and why), single-range or not."""
+    text = f"mirror {m['host']}: {m.get('requests', 0)} answers"
+    if m.get("state") == "skipped":
+        text += (f", skipped for {m.get('skipped_for_seconds', 0):.0f}s more after "
+                 f"{m.get('failures', 0)} failures ({m.get('last_failure', '')})")
+    elif m.get("last_failure"):
+        text += f", failed before ({m['last_failure']})"
+    if m.get("single_range"):
+        text += f"; single ranges only ({m['single_range']})"
+    return text
 
 
 def _notes(layer: dict) -> list[str]:

@@ -38,7 +38,7 @@ import trio
 
 from .. import errors
 from ..errors import LazyfsError, MountError
-from .operations import STATS_XATTR
+from .operations import EVENTS_XATTR, STATS_XATTR
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +120,22 @@ def _write_state(path: Path, state: dict) -> None:
 
 def read_stats(mountpoint: str | os.PathLike) -> dict:
     """Statistics of the daemon serving ``mountpoint``, asked through the mount."""
+    return json.loads(_ask(mountpoint, STATS_XATTR, "statistics"))
+
+
+def read_events(mountpoint: str | os.PathLike) -> bytes:
+    """The fetch log of the daemon serving ``mountpoint`` (``read.stats.unpack_events``)."""
+    return _ask(mountpoint, EVENTS_XATTR, "the fetch log")
+
+
+def _ask(mountpoint: str | os.PathLike, xattr: str, what: str) -> bytes:
     mp = os.path.abspath(mountpoint)
     if _mounted_type(mp) != FS_TYPE:
         raise MountError(f"{mp} is not a lazyfs mount")
     try:
-        return json.loads(os.getxattr(mp, STATS_XATTR))
+        return os.getxattr(mp, xattr)
     except OSError as e:
-        raise MountError(f"cannot read statistics of {mp}: {e.strerror}") from None
+        raise MountError(f"cannot read {what} of {mp}: {e.strerror}") from None
 
 
 def alive(pid: int) -> bool:

@@ -48,6 +48,8 @@ BLKSIZE = 128 * 1024
 """Preferred I/O size reported in ``st_blksize``: big reads cost fewer FUSE round trips."""
 NAME_MAX = 255
 STATS_XATTR = "user.lazyfs.stats"
+EVENTS_XATTR = "user.lazyfs.events"
+"""The mount's fetch log, zlib-compressed JSON, for ``stats --timeline``."""
 """Asked of the mount's root, answers the daemon's statistics as JSON; it is
 not listed, so copies and comparisons of the tree never see it."""
 
@@ -139,7 +141,8 @@ def image_operations(ref: str, mountpoint: str | os.PathLike, *, layers: bool = 
         async with open_image_async(ref, open_options, store) as image:
             extra = {".lowerdir": lowerdir(image.index, mountpoint).encode()} if layers else None
             ops = LazyOperations(image.tree, image.read, layers=layers, extra_files=extra,
-                                 stats=image.stats)
+                                 stats=image.stats,
+                                 events=lambda: image.reader.events.packed(image))
             ops.digest = image.digest
             yield ops
 
@@ -162,9 +165,11 @@ class LazyOperations(pyfuse3.Operations):
 
     def __init__(self, tree: Tree | MergedIndex, read: ReadFn, *, layers: bool = False,
                  extra_files: dict[str, bytes] | None = None,
-                 stats: Callable[[], dict] | None = None):
+                 stats: Callable[[], dict] | None = None,
+                 events: Callable[[], bytes] | None = None):
         self._tree = tree if isinstance(tree, Tree) else Tree(tree)
         self._stats = stats
+        self._events = events
         self.counters = Counters()
         self._read = read
         self._layers = layers
@@ -268,6 +273,8 @@ class LazyOperations(pyfuse3.Operations):
     async def getxattr(self, inode, name, ctx):
         if inode == ROOT_INO and name == STATS_XATTR.encode():
             return json.dumps(self.stats()).encode()
+        if inode == ROOT_INO and name == EVENTS_XATTR.encode() and self._events is not None:
+            return self._events()
         node = await self._node(inode)
         if isinstance(node, _Virtual) or not node.has_xattrs:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

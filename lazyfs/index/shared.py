@@ -69,15 +69,26 @@ class SharedLayer:
 def artifact_manifest(subject: Descriptor, tables: Sequence[tuple[str, str, bytes]],
                       created: str | None = None) -> bytes:
     """The artifact manifest for ``(layer digest, format, table bytes)`` rows."""
+    return artifact_document(subject, ARTIFACT_TYPE, _table_blobs(tables), created)
+
+
+def _table_blobs(tables: Sequence[tuple[str, str, bytes]]) -> list[tuple[str, bytes, dict]]:
+    return [(TABLE_MEDIA_TYPE, data, {ANNOTATION_LAYER: layer, ANNOTATION_FORMAT: fmt})
+            for layer, fmt, data in tables]
+
+
+def artifact_document(subject: Descriptor, artifact_type: str,
+                      blobs: Sequence[tuple[str, bytes, dict]], created: str | None = None) -> bytes:
+    """An artifact manifest referring to ``subject``, for ``(media type, bytes,
+    annotations)`` blobs: the form every lazyfs artifact (index, trace) takes."""
     created = created or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     doc = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "artifactType": ARTIFACT_TYPE,
+        "artifactType": artifact_type,
         "config": _descriptor(OCI_EMPTY, EMPTY_CONFIG),
-        "layers": [dict(_descriptor(TABLE_MEDIA_TYPE, data),
-                        annotations={ANNOTATION_LAYER: layer, ANNOTATION_FORMAT: fmt})
-                   for layer, fmt, data in tables],
+        "layers": [dict(_descriptor(media_type, data), annotations=annotations)
+                   for media_type, data, annotations in blobs],
         "subject": {"mediaType": subject.media_type, "digest": subject.digest,
                     "size": subject.size},
         "annotations": {ANNOTATION_CREATED: created},
@@ -250,21 +261,37 @@ class SharedIndex:
             return self._layers
 
     async def _find(self) -> list[SharedLayer]:
-        found = await self._client.get_referrers(self._ref, self._subject, ARTIFACT_TYPE)
-        found.sort(key=lambda d: d.annotations.get(ANNOTATION_CREATED, ""), reverse=True)
         out: list[SharedLayer] = []
-        for d in found[:MAX_ARTIFACTS]:
+        for manifest in await find_artifacts(self._client, self._ref, self._subject,
+                                             ARTIFACT_TYPE):
             try:
-                raw, media_type, digest = await self._client.get_manifest(
-                    dataclasses.replace(self._ref, digest=d.digest))
-                manifest = parse_manifest(raw, media_type, digest)
-                if not isinstance(manifest, Manifest):
-                    raise LayerFormatError(f"index artifact {d.digest} is not a manifest")
                 out += shared_layers(manifest, self._subject)
             except LazyfsError as e:
                 log.warning("image %s: ignoring index artifact %s: %s",
-                            self._subject, d.digest, e)
+                            self._subject, manifest.digest, e)
         return out
+
+
+async def find_artifacts(client, ref: Reference, subject: str, artifact_type: str,
+                         limit: int = MAX_ARTIFACTS) -> list[Manifest]:
+    """The manifests of ``subject``'s referrers of ``artifact_type`` (the
+    referrers API, else the tag fallback), newest first, at most ``limit``;
+    one that cannot be fetched or is no manifest is logged and skipped."""
+    ref = dataclasses.replace(ref, tag=None, digest=subject)
+    found = await client.get_referrers(ref, subject, artifact_type)
+    found.sort(key=lambda d: d.annotations.get(ANNOTATION_CREATED, ""), reverse=True)
+    out: list[Manifest] = []
+    for d in found[:limit]:
+        try:
+            raw, media_type, digest = await client.get_manifest(
+                dataclasses.replace(ref, digest=d.digest))
+            manifest = parse_manifest(raw, media_type, digest)
+            if not isinstance(manifest, Manifest):
+                raise LayerFormatError(f"artifact {d.digest} is not a manifest")
+            out.append(manifest)
+        except LazyfsError as e:
+            log.warning("image %s: ignoring artifact %s: %s", subject, d.digest, e)
+    return out
 
 
 # -- verifying a shared table against the whole blob ----------------------------------
@@ -315,13 +342,19 @@ async def publish_index(client, image) -> str:
 
 async def push_artifact(client, ref: Reference, subject: Descriptor,
                         tables: Sequence[tuple[str, str, bytes]]) -> str:
+    """Push the tables as an index artifact; returns the manifest's digest."""
+    return await push_referrer(client, ref, subject, ARTIFACT_TYPE, _table_blobs(tables))
+
+
+async def push_referrer(client, ref: Reference, subject: Descriptor, artifact_type: str,
+                        blobs: Sequence[tuple[str, bytes, dict]]) -> str:
     """Push the blobs, then the artifact manifest by digest, then add it to the
     referrers tag; returns the manifest's digest."""
     at = dataclasses.replace(ref, tag=None, digest=None)
     await client.push_blob(at, EMPTY_CONFIG)
-    for _, _, data in tables:
+    for _, data, _ in blobs:
         await client.push_blob(at, data)
-    raw = artifact_manifest(subject, tables)
+    raw = artifact_document(subject, artifact_type, blobs)
     digest = "sha256:" + _sha256(raw)
     await client.push_manifest(dataclasses.replace(at, digest=digest), raw, OCI_MANIFEST)
     await _add_referrer(client, at, subject.digest, referrers_entry(digest, raw))

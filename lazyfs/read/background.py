@@ -27,6 +27,7 @@ from ..manifest import Descriptor
 from ..store.blobs import Store
 from .content import LayerContent, StreamingContent
 from .reader import Layer
+from .stats import EventLog
 from .streaming import LayerStream
 from .tables import INDEX_CONCURRENCY
 
@@ -59,6 +60,8 @@ class BackgroundIndex:
         self.attempts = 1
         """Indexing attempts so far: a failure the registry may heal from is retried."""
         self.last_error: LazyfsError | None = None
+        self.events: EventLog | None = None
+        """Where each layer's download-and-index is logged as one event, if anywhere."""
 
     def content(self, position: int, then: LayerContent) -> LayerContent:
         """How layer ``position`` is read: ``then`` once it is indexed."""
@@ -150,7 +153,10 @@ class BackgroundIndex:
     async def _stream_layer(self, pos: int, layer: Layer) -> LayerTable:
         stream = self.streams[pos]
         publish = (lambda entries: self.progress.add(pos, entries)) if self.early_reads else None
+        began = self.events.now() if self.events is not None else None
         table = await stream.index(layer.blob, publish=publish)
+        if self.events is not None:
+            self.events.add(pos, "index", 0, stream.desc.size, began)
         path = table_path(self.store, table.format, stream.desc.digest)
         await trio.to_thread.run_sync(save_layer_table, path, table)
         if pos < len(self.diff_ids):

@@ -33,9 +33,10 @@ from ..errors import (CacheError, DigestMismatch, LayerFormatError, LazyfsError,
                       RegistryInterrupted, naming)
 from ..formats import ContentReader, Piece, slice_piece
 from ..store.chunks import ChunkCache
-from .fetch import MERGE_GAP, decode, fetch, retryable
+from .fetch import MERGE_GAP, decode, fetch, group, retryable
 from .flights import Flight, Flights
 from .memory import MEMORY_BYTES, InFlight, Memory
+from .stats import EventLog, fetch_kind
 
 __all__ = ["ChunkCache", "Layer", "LayerStats", "Reader"]
 
@@ -115,28 +116,37 @@ class Reader:
         self._flights = Flights()
         self._streams: OrderedDict[tuple, _Stream] = OrderedDict()
         self._readaheads = 0
+        self.events: EventLog | None = None
+        """Where fetches and chunk-cache hits are logged, if anywhere."""
+        self.reading = 0
+        """Reads in progress: background work (trace replay) holds back while any is."""
 
     async def read(self, layer_index: int, data: bytes, offset: int, size: int) -> bytes:
         layer = self.layers[layer_index]
         pieces = layer.content.pieces(data, offset, size)
+        self.reading += 1
         try:
             got = await self._obtain(layer, pieces)
         except LazyfsError:
             layer.stats.failed_reads += 1
             raise
+        finally:
+            self.reading -= 1
         self._sequential(layer_index, data, offset, size)
         return b"".join(slice_piece(p, got[p.key], offset, size) for p in pieces)
 
-    async def warm(self, reads: Sequence[tuple[int, bytes, int, int]]) -> None:
+    async def warm(self, reads: Sequence[tuple[int, bytes, int, int]],
+                   foreground: bool = True) -> None:
         """Bring the pieces of many ``(layer_index, data, offset, size)`` reads
         into the cache, one layer at a time: each layer's misses go out
-        together, as one multi-range request where the registry takes them."""
+        together, as one multi-range request where the registry takes them.
+        Background warming (not ``foreground``) counts no hits."""
         by_layer: dict[int, list[Piece]] = {}
         for layer_index, data, offset, size in reads:
             by_layer.setdefault(layer_index, []).extend(
                 self.layers[layer_index].content.pieces(data, offset, size))
         for layer_index, pieces in by_layer.items():
-            await self._obtain(self.layers[layer_index], pieces)
+            await self._obtain(self.layers[layer_index], pieces, foreground)
 
     def read_local(self, layer_index: int, data: bytes, offset: int, size: int) -> bytes:
         """The same read, blocking, for a layer whose blob is whole on local
@@ -205,6 +215,7 @@ class Reader:
             got[p.key] = data
             if foreground:
                 layer.stats.hits += 1
+                self._log(layer, "hit", p.start, p.end - p.start)
         return todo
 
     async def _round(self, layer: Layer, todo: list[Piece], got: dict[tuple, bytes],
@@ -259,6 +270,7 @@ class Reader:
             key = _piece_key(layer, p)
             self.memory.put(key, data)
             self._flights.land(key, flights[key], data)
+            self._log(layer, "hit", p.start, p.end - p.start)
         return rest
 
     def _load(self, layer: str, pieces: list[Piece]) -> list[bytes | None]:
@@ -294,11 +306,20 @@ class Reader:
                 await flight.done.wait()
 
     async def _fetch(self, layer: Layer, wanted: list[tuple[int, int]]) -> dict[tuple, bytes]:
+        began = self.events.now() if self.events is not None else 0.0
         raw, requests, received = await fetch(layer.blob, wanted, MERGE_GAP)
         if not _is_local(layer.blob):
             layer.stats.requests += requests
             layer.stats.bytes_fetched += received
+            for (start, end), _ in group(wanted, MERGE_GAP) if self.events is not None else ():
+                self._log(layer, fetch_kind.get(), start, end - start, began)
         return raw
+
+    def _log(self, layer: Layer, kind: str, offset: int, size: int,
+             began: float | None = None) -> None:
+        if self.events is not None:
+            position = next(i for i, known in enumerate(self.layers) if known is layer)
+            self.events.add(position, kind, offset, size, began)
 
     async def _decode_all(self, layer: Layer, pieces: list[Piece], flights: dict[Hashable, Flight],
                           raw: dict[tuple, bytes]) -> list[tuple[Piece, bytes]]:
@@ -310,9 +331,9 @@ class Reader:
                 data = await decode(layer.content, p, span)
             except (DigestMismatch, LayerFormatError) as e:
                 layer.stats.verify_failures += 1
+                if (bad := getattr(layer.blob, "bad_bytes", None)) is not None:
+                    bad(e)
                 log.error("%s", naming(f"layer {layer.digest}", e, layer.digest))
-                if (distrust := getattr(layer.blob, "distrust", None)) is not None:
-                    distrust()
                 self.memory.discard(_span_key(layer, (p.start, p.end)))
                 self._flights.land(key, flights[key], error=e)
                 continue
@@ -366,6 +387,7 @@ class Reader:
         self._readaheads += 1
 
     async def _readahead(self, layer: Layer, data: bytes, offset: int, size: int) -> None:
+        fetch_kind.set("readahead")
         try:
             pieces = layer.content.pieces(data, offset, size)
             if pieces:

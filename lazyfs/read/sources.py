@@ -24,7 +24,6 @@ from ..errors import (DigestMismatch, LayerFormatError, NotFound, RangeNotSuppor
 from ..manifest import (Descriptor, Index, Manifest, Platform, ResolvedImage, check_config,
                         image_platforms, parse_config, parse_manifest, select_platform)
 from ..reference import Reference
-from ..registry.client import MAX_RANGES_PER_REQUEST
 from ..registry.download import Consume, DownloadProgress, Fallback, fetch_blob, stream_blob
 from ..store.records import keep_metadata, resolve_offline
 from ..store.blobs import Store
@@ -53,16 +52,12 @@ class RegistryBlob:
         self.digest, self.size = desc.digest, desc.size
         self._client, self._ref, self._desc, self._store = client, ref, desc, store
         self.fallback = fallback
+        self._keeping = False
         if full_pull and not fallback.reason:
             fallback.reason = "whole layers requested (--full-pull)"
 
     def local_path(self) -> Path | None:
         return self._store.blob_path(self.digest)
-
-    def distrust(self) -> None:
-        """Bytes of this blob failed their checks: the registry is asked
-        afresh where it lives rather than its last redirect target."""
-        self._client.forget_redirect(self._ref, self.digest)
 
     async def read_range(self, start: int, end: int) -> bytes:
         """For reads outside the reader (a TOC, a footer), which keep no
@@ -86,16 +81,13 @@ class RegistryBlob:
         local = self._store.blob_path(self.digest)
         if local is None and not self.fallback.reason:
             try:
-                if len(spans) == 1:
-                    parts = [await self._client.get_range(self._ref, self.digest, *spans[0],
-                                                          retry=retry)]
-                else:
-                    parts = await self._client.get_ranges(self._ref, self.digest, spans)
-                return parts, self._requests(spans)
+                return await self._client.fetch_spans(self._ref, self.digest, spans,
+                                                      retry=retry, whole=self._whole_answer)
             except RangeNotSupported as e:
                 if not self.fallback.reason:
                     self.fallback.reason = str(e)
                     log.warning("layer %s: %s; pulling it whole", self.digest, e)
+            local = self._store.blob_path(self.digest)
         if local is None:
             local = await self.path(self.fallback.reason)
         try:
@@ -104,12 +96,43 @@ class RegistryBlob:
             # evicted under the cache limit since we looked: by range after all
             return await self._read(spans, retry)
 
-    def _requests(self, spans: list[tuple[int, int]]) -> int:
-        if len(spans) <= 1:
-            return len(spans)
-        if self._client.multi_range(self._ref):
-            return -(-len(spans) // MAX_RANGES_PER_REQUEST)
-        return len(spans)
+    def bad_bytes(self, error: Exception) -> None:
+        """Bytes fetched for this blob failed their check: if a mirror sent
+        them, the next attempt goes elsewhere."""
+        if self.local_path() is None:
+            self._client.distrust(self._ref, self.digest, error)
+
+    async def _whole_answer(self, ep, spans: list[tuple[int, int]], multi: bool):
+        """A 200 to a Range request is data, not a reason to give up ranges:
+        a pull-through mirror answers so while it fills itself, S3 so to
+        several ranges. The bytes needed are taken from the front of the
+        body and the rest left unsent (the client's doing); a mirror that
+        keeps answering so for this blob, or a read reaching past the blob's
+        middle, has the whole answer kept (verified) in the store instead. A
+        registry's second 200 to a single range means it ignores Range: the
+        layer is pulled whole, once."""
+        fb = self.fallback
+        if not multi:
+            fb.whole_answers += 1
+            if not ep.mirror and fb.whole_answers > 1:
+                raise RangeNotSupported(f"registry {ep.host} answered a Range request for blob "
+                                        f"{self.digest} with HTTP 200, not 206")
+        if self._keeping or not (ep.mirror and (fb.whole_answers > 2
+                                                or 2 * max(e for _, e in spans) >= self.size)):
+            return None
+
+        self._keeping = True
+
+        async def keep(chunks) -> list[bytes]:
+            try:
+                path = await self._store.write_blob(self.digest, chunks, self.size)
+            finally:
+                self._keeping = False
+            fb.pulled_bytes += self.size
+            fb.pull_reason = (f"mirror {ep.host} answered a Range request with the whole "
+                              "blob, kept")
+            return await trio.to_thread.run_sync(_pread_all, path, spans)
+        return keep
 
     async def path(self, why: str = "") -> Path:
         """The verified blob in the store, pulled once for every concurrent caller."""

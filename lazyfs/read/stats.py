@@ -6,8 +6,13 @@ JSON-ready, for ``lazyfs stats`` (through the mount) and ``--stats`` files.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,15 +22,107 @@ if TYPE_CHECKING:
     from ..image import Image
 
 
+EVENTS_KEPT = 4096
+"""Fetch events a mount keeps for ``stats --timeline``: the first ones (a
+start is what people study) and, past this, the newest."""
+EVENTS_XATTR_BYTES = 60 << 10
+"""What the compressed event log may take in the xattr that carries it (the
+kernel caps an xattr value at 64 KiB)."""
+EVENT_KINDS = ("read", "prefetch", "readahead", "index", "hit")
+
+fetch_kind: contextvars.ContextVar[str] = contextvars.ContextVar("fetch_kind", default="read")
+"""Why the current task fetches: set by background work (trace replay,
+readahead) for the tasks it starts, so the reader can label its requests."""
+
+
+@dataclass(slots=True)
+class Event:
+    start: float
+    """Seconds since the image was opened."""
+    end: float
+    layer: int
+    kind: str
+    offset: int
+    size: int
+
+    def as_row(self) -> list:
+        return [round(self.start, 4), round(self.end, 4), self.layer, self.kind,
+                self.offset, self.size]
+
+
+class EventLog:
+    """A bounded log of what was fetched (or found in the chunk cache) and
+    when: the first ``EVENTS_KEPT // 2`` events are kept, then a window of
+    the newest, so a long-running mount costs no more than a start."""
+
+    def __init__(self, started: float | None = None, kept: int = EVENTS_KEPT):
+        self.started = time.monotonic() if started is None else started
+        self._first: list[Event] = []
+        self._first_max = kept // 2
+        self._latest: deque[Event] = deque(maxlen=kept - self._first_max)
+        self.dropped = 0
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def add(self, layer: int, kind: str, offset: int, size: int,
+            start: float | None = None) -> None:
+        """An event ending now; ``start`` (from ``now()``) when it took time."""
+        end = self.now()
+        e = Event(end if start is None else start, end, layer, kind, offset, size)
+        if len(self._first) < self._first_max:
+            self._first.append(e)
+            return
+        if len(self._latest) == self._latest.maxlen:
+            self.dropped += 1
+        self._latest.append(e)
+
+    def events(self) -> list[Event]:
+        return self._first + list(self._latest)
+
+    def document(self, image: Image | None = None) -> dict:
+        doc = {"dropped": self.dropped, "columns": ["start", "end", "layer", "kind",
+                                                   "offset", "size"],
+               "events": [e.as_row() for e in self.events()]}
+        if image is not None:
+            doc["reference"] = str(image.ref)
+            doc["layers"] = [{"digest": i.desc.digest, "size": i.desc.size}
+                             for i in image.layers]
+        return doc
+
+    def packed(self, image: Image | None = None, limit: int = EVENTS_XATTR_BYTES) -> bytes:
+        """The document as compressed JSON of at most ``limit`` bytes, the
+        newest events given up first when it would not fit."""
+        doc = self.document(image)
+        while True:
+            data = zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 9)
+            if len(data) <= limit or not doc["events"]:
+                return data
+            cut = len(doc["events"]) // 4 or 1
+            doc["dropped"] += cut
+            doc["events"] = doc["events"][:-cut]
+
+
+def unpack_events(data: bytes) -> dict:
+    return json.loads(zlib.decompress(data))
+
+
 def image_stats(image: Image) -> dict:
     layers = [_layer_stats(image, pos) for pos in range(len(image.layers))]
     out = {"reference": str(image.ref), "digest": image.digest,
            "open_seconds": round(image.opened_in, 3),
            "cache_corrupt": image.reader.cache.corrupt, "layers": layers}
+    mirrors = image.mirrors() if image.mirrors is not None else []
+    if mirrors:
+        out["mirrors"] = mirrors
     if image.background is not None:
         out.update(image.background.state())
         if image.published:
             out["published_index"] = image.published
+    if image.recorder is not None or image.replay is not None:
+        out["trace"] = {"recorded": len(image.recorder) if image.recorder is not None else 0}
+        if image.replay is not None:
+            out["trace"]["replay"] = image.replay.stats()
     return out
 
 

@@ -10,7 +10,7 @@ their digest, blobs hashed as they arrive and never trusted before.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import replace
 
@@ -18,16 +18,17 @@ import httpx
 import trio
 
 from ..errors import (DigestMismatch, LazyfsError, NoMatchingPlatform, NotFound,
-                      RangeNotSupported, RegistryError, UnsupportedMediaType)
+                      RangeNotSupported, RegistryError, RegistryInterrupted,
+                      UnsupportedMediaType)
 from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, Index, Manifest,
                         Platform, ResolvedImage, image_platforms, json_object, parse_config,
                         parse_manifest, select_platform, with_default_tag)
 from ..reference import Reference
-from .deadlines import HostSlots, request_deadline, within
+from .deadlines import HostSlots, Progress, request_deadline, within
 from .ranges import (Part, Span, batches, boundary_of, cut, parse_content_range, parse_multipart,
                      range_header)
-from .transport import (Endpoint, RegistryOptions, Transport, body_chunks, content_type,
-                        read_limited, repository_scope)
+from .transport import (PULL, RESOLVE, Endpoint, RegistryOptions, Transport, body_chunks,
+                        content_type, read_limited, repository_scope)
 
 MAX_MANIFEST_SIZE = 4 << 20
 """Registries must accept manifests up to 4 MiB; anything bigger is not a manifest."""
@@ -36,6 +37,14 @@ MAX_RANGES_PER_REQUEST = 32
 """Go's ``http.ServeContent`` has no cap, but S3 and CDNs refuse long Range headers."""
 MULTIPART_OVERHEAD = 512
 """Generous bytes per part for the boundary and part headers of a multi-range answer."""
+
+Keep = Callable[[AsyncIterator[bytes]], Awaitable[list[bytes]]]
+"""Takes in a whole blob's body (to keep it); returns the bytes of the spans."""
+WholeAnswer = Callable[[Endpoint, list[Span], bool], Awaitable[Keep | None]]
+"""``(endpoint, spans, multi)``: what to make of a 200 answered to a Range
+request (``multi``: to a multi-range one): a ``Keep`` for the whole body,
+``None`` to take the spans' bytes from its front and stop the transfer, or
+an error raised."""
 
 
 class RegistryClient:
@@ -46,6 +55,7 @@ class RegistryClient:
         self._transport = Transport(self.options)
         self._multi_range: dict[str, bool] = {}
         self._range_limits: dict[str, HostSlots] = {}
+        self._served: dict[str, Endpoint] = {}
 
     async def __aenter__(self) -> RegistryClient:
         await self._transport.__aenter__()
@@ -101,7 +111,7 @@ class RegistryClient:
                 raw = await read_limited(resp, MAX_MANIFEST_SIZE, what, ep)
             return raw, content_type(resp), _check_manifest_digest(resp, raw, ref, what)
 
-        return await self._transport.each_endpoint(ref, fetch)
+        return await self._transport.each_endpoint(ref, fetch, _need(ref))
 
     async def head_manifest(self, ref: Reference) -> Descriptor:
         """Digest and type without the body; GET for registries that omit the digest."""
@@ -117,7 +127,7 @@ class RegistryClient:
                 return None
             return Descriptor(content_type(resp), digest, int(size))
 
-        desc = await self._transport.each_endpoint(ref, head)
+        desc = await self._transport.each_endpoint(ref, head, _need(ref))
         if desc is None:
             raw, media_type, digest = await self.get_manifest(ref)
             desc = Descriptor(media_type, digest, len(raw))
@@ -161,27 +171,8 @@ class RegistryClient:
         Sent once: a reader's own attempts are the one retry budget of a read.
         ``retry=True`` is for fetching a whole blob in ranges, which has no
         attempts of its own."""
-        _check_spans(digest, [(start, end)])
-        what = f"{ref.name}@{digest}"
-        headers = {"Range": range_header([(start, end)])}
-        with self._distrusting(ref, digest):
-            return await self._get_range(ref, digest, start, end, what, headers, retry)
-
-    async def _get_range(self, ref: Reference, digest: str, start: int, end: int, what: str,
-                         headers: dict[str, str], retry: bool) -> bytes:
-        async with self._range_slot(ref, end - start, what) as progress, \
-                self._transport.reading(ref, "GET", _path(ref, "blobs", digest), what,
-                                        headers=headers, retry=retry) as (ep, resp):
-            progress.tick()
-            if resp.status_code != 206:
-                raise RangeNotSupported(f"registry {ep.host} answered a Range request for blob "
-                                        f"{digest} with HTTP {resp.status_code}, not 206")
-            _check_content_range(resp.headers.get("content-range"), start, end, digest)
-            data = await read_limited(resp, end - start, what, ep, progress.tick)
-        if len(data) != end - start:
-            raise RegistryError(f"blob {digest}: range {start}-{end - 1} returned "
-                                f"{len(data)} of {end - start} bytes")
-        return data
+        parts, _ = await self.fetch_spans(ref, digest, [(start, end)], retry=retry)
+        return parts[0]
 
     async def get_ranges(self, ref: Reference, digest: str, spans: list[Span]) -> list[bytes]:
         """The bytes of each ``(start, end)`` span of a blob, in the order asked.
@@ -189,56 +180,108 @@ class RegistryClient:
         The spans are sent as given (merging nearby ones is the reader's
         choice), in one multi-range request per ``MAX_RANGES_PER_REQUEST``
         while the host answers those with 206, each request sent once. The
-        first answer that is not a usable 206 (a 200 with the whole blob, as
-        S3-style backends send) marks the host as single-range for the life
-        of this client, and the spans are asked for one by one: a 200 is
-        never taken as a partial answer.
+        first refusal (a 200 with the whole blob, as S3-style backends send,
+        a 416 or a 501, as GHCR and Spegel answer) marks the host as
+        single-range for the life of this client, and the spans are asked
+        for one by one: a 200 is never taken as a partial answer.
         """
+        parts, _ = await self.fetch_spans(ref, digest, spans)
+        return parts
+
+    async def fetch_spans(self, ref: Reference, digest: str, spans: list[Span], *,
+                          retry: bool = False,
+                          whole: WholeAnswer | None = None) -> tuple[list[bytes], int]:
+        """``get_ranges`` at the first endpoint that answers (a mirror that
+        fails hands over to the next, within the same call), with the number
+        of requests it took. ``whole`` is given the body of a 200 answered
+        to a Range request, to take the bytes from; without it such an
+        answer is ``RangeNotSupported``."""
         _check_spans(digest, spans)
-        host = self._transport.upstream(ref).api_host
-        if len(spans) > 1 and self._multi_range.get(host, True):
-            parts: list[Part] = []
-            for batch in batches(spans, MAX_RANGES_PER_REQUEST):
-                with self._distrusting(ref, digest):
-                    got = await self._get_multi(ref, digest, batch)
-                if got is None:
-                    self._multi_range[host] = False
-                    break
-                parts += got
-            else:
-                self._multi_range[host] = True
-                return cut(spans, parts, f"blob {digest}")
-        return [await self.get_range(ref, digest, s, e) for s, e in spans]
+
+        async def at(ep: Endpoint) -> tuple[list[bytes], int]:
+            requests = 0
+            if len(spans) > 1 and self._multi_range.get(ep.api_host, True):
+                parts: list[Part] = []
+                for batch in batches(spans, MAX_RANGES_PER_REQUEST):
+                    requests += 1
+                    got = await self._multi_at(ep, ref, digest, batch, whole)
+                    if isinstance(got, str):
+                        self._multi_range[ep.api_host] = False
+                        if ep.mirror:
+                            self._transport.health.refuse_multi_range(ep.api_host, got)
+                        break
+                    parts += got
+                else:
+                    self._multi_range[ep.api_host] = True
+                    return cut(spans, parts, f"blob {digest}"), requests
+            out = [await self._single_at(ep, ref, digest, s, e, retry, whole) for s, e in spans]
+            return out, requests + len(spans)
+
+        async def noted(ep: Endpoint) -> tuple[list[bytes], int]:
+            result = await at(ep)
+            self._served[digest] = ep
+            return result
+
+        return await self._transport.each_endpoint(ref, noted)
+
+    def distrust(self, ref: Reference, digest: str, error: Exception) -> None:
+        """The bytes last fetched for ``digest`` failed a check made after
+        they arrived; a mirror that sent them is skipped for a while, and
+        where the registry redirected the blob is asked for afresh."""
+        self.forget_redirect(ref, digest)
+        ep = self._served.pop(digest, None)
+        if ep is not None:
+            self._transport.mirror_failed(ep, error)
 
     def multi_range(self, ref: Reference) -> bool | None:
         """Whether ``ref``'s registry answered multi-range requests; ``None`` before the probe."""
         return self._multi_range.get(self._transport.upstream(ref).api_host)
 
-    async def _get_multi(self, ref: Reference, digest: str, spans: list[Span]) -> list[Part] | None:
-        """The parts of one multi-range answer, or ``None`` if it was not a 206."""
+    def mirrors(self) -> list[dict]:
+        """What each mirror (and registry) has shown, for ``lazyfs stats``."""
+        return self._transport.health.state()
+
+    async def _single_at(self, ep: Endpoint, ref: Reference, digest: str, start: int, end: int,
+                         retry: bool, whole: WholeAnswer | None) -> bytes:
+        what = f"{ref.name}@{digest}"
+        headers = {"Range": range_header([(start, end)])}
+        with self._distrusting(ref, digest):
+            async with self._range_slot(ep, end - start, what) as progress, \
+                    self._transport.open(ep, "GET", _path(ref, "blobs", digest), what,
+                                         scope=repository_scope(ref), headers=headers,
+                                         retry=retry, resume=retry) as resp:
+                progress.tick()
+                if resp.status_code == 200 and whole is not None:
+                    self._allow_whole(progress, resp)
+                    return (await _from_whole(resp, ep, [(start, end)], whole, False))[0]
+                return await _range_body(resp, ep, digest, start, end, what, progress)
+
+    def _allow_whole(self, progress: Progress, resp: httpx.Response) -> None:
+        """A whole blob answered to a Range request gets the deadline of its size."""
+        try:
+            size = int(resp.headers.get("content-length", ""))
+        except ValueError:
+            return
+        o = self.options
+        progress.allow(request_deadline(o.first_byte_timeout, o.min_rate, size))
+
+    async def _multi_at(self, ep: Endpoint, ref: Reference, digest: str, spans: list[Span],
+                        whole: WholeAnswer | None) -> list[Part] | str:
+        """The parts of one multi-range answer, or why it was refused."""
         what = f"{ref.name}@{digest}"
         wanted = sum(e - s for s, e in spans)
-        async with self._range_slot(ref, wanted, what) as progress, \
-                self._transport.reading(ref, "GET", _path(ref, "blobs", digest), what,
-                                        headers={"Range": range_header(spans)}, ok=(416,),
-                                        retry=False) as (ep, resp):
-            progress.tick()
-            if resp.status_code != 206:
-                return None
-            boundary = boundary_of(resp.headers.get("content-type"))
-            if boundary is not None:
-                body = await read_limited(resp, wanted + MULTIPART_OVERHEAD * len(spans),
-                                           what, ep, progress.tick)
-                return parse_multipart(body, boundary, f"blob {digest}")
-            cr = parse_content_range(resp.headers.get("content-range"))
-            if cr is None:
-                raise RegistryError(f"blob {digest}: multi-range answer with Content-Range "
-                                    f"{resp.headers.get('content-range')!r}")
-            data = await read_limited(resp, cr.end - cr.start, what, ep, progress.tick)
-        if len(data) != cr.end - cr.start:
-            raise RegistryError(f"blob {digest}: range {cr.start}-{cr.end - 1} returned "
-                                f"{len(data)} of {cr.end - cr.start} bytes")
-        return [Part(cr.start, cr.end, data)]
+        with self._distrusting(ref, digest):
+            async with self._range_slot(ep, wanted, what) as progress, \
+                    self._transport.open(ep, "GET", _path(ref, "blobs", digest), what,
+                                         scope=repository_scope(ref),
+                                         headers={"Range": range_header(spans)},
+                                         ok=(416, 501), retry=False) as resp:
+                progress.tick()
+                if resp.status_code == 200 and whole is not None and _compact(spans):
+                    self._allow_whole(progress, resp)
+                    data = await _from_whole(resp, ep, spans, whole, True)
+                    return [Part(s, e, d) for (s, e), d in zip(spans, data)]
+                return await _multi_body(resp, ep, digest, spans, wanted, what, progress)
 
     @contextmanager
     def _distrusting(self, ref: Reference, digest: str) -> Iterator[None]:
@@ -255,16 +298,18 @@ class RegistryClient:
         self._transport.forget_redirect(_path(ref, "blobs", digest))
 
     @asynccontextmanager
-    async def _range_slot(self, ref: Reference, nbytes: int, what: str):
+    async def _range_slot(self, ep: Endpoint, nbytes: int, what: str):
         """One of the host's range slots, and the request's deadline once it
         has one: a stalled or dripping answer is cut (``deadlines.py``)."""
         o = self.options
-        host = self._transport.upstream(ref).api_host
-        slots = self._range_limits.get(host)
+        slots = self._range_limits.get(ep.api_host)
         if slots is None:
-            slots = self._range_limits[host] = HostSlots(o.max_range_requests, o.slot_release)
+            slots = self._range_limits[ep.api_host] = HostSlots(o.max_range_requests,
+                                                                o.slot_release)
         async with slots.slot() as progress:
-            with within(request_deadline(o.first_byte_timeout, o.min_rate, nbytes), what):
+            with within(request_deadline(o.first_byte_timeout, o.min_rate, nbytes),
+                        what) as scope:
+                progress.scope = scope
                 yield progress
 
     # --- tags, pushes, referrers ---------------------------------------------
@@ -349,6 +394,84 @@ class RegistryClient:
             raise RegistryError(f"{what}: the referrers answer is not an index")
         return [d for d in index.manifests
                 if artifact_type is None or d.artifact_type == artifact_type]
+
+
+def _compact(spans: list[Span]) -> bool:
+    """Whether a whole blob's body from the first span to the last carries
+    little besides the spans: then it is worth reading rather than asking
+    each range again."""
+    wanted = sum(e - s for s, e in spans)
+    return max(e for _, e in spans) - min(s for s, _ in spans) <= 2 * wanted + (1 << 20)
+
+
+async def _range_body(resp: httpx.Response, ep: Endpoint, digest: str, start: int, end: int,
+                      what: str, progress: Progress) -> bytes:
+    if resp.status_code != 206:
+        raise RangeNotSupported(f"registry {ep.host} answered a Range request for blob "
+                                f"{digest} with HTTP {resp.status_code}, not 206")
+    _check_content_range(resp.headers.get("content-range"), start, end, digest)
+    data = await read_limited(resp, end - start, what, ep, progress.tick)
+    if len(data) != end - start:
+        raise RegistryError(f"blob {digest}: range {start}-{end - 1} returned "
+                            f"{len(data)} of {end - start} bytes")
+    return data
+
+
+async def _multi_body(resp: httpx.Response, ep: Endpoint, digest: str, spans: list[Span],
+                      wanted: int, what: str, progress: Progress) -> list[Part] | str:
+    """The parts of a multi-range answer, or why it was refused."""
+    if resp.status_code != 206:
+        return f"a multi-range request was answered with HTTP {resp.status_code}"
+    boundary = boundary_of(resp.headers.get("content-type"))
+    if boundary is not None:
+        body = await read_limited(resp, wanted + MULTIPART_OVERHEAD * len(spans), what, ep,
+                                  progress.tick)
+        return parse_multipart(body, boundary, f"blob {digest}")
+    cr = parse_content_range(resp.headers.get("content-range"))
+    if cr is None:
+        raise RegistryError(f"blob {digest}: multi-range answer with Content-Range "
+                            f"{resp.headers.get('content-range')!r}")
+    data = await read_limited(resp, cr.end - cr.start, what, ep, progress.tick)
+    if len(data) != cr.end - cr.start:
+        raise RegistryError(f"blob {digest}: range {cr.start}-{cr.end - 1} returned "
+                            f"{len(data)} of {cr.end - cr.start} bytes")
+    return [Part(cr.start, cr.end, data)]
+
+
+async def _from_whole(resp: httpx.Response, ep: Endpoint, spans: list[Span],
+                      whole: WholeAnswer, multi: bool) -> list[bytes]:
+    keep = await whole(ep, spans, multi)
+    if keep is not None:
+        async with aclosing(body_chunks(resp, 1 << 16, ep)) as chunks:
+            return await keep(chunks)
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
+    held = bytearray()
+    pos = 0
+    stopped = False
+    try:
+        async with aclosing(body_chunks(resp, 1 << 16, ep)) as chunks:
+            async for chunk in chunks:
+                if stopped:
+                    continue
+                if pos + len(chunk) > first:
+                    held += chunk[max(0, first - pos):]
+                pos += len(chunk)
+                if pos >= last:
+                    # Closing ends the transfer; iterating on lets httpx's
+                    # generators finish rather than linger half-read.
+                    stopped = True
+                    await resp.aclose()
+    except Exception:
+        if not stopped:
+            raise
+    if pos < last:
+        raise RegistryInterrupted(f"registry {ep.host}: blob answer ended after {pos} bytes")
+    return [bytes(held[s - first:e - first]) for s, e in spans]
+
+
+def _need(ref: Reference) -> frozenset[str]:
+    """containerd asks for a manifest by tag only hosts that may ``resolve``."""
+    return PULL if ref.digest else RESOLVE
 
 
 def _path(ref: Reference, kind: str, name: str) -> str:

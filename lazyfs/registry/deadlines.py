@@ -24,12 +24,19 @@ from ..errors import RegistryInterrupted
 
 @dataclass
 class Progress:
-    """When the request last saw a byte (or its headers)."""
+    """When the request last saw a byte (or its headers), and its deadline."""
 
     last: float = field(default_factory=trio.current_time)
+    scope: trio.CancelScope | None = None
 
     def tick(self, _data: bytes = b"") -> None:
         self.last = trio.current_time()
+
+    def allow(self, seconds: float) -> None:
+        """Let the request run ``seconds`` from now if that is later (a
+        longer answer than was asked for, such as a whole blob)."""
+        if self.scope is not None:
+            self.scope.deadline = max(self.scope.deadline, trio.current_time() + seconds)
 
 
 def request_deadline(first_byte: float, min_rate: int, nbytes: int) -> float:
@@ -79,11 +86,11 @@ class HostSlots:
 
 
 @contextmanager
-def within(seconds: float, what: str) -> Iterator[None]:
+def within(seconds: float, what: str) -> Iterator[trio.CancelScope]:
     """Cut the block after ``seconds``: a ``RegistryInterrupted`` the read's
     retry budget may spend another attempt on."""
     with trio.move_on_after(seconds) as scope:
-        yield
+        yield scope
     if scope.cancelled_caught:
         raise RegistryInterrupted(f"{what}: no complete answer within {seconds:.3g} s; "
                                   "request cut")

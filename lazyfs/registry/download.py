@@ -81,6 +81,8 @@ class Fallback:
     """Bytes of whole-blob pulls (index builds, fallbacks, prefetch, ``--full-pull``)."""
     pull_reason: str = ""
     """Why the last whole pull was made."""
+    whole_answers: int = 0
+    """Range requests answered with the whole blob (200) so far."""
     lock: trio.Lock = field(default_factory=trio.Lock, repr=False, compare=False)
 
 

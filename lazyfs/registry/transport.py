@@ -1,6 +1,7 @@
 """How a request reaches a registry and how its answer comes back.
 
-Which endpoints to try (mirrors of Docker Hub first), which scheme each
+Which endpoints to try (the mirrors ``mirrors.py`` lists, the registry
+last; a failing mirror skipped for a while), which scheme each
 speaks (HTTPS first; plain HTTP only for loopback and insecure registries,
 chosen once per host by a ping of ``/v2/``), which credentials go with a
 request, bounded retries with backoff for busy answers and dropped
@@ -16,8 +17,8 @@ is remembered while it is fresh, saving a round trip per request.
 from __future__ import annotations
 
 import calendar
-import ipaddress
 import json
+import logging
 import os
 import ssl
 import time
@@ -30,15 +31,21 @@ import httpx
 import trio
 
 from .._version import __version__
-from ..errors import (LazyfsError, NotFound, RegistryError, RegistryInterrupted,
-                      RegistryUnreachable, Unauthorized)
+from ..errors import (DigestMismatch, LazyfsError, NotFound, RangeNotSupported, RegistryError,
+                      RegistryInterrupted, RegistryUnreachable, Unauthorized, UsageError)
 from ..reference import Reference
 from .auth import RegistryAuth, pick_challenge
 from .credentials import find_credential_async
+from .hosts import hosts_root, load_hosts, tls_context
+from .mirrors import (DOCKER_HUB, DOCKER_HUB_API, Endpoint, MirrorHealth, is_insecure,
+                      registry_endpoints)
+from .proxies import ProxyConfig
 from .resume import RETRY_ERRORS, ResumingBody, resumable
 
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_API = "registry-1.docker.io"
+log = logging.getLogger(__name__)
+__all__ = ["DOCKER_HUB", "DOCKER_HUB_API", "Endpoint", "is_insecure"]
+PULL = frozenset({"pull"})
+RESOLVE = frozenset({"pull", "resolve"})
 MAX_REDIRECTS = 8
 REDIRECT_TTL = 60.0
 """Seconds a blob's redirect target is reused when its URL states no expiry."""
@@ -93,15 +100,11 @@ class RegistryOptions:
     transport: httpx.AsyncBaseTransport | None = None
     """What sends the requests; ``None`` is the network. ``lazyfs.testing``
     puts an in-memory registry here."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    """The name credentials and messages use (``docker.io``, ``127.0.0.1:5000``)."""
-    api_host: str
-    schemes: tuple[str, ...]
-    mirror: bool = False
+    hosts_dir: str | None = None
+    """containerd's host configuration root; ``None``: ``$LAZYFS_HOSTS_DIR``,
+    else ``/etc/containerd/certs.d``."""
+    proxies: ProxyConfig | None = None
+    """``None``: from ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``."""
 
 
 class Transport:
@@ -111,60 +114,105 @@ class Transport:
 
     def __init__(self, options: RegistryOptions) -> None:
         self.options = options
-        self._http: httpx.AsyncClient | None = None
+        self._clients: dict[tuple, httpx.AsyncClient] = {}
+        self._open = False
+        self._hosts: dict[str, list[Endpoint]] = {}
+        self.health = MirrorHealth()
+        self._proxies = options.proxies or ProxyConfig.from_env()
         self._bases: dict[str, str] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._auths: dict[tuple[str, str], httpx.Auth | None] = {}
-        self._down: set[Endpoint] = set()
         self._challenges: dict[str, tuple[str, dict[str, str]]] = {}
         self._redirects: dict[str, tuple[httpx.URL, float]] = {}
 
     async def __aenter__(self) -> Transport:
-        o = self.options
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(o.timeout, connect=o.connect_timeout),
-            verify=ssl.create_default_context(), trust_env=True, follow_redirects=False,
-            headers={"User-Agent": o.user_agent}, transport=o.transport)
+        self._open = True
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        self._open = False
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    def _client(self, ep: Endpoint, url: httpx.URL) -> httpx.AsyncClient:
+        """A connection pool per TLS configuration and proxy; the proxy
+        chosen here (``proxies.py``), not by httpx."""
+        assert self._open, "RegistryClient used outside 'async with'"
+        o = self.options
+        proxy = None if o.transport is not None else self._proxies.proxy_for(
+            url.scheme, url.host, url.port)
+        key = (ep.tls, proxy)
+        client = self._clients.get(key)
+        if client is None:
+            try:
+                client = httpx.AsyncClient(
+                    timeout=httpx.Timeout(o.timeout, connect=o.connect_timeout),
+                    verify=tls_context(ep.tls), trust_env=False, proxy=proxy,
+                    follow_redirects=False, headers={"User-Agent": o.user_agent},
+                    transport=o.transport)
+            except ImportError:
+                raise UsageError(f"proxy {proxy}: SOCKS proxies need the socksio "
+                                 "package") from None
+            self._clients[key] = client
+        return client
 
     # --- endpoints ---------------------------------------------------------
 
-    def _endpoints(self, ref: Reference) -> list[Endpoint]:
-        upstream = self.upstream(ref)
-        if ref.registry != DOCKER_HUB:
-            return [upstream]
-        return [_mirror_endpoint(m, self.options) for m in self.options.mirrors] + [upstream]
+    def endpoints(self, ref: Reference) -> list[Endpoint]:
+        """Read once per registry: a changed ``hosts.toml`` applies to the next mount."""
+        registry = ref.registry
+        if registry not in self._hosts:
+            self._hosts[registry] = registry_endpoints(
+                registry, load_hosts(hosts_root(self.options.hosts_dir), registry),
+                self.options.mirrors, self.options.insecure_registries)
+        return self._hosts[registry]
 
     def upstream(self, ref: Reference) -> Endpoint:
-        """The registry ``ref`` names, without its mirrors."""
-        host = ref.registry
-        api = DOCKER_HUB_API if host == DOCKER_HUB else host
-        return Endpoint(host, api, _schemes(host, self.options))
+        """The registry ``ref`` names (or the ``server`` configured for it),
+        without its mirrors: where pushes, tag lists and referrers go."""
+        return self.endpoints(ref)[-1]
 
-    async def each_endpoint(self, ref: Reference, op: Callable[[Endpoint], Awaitable]):
-        """``op`` at each endpoint of ``ref`` in turn until one succeeds; a
-        mirror found unreachable is not asked again."""
+    async def each_endpoint(self, ref: Reference, op: Callable[[Endpoint], Awaitable],
+                            need: frozenset[str] = PULL):
+        """``op`` at each endpoint of ``ref`` able to do ``need`` in turn
+        until one succeeds. A mirror that fails the way a broken or
+        overloaded server fails is skipped for a while (``MirrorHealth``);
+        one that only lacks the repository is not. A refused Range is the
+        caller's to handle, not a reason to ask elsewhere."""
         errors: list[tuple[Endpoint, LazyfsError]] = []
-        for ep in self._endpoints(ref):
-            if ep in self._down:
+        candidates = [ep for ep in self.endpoints(ref) if need <= ep.capabilities]
+        if not candidates:
+            raise RegistryError(f"no host configured for {ref.registry} may "
+                                f"{' and '.join(sorted(need))}")
+        for ep in candidates:
+            if ep.mirror and not self.health.usable(ep.api_host):
                 continue
             try:
-                return await op(ep)
+                result = await op(ep)
+            except RangeNotSupported:
+                raise
             except LazyfsError as e:
-                if ep.mirror and isinstance(e, RegistryUnreachable):
-                    self._down.add(ep)
+                if ep.mirror and _mirror_fault(e):
+                    self.health.failed(ep.api_host, str(e))
+                    log.warning("mirror %s skipped for a while: %s", ep.api_host, e)
                 errors.append((ep, e))
+                continue
+            if ep.mirror:
+                self.health.answered(ep.api_host)
+            return result
         raise most_useful_error(errors)
+
+    def mirror_failed(self, ep: Endpoint, error: Exception) -> None:
+        """Bytes from ``ep`` failed a check made after its answer (a digest)."""
+        if ep.mirror:
+            self.health.failed(ep.api_host, str(error))
+            log.warning("mirror %s skipped for a while: %s", ep.api_host, error)
 
     @asynccontextmanager
     async def reading(self, ref: Reference, method: str, path: str, what: str,
                       headers: dict[str, str] | None = None, ok: tuple[int, ...] = (),
-                      retry: bool = True):
+                      retry: bool = True, need: frozenset[str] = PULL):
         """``(endpoint, response)`` from the first endpoint that answers.
         ``retry=False`` sends each request once, for a caller that keeps
         its own budget of attempts; otherwise a GET's body that breaks off is
@@ -176,16 +224,20 @@ class Transport:
                 self._resume_on_break(ep, resp, path, what, repository_scope(ref), headers)
             return ep, resp
 
-        ep, resp = await self.each_endpoint(ref, open_at)
+        ep, resp = await self.each_endpoint(ref, open_at, need)
         try:
             yield ep, resp
         finally:
             await resp.aclose()
 
     @asynccontextmanager
-    async def open(self, ep: Endpoint, method: str, path: str, what: str, **kw):
-        """The response of one endpoint, closed on exit."""
+    async def open(self, ep: Endpoint, method: str, path: str, what: str, *,
+                   resume: bool = False, **kw):
+        """The response of one endpoint, closed on exit; ``resume``: a GET's
+        body that breaks off is resumed by Range (``resume.py``)."""
         resp = await self._open_checked(ep, method, path, what, **kw)
+        if resume and method == "GET":
+            self._resume_on_break(ep, resp, path, what, kw["scope"], kw.get("headers"))
         try:
             yield resp
         finally:
@@ -197,6 +249,8 @@ class Transport:
                             retry: bool = True) -> httpx.Response:
         """An open streaming response with an acceptable status, redirects followed."""
         base = await self._base(ep)
+        if ep.path != "/v2" and path.startswith("/v2/"):
+            path = ep.path.rstrip("/") + path[3:]
         url = httpx.URL(base).join(path)
         reusable = method == "GET" and "/blobs/" in url.path
         tries = self._tries(retry)
@@ -294,13 +348,18 @@ class Transport:
         A refused connection or a failed TLS handshake is an answer, not a
         hiccup: it is reported at once rather than retried.
         """
-        assert self._http is not None, "RegistryClient used outside 'async with'"
         o = self.options
+        if ep.mirror:
+            # The next endpoint is the better retry: a fleet has its registry.
+            tries = 1
+        http = self._client(ep, url)
+        if ep.headers:
+            headers = httpx.Headers(list(ep.headers) + list((headers or {}).items()))
         last = tries - 1
         for attempt in range(tries):
-            request = self._http.build_request(method, url, headers=headers, content=content)
+            request = http.build_request(method, url, headers=headers, content=content)
             try:
-                resp = await self._http.send(request, auth=auth, stream=True)
+                resp = await http.send(request, auth=auth, stream=True)
             except RETRY_ERRORS as e:
                 if attempt == last:
                     raise _unreachable(ep, e) from None
@@ -328,6 +387,10 @@ class Transport:
             if ep.api_host in self._bases:
                 return self._bases[ep.api_host]
             failure: LazyfsError | None = None
+            if ep.path != "/v2":
+                # An API root moved elsewhere has no /v2/ to ping.
+                self._bases[ep.api_host] = f"{ep.schemes[0]}://{ep.api_host}"
+                return self._bases[ep.api_host]
             for scheme in ep.schemes:
                 base = f"{scheme}://{ep.api_host}"
                 try:
@@ -384,44 +447,10 @@ def most_useful_error(errors: list[tuple[Endpoint, LazyfsError]]) -> LazyfsError
     return upstream
 
 
-def _mirror_endpoint(mirror: str, options: RegistryOptions) -> Endpoint:
-    scheme, sep, rest = mirror.partition("://")
-    host = (rest if sep else mirror).rstrip("/")
-    schemes = (scheme.lower(),) if sep else _schemes(host, options)
-    return Endpoint(host, host, schemes, mirror=True)
-
-
-def _schemes(host: str, options: RegistryOptions) -> tuple[str, ...]:
-    return ("https", "http") if is_insecure(host, options.insecure_registries) else ("https",)
-
-
-def is_insecure(host: str, insecure: tuple[str, ...] = ()) -> bool:
-    """Whether plain HTTP may be tried: loopback always, others only when listed."""
-    name = _hostname(host)
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        ip = ipaddress.ip_address(name)
-    except ValueError:
-        ip = None
-    if ip is not None and ip.is_loopback:
-        return True
-    for entry in insecure:
-        if entry in (host, name):
-            return True
-        if ip is not None and "/" in entry:
-            try:
-                if ip in ipaddress.ip_network(entry, strict=False):
-                    return True
-            except ValueError:
-                continue
-    return False
-
-
-def _hostname(host: str) -> str:
-    if host.startswith("["):
-        return host[1:].partition("]")[0].lower()
-    return host.rpartition(":")[0].lower() if host.count(":") == 1 else host.lower()
+def _mirror_fault(e: LazyfsError) -> bool:
+    """Failures that say the mirror is broken, down or busy, rather than
+    that it lacks the repository or wants credentials."""
+    return isinstance(e, (RegistryUnreachable, RegistryError, DigestMismatch))
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:

@@ -39,6 +39,9 @@ ALONE_OPTIONS = ("cache_dir", "cache_size", "creds", "insecure_registry", "regis
                  "no_shared_index", "platform", "debug")
 """Options that would make the answer differ from the service's: run alone."""
 SERVED_COMMANDS = ("ls", "cat", "stat", "find", "inspect", "diff", "export")
+COMMAND_THREADS = 16
+"""Commands run at once; more wait. Their threads are apart from the ones
+the images use, so clients that stop reading cannot starve the service."""
 MAX_REQUEST = 1 << 20
 
 
@@ -96,6 +99,14 @@ def servable(args) -> str:
     return ""
 
 
+class _NoProgress(io.TextIOWrapper):
+    """A client's stderr, never taken for a terminal: progress is drawn by a
+    thread of its own, which would draw into the service's log instead."""
+
+    def isatty(self) -> bool:
+        return False
+
+
 class Control:
     def __init__(self, images: ImageSet, commands: Commands):
         self.images = images
@@ -103,6 +114,7 @@ class Control:
         self.answered = 0
         self.declined = 0
         self._token: trio.lowlevel.TrioToken | None = None
+        self._threads = trio.CapacityLimiter(COMMAND_THREADS)
 
     def stats(self) -> dict:
         return {"answered": self.answered, "declined": self.declined}
@@ -165,10 +177,12 @@ class Control:
         await _send(conn, b'{"accepted": true}\n')
         out = io.open(os.dup(fds[0]), "w", encoding=request.get("encoding") or "utf-8",
                       errors=request.get("errors") or "strict")
-        err = io.open(os.dup(fds[1]), "w", encoding="utf-8",
-                      errors=request.get("stderr_errors") or "backslashreplace")
+        err = _NoProgress(io.BufferedWriter(io.FileIO(os.dup(fds[1]), "w")), encoding="utf-8",
+                          errors=request.get("stderr_errors") or "backslashreplace",
+                          line_buffering=True)
         args._served = self._borrow
-        code = await trio.to_thread.run_sync(self._in_thread, args, out, err)
+        code = await trio.to_thread.run_sync(self._in_thread, args, out, err,
+                                             limiter=self._threads)
         self.answered += 1
         await _send(conn, json.dumps({"exit": code}).encode() + b"\n")
 

@@ -9,7 +9,8 @@ same ``LazyOperations`` a single-image mount uses, handed the image's own
 inode; only the inode numbers it gives back are shifted.
 
 ``.layers/sha256-<hex>`` is a layer's own tree in overlayfs lowerdir form
-(the per-layer view of the first open image that has it), and
+(the per-layer view of the first open image that has it, built when first
+asked for: an image opened only for its merged tree does not pay for it), and
 ``.layers/sha256:<hex>`` a symlink to it: a ``:`` cannot appear in a
 ``lowerdir=`` list, a digest is how callers know the layer.
 """
@@ -58,7 +59,8 @@ class _ImageOps(LazyOperations):
     """One image's tree, its inode numbers shifted into its slot."""
 
     def __init__(self, image: Image, base: int, fh):
-        super().__init__(image.tree, image.read, stats=image.stats)
+        super().__init__(image.tree, image.read, stats=image.stats,
+                         events=lambda: image.reader.events.packed(image))
         self.image = image
         self._base = base
         self._next_fh = fh
@@ -93,24 +95,35 @@ class StoreOperations(pyfuse3.Operations):
         self._slot_of_written: dict[tuple[str, ...], int] = {}
         self._layers: dict[str, tuple[int, int]] = {}
         """Layer digest -> (slot, the layer view's root inode in that image)."""
+        self._pending: dict[str, int] = {}
+        """Layer digest -> the slot of an open image that has it, views not built yet."""
         self._started = time.time_ns()
         self.extra_stats: dict[str, Callable[[], dict]] = {}
         """More sections of the service's statistics (control socket, snapshotter)."""
         images.on_open.append(self._register_layers)
+        images.on_close.append(lambda slot: self._ops.pop(slot.number, None))
 
     # ------------------------------------------------------------ inodes
 
     def _register_layers(self, slot: Slot) -> None:
         image = slot.image
+        if not slot.views:
+            for info in image.layers:
+                self._pending.setdefault(info.desc.digest, slot.number)
+            return
         roots = dict(image.index.layer_roots) if image.index is not None else {}
         for info in image.layers:
             ino = roots.get(layer_name(info.position, info.desc))
             if ino is not None:
                 self._layers.setdefault(info.desc.digest, (slot.number, ino))
 
-    def layer_path(self, digest: str) -> str | None:
-        """The name of ``digest``'s view under ``.layers``, once an open image has it."""
-        return layer_dir_name(digest) if digest in self._layers else None
+    async def layer_view(self, digest: str) -> tuple[int, int] | None:
+        """(slot, inode) of ``digest``'s directory under ``.layers``, its
+        image's per-layer views built if they were not yet; ``None`` when no
+        open image has that layer."""
+        if digest not in self._layers and digest in self._pending:
+            await self.images.views_of(self.images.slot(self._pending[digest]))
+        return self._layers.get(digest)
 
     async def _image(self, inode: int) -> tuple[_ImageOps, int, Slot]:
         """The operations of the image holding ``inode``, and its own inode."""
@@ -155,8 +168,7 @@ class StoreOperations(pyfuse3.Operations):
             if text == ".." and (local == ROOT_INO or self._is_layer_root(slot, local)):
                 return self._virtual_attrs(self._virtual[ROOT_INO if local == ROOT_INO
                                                          else LAYERS_INO])
-            async with self.images.using(slot):
-                return await ops.lookup(local, name, ctx)
+            return await ops.lookup(local, name, ctx)
         v = self._virtual.get(parent_inode)
         if v is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -175,15 +187,17 @@ class StoreOperations(pyfuse3.Operations):
 
     async def _layer_entry(self, text: str) -> pyfuse3.EntryAttributes:
         digest = text.replace("-", ":", 1) if ":" not in text else text
-        if digest not in self._layers:
+        if digest not in self._layers and digest not in self._pending:
             return _absent()
         if ":" in text:
             ino = self._symlink_for(text)
             return self._virtual_attrs(self._virtual[ino])
-        number, local = self._layers[digest]
-        ops, _, slot = await self._image(number << SLOT_SHIFT | local)
-        async with self.images.using(slot):
-            return await ops.getattr(local)
+        view = await self.layer_view(digest)
+        if view is None:
+            return _absent()
+        number, local = view
+        ops, _, _ = await self._image(number << SLOT_SHIFT | local)
+        return await ops.getattr(local)
 
     def _symlink_for(self, digest: str) -> int:
         key = (LAYERS_DIR, digest)
@@ -211,17 +225,15 @@ class StoreOperations(pyfuse3.Operations):
         self._written.add(where.parts)
         self._slot_of_written[where.parts] = slot.number
         ops, local, _ = await self._image(slot.number << SLOT_SHIFT | ROOT_INO)
-        async with self.images.using(slot):
-            attrs = await ops.getattr(local)
+        attrs = await ops.getattr(local)
         attrs.entry_timeout = min(TIMEOUT, self.images.fresh(str(where.reference)))
         return attrs
 
     @_answers
     async def getattr(self, inode, ctx=None):
         if inode >> SLOT_SHIFT:
-            ops, local, slot = await self._image(inode)
-            async with self.images.using(slot):
-                return await ops.getattr(local, ctx)
+            ops, local, _ = await self._image(inode)
+            return await ops.getattr(local, ctx)
         v = self._virtual.get(inode)
         if v is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -230,9 +242,8 @@ class StoreOperations(pyfuse3.Operations):
     @_answers
     async def readlink(self, inode, ctx):
         if inode >> SLOT_SHIFT:
-            ops, local, slot = await self._image(inode)
-            async with self.images.using(slot):
-                return await ops.readlink(local, ctx)
+            ops, local, _ = await self._image(inode)
+            return await ops.readlink(local, ctx)
         v = self._virtual.get(inode)
         if v is None or not v.target:
             raise pyfuse3.FUSEError(errno.EINVAL)
@@ -241,9 +252,8 @@ class StoreOperations(pyfuse3.Operations):
     @_answers
     async def getxattr(self, inode, name, ctx):
         if inode >> SLOT_SHIFT:
-            ops, local, slot = await self._image(inode)
-            async with self.images.using(slot):
-                return await ops.getxattr(local, name, ctx)
+            ops, local, _ = await self._image(inode)
+            return await ops.getxattr(local, name, ctx)
         if inode == ROOT_INO and name == STATS_XATTR.encode():
             return json.dumps(self.stats()).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -251,9 +261,8 @@ class StoreOperations(pyfuse3.Operations):
     @_answers
     async def listxattr(self, inode, ctx):
         if inode >> SLOT_SHIFT:
-            ops, local, slot = await self._image(inode)
-            async with self.images.using(slot):
-                return await ops.listxattr(local, ctx)
+            ops, local, _ = await self._image(inode)
+            return await ops.listxattr(local, ctx)
         return []
 
     @_answers
@@ -275,7 +284,7 @@ class StoreOperations(pyfuse3.Operations):
         out["fuse"] = {"reads": self.counters.reads, "bytes_read": self.counters.bytes_read,
                        "errors": self.counters.errors, "open_files": len(self._handles)}
         out["written"] = {"/".join(p): self._slot_of_written[p] for p in sorted(self._written)}
-        out["layer_views"] = {d: layer_dir_name(d) for d in sorted(self._layers)}
+        out["layer_views"] = {d: layer_dir_name(d) for d in sorted({*self._layers, *self._pending})}
         for name, more in self.extra_stats.items():
             out[name] = more()
         return out
@@ -298,7 +307,10 @@ class StoreOperations(pyfuse3.Operations):
         it; the root also lists ``.layers``, which lists the layer views."""
         if v.ino == LAYERS_INO:
             out = []
-            for digest, (number, local) in sorted(self._layers.items()):
+            for digest in sorted({*self._layers, *self._pending}):
+                number, local = self._layers.get(digest, (0, self._symlink_for(digest)))
+                # a view not built yet is listed without opening anything: its
+                # real inode comes with the lookup
                 out.append((layer_dir_name(digest),
                             self._dir_attrs(number << SLOT_SHIFT | local)))
                 out.append((digest, self._virtual_attrs(self._virtual[self._symlink_for(digest)])))

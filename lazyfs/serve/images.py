@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ class Slot:
     number: int
     pinned: Reference
     """The reference by digest: what reopens the image."""
+    views: bool = False
+    """Opened with per-layer views (for ``.layers``), apart from the merged
+    tree's slot of the same image: building them costs a first read time."""
     names: set[str] = field(default_factory=set)
     image: Image | None = None
     layers: list[str] = field(default_factory=list)
@@ -64,6 +68,7 @@ class Slot:
         if self.image is not None:
             self.last_stats = self.image.stats()
         return {"slot": self.number, "references": sorted(self.names), "digest": self.digest,
+                "layer_views": self.views,
                 "state": "open" if self.image is not None else "closed", "opens": self.opens,
                 "users": self.users,
                 "idle_seconds": round(time.monotonic() - self.last_used, 1),
@@ -97,6 +102,8 @@ class ImageSet:
         self.failure_count = 0
         self.on_open: list[Callable[[Slot], None]] = []
         """Called with each slot whose image was just opened (or reopened)."""
+        self.on_close: list[Callable[[Slot], None]] = []
+        """Called with each slot whose image was closed: drop what refers to it."""
         self.opened_at = time.time()
 
     # ---------------------------------------------------------------- lookup
@@ -140,12 +147,18 @@ class ImageSet:
         if known is not None and (ref.digest or now - known.resolved_at < self.tag_ttl):
             return known.slot
         if known is not None:
-            pinned = await self._resolve(ref)
-            if str(pinned) == str(known.slot.pinned):
+            try:
+                pinned = await self._resolve(ref)
+            except LazyfsError as e:
+                # The image it named is still good: keep serving it, ask again later.
+                self.failed(f"{ref} (resolving again; still serving {known.slot.digest})", e)
+                known.resolved_at = now
+                return known.slot
+            if pinned.digest == known.slot.digest:
                 known.resolved_at = now
                 return known.slot
             log.info("%s now points at %s (was %s)", ref, pinned.digest, known.slot.digest)
-            slot = self._by_pinned.get(str(pinned)) or self._new_slot(pinned)
+            slot = self._by_pinned.get(_key(pinned, False)) or self._new_slot(pinned)
         else:
             slot = await self._open_new(ref)
         slot.names.add(name)
@@ -158,20 +171,33 @@ class ImageSet:
         resolved = await open_source(ref, self.store, self._client).resolve(self.options.platform)
         return resolved.pinned
 
-    def _new_slot(self, pinned: Reference) -> Slot:
-        slot = Slot(len(self._slots) + 1, pinned, last_used=time.monotonic())
+    def _new_slot(self, pinned: Reference, views: bool = False) -> Slot:
+        slot = Slot(len(self._slots) + 1, pinned, views, last_used=time.monotonic())
         self._slots[slot.number] = slot
-        self._by_pinned[str(pinned)] = slot
+        self._by_pinned[_key(pinned, views)] = slot
         return slot
+
+    async def views_of(self, slot: Slot) -> Slot:
+        """The slot of ``slot``'s image opened with per-layer views, open."""
+        views = self._by_pinned.get(_key(slot.pinned, True))
+        if views is None:
+            views = self._new_slot(slot.pinned, views=True)
+            views.names = set(slot.names)
+        try:
+            await self.ensure_open(views)
+        except LazyfsError as e:
+            self.failed(f"{slot.pinned} (layer views)", e)
+            raise
+        return views
 
     async def _open_new(self, ref: Reference) -> Slot:
         """Open by the reference as written: one resolution, not two."""
-        if ref.digest and (slot := self._by_pinned.get(str(ref))) is not None:
+        if ref.digest and (slot := self._by_pinned.get(_key(ref, False))) is not None:
             return slot
         scope = trio.CancelScope()
-        image = await self._nursery.start(self._hold, ref, scope)
+        image = await self._nursery.start(self._hold, ref, scope, False)
         pinned = image.ref
-        slot = self._by_pinned.get(str(pinned))
+        slot = self._by_pinned.get(_key(pinned, False))
         if slot is not None and slot.image is not None:
             scope.cancel()  # the same image under a second name
             return slot
@@ -187,7 +213,7 @@ class ImageSet:
         async with slot._lock:
             if slot.image is None:
                 scope = trio.CancelScope()
-                image = await self._nursery.start(self._hold, slot.pinned, scope)
+                image = await self._nursery.start(self._hold, slot.pinned, scope, slot.views)
                 self._adopt(slot, image, scope)
         return slot.image
 
@@ -200,12 +226,14 @@ class ImageSet:
         for hook in self.on_open:
             hook(slot)
 
-    async def _hold(self, ref: Reference, scope: trio.CancelScope, *,
+    async def _hold(self, ref: Reference, scope: trio.CancelScope, views: bool, *,
                     task_status=trio.TASK_STATUS_IGNORED) -> None:
+        options = dataclasses.replace(self.options, layer_views=views)
         image = None
         try:
             with scope:
-                async with open_image_async(ref, self.options, self.store) as image:
+                async with open_image_async(ref, options, self.store,
+                                             client=self._client) as image:
                     task_status.started(image)
                     await trio.sleep_forever()
         except Exception as e:
@@ -216,17 +244,22 @@ class ImageSet:
             self.failed(str(ref), e)
             for slot in self.slots():
                 if slot.image is image:
-                    slot.image = None
+                    self._forget(slot)
 
     def close(self, slot: Slot) -> None:
         if slot.image is None:
             return
         slot.last_stats = slot.image.stats()
         log.info("closed %s (idle %.0f s)", slot.pinned, time.monotonic() - slot.last_used)
-        slot.image = None
         if slot._scope is not None:
             slot._scope.cancel()
-            slot._scope = None
+        self._forget(slot)
+
+    def _forget(self, slot: Slot) -> None:
+        slot.image = None
+        slot._scope = None
+        for hook in self.on_close:
+            hook(slot)
 
     async def reap(self, period: float = 1.0) -> None:
         """Close images idle for ``idle`` seconds, forever."""
@@ -260,3 +293,9 @@ class ImageSet:
         return {"images": [s.stats() for s in self.slots()], "failures": list(self.failures),
                 "failure_count": self.failure_count, "idle_seconds": self.idle,
                 "tag_ttl_seconds": self.tag_ttl}
+
+
+def _key(pinned: Reference, views: bool) -> str:
+    """One image, whichever tag led to it."""
+    key = f"{pinned.registry}/{pinned.repository}@{pinned.digest}"
+    return f"{key} (layers)" if views else key

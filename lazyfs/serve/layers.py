@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from ..errors import LazyfsError, NotFound
-from .fs import StoreOperations
+from .fs import StoreOperations, layer_dir_name
 from .images import ImageSet
 from .paths import LAYERS_DIR
 
@@ -31,7 +31,6 @@ class StoreLayers:
         slot = await self._images.by_reference(ref)
         if digest not in slot.layers:
             raise NotFound(f"{ref} has no layer {digest}")
-        name = self._ops.layer_path(digest)
-        if name is None:
+        if await self._ops.layer_view(digest) is None:
             raise LazyfsError(f"{ref}: layer {digest} has no per-layer view")
-        return os.path.join(self.root, LAYERS_DIR, name)
+        return os.path.join(self.root, LAYERS_DIR, layer_dir_name(digest))

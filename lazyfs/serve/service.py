@@ -43,7 +43,7 @@ async def run_service(settings: ServeSettings, commands: Commands | None = None,
                       ready=None) -> None:
     """Serve until signalled; ``ready(state)`` once the mount answers."""
     from ..registry.client import RegistryClient
-    options = dataclasses.replace(settings.open_options, layer_views=True,
+    options = dataclasses.replace(settings.open_options, layer_views=False,
                                   background_index=False)
     store = settings.store or Store()
     async with RegistryClient(options.registry) as client, trio.open_nursery() as nursery:

@@ -65,8 +65,13 @@ class Containerd:
         self.stop()
 
 
-def start_containerd(tmpdir: Path | str, snapshotter: str = "native") -> Containerd:
-    """Start containerd with everything under ``tmpdir``; stop it with ``.stop()``."""
+def start_containerd(tmpdir: Path | str, snapshotter: str = "native", *,
+                     proxy_snapshotters: dict[str, str] | None = None) -> Containerd:
+    """Start containerd with everything under ``tmpdir``; stop it with ``.stop()``.
+
+    ``proxy_snapshotters`` maps names to the unix sockets of snapshotters
+    serving containerd's snapshots gRPC API (``[proxy_plugins.NAME]``);
+    containerd dials them when first asked, so they may start later."""
     base = Path(tmpdir)
     root = base / "root"
     root.mkdir(parents=True, exist_ok=True)
@@ -91,6 +96,8 @@ def start_containerd(tmpdir: Path | str, snapshotter: str = "native") -> Contain
         '  address = ""\n'
         '[plugins."io.containerd.service.v1.diff-service"]\n'
         '  default = ["walking"]\n'
+        + "".join(f'[proxy_plugins.{name}]\n  type = "snapshot"\n  address = "{sock}"\n'
+                  for name, sock in (proxy_snapshotters or {}).items())
     )
     log_path = base / "containerd.log"
     with open(log_path, "wb") as log:

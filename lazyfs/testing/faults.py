@@ -163,6 +163,7 @@ class Body(httpx.AsyncByteStream):
         self._declared = declared
         """A ``Content-Length`` longer than ``data``: the connection closes
         early, which h11 reports as ``RemoteProtocolError``."""
+        self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self._fault is not None and self._fault.action == "drip":
@@ -175,6 +176,8 @@ class Body(httpx.AsyncByteStream):
         cut = int(len(self._data) * fault.at) if fault else -1
         pos = 0
         while pos < len(self._data) or pos == cut:
+            if self._closed:
+                return
             if pos == cut:
                 if fault.action == "drop":
                     raise fault.error("connection dropped mid-body (injected)",
@@ -196,4 +199,5 @@ class Body(httpx.AsyncByteStream):
                 request=self._request)
 
     async def aclose(self) -> None:
-        pass
+        # A closed connection sends nothing more.
+        self._closed = True

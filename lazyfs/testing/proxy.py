@@ -18,6 +18,25 @@ import threading
 import time
 
 
+def accept_forever(sock: socket.socket, handle, closed) -> None:
+    """Each connection to ``sock`` handled in a thread of its own until ``closed()``."""
+    while not closed():
+        try:
+            client, _ = sock.accept()
+        except OSError:
+            return
+        threading.Thread(target=handle, args=(client,), daemon=True).start()
+
+
+def shut(*sockets: socket.socket) -> None:
+    """Both directions of each socket ended, so the other side's pump ends too."""
+    for s in sockets:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class TcpProxy:
     def __init__(self, upstream: str, *, delay: float = 0.0, rate: int | None = None):
         host, port = upstream.rsplit(":", 1)
@@ -36,12 +55,7 @@ class TcpProxy:
         self._thread.start()
 
     def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+        accept_forever(self._sock, self._connect, lambda: self._closed)
 
     def _connect(self, client: socket.socket) -> None:
         time.sleep(self.delay)
@@ -74,11 +88,7 @@ class TcpProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            shut(src, dst)
 
     def wait_for(self, nbytes: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -89,8 +99,12 @@ class TcpProxy:
 
     def close(self) -> None:
         self._closed = True
+        shut(self._sock)  # wakes the accept() blocked in its thread; close() alone does not
         self._sock.close()
         with self._lock:
+            # Shut first: a socket another thread is reading from stays open
+            # on close(), and the client would wait for its timeout.
+            shut(*self._open)
             for s in self._open:
                 try:
                     s.close()

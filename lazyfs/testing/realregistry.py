@@ -59,7 +59,10 @@ class Registry:
 
 
 def start_registry(root: Path, *, user: str | None = None, password: str | None = None,
-                   port: int | None = None) -> Registry:
+                   port: int | None = None, proxy_remote: str | None = None,
+                   tls: tuple[Path, Path] | None = None) -> Registry:
+    """``proxy_remote``: a pull-through cache of that registry URL (distribution's
+    proxy mode); ``tls``: ``(certificate, key)`` files to serve HTTPS with."""
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     auth = ""
@@ -69,13 +72,17 @@ def start_registry(root: Path, *, user: str | None = None, password: str | None 
                              capture_output=True, text=True).stdout
         htpasswd.write_text(out)
         auth = f"auth:\n  htpasswd:\n    realm: basic-realm\n    path: {htpasswd}\n"
+    if proxy_remote:
+        auth += f"proxy:\n  remoteurl: {proxy_remote}\n"
+    listen = f"http:\n  addr: 127.0.0.1:{port}\n"
+    if tls:
+        listen += f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n"
     config = root / "config.yml"
     config.write_text(
         "version: 0.1\n"
         "log:\n  level: info\n  formatter: text\n"
         f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-        + auth
+        + listen + auth
     )
     log_path = root / "registry.log"
     env = dict(os.environ, OTEL_TRACES_EXPORTER="none")
@@ -88,7 +95,8 @@ def start_registry(root: Path, *, user: str | None = None, password: str | None 
         if proc.poll() is not None:
             raise RuntimeError(f"registry exited: {log_path.read_text()}")
         try:
-            r = httpx.get(f"{reg.url}/v2/", timeout=1)
+            r = httpx.get(f"{'https' if tls else 'http'}://{reg.host}/v2/", timeout=1,
+                          verify=False)
             if r.status_code in (200, 401):
                 return reg
         except httpx.HTTPError:

@@ -7,15 +7,19 @@ import errno
 import gzip
 import json
 import os
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
 from lazyfs.testing.push import push_image
 from lazyfs.testing.realregistry import free_port
+from tests.support.awkward import awkward_tars
 from tests.support.climount import LAZYFS
 from tests.support.images import make_tar
+from tests.support.ocilayout import write_oci_layout
 from tests.support.serving import serving
 from tests.support.trees import describe, differences
 
@@ -47,8 +51,20 @@ def _wait(predicate, seconds: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_store_mode_tree_equals_umoci_unpack(service, registry, awkward):
-    tars, _, expected = awkward
+@pytest.fixture(scope="module")
+def awkward_small(tmp_path_factory):
+    """The awkward image with 50 files where it has 10,000 (each file is read)."""
+    tars = awkward_tars(many=50)
+    root = tmp_path_factory.mktemp("awkward-small")
+    layout = write_oci_layout(root / "layout", [gzip.compress(t, mtime=0) for t in tars],
+                              tag="awkward")
+    subprocess.run(["umoci", "unpack", "--image", layout.ref, str(root / "bundle")], check=True,
+                   capture_output=True)
+    return tars, describe(root / "bundle" / "rootfs")
+
+
+def test_store_mode_tree_equals_umoci_unpack(service, registry, awkward_small):
+    tars, expected = awkward_small
     with registry.client() as c:
         push_image(c, "serve/awkward", "v1", [gzip.compress(t, mtime=0) for t in tars])
     image = service.root / registry.host / "serve/awkward:v1"
@@ -110,6 +126,35 @@ def test_bad_references_fail_that_path_only(service, registry):
     assert (service.root / registry.host / "serve/small:v1/hello").read_bytes() == b"hi\n"
 
 
+def test_a_registry_that_never_answers_stalls_only_its_own_path(service, registry):
+    listener = socket.create_server(("127.0.0.1", 0))
+    stalled = f"127.0.0.1:{listener.getsockname()[1]}/x:v1"
+    outcome: list = []
+
+    def look():
+        try:
+            os.stat(service.root / stalled)
+            outcome.append(0)
+        except OSError as e:
+            outcome.append(e.errno)
+
+    waiting = threading.Thread(target=look)
+    waiting.start()
+    try:
+        conn, _ = listener.accept()  # the service asked, and hears nothing back
+        with registry.client() as c:
+            push_image(c, "serve/meanwhile", "v1", [gzip.compress(make_tar({"f": b"ok\n"}))])
+        t = time.monotonic()
+        assert (service.root / registry.host / "serve/meanwhile:v1/f").read_bytes() == b"ok\n"
+        assert time.monotonic() - t < 10
+        assert waiting.is_alive()
+        conn.close()
+    finally:
+        listener.close()
+    waiting.join(60)
+    assert outcome and outcome[0] == errno.EIO
+
+
 def test_idle_images_are_closed_and_reopened(service, registry):
     with registry.client() as c:
         push_image(c, "serve/idle", "v1", [gzip.compress(make_tar({"f": b"idle\n"}))])
@@ -142,28 +187,29 @@ COMMANDS = [
     ("inspect", "{ref}"),
     ("diff", "{ref}", "{other}"),
     ("cat", "{ref}", "/no/such/file"),
-    ("export", "{ref}", "-"),
+    ("export", "{small}", "-"),
 ]
 
 
 def test_the_cli_asks_the_service_and_answers_as_alone(service, debian, registry, tmp_path):
     ref, other = debian["bookworm-python"].ref, debian["bookworm"].ref
+    small = f"{registry.host}/serve/export:v1"
+    with registry.client() as c:
+        push_image(c, "serve/export", "v1", [gzip.compress(make_tar(
+            {"f": b"x\n", "d/": None, "d/link": ("symlink", "../f")}))])
     before = service.stats()["control"]["answered"]
     for command in COMMANDS:
-        argv = [a.format(ref=ref, other=other) for a in command]
+        argv = [a.format(ref=ref, other=other, small=small) for a in command]
         served, alone = _run(*argv, env=service.env), _run(*argv, env=service.alone_env)
         assert (served.returncode, served.stdout) == (alone.returncode, alone.stdout), argv
         assert served.stderr == alone.stderr, argv
     assert service.stats()["control"]["answered"] == before + len(COMMANDS)
     # what the service would answer differently runs alone: an option it would
     # not honour is seen by the client, an export to files by the service
-    with registry.client() as c:
-        push_image(c, "serve/export", "v1", [gzip.compress(make_tar({"f": b"x\n"}))])
     declined = service.stats()["control"]["declined"]
     assert _run("ls", "--no-shared-index", ref, env=service.env).returncode == 0
     out = tmp_path / "out"
-    assert _run("export", "-q", f"{registry.host}/serve/export:v1", str(out),
-                env=service.env).returncode == 0
+    assert _run("export", "-q", small, str(out), env=service.env).returncode == 0
     assert (out / "f").read_bytes() == b"x\n"
     assert service.stats()["control"]["declined"] == declined + 1
     assert service.stats()["control"]["answered"] == before + len(COMMANDS)
@@ -199,3 +245,13 @@ def test_mounts_and_stats_cover_the_service(service, debian):
     one = _run("stats", "--json", str(service.root / ref.host / f"{ref.repo}:{ref.tag}"),
                env=env)
     assert json.loads(one.stdout)["digest"] == ref.digest
+
+
+def test_the_snapshotter_runs_in_the_service(tmp_path):
+    pytest.importorskip("lazyfs.snapshotter")
+    sock = tmp_path / "snapshots.sock"
+    with serving(tmp_path / "work", "--containerd-socket", str(sock),
+                 "--containerd-state", str(tmp_path / "state")) as service:
+        _wait(sock.exists, 20, "the snapshots socket")
+        snap = service.stats()["snapshotter"]
+        assert snap["running"] is True and snap["socket"] == str(sock)

@@ -17,13 +17,12 @@ import random
 import subprocess
 import tarfile
 import time
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
 from lazyfs.testing.push import push_image, sha256
-from tests.support.climount import cli_mount, lazyfs, lazyfs_env
+from tests.support.climount import lazyfs, lazyfs_env, mounted
 from tests.support.faultproxy import fault_proxy
 
 pytestmark = pytest.mark.slow
@@ -75,16 +74,6 @@ def pushed(registry):
 async def _run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return await trio.to_thread.run_sync(
         lambda: subprocess.run(argv, capture_output=True, timeout=timeout))
-
-
-@asynccontextmanager
-async def mounted(ref: str, mnt, env, *extra: str):
-    cm = cli_mount(ref, mnt, env, *extra)
-    path = await trio.to_thread.run_sync(cm.__enter__)
-    try:
-        yield path
-    finally:
-        await trio.to_thread.run_sync(cm.__exit__, None, None, None)
 
 
 def _stats(mnt, env) -> dict:

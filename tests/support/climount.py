@@ -16,8 +16,10 @@ LAZYFS = [sys.executable, "-m", "lazyfs"]
 
 
 def lazyfs_env(work: Path, cache: Path | None = None) -> dict:
+    # LAZYFS_SOCKET: commands work alone even where a lazyfs serve is running
     return dict(os.environ, XDG_RUNTIME_DIR=str(work / "run"),
-                LAZYFS_CACHE_DIR=str(cache or work / "cache"))
+                LAZYFS_CACHE_DIR=str(cache or work / "cache"),
+                LAZYFS_SOCKET=str(work / "no-service.sock"))
 
 
 def lazyfs(*args: str, env: dict, check: bool = True, timeout: float = 300):
@@ -45,3 +47,15 @@ def cli_mount(ref: str, mountpoint: Path, env: dict, *extra: str) -> Iterator[Pa
                 if state.get("mountpoint") == str(mountpoint):
                     pids.append(state["pid"])
         force_cleanup(mountpoint, pids)
+
+
+@contextlib.asynccontextmanager
+async def mounted(ref: str, mountpoint: Path, env: dict, *extra: str):
+    """``cli_mount`` for trio tests: mounting and unmounting in a worker thread."""
+    import trio
+    cm = cli_mount(ref, mountpoint, env, *extra)
+    path = await trio.to_thread.run_sync(cm.__enter__)
+    try:
+        yield path
+    finally:
+        await trio.to_thread.run_sync(cm.__exit__, None, None, None)

@@ -123,7 +123,11 @@ async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> Reques
                 return None
             continue
         if isinstance(event, h11.Request):
-            headers = {k.decode().lower(): v.decode() for k, v in event.headers}
+            headers: dict[str, str] = {}
+            for k, v in event.headers:
+                # Repeated fields (Go sends one Accept line per media type) combine.
+                name = k.decode().lower()
+                headers[name] = f"{headers[name]}, {v.decode()}" if name in headers else v.decode()
             request = Request(event.method.decode(), event.target.decode(), headers)
         elif isinstance(event, h11.Data) and request is not None:
             request.body += event.data

@@ -41,3 +41,11 @@ def test_a_dead_daemon_says_where_its_log_is(monkeypatch, capsys, tmp_path):
     assert out[2].endswith("dead (run lazyfs umount)")
     rows = json.loads(listed(monkeypatch, capsys, mounts, "--json"))
     assert rows[0]["log"] == str(log) and "log" not in rows[1]
+
+
+def test_mount_refuses_contradicting_prefetch_options(capsys, tmp_path):
+    for extra in (["--prefetch", "--no-prefetch"], ["--prefetch-concurrency", "0"],
+                  ["--prefetch-rate", "fast"]):
+        assert main(["mount", *extra, "reg.test/app:v1", str(tmp_path)]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("lazyfs: ") and err.count("\n") == 1, err
