@@ -312,7 +312,10 @@ class ChunkCache:
         """Whole blobs no pulled image keeps (their digest stands for their layer)."""
         if self.blobs is None:
             return []
-        kept = self.blobs.kept()
+        try:
+            kept = self.blobs.kept()
+        except CacheError:
+            return []  # no image records to go by: whole blobs are left alone
         out = []
         for algo in _dirs(self.blobs.directory):
             for entry in os.scandir(algo.path):
