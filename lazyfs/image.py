@@ -12,11 +12,12 @@ The synchronous API is ``lazyfs.sync``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 import trio
 
@@ -24,21 +25,23 @@ from .formats.entry import EntryType
 from .errors import LazyfsError, UsageError
 from .formats import LayerTable, format_of
 from .index.merged import MergedIndex, Node
-from .index.publish import built_here, publish_quietly
 from .index.tree import Tree, mode_of
 from .manifest import Descriptor, Platform
 from .store.chunks import ChunkCache, WholeBlobs
-from .read.background import BackgroundIndex
 from .read.content import LayerContent, TableContent, reader_layer
 from .read.prefetch import Prefetch, prioritized, warm_quietly
 from .read.reader import Reader
 from .read.replay import Replay, ReplayOptions, find_trace
 from .read.stats import EventLog, image_stats
 from .read.trace import SAVE_EVERY, Recorder, save_trace
-from .read.tables import layer_name, layer_tables, merged_index
+from .read.tables import check_diff_ids, layer_name, layer_tables, merged_index
 from .reference import Reference, parse_reference
-from .read.sources import open_source
+from .read.sources import RegistrySource, open_source
 from .store.blobs import Store
+from .store.schemes import SchemeFile
+
+if TYPE_CHECKING:
+    from .read.background import BackgroundIndex
 
 __all__ = ["Image", "LayerInfo", "OpenOptions", "mode_of", "open_image_async"]
 
@@ -194,20 +197,38 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
     store = store or Store()
     started = time.monotonic()
     lent = contextlib.nullcontext(client) if client is not None and ref.transport == "docker" \
-        else _client_for(ref, options)
+        else _client_for(ref, options, store)
     async with lent as client:
         source = open_source(ref, store, client, options.full_pull)
-        resolved = await source.resolve(options.platform)
-        descs = list(resolved.manifest.layers)
-        shared = _shared_index(client, resolved, options)
         defer = options.background_index and not options.layer_views
+        early: dict[str, tuple] = {}
+
+        async def tables_of(manifest) -> None:
+            """The tables, fetched while the config is: a failure here is
+            met again, and raised, by the ordinary path below."""
+            shared = _shared_index(client, ref, manifest.digest, options)
+            with contextlib.suppress(LazyfsError):
+                early[manifest.digest] = shared, await layer_tables(
+                    list(manifest.layers), source, store, shared, defer)
+
+        if isinstance(source, RegistrySource):
+            resolved = await source.resolve(options.platform, tables_of)
+        else:
+            resolved = await source.resolve(options.platform)
+        descs = list(resolved.manifest.layers)
         diff_ids = resolved.config.diff_ids
-        tables = await layer_tables(descs, source, store, shared, defer, diff_ids)
+        if resolved.manifest.digest in early:
+            shared, tables = early[resolved.manifest.digest]
+            check_diff_ids(tables, descs, diff_ids)
+        else:
+            shared = _shared_index(client, resolved.pinned, resolved.manifest.digest, options)
+            tables = await layer_tables(descs, source, store, shared, defer, diff_ids)
         index = background = None
         if all(t is not None for t in tables):
             index = await merged_index(resolved.manifest.digest, descs, tables, store,
                                        options.layer_views)
         else:
+            from .read.background import BackgroundIndex
             background = BackgroundIndex(str(ref), tables, descs, store, started,
                                          options.early_reads, diff_ids)
         layers = [reader_layer(i, d, t, source, resolved, store)
@@ -250,9 +271,10 @@ def _start(image: Image, nursery: trio.Nursery, client, options: OpenOptions,
     if image.background is not None:
         image.background.events = image.reader.events
         nursery.start_soon(_index_then_publish, image, client if publish else None)
-    elif publish and built_here(tables, [i.desc.digest for i in image.layers],
-                                image.shared_tables):
-        nursery.start_soon(publish_quietly, client, image)
+    elif publish:
+        from .index.publish import built_here, publish_quietly
+        if built_here(tables, [i.desc.digest for i in image.layers], image.shared_tables):
+            nursery.start_soon(publish_quietly, client, image)
     if options.prefetch and not options.full_pull:
         image.prefetch()
     if options.record_trace:
@@ -264,9 +286,16 @@ def _start(image: Image, nursery: trio.Nursery, client, options: OpenOptions,
     if options.replay is not None and not options.full_pull:
         image.replay = Replay(image.reader, options.replay)
         nursery.start_soon(_replay, image, client, tables)
+    if background and not options.full_pull:
+        nursery.start_soon(_warm_landmarked, image.reader, tables)
+
+
+async def _warm_landmarked(reader: Reader, tables: list[LayerTable | None]) -> None:
+    """Files the producer marked (eStargz's landmark), fetched ahead of any
+    read: found in the background, as the walk over every entry is not free."""
     landmarked = prioritized(tables)
-    if landmarked and background and not options.full_pull:
-        nursery.start_soon(warm_quietly, image.reader, landmarked)
+    if landmarked:
+        await warm_quietly(reader, landmarked)
 
 
 async def _replay(image: Image, client, tables: list[LayerTable | None]) -> None:
@@ -312,6 +341,7 @@ async def _index_then_publish(image: Image, client) -> None:
         return await merged_index(image.digest, descs, tables, image.store, False)
 
     if await image.background.run(image.reader.layers, merge) and client is not None:
+        from .index.publish import publish_quietly
         await publish_quietly(client, image)
 
 
@@ -322,11 +352,15 @@ def _info(position: int, desc: Descriptor, table: LayerTable | None) -> LayerInf
     return LayerInfo(position, desc, table.format, table.lazy, table.reason)
 
 
-def _client_for(ref: Reference, options: OpenOptions):
+def _client_for(ref: Reference, options: OpenOptions, store: Store):
     if ref.transport != "docker":
         return contextlib.nullcontext()
     from .registry.client import RegistryClient
-    return RegistryClient(options.registry)
+    from .registry.transport import RegistryOptions
+    registry = options.registry or RegistryOptions()
+    if registry.schemes is None:
+        registry = dataclasses.replace(registry, schemes=SchemeFile(store.root))
+    return RegistryClient(registry)
 
 
 def _read_deadline(client) -> float:
@@ -334,8 +368,8 @@ def _read_deadline(client) -> float:
     return client.options.read_deadline if client is not None else math.inf
 
 
-def _shared_index(client, resolved, options: OpenOptions):
+def _shared_index(client, ref: Reference, manifest_digest: str, options: OpenOptions):
     if client is None or not options.use_shared_index:
         return None
     from .index.shared import SharedIndex
-    return SharedIndex(client, resolved.pinned, resolved.manifest.digest)
+    return SharedIndex(client, ref, manifest_digest)

@@ -1,4 +1,4 @@
-"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,snapshotter,trace,serve,trace-ctr,soak,all}``
+"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,snapshotter,trace,serve,trace-ctr,peer,soak,all}``
 (``all`` leaves out ``soak``).
 
 Each subcommand prints Markdown tables and writes ``.bench/results-NAME.json``.
@@ -27,6 +27,7 @@ COMMANDS = {
     "trace": "bench_trace",
     "serve": "bench_serve",
     "trace-ctr": "bench_trace_ctr",
+    "peer": "bench_peer",
     "soak": "bench_soak",
 }
 NOT_IN_ALL = {"soak"}

@@ -28,7 +28,6 @@ from ..blob import BlobSource
 from ..errors import LayerFormatError, UnsupportedMediaType
 from .base import ContentReader, LayerTable, Piece, entry_differences, read_content, slice_piece
 from .entry import Entry
-from .gzip import GzipReader, StreamIndexer
 
 __all__ = ["ContentReader", "GzipReader", "LayerFormat", "LayerTable", "Piece", "FORMATS",
            "StreamIndexer", "build_table", "detect_format", "format_named", "format_of",
@@ -68,6 +67,9 @@ class LayerFormat:
     """Building its table needs the whole blob: worth publishing once built."""
     marks_prefetch: bool = False
     """Producers may mark files to fetch before any read (``prefetch``)."""
+    toc: bool = False
+    """Its table is read from a TOC in the blob, a request or two, never a
+    pass over the layer: worth fetching for every layer at once."""
     _module: str = ""
 
     def _impl(self):
@@ -120,15 +122,24 @@ class LayerFormat:
 
 TAR = LayerFormat("tar", _TAR, shareable=True, _module="tar")
 GZIP = LayerFormat("gzip", _GZIP, streamable=True, shareable=True, costly=True, _module="gzip")
-ESTARGZ = LayerFormat("estargz", _GZIP, (ESTARGZ_TOC_DIGEST,), marks_prefetch=True,
+ESTARGZ = LayerFormat("estargz", _GZIP, (ESTARGZ_TOC_DIGEST,), marks_prefetch=True, toc=True,
                       _module="estargz")
 ZSTD = LayerFormat("zstd", _ZSTD, shareable=True, _module="zstd")
 ZSTD_CHUNKED = LayerFormat("zstd:chunked", _ZSTD,
                            (ZSTD_CHUNKED_MANIFEST_CHECKSUM, ZSTD_CHUNKED_LEGACY_CHECKSUM),
-                           _module="zstdchunked")
+                           toc=True, _module="zstdchunked")
 FORMATS = (ESTARGZ, ZSTD_CHUNKED, TAR, GZIP, ZSTD)
 """Marked formats first: the first whose media type matches and whose
 annotations (if it has any) are present wins."""
+
+
+def __getattr__(name: str):
+    """``GzipReader`` and ``StreamIndexer``, imported when first asked for:
+    an image without a gzip layer to index never loads them."""
+    if name in ("GzipReader", "StreamIndexer"):
+        from . import gzip
+        return getattr(gzip, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def format_of(media_type: str, annotations: dict[str, str] | None = None) -> LayerFormat:

@@ -42,7 +42,7 @@ from .killed import KilledReaders
 
 log = logging.getLogger(__name__)
 
-TIMEOUT = 300.0
+TIMEOUT = 86400.0
 """Seconds the kernel may cache entries and attributes: the image is immutable."""
 BLKSIZE = 128 * 1024
 """Preferred I/O size reported in ``st_blksize``: big reads cost fewer FUSE round trips."""
@@ -275,6 +275,8 @@ class LazyOperations(pyfuse3.Operations):
             return json.dumps(self.stats()).encode()
         if inode == ROOT_INO and name == EVENTS_XATTR.encode() and self._events is not None:
             return self._events()
+        if self._tree.without_xattrs(inode):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         node = await self._node(inode)
         if isinstance(node, _Virtual) or not node.has_xattrs:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -292,6 +294,8 @@ class LazyOperations(pyfuse3.Operations):
 
     @_answers
     async def listxattr(self, inode, ctx):
+        if self._tree.without_xattrs(inode):
+            return []
         node = await self._node(inode)
         if isinstance(node, _Virtual) or not node.has_xattrs:
             return []
@@ -320,8 +324,9 @@ class LazyOperations(pyfuse3.Operations):
 
     @_answers
     async def opendir(self, inode, ctx):
-        node = await self._node(inode)
-        if isinstance(node, _Virtual) or node.type is not EntryType.DIR:
+        # The kernel opens only what it was told is a directory: no query
+        # here (``find`` opens every directory, again on every walk).
+        if inode in self._virtual:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = next(self._next_fh)
         self._dirs[fh] = _Cursor(inode)

@@ -160,6 +160,11 @@ class MergedIndex:
         rows = self._all("SELECT name, value FROM xattrs WHERE ino = ?", (ino,))
         return {_s(name): value for name, value in rows}
 
+    def xattr_inodes(self) -> frozenset[int]:
+        """Every inode that has xattrs: few in any image, so the filesystem
+        can answer "none" for all the others without a query."""
+        return frozenset(ino for (ino,) in self._all("SELECT DISTINCT ino FROM xattrs", ()))
+
     def resolve(self, path: str, *, follow: bool = True, root: int = ROOT_INO) -> Node:
         """The node at ``path``, following symlinks inside the tree at ``root``
         as chroot would: absolute targets start at ``root`` and ``..`` stops there."""

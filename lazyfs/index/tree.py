@@ -45,6 +45,7 @@ class Tree:
                                          (index.layer_roots if index is not None else [])}
         self._totals: tuple[int, int] | None = None
         self._totals_lock = trio.Lock()
+        self._xattr_inos: frozenset[int] | None = None
 
     @property
     def index(self) -> MergedIndex | None:
@@ -86,6 +87,16 @@ class Tree:
         if self.index is None and (early := self._progress.xattrs(ino)) is not None:
             return early
         return (await self.merged()).xattrs(self._final(ino))
+
+    def without_xattrs(self, ino: int) -> bool:
+        """Whether ``ino`` certainly has no xattrs, known without a query
+        once the merged index exists (``ls -l`` asks twice per entry)."""
+        index = self.index
+        if index is None:
+            return False
+        if self._xattr_inos is None:
+            self._xattr_inos = index.xattr_inodes()
+        return self._final(ino) not in self._xattr_inos
 
     async def readdir(self, ino: int, start: int = 0) -> Iterator[tuple[str, Node, int]]:
         """``(name, node, next offset)`` of the children of ``ino`` from

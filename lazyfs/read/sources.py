@@ -160,15 +160,25 @@ class RegistrySource:
         self.client, self.ref, self.store, self.full_pull = client, ref, store, full_pull
         self.fallbacks: dict[str, Fallback] = {}
 
-    async def resolve(self, platform: Platform | None) -> ResolvedImage:
+    async def resolve(self, platform: Platform | None, alongside=None) -> ResolvedImage:
+        """``alongside(manifest)`` runs while the config is fetched; it must
+        not raise (a caller keeps its own failures for later)."""
         try:
-            r = await self.client.resolve(self.ref, platform)
+            r = await self.client.resolve(self.ref, platform, self._stored, alongside)
         except RegistryUnreachable as e:
             r = await trio.to_thread.run_sync(resolve_offline, self.store, self.ref, platform, e)
             log.warning("%s; using the copy in the local store", e)
         check_config(r.manifest, r.config)
         await trio.to_thread.run_sync(keep_metadata, self.store, r)
         return r
+
+    def _stored(self, digest: str) -> bytes | None:
+        """A small blob kept by an earlier run (a config), unverified."""
+        path = self.store.blob_path(digest)
+        try:
+            return path.read_bytes() if path is not None else None
+        except OSError:
+            return None
 
     def blob(self, desc: Descriptor) -> BlobSource:
         fb = self.fallbacks.setdefault(desc.digest, Fallback())

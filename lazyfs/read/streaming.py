@@ -20,7 +20,8 @@ from ..blob import _pread, check_range
 from ..registry.download import DownloadProgress
 from ..formats.entry import Entry
 from ..errors import LazyfsError
-from ..formats import GzipReader, LayerTable, StreamIndexer, read_content
+from .. import formats
+from ..formats import LayerTable, read_content
 from ..formats.spans import LOCATOR as _LOC
 from ..index.progressive import raise_or_retry
 from ..manifest import Descriptor
@@ -36,7 +37,7 @@ class LayerStream:
 
     desc: Descriptor
     store: Store
-    indexer: StreamIndexer = field(init=False)
+    indexer: formats.StreamIndexer = field(init=False)
     progress: DownloadProgress | None = None
     table: LayerTable | None = None
     error: LazyfsError | None = None
@@ -44,7 +45,7 @@ class LayerStream:
     _retry: Callable[[], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.indexer = StreamIndexer(self.desc.digest)
+        self.indexer = formats.StreamIndexer(self.desc.digest)
 
     @property
     def done(self) -> bool:
@@ -105,7 +106,7 @@ class LayerStream:
     def reset(self) -> None:
         """Indexing starts again, from the layer's first byte."""
         self.indexer.close()
-        self.indexer = StreamIndexer(self.desc.digest)
+        self.indexer = formats.StreamIndexer(self.desc.digest)
         self.error, self._retry, self.progress = None, None, None
         self.wake()
 
@@ -135,7 +136,7 @@ class LayerStream:
 
     async def _read_spans(self, data: bytes, offset: int, size: int) -> bytes:
         spans = list(self.indexer.spans)
-        reader = GzipReader.from_spans(self.desc.digest, spans)
+        reader = formats.GzipReader.from_spans(self.desc.digest, spans)
         blob = _Arriving(self.desc.digest, spans[-1].end, Path(self.progress.tmp_path),
                          self.store)
         return await read_content(reader, blob, data, offset, size)

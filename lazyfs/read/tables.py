@@ -8,6 +8,7 @@ pass. The merged index is kept per manifest digest.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import trio
@@ -23,6 +24,7 @@ from .sources import RegistryBlob
 from .streaming import LayerStream
 
 INDEX_CONCURRENCY = 2
+"""Layers indexed by a pass over their bytes at once (TOC formats are not limited)."""
 
 
 def layer_name(position: int, desc: Descriptor) -> str:
@@ -40,16 +42,25 @@ async def layer_tables(descs: list[Descriptor], source, store: Store,
     limit = trio.CapacityLimiter(INDEX_CONCURRENCY)
 
     async def one(i: int, desc: Descriptor) -> None:
-        async with limit:
-            tables[i] = table = await layer_table(desc, source.blob(desc), store, shared, defer)
-            if table is not None and i < len(diff_ids):
-                check_diff_id(table, desc.digest, diff_ids[i])
+        toc = format_of(desc.media_type, desc.annotations).toc
+        async with contextlib.nullcontext() if toc else limit:
+            tables[i] = await layer_table(desc, source.blob(desc), store, shared, defer)
 
     with single_error():
         async with trio.open_nursery() as nursery:
             for i, desc in enumerate(descs):
                 nursery.start_soon(one, i, desc)
+    check_diff_ids(tables, descs, diff_ids)
     return tables
+
+
+def check_diff_ids(tables: Sequence[LayerTable | None], descs: list[Descriptor],
+                   diff_ids: Sequence[str]) -> None:
+    """Each table whose pass hashed its layer's uncompressed bytes against
+    the config's diff_id (tables may be fetched before the config is)."""
+    for i, (table, desc) in enumerate(zip(tables, descs)):
+        if table is not None and i < len(diff_ids):
+            check_diff_id(table, desc.digest, diff_ids[i])
 
 
 async def layer_table(desc: Descriptor, blob, store: Store, shared=None,

@@ -19,10 +19,10 @@ import trio
 
 from ..errors import (DigestMismatch, LazyfsError, NoMatchingPlatform, NotFound,
                       RangeNotSupported, RegistryError, RegistryInterrupted,
-                      UnsupportedMediaType)
-from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, Index, Manifest,
-                        Platform, ResolvedImage, image_platforms, json_object, parse_config,
-                        parse_manifest, select_platform, with_default_tag)
+                      UnsupportedMediaType, single_error)
+from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, ImageConfig, Index,
+                        Manifest, Platform, ResolvedImage, image_platforms, json_object,
+                        parse_config, parse_manifest, select_platform, with_default_tag)
 from ..reference import Reference
 from .deadlines import HostSlots, Progress, request_deadline, within
 from .ranges import (Part, Span, batches, boundary_of, cut, parse_content_range, parse_multipart,
@@ -66,8 +66,15 @@ class RegistryClient:
 
     # --- images ------------------------------------------------------------
 
-    async def resolve(self, ref: Reference, platform: Platform | None = None) -> ResolvedImage:
-        """Tag or digest to verified manifest and config; diff_ids are checked by callers."""
+    async def resolve(self, ref: Reference, platform: Platform | None = None,
+                      known: Callable[[str], bytes | None] | None = None,
+                      alongside: Callable[[Manifest], Awaitable[None]] | None = None
+                      ) -> ResolvedImage:
+        """Tag or digest to verified manifest and config; diff_ids are checked by callers.
+        ``known(digest)`` may hold the config already (a blob is named by its
+        content): it is used, checked against the digest, without a request.
+        ``alongside(manifest)`` runs while the config is fetched (a mount
+        fetches the layers' TOCs meanwhile) and is waited for."""
         ref = with_default_tag(ref)
         raw, media_type, digest = await self.get_manifest(ref)
         top = parse_manifest(raw, media_type, digest)
@@ -79,8 +86,13 @@ class RegistryClient:
         if manifest.config.media_type not in CONFIG_TYPES:
             raise UnsupportedMediaType(f"manifest {manifest.digest}: config media type "
                                        f"{manifest.config.media_type} is not a container image")
-        config = parse_config(await self.read_blob(ref, manifest.config, MAX_CONFIG_SIZE),
-                              manifest.config.digest)
+        if alongside is None:
+            config = await self._config(ref, manifest, known)
+        else:
+            with single_error():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(alongside, manifest)
+                    config = await self._config(ref, manifest, known)
         if index is not None:
             platforms = image_platforms(index)
         else:
@@ -89,6 +101,13 @@ class RegistryClient:
                 raise NoMatchingPlatform(f"image {ref} is for {config.platform.normalized()}, "
                                          f"not the requested {platform}")
         return ResolvedImage(ref, index, manifest, config, tuple(platforms))
+
+    async def _config(self, ref: Reference, manifest: Manifest,
+                      known: Callable[[str], bytes | None] | None) -> ImageConfig:
+        raw = _verified(known(manifest.config.digest), manifest.config) if known else None
+        if raw is None:
+            raw = await self.read_blob(ref, manifest.config, MAX_CONFIG_SIZE)
+        return parse_config(raw, manifest.config.digest)
 
     async def _child_manifest(self, ref: Reference, desc: Descriptor) -> Manifest:
         raw, media_type, digest = await self.get_manifest(ref.with_digest(desc.digest))
@@ -505,6 +524,15 @@ def _check_manifest_digest(resp: httpx.Response, raw: bytes, ref: Reference, wha
     if published and published.partition(":")[0] == hasher.name and got != published:
         raise DigestMismatch(f"manifest {what}: registry says {published}, content hashes to {got}")
     return got
+
+
+def _verified(data: bytes | None, desc: Descriptor) -> bytes | None:
+    """``data`` if it is the blob ``desc`` names, else None."""
+    if data is None or len(data) != desc.size:
+        return None
+    hasher = _hasher(desc.digest)
+    hasher.update(data)
+    return data if _digest_of(hasher) == desc.digest else None
 
 
 def _check_not_longer(received: int, desc: Descriptor) -> None:

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 import httpx
 import trio
@@ -41,6 +42,7 @@ from .mirrors import (DOCKER_HUB, DOCKER_HUB_API, Endpoint, MirrorHealth, is_ins
                       registry_endpoints)
 from .proxies import ProxyConfig
 from .resume import RETRY_ERRORS, ResumingBody, resumable
+from .tls import OnDemandTrust
 
 log = logging.getLogger(__name__)
 __all__ = ["DOCKER_HUB", "DOCKER_HUB_API", "Endpoint", "is_insecure"]
@@ -83,13 +85,10 @@ class RegistryOptions:
     """Range requests in flight at once per registry host."""
     first_byte_timeout: float = field(default_factory=lambda: _env_seconds(
         "LAZYFS_FIRST_BYTE_TIMEOUT", 15.0))
-    """Seconds a range request may take to connect and get its answer's
-    headers; with its body at ``min_rate``, its whole deadline
-    (``deadlines.py``). ``$LAZYFS_FIRST_BYTE_TIMEOUT`` sets the default."""
+    """Seconds a range request may take to its answer's headers; plus its
+    body at ``min_rate``, its deadline (``deadlines.py``, ``$LAZYFS_FIRST_BYTE_TIMEOUT``)."""
     min_rate: int = 32 << 10
-    """Bytes per second below which a range answer is cut and asked again
-    (a read's own deadline usually comes first; this bounds whole-blob
-    downloads' 8 MiB ranges, 256 s each, on a link slower than this)."""
+    """Bytes per second below which a range answer is cut and asked again."""
     slot_release: float = 2.0
     """Seconds without a byte after which a range request stops counting
     against ``max_range_requests`` (it still runs until its deadline)."""
@@ -105,6 +104,15 @@ class RegistryOptions:
     else ``/etc/containerd/certs.d``."""
     proxies: ProxyConfig | None = None
     """``None``: from ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``."""
+    schemes: SchemeMemory | None = None
+    """Where the scheme each host answered on is remembered between runs,
+    so that it is tried first next time (``store.schemes.SchemeFile``)."""
+
+
+class SchemeMemory(Protocol):
+    def get(self, host: str) -> str | None: ...
+
+    def put(self, host: str, scheme: str) -> None: ...
 
 
 class Transport:
@@ -124,6 +132,7 @@ class Transport:
         self._auths: dict[tuple[str, str], httpx.Auth | None] = {}
         self._challenges: dict[str, tuple[str, dict[str, str]]] = {}
         self._redirects: dict[str, tuple[httpx.URL, float]] = {}
+        self.tls = OnDemandTrust(ssl.PROTOCOL_TLS_CLIENT)
 
     async def __aenter__(self) -> Transport:
         self._open = True
@@ -148,7 +157,8 @@ class Transport:
             try:
                 client = httpx.AsyncClient(
                     timeout=httpx.Timeout(o.timeout, connect=o.connect_timeout),
-                    verify=tls_context(ep.tls), trust_env=False, proxy=proxy,
+                    verify=self.tls if ep.tls is None else tls_context(ep.tls),
+                    trust_env=False, proxy=proxy,
                     follow_redirects=False, headers={"User-Agent": o.user_agent},
                     transport=o.transport)
             except ImportError:
@@ -391,7 +401,12 @@ class Transport:
                 # An API root moved elsewhere has no /v2/ to ping.
                 self._bases[ep.api_host] = f"{ep.schemes[0]}://{ep.api_host}"
                 return self._bases[ep.api_host]
-            for scheme in ep.schemes:
+            memory = self.options.schemes
+            known = memory.get(ep.api_host) if memory is not None else None
+            schemes = ep.schemes
+            if known in schemes:
+                schemes = (known, *(s for s in schemes if s != known))
+            for scheme in schemes:
                 base = f"{scheme}://{ep.api_host}"
                 try:
                     resp = await self._send(ep, "GET", httpx.URL(base + "/v2/"), None, None, None,
@@ -404,9 +419,13 @@ class Transport:
                     self._bases[ep.api_host] = base
                     if (challenge := pick_challenge(resp)) is not None:
                         self._challenges[ep.host] = challenge
+                    if memory is not None and scheme != known:
+                        memory.put(ep.api_host, scheme)
                     return base
-                raise RegistryError(f"{ep.host} does not speak the registry v2 API "
-                                    f"(GET {base}/v2/ answered HTTP {resp.status_code})")
+                failure = RegistryError(f"{ep.host} does not speak the registry v2 API "
+                                        f"(GET {base}/v2/ answered HTTP {resp.status_code})")
+                if scheme != known:
+                    raise failure
             assert failure is not None
             raise failure
 

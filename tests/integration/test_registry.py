@@ -552,3 +552,24 @@ def test_next_link(values, expected):
 def test_retry_after(value, low, high):
     got = _retry_after(value)
     assert got == low if low is None else low <= got <= high
+
+
+async def test_a_host_that_answered_plain_http_is_asked_over_it_first_next_time(
+        docker_config, registry, tmp_path):
+    """The first run tries HTTPS first on a loopback registry (a handshake
+    begins, so the trust store is loaded); the next one goes straight to
+    HTTP and never loads it."""
+    from lazyfs.store.schemes import SchemeFile
+    with registry.client() as c:
+        p = push_image(c, "schemes/app", "v1", [layer()])
+    ref = parse_reference(f"{registry.host}/schemes/app:v1")
+    memory = SchemeFile(tmp_path)
+    for first in (True, False):
+        async with RegistryClient(RegistryOptions(schemes=SchemeFile(tmp_path), **FAST)) as c:
+            assert (await c.resolve(ref)).manifest.digest == p.digest
+            assert c._transport.tls.trusted is first
+    assert memory.get(registry.host) == "http"
+    memory.put(registry.host, "https")
+    async with RegistryClient(RegistryOptions(schemes=memory, **FAST)) as c:
+        assert (await c.resolve(ref)).manifest.digest == p.digest
+    assert SchemeFile(tmp_path).get(registry.host) == "http", "a stale scheme is replaced"

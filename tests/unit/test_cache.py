@@ -102,6 +102,19 @@ def test_damaged_piece_files_are_detected_deleted_and_never_served(tmp_path, dam
     assert not path.exists()
 
 
+def test_a_piece_file_of_the_older_format_is_refused(tmp_path):
+    """Files written with the BLAKE2b header (``LZC1``) are fetched again."""
+    import hashlib
+    import struct
+    cache = ChunkCache(tmp_path / "chunks")
+    cache.store(A, piece(1), data(1))
+    path = cache.path(A, piece(1))
+    h = hashlib.blake2b(path.name.encode(), digest_size=32)
+    h.update(data(1))
+    path.write_bytes(struct.pack("<4sQ32s", b"LZC1", len(data(1)), h.digest()) + data(1))
+    assert cache.load(A, piece(1)) is None and not path.exists()
+
+
 def test_a_piece_file_under_another_name_is_refused(tmp_path):
     """The header binds the bytes to the piece they were stored for."""
     cache = ChunkCache(tmp_path / "chunks")

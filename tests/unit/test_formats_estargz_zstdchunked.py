@@ -242,13 +242,24 @@ async def test_small_read_fetches_little(name):
 
 # --- how few requests a build makes ----------------------------------------------
 
-async def test_estargz_build_uses_two_requests():
+async def test_estargz_build_asks_for_footer_and_toc_at_once():
     sample = load(ESTARGZ)
     _, blob = await _build(sample)
     size = sample.desc.size
-    assert len(blob.ranges) == 2
-    assert blob.ranges[0] == (size - 51, size)
-    assert blob.ranges[1][1] == size - 51
+    assert blob.ranges == [(size - estargz.toc_guess(size), size)]
+
+
+async def test_estargz_toc_beyond_the_guessed_tail_is_asked_for_apart(monkeypatch):
+    monkeypatch.setattr(estargz, "TOC_GUESS_MIN", 60)
+    monkeypatch.setattr(estargz, "TOC_GUESS_MAX", 60)
+    sample = load(ESTARGZ)
+    table, blob = await _build(sample)
+    size = sample.desc.size
+    assert blob.ranges[0] == (size - 60, size)
+    assert len(blob.ranges) == 2 and blob.ranges[1][1] == size - 60
+    monkeypatch.undo()
+    reference, _ = await _build(sample)
+    assert [(e.name, e.data) for e in table.entries] == [(e.name, e.data) for e in reference.entries]
 
 
 @pytest.mark.parametrize("name", [ZC_CTR, ZC_STORAGE])
@@ -284,7 +295,7 @@ async def test_legacy_stargz_footer(tmp_path):
     path.write_bytes(legacy)
     desc = SimpleNamespace(**{**vars(sample.desc), "size": len(legacy)})
     table, blob = await _build(sample, desc, path)
-    assert len(blob.ranges) == 2
+    assert len(blob.ranges) == 1
     reference, _ = await _build(sample)
     assert [(e.name, e.data) for e in table.entries] == [(e.name, e.data) for e in reference.entries]
 
@@ -674,7 +685,7 @@ async def test_live_ctr_remote_conversion(tmp_path):
                                             digest=layer["digest"], size=layer["size"]),
                     _blob_path(out, layer["digest"]))
     table, blob = await _build(sample)
-    assert len(blob.ranges) == 2
+    assert len(blob.ranges) == 1
     want = oracle(sample)
     reader = open_reader(table)
     big = _by_name(table.entries)["usr/bin/big"]

@@ -57,3 +57,41 @@ async def test_a_failed_index_answers_eio_but_the_root_stays(tmp_path):
         await ops.lookup(ROOT_INO, b"etc")
     assert e.value.errno == errno.EIO
     assert ops.counters.errors == 1
+
+
+class _CountingTree(Tree):
+    """The real tree, counting the questions that reach it."""
+
+    asked = 0
+
+    async def getattr(self, ino):
+        self.asked += 1
+        return await super().getattr(ino)
+
+    async def xattrs(self, ino):
+        self.asked += 1
+        return await super().xattrs(ino)
+
+
+async def test_xattrs_of_a_node_without_any_and_opendir_are_answered_without_the_tree(tmp_path):
+    layer = [D("etc"), F("etc/os-release", b"debian"),
+             F("bin/ping", b"\x7fELF", xattrs={"security.capability": b"\x01\x02"})]
+    with MergedIndex.build(tmp_path / "ix", [layer], per_layer=False) as index:
+        tree = _CountingTree(index)
+        ops = LazyOperations(tree, no_reads)
+        plain = index.resolve("/etc/os-release").ino
+        for _ in range(3):
+            with pytest.raises(pyfuse3.FUSEError) as e:
+                await ops.getxattr(plain, b"security.selinux", None)
+            assert e.value.errno == pyfuse3.ENOATTR
+            assert await ops.listxattr(plain, None) == []
+        fh = await ops.opendir(index.resolve("/etc").ino, None)
+        await ops.releasedir(fh)
+        assert tree.asked == 0, "neither xattrs of a plain file nor opendir ask the tree"
+        ping = index.resolve("/bin/ping").ino
+        assert await ops.getxattr(ping, b"security.capability", None) == b"\x01\x02"
+        assert await ops.listxattr(ping, None) == [b"security.capability"]
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.getxattr(ping, b"user.other", None)
+        assert e.value.errno == pyfuse3.ENOATTR
+        assert tree.asked > 0
