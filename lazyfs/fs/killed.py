@@ -6,7 +6,8 @@ FUSE_INTERRUPT, but pyfuse3 (3.5) never registers an interrupt callback
 with libfuse (``fuse_req_interrupt_func``) nor hands a handler its request,
 so no handler can learn of it. What a handler does know is who opened the
 file (the open's ``ctx.pid``), and a killed process shows its pending SIGKILL
-in ``/proc/<pid>/status`` for as long as it waits. So reads still waiting
+in ``/proc/<pid>/status`` for as long as it waits (as does one with a signal
+it catches, which the kernel would also interrupt the read for). So reads still waiting
 after ``GRACE`` seconds are looked at every ``POLL`` seconds, and one whose
 process is dying is cancelled and answered EINTR at once; what it started
 (a fetch other reads share) lands empty and is taken up by those reads.
@@ -30,20 +31,26 @@ _SIGKILL = 1 << (signal.SIGKILL - 1)
 
 
 def dying(pid: int) -> bool:
-    """Whether ``pid`` has a SIGKILL pending (it is being killed)."""
+    """Whether the kernel would interrupt ``pid``'s read now: a SIGKILL is
+    pending (a signal that kills by default becomes one), or a signal it
+    catches is pending and not blocked (the syscall would return EINTR to
+    run the handler)."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             text = f.read()
     except OSError:
         return False
+    masks = {}
     for line in text.splitlines():
-        if line.startswith((b"SigPnd:", b"ShdPnd:")):
+        name, _, value = line.partition(b":")
+        if name in (b"SigPnd", b"ShdPnd", b"SigBlk", b"SigCgt"):
             try:
-                if int(line.split()[1], 16) & _SIGKILL:
-                    return True
-            except (IndexError, ValueError):
-                continue
-    return False
+                masks[name] = int(value.strip(), 16)
+            except ValueError:
+                masks[name] = 0
+    pending = masks.get(b"SigPnd", 0) | masks.get(b"ShdPnd", 0)
+    caught = pending & masks.get(b"SigCgt", 0) & ~masks.get(b"SigBlk", 0)
+    return bool(pending & _SIGKILL or caught)
 
 
 class KilledReaders:
