@@ -113,7 +113,19 @@ def _answers(fn):
     return handler
 
 
-def _read_only(fn):
+_WRITES = ("setattr", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link",
+           "create", "write", "setxattr", "removexattr")
+
+
+def read_only(cls):
+    """Class decorator: every operation that would change the tree is EROFS,
+    the kernel's answer for a read-only mount, not ENOSYS."""
+    for name in _WRITES:
+        setattr(cls, name, _refused(getattr(pyfuse3.Operations, name)))
+    return cls
+
+
+def _refused(fn):
     @functools.wraps(fn)
     async def handler(self, *args):
         raise pyfuse3.FUSEError(errno.EROFS)
@@ -149,6 +161,7 @@ def image_operations(ref: str, mountpoint: str | os.PathLike, *, layers: bool = 
     return open_ops
 
 
+@read_only
 class LazyOperations(pyfuse3.Operations):
     """The image as a read-only filesystem.
 
@@ -401,20 +414,6 @@ class LazyOperations(pyfuse3.Operations):
         self._handles.pop(fh, None)
         self._openers.pop(fh, None)
 
-    # ------------------------------------------------------------ refused
-
-    setattr = _read_only(pyfuse3.Operations.setattr)
-    mknod = _read_only(pyfuse3.Operations.mknod)
-    mkdir = _read_only(pyfuse3.Operations.mkdir)
-    unlink = _read_only(pyfuse3.Operations.unlink)
-    rmdir = _read_only(pyfuse3.Operations.rmdir)
-    symlink = _read_only(pyfuse3.Operations.symlink)
-    rename = _read_only(pyfuse3.Operations.rename)
-    link = _read_only(pyfuse3.Operations.link)
-    create = _read_only(pyfuse3.Operations.create)
-    write = _read_only(pyfuse3.Operations.write)
-    setxattr = _read_only(pyfuse3.Operations.setxattr)
-    removexattr = _read_only(pyfuse3.Operations.removexattr)
 
 
 def _max_ino(index: MergedIndex) -> int:
