@@ -163,6 +163,9 @@ class RegistryInterrupted(RegistryError):
     """The registry broke off an answer or was briefly unable to give one
     (a body cut short, HTTP 5xx, 408 or 429): asking again later may succeed."""
 
+    retry_after: float | None = None
+    """Seconds the registry asked us to wait (``Retry-After``), if it said."""
+
 
 class UnsupportedMediaType(LazyfsError):
     """A manifest or layer of a kind lazyfs does not read (e.g. schema1)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator, Callable
@@ -26,7 +27,7 @@ from .formats import LayerTable, format_of
 from .index.merged import MergedIndex, Node
 from .index.tree import Tree, mode_of
 from .manifest import Descriptor, Platform
-from .store.chunks import ChunkCache
+from .store.chunks import ChunkCache, WholeBlobs
 from .read.content import LayerContent, TableContent, reader_layer
 from .read.prefetch import Prefetch, prioritized, warm_quietly
 from .read.reader import Reader
@@ -232,10 +233,12 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                                          options.early_reads, diff_ids)
         layers = [reader_layer(i, d, t, source, resolved, store)
                   for i, (d, t) in enumerate(zip(descs, tables))]
-        cache = ChunkCache(store.root / "chunks")
+        cache = ChunkCache(store.root / "chunks",
+                           blobs=WholeBlobs(store.root / "blobs", store.kept_blobs, store.no_pull))
         with cache.lease([d.digest for d in descs]):
             async with trio.open_nursery() as nursery:
-                reader = Reader(layers, cache, nursery)
+                reader = Reader(layers, cache, nursery,
+                                deadline=_read_deadline(client))
                 reader.events = EventLog(started)
                 contents = [TableContent(reader, i) for i in range(len(layers))]
                 if background is not None:
@@ -358,6 +361,11 @@ def _client_for(ref: Reference, options: OpenOptions, store: Store):
     if registry.schemes is None:
         registry = dataclasses.replace(registry, schemes=SchemeFile(store.root))
     return RegistryClient(registry)
+
+
+def _read_deadline(client) -> float:
+    """The registry's read deadline; local blobs (no client) do not stall."""
+    return client.options.read_deadline if client is not None else math.inf
 
 
 def _shared_index(client, ref: Reference, manifest_digest: str, options: OpenOptions):

@@ -1,4 +1,5 @@
-"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,snapshotter,trace,serve,trace-ctr,peer,all}``.
+"""lazyfs benchmarks: ``scripts/bench [--quick] {index,first-read,seq-read,metadata,latency,stream,download,warm-read,snapshotter,trace,serve,trace-ctr,peer,soak,all}``
+(``all`` leaves out ``soak``).
 
 Each subcommand prints Markdown tables and writes ``.bench/results-NAME.json``.
 """
@@ -27,7 +28,10 @@ COMMANDS = {
     "serve": "bench_serve",
     "trace-ctr": "bench_trace_ctr",
     "peer": "bench_peer",
+    "soak": "bench_soak",
 }
+NOT_IN_ALL = {"soak"}
+"""Minutes of load with faults: run on its own."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="drop the page cache before every cold phase (slows the whole machine)")
     args = p.parse_args(argv)
     common.DROP_CACHES = args.drop_caches
-    names = list(COMMANDS) if "all" in args.commands else args.commands
+    names = [c for c in COMMANDS if c not in NOT_IN_ALL] if "all" in args.commands \
+        else args.commands
     log(f"machine: {machine()}")
     for name in names:
         started = time.perf_counter()

@@ -118,6 +118,7 @@ def _notes(layer: dict) -> list[str]:
     counts = [(layer.get("shared_fetches", 0), "pieces waited for a fetch already under way"),
               (layer.get("readahead_pieces", 0), "pieces read ahead"),
               (layer.get("retries", 0), "requests retried"),
-              (layer.get("failed_reads", 0), "reads failed")]
+              (layer.get("failed_reads", 0), "reads failed"),
+              (layer.get("timeouts", 0), "of them out of time (read deadline)")]
     notes += [f"{n} {what}" for n, what in counts if n]
     return [f"{short}: {note}" for note in notes]

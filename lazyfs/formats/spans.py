@@ -25,9 +25,6 @@ from .base import LayerTable, Piece, check_locator, files_of
 from .entry import Entry, EntryType
 from .tarheader import Member
 
-STEP = 512 << 10
-"""A piece inflates its span only up to a multiple of this, so small reads stay cheap
-while pieces of one span still share few distinct cache keys."""
 FEED = 64 << 10
 """Compressed bytes handed to a decompressor at a time."""
 MAX_WINDOW = 32 << 10
@@ -113,11 +110,12 @@ def span_pieces(spans: Sequence[Span], starts: Sequence[int], codec: str,
     out = []
     while i < len(spans) and spans[i].ustart < hi:
         s = spans[i]
-        need = min(hi, s.ustart + s.ulen) - s.ustart
-        # A read near the span's start inflates only its first STEP; anything
-        # deeper inflates the whole span once, so sequential reads share one
-        # cached piece per span instead of re-inflating from its start.
-        want = min(s.ulen, STEP) if need <= STEP else s.ulen
+        # Every read of a span inflates all of it: one piece (one cache key)
+        # per span. Pieces that stopped early for reads near the span's start
+        # saved a few ms of inflating but were a second key for the same
+        # compressed bytes, which were fetched again for the first deeper
+        # read once memory had let them go (random reads fetched 1.8x the layer).
+        want = s.ulen
         first = max(s.ustart, at)
         out.append(Piece(s.start, s.end, codec, PARAMS.pack(i, want), first - s.ustart,
                          min(at + length, s.ustart + want) - first, first - at))

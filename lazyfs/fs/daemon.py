@@ -18,6 +18,7 @@ of a ``--debug`` mount, is always kept.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import hashlib
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 FS_TYPE = "fuse.lazyfs"
 READ_AHEAD_KB = 1024
+_M_ARENA_MAX = -8
+"""mallopt(3): the most malloc arenas glibc makes."""
 READY_TIMEOUT = 15.0
 """Seconds the first ``stat`` of a fresh mount may take before we call it dead."""
 STOP_GRACE = 2.0
@@ -253,6 +256,7 @@ async def serve(ops: pyfuse3.Operations, mountpoint: str | os.PathLike, *, fsnam
     the mount has answered a ``stat`` through the kernel.
     """
     mp = check_mountpoint(mountpoint, options.nonempty)
+    _few_malloc_arenas()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         try:
             pyfuse3.init(ops, mp, fuse_options(fsname, options))
@@ -276,6 +280,17 @@ async def serve(ops: pyfuse3.Operations, mountpoint: str | os.PathLike, *, fsnam
             log.info("unmounted %s", mp)
         if failed:
             raise failed[0]
+
+
+def _few_malloc_arenas() -> None:
+    """Two glibc malloc arenas instead of eight per core: each worker thread
+    that decodes or hashes would otherwise get an arena of its own, which
+    keeps what it once held, so the daemon's RSS grew with the number of
+    threads ever busy rather than with the bytes actually live."""
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
 
 
 async def _stop_on_signal(signals, main: trio.CancelScope) -> None:

@@ -38,6 +38,7 @@ from ..errors import LazyfsError, NotFound, UsageError
 from ..image import OpenOptions, open_image_async
 from ..index.merged import ROOT_INO, MergedIndex, Node
 from ..index.tree import Tree, mode_of
+from .killed import KilledReaders
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,19 @@ def _answers(fn):
     return handler
 
 
-def _read_only(fn):
+_WRITES = ("setattr", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link",
+           "create", "write", "setxattr", "removexattr")
+
+
+def read_only(cls):
+    """Class decorator: every operation that would change the tree is EROFS,
+    the kernel's answer for a read-only mount, not ENOSYS."""
+    for name in _WRITES:
+        setattr(cls, name, _refused(getattr(pyfuse3.Operations, name)))
+    return cls
+
+
+def _refused(fn):
     @functools.wraps(fn)
     async def handler(self, *args):
         raise pyfuse3.FUSEError(errno.EROFS)
@@ -148,6 +161,7 @@ def image_operations(ref: str, mountpoint: str | os.PathLike, *, layers: bool = 
     return open_ops
 
 
+@read_only
 class LazyOperations(pyfuse3.Operations):
     """The image as a read-only filesystem.
 
@@ -173,6 +187,8 @@ class LazyOperations(pyfuse3.Operations):
         self._read = read
         self._layers = layers
         self._handles: dict[int, Node | _Virtual] = {}
+        self._openers: dict[int, int] = {}
+        self.killed = KilledReaders()
         self._dirs: dict[int, _Cursor] = {}
         self._next_fh = itertools.count(1)
         self._virtual: dict[int, _Virtual] = {}
@@ -373,6 +389,7 @@ class LazyOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         fh = next(self._next_fh)
         self._handles[fh] = node
+        self._openers[fh] = getattr(ctx, "pid", 0)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_answers
@@ -384,7 +401,10 @@ class LazyOperations(pyfuse3.Operations):
             return node.content[off:off + size]
         if node.type is not EntryType.FILE:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        data = await self._read(node, off, size)
+        with self.killed.watch(self._openers.get(fh)) as scope:
+            data = await self._read(node, off, size)
+        if scope.cancelled_caught:
+            raise pyfuse3.FUSEError(errno.EINTR)
         self.counters.reads += 1
         self.counters.bytes_read += len(data)
         return data
@@ -392,21 +412,8 @@ class LazyOperations(pyfuse3.Operations):
     @_answers
     async def release(self, fh):
         self._handles.pop(fh, None)
+        self._openers.pop(fh, None)
 
-    # ------------------------------------------------------------ refused
-
-    setattr = _read_only(pyfuse3.Operations.setattr)
-    mknod = _read_only(pyfuse3.Operations.mknod)
-    mkdir = _read_only(pyfuse3.Operations.mkdir)
-    unlink = _read_only(pyfuse3.Operations.unlink)
-    rmdir = _read_only(pyfuse3.Operations.rmdir)
-    symlink = _read_only(pyfuse3.Operations.symlink)
-    rename = _read_only(pyfuse3.Operations.rename)
-    link = _read_only(pyfuse3.Operations.link)
-    create = _read_only(pyfuse3.Operations.create)
-    write = _read_only(pyfuse3.Operations.write)
-    setxattr = _read_only(pyfuse3.Operations.setxattr)
-    removexattr = _read_only(pyfuse3.Operations.removexattr)
 
 
 def _max_ino(index: MergedIndex) -> int:

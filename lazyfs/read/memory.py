@@ -7,18 +7,27 @@ every piece a format makes must fit, or sequential reads would decode (or load
 from disk) the same piece over and over. Reads that touch a whole blob on local
 disk run in a worker thread (``Reader.read_local``) and share this cache with
 the event loop, hence the lock.
+
+What loads under way hold (fetched spans, their decoded pieces, before they
+enter this cache) is bounded apart, by ``InFlight``: with both, a reader's
+heap does not grow with the number of concurrent reads.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Hashable
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Hashable
+
+import trio
 
 MEMORY_BYTES = 64 << 20
 """Default budget of one reader's memory cache."""
 PIECE_MAX = 4 << 20
 """The largest piece a layer format produces (a gzip span fully inflated)."""
+IN_FLIGHT_BYTES = 64 << 20
+"""Default bound on the bytes of loads under way (``InFlight``)."""
 
 
 class Memory:
@@ -60,3 +69,35 @@ class Memory:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class InFlight:
+    """Bytes held by loads under way (the compressed spans fetched and what
+    they decode to), at most ``limit``: a load waits for room rather than
+    growing the heap with every concurrent reader. A load larger than the
+    whole budget takes all of it. Used from the event loop only; nothing
+    that holds room waits for another load, so waiting for room cannot
+    deadlock."""
+
+    def __init__(self, limit: int = IN_FLIGHT_BYTES) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._freed: trio.Event | None = None
+
+    @asynccontextmanager
+    async def room(self, nbytes: int) -> AsyncIterator[None]:
+        nbytes = min(nbytes, self.limit)
+        while self.used + nbytes > self.limit:
+            if self._freed is None:
+                self._freed = trio.Event()
+            await self._freed.wait()
+        self.used += nbytes
+        self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            self.used -= nbytes
+            if self._freed is not None:
+                self._freed.set()
+                self._freed = None

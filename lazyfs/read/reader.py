@@ -29,12 +29,13 @@ from typing import Hashable, Sequence
 import trio
 
 from ..blob import BlobSource, _pread
-from ..errors import CacheError, DigestMismatch, LayerFormatError, LazyfsError, naming
+from ..errors import (CacheError, DigestMismatch, LayerFormatError, LazyfsError,
+                      RegistryInterrupted, naming)
 from ..formats import ContentReader, Piece, slice_piece
 from ..store.chunks import ChunkCache
 from .fetch import MERGE_GAP, decode, fetch, group, retryable
 from .flights import Flight, Flights
-from .memory import MEMORY_BYTES, Memory
+from .memory import MEMORY_BYTES, InFlight, Memory
 from .stats import EventLog, fetch_kind
 
 __all__ = ["ChunkCache", "Layer", "LayerStats", "Reader"]
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 FETCH_ATTEMPTS = 3
 """Failed rounds a read may have before its last error is raised."""
 RETRY_DELAY = 0.2
+READ_DEADLINE = 60.0
+"""A read's deadline when the registry's options do not give one."""
 READAHEAD_MIN = 1 << 20
 READAHEAD_MAX = 8 << 20
 READAHEAD_TASKS = 2
@@ -69,6 +72,8 @@ class LayerStats:
     verify_failures: int = 0
     retries: int = 0
     failed_reads: int = 0
+    timeouts: int = 0
+    """Reads that ran out of their deadline."""
     readahead_pieces: int = 0
 
     def as_dict(self) -> dict:
@@ -96,13 +101,18 @@ class _Stream:
 
 class Reader:
     def __init__(self, layers: Sequence[Layer], cache: ChunkCache,
-                 nursery: trio.Nursery | None = None, memory_bytes: int = MEMORY_BYTES):
+                 nursery: trio.Nursery | None = None, memory_bytes: int = MEMORY_BYTES,
+                 deadline: float = READ_DEADLINE):
         self.layers = list(layers)
         self.cache = cache
         """The chunk cache on disk."""
         self.memory = Memory(memory_bytes)
+        self.in_flight = InFlight()
+        """Bounds what fetches and decodes under way hold, whatever the number of reads."""
         self.nursery = nursery
         """Where readahead runs; ``None`` turns readahead off."""
+        self.deadline = deadline
+        """Seconds one read may take, its retries included."""
         self._flights = Flights()
         self._streams: OrderedDict[tuple, _Stream] = OrderedDict()
         self._readaheads = 0
@@ -161,22 +171,35 @@ class Reader:
 
     async def _obtain(self, layer: Layer, pieces: Sequence[Piece],
                       foreground: bool = True) -> dict[tuple, bytes]:
-        """The decoded bytes of each piece, by key, within one retry budget."""
+        """The decoded bytes of each piece, by key, within one retry budget:
+        ``FETCH_ATTEMPTS`` failed rounds and ``deadline`` seconds, waits for
+        a slot, for other reads' flights and between attempts included."""
         wanted = list({p.key: p for p in pieces}.values())
         got: dict[tuple, bytes] = {}
         failures = 0
-        while todo := self._remembered(layer, wanted, got, foreground):
-            error = await self._round(layer, todo, got, foreground)
-            if error is None:
-                continue
-            failures += 1
-            if not retryable(error) or failures >= FETCH_ATTEMPTS:
-                raise error
-            layer.stats.retries += 1
-            log.warning("%s; retrying the read", naming(f"layer {layer.digest}", error,
-                                                         layer.digest))
-            await trio.sleep(RETRY_DELAY * failures)
-        return got
+        last: LazyfsError | None = None
+        until = trio.current_time() + self.deadline
+        with trio.move_on_at(until):
+            while todo := self._remembered(layer, wanted, got, foreground):
+                error = await self._round(layer, todo, got, foreground)
+                if error is None:
+                    continue
+                last = error
+                failures += 1
+                if not retryable(error) or failures >= FETCH_ATTEMPTS:
+                    raise error
+                wait = max(RETRY_DELAY * failures, getattr(error, "retry_after", None) or 0)
+                if trio.current_time() + wait >= until:
+                    raise error
+                layer.stats.retries += 1
+                log.warning("%s; retrying the read", naming(f"layer {layer.digest}", error,
+                                                             layer.digest))
+                await trio.sleep(wait)
+            return got
+        layer.stats.timeouts += 1
+        why = f": {last}" if last is not None else ""
+        raise RegistryInterrupted(f"layer {layer.digest}: read gave up after "
+                                  f"{self.deadline:g} s{why}")
 
     def _remembered(self, layer: Layer, wanted: list[Piece], got: dict[tuple, bytes],
                     foreground: bool) -> list[Piece]:
@@ -259,10 +282,12 @@ class Reader:
         raw = await self._kept_spans(layer, pieces)
         wanted = sorted({(p.start, p.end) for p in pieces} - raw.keys())
         spans, _ = self._flights.claim(_span_key(layer, s) for s in wanted)
+        held = sum(e - s for s, e in wanted) + sum(p.skip + p.length for p in pieces)
         try:
-            if wanted:
-                raw.update(await self._fetch(layer, wanted))
-            kept = await self._decode_all(layer, pieces, flights, raw)
+            async with self.in_flight.room(held):
+                if wanted:
+                    raw.update(await self._fetch(layer, wanted))
+                kept = await self._decode_all(layer, pieces, flights, raw)
         finally:
             self._flights.fail(spans, None)
         if kept and self.cache.root is not None and not _is_local(layer.blob):

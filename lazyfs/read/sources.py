@@ -90,7 +90,11 @@ class RegistryBlob:
             local = self._store.blob_path(self.digest)
         if local is None:
             local = await self.path(self.fallback.reason)
-        return await trio.to_thread.run_sync(_pread_all, local, spans), 0
+        try:
+            return await trio.to_thread.run_sync(_pread_all, local, spans), 0
+        except FileNotFoundError:
+            # evicted under the cache limit since we looked: by range after all
+            return await self._read(spans, retry)
 
     def bad_bytes(self, error: Exception) -> None:
         """Bytes fetched for this blob failed their check: if a mirror sent

@@ -146,7 +146,8 @@ def _layer_stats(image: Image, pos: int) -> dict:
         "requests": s.requests, "cache_hits": s.hits, "cache_misses": s.misses,
         "shared_fetches": s.shared,
         "verify_failures": s.verify_failures, "retries": s.retries,
-        "failed_reads": s.failed_reads, "readahead_pieces": s.readahead_pieces}
+        "failed_reads": s.failed_reads, "timeouts": s.timeouts,
+        "readahead_pieces": s.readahead_pieces}
     indexing = image.background.layer_state(pos) if image.background is not None else None
     if indexing is not None:
         out["indexing"] = indexing

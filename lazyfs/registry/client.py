@@ -10,20 +10,21 @@ their digest, blobs hashed as they arrive and never trusted before.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import replace
 
 import httpx
 import trio
 
-from ..errors import (DigestMismatch, NoMatchingPlatform, NotFound, RangeNotSupported,
-                      RegistryError, RegistryInterrupted, UnsupportedMediaType,
-                      single_error)
+from ..errors import (DigestMismatch, LazyfsError, NoMatchingPlatform, NotFound,
+                      RangeNotSupported, RegistryError, RegistryInterrupted,
+                      UnsupportedMediaType, single_error)
 from ..manifest import (ACCEPT_TYPES, CONFIG_TYPES, OCI_INDEX, Descriptor, ImageConfig, Index,
                         Manifest, Platform, ResolvedImage, image_platforms, json_object,
                         parse_config, parse_manifest, select_platform, with_default_tag)
 from ..reference import Reference
+from .deadlines import HostSlots, Progress, request_deadline, within
 from .ranges import (Part, Span, batches, boundary_of, cut, parse_content_range, parse_multipart,
                      range_header)
 from .transport import (PULL, RESOLVE, Endpoint, RegistryOptions, Transport, body_chunks,
@@ -53,7 +54,7 @@ class RegistryClient:
         self.options = options or RegistryOptions()
         self._transport = Transport(self.options)
         self._multi_range: dict[str, bool] = {}
-        self._range_limits: dict[str, trio.CapacityLimiter] = {}
+        self._range_limits: dict[str, HostSlots] = {}
         self._served: dict[str, Endpoint] = {}
 
     async def __aenter__(self) -> RegistryClient:
@@ -244,7 +245,9 @@ class RegistryClient:
 
     def distrust(self, ref: Reference, digest: str, error: Exception) -> None:
         """The bytes last fetched for ``digest`` failed a check made after
-        they arrived; a mirror that sent them is skipped for a while."""
+        they arrived; a mirror that sent them is skipped for a while, and
+        where the registry redirected the blob is asked for afresh."""
+        self.forget_redirect(ref, digest)
         ep = self._served.pop(digest, None)
         if ep is not None:
             self._transport.mirror_failed(ep, error)
@@ -261,60 +264,72 @@ class RegistryClient:
                          retry: bool, whole: WholeAnswer | None) -> bytes:
         what = f"{ref.name}@{digest}"
         headers = {"Range": range_header([(start, end)])}
-        async with self._range_limit(ep), \
-                self._transport.open(ep, "GET", _path(ref, "blobs", digest), what,
-                                     scope=repository_scope(ref), headers=headers,
-                                     retry=retry, resume=retry) as resp:
-            if resp.status_code == 200 and whole is not None:
-                return (await _from_whole(resp, ep, [(start, end)], whole, False))[0]
-            if resp.status_code != 206:
-                raise RangeNotSupported(f"registry {ep.host} answered a Range request for blob "
-                                        f"{digest} with HTTP {resp.status_code}, not 206")
-            _check_content_range(resp.headers.get("content-range"), start, end, digest)
-            data = await read_limited(resp, end - start, what, ep)
-        if len(data) != end - start:
-            raise RegistryError(f"blob {digest}: range {start}-{end - 1} returned "
-                                f"{len(data)} of {end - start} bytes")
-        return data
+        with self._distrusting(ref, digest):
+            async with self._range_slot(ep, end - start, what) as progress, \
+                    self._transport.open(ep, "GET", _path(ref, "blobs", digest), what,
+                                         scope=repository_scope(ref), headers=headers,
+                                         retry=retry, resume=retry) as resp:
+                progress.tick()
+                if resp.status_code == 200 and whole is not None:
+                    self._allow_whole(progress, resp)
+                    return (await _from_whole(resp, ep, [(start, end)], whole, False))[0]
+                return await _range_body(resp, ep, digest, start, end, what, progress)
+
+    def _allow_whole(self, progress: Progress, resp: httpx.Response) -> None:
+        """A whole blob answered to a Range request gets the deadline of its size."""
+        try:
+            size = int(resp.headers.get("content-length", ""))
+        except ValueError:
+            return
+        o = self.options
+        progress.allow(request_deadline(o.first_byte_timeout, o.min_rate, size))
 
     async def _multi_at(self, ep: Endpoint, ref: Reference, digest: str, spans: list[Span],
                         whole: WholeAnswer | None) -> list[Part] | str:
         """The parts of one multi-range answer, or why it was refused."""
         what = f"{ref.name}@{digest}"
         wanted = sum(e - s for s, e in spans)
-        async with self._range_limit(ep), \
-                self._transport.open(ep, "GET", _path(ref, "blobs", digest), what,
-                                     scope=repository_scope(ref),
-                                     headers={"Range": range_header(spans)},
-                                     ok=(416, 501), retry=False) as resp:
-            if resp.status_code == 200 and whole is not None and _compact(spans):
-                data = await _from_whole(resp, ep, spans, whole, True)
-                return [Part(s, e, d) for (s, e), d in zip(spans, data)]
-            if resp.status_code != 206:
-                return f"a multi-range request was answered with HTTP {resp.status_code}"
-            boundary = boundary_of(resp.headers.get("content-type"))
-            if boundary is not None:
-                body = await read_limited(resp, wanted + MULTIPART_OVERHEAD * len(spans),
-                                           what, ep)
-                return parse_multipart(body, boundary, f"blob {digest}")
-            cr = parse_content_range(resp.headers.get("content-range"))
-            if cr is None:
-                raise RegistryError(f"blob {digest}: multi-range answer with Content-Range "
-                                    f"{resp.headers.get('content-range')!r}")
-            data = await read_limited(resp, cr.end - cr.start, what, ep)
-        if len(data) != cr.end - cr.start:
-            raise RegistryError(f"blob {digest}: range {cr.start}-{cr.end - 1} returned "
-                                f"{len(data)} of {cr.end - cr.start} bytes")
-        return [Part(cr.start, cr.end, data)]
+        with self._distrusting(ref, digest):
+            async with self._range_slot(ep, wanted, what) as progress, \
+                    self._transport.open(ep, "GET", _path(ref, "blobs", digest), what,
+                                         scope=repository_scope(ref),
+                                         headers={"Range": range_header(spans)},
+                                         ok=(416, 501), retry=False) as resp:
+                progress.tick()
+                if resp.status_code == 200 and whole is not None and _compact(spans):
+                    self._allow_whole(progress, resp)
+                    data = await _from_whole(resp, ep, spans, whole, True)
+                    return [Part(s, e, d) for (s, e), d in zip(spans, data)]
+                return await _multi_body(resp, ep, digest, spans, wanted, what, progress)
+
+    @contextmanager
+    def _distrusting(self, ref: Reference, digest: str) -> Iterator[None]:
+        """A failed range request forgets the blob's redirect target."""
+        try:
+            yield
+        except (LazyfsError, trio.Cancelled):
+            self.forget_redirect(ref, digest)
+            raise
+
+    def forget_redirect(self, ref: Reference, digest: str) -> None:
+        """Ask the registry afresh where ``digest`` lives: bytes from its last
+        redirect target failed their checks (a reader's decode, our own)."""
+        self._transport.forget_redirect(_path(ref, "blobs", digest))
 
     @asynccontextmanager
-    async def _range_limit(self, ep: Endpoint):
-        limit = self._range_limits.get(ep.api_host)
-        if limit is None:
-            limit = self._range_limits[ep.api_host] = trio.CapacityLimiter(
-                self.options.max_range_requests)
-        async with limit:
-            yield
+    async def _range_slot(self, ep: Endpoint, nbytes: int, what: str):
+        """One of the host's range slots, and the request's deadline once it
+        has one: a stalled or dripping answer is cut (``deadlines.py``)."""
+        o = self.options
+        slots = self._range_limits.get(ep.api_host)
+        if slots is None:
+            slots = self._range_limits[ep.api_host] = HostSlots(o.max_range_requests,
+                                                                o.slot_release)
+        async with slots.slot() as progress:
+            with within(request_deadline(o.first_byte_timeout, o.min_rate, nbytes),
+                        what) as scope:
+                progress.scope = scope
+                yield progress
 
     # --- tags, pushes, referrers ---------------------------------------------
 
@@ -406,6 +421,40 @@ def _compact(spans: list[Span]) -> bool:
     each range again."""
     wanted = sum(e - s for s, e in spans)
     return max(e for _, e in spans) - min(s for s, _ in spans) <= 2 * wanted + (1 << 20)
+
+
+async def _range_body(resp: httpx.Response, ep: Endpoint, digest: str, start: int, end: int,
+                      what: str, progress: Progress) -> bytes:
+    if resp.status_code != 206:
+        raise RangeNotSupported(f"registry {ep.host} answered a Range request for blob "
+                                f"{digest} with HTTP {resp.status_code}, not 206")
+    _check_content_range(resp.headers.get("content-range"), start, end, digest)
+    data = await read_limited(resp, end - start, what, ep, progress.tick)
+    if len(data) != end - start:
+        raise RegistryError(f"blob {digest}: range {start}-{end - 1} returned "
+                            f"{len(data)} of {end - start} bytes")
+    return data
+
+
+async def _multi_body(resp: httpx.Response, ep: Endpoint, digest: str, spans: list[Span],
+                      wanted: int, what: str, progress: Progress) -> list[Part] | str:
+    """The parts of a multi-range answer, or why it was refused."""
+    if resp.status_code != 206:
+        return f"a multi-range request was answered with HTTP {resp.status_code}"
+    boundary = boundary_of(resp.headers.get("content-type"))
+    if boundary is not None:
+        body = await read_limited(resp, wanted + MULTIPART_OVERHEAD * len(spans), what, ep,
+                                  progress.tick)
+        return parse_multipart(body, boundary, f"blob {digest}")
+    cr = parse_content_range(resp.headers.get("content-range"))
+    if cr is None:
+        raise RegistryError(f"blob {digest}: multi-range answer with Content-Range "
+                            f"{resp.headers.get('content-range')!r}")
+    data = await read_limited(resp, cr.end - cr.start, what, ep, progress.tick)
+    if len(data) != cr.end - cr.start:
+        raise RegistryError(f"blob {digest}: range {cr.start}-{cr.end - 1} returned "
+                            f"{len(data)} of {cr.end - cr.start} bytes")
+    return [Part(cr.start, cr.end, data)]
 
 
 async def _from_whole(resp: httpx.Response, ep: Endpoint, spans: list[Span],

@@ -83,6 +83,19 @@ class RegistryOptions:
     """``(registry, scope) -> httpx.Auth``; by default docker/podman credentials."""
     max_range_requests: int = 8
     """Range requests in flight at once per registry host."""
+    first_byte_timeout: float = field(default_factory=lambda: _env_seconds(
+        "LAZYFS_FIRST_BYTE_TIMEOUT", 15.0))
+    """Seconds a range request may take to its answer's headers; plus its
+    body at ``min_rate``, its deadline (``deadlines.py``, ``$LAZYFS_FIRST_BYTE_TIMEOUT``)."""
+    min_rate: int = 32 << 10
+    """Bytes per second below which a range answer is cut and asked again."""
+    slot_release: float = 2.0
+    """Seconds without a byte after which a range request stops counting
+    against ``max_range_requests`` (it still runs until its deadline)."""
+    read_deadline: float = field(default_factory=lambda: _env_seconds(
+        "LAZYFS_READ_DEADLINE", 60.0))
+    """Seconds one read may take in all, its retries included, before it
+    fails (EIO in a mount); ``$LAZYFS_READ_DEADLINE`` sets the default."""
     transport: httpx.AsyncBaseTransport | None = None
     """What sends the requests; ``None`` is the network. ``lazyfs.testing``
     puts an in-memory registry here."""
@@ -285,7 +298,10 @@ class Transport:
             body = b""
         finally:
             await resp.aclose()
-        raise _error_for(resp.status_code, body, ep, what, auth)
+        error = _error_for(resp.status_code, body, ep, what, auth)
+        if isinstance(error, RegistryInterrupted):
+            error.retry_after = _retry_after(resp.headers.get("retry-after"))
+        raise error
 
     def _resume_on_break(self, ep: Endpoint, resp: httpx.Response, path: str, what: str,
                          scope: str, headers: dict[str, str] | None) -> None:
@@ -323,6 +339,12 @@ class Transport:
         await resp.aclose()
         self._redirects.pop(str(url), None)
         return None
+
+    def forget_redirect(self, path: str) -> None:
+        """Stop using where the blob at ``path`` was redirected: it sent bad
+        bytes or none in time, and the registry may point somewhere better."""
+        for key in [k for k in self._redirects if httpx.URL(k).path == path]:
+            del self._redirects[key]
 
     def _tries(self, retry: bool) -> int:
         return self.options.max_retries + 1 if retry else 1
@@ -481,11 +503,15 @@ def content_type(resp: httpx.Response) -> str:
     return resp.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_limited(resp: httpx.Response, limit: int, what: str, ep: Endpoint) -> bytes:
+async def read_limited(resp: httpx.Response, limit: int, what: str, ep: Endpoint,
+                       tick: Callable[[bytes], object] | None = None) -> bytes:
+    """The body, at most ``limit`` bytes; ``tick`` is told of each piece."""
     parts: list[bytes] = []
     size = 0
     async with aclosing(body_chunks(resp, 1 << 16, ep)) as chunks:
         async for chunk in chunks:
+            if tick is not None:
+                tick(chunk)
             size += len(chunk)
             if size > limit:
                 raise RegistryError(f"{what}: registry {ep.host} sent more than {limit} bytes")

@@ -31,7 +31,7 @@ import pyfuse3
 
 from ..errors import InvalidReference, LazyfsError, NotFound
 from ..fs.operations import (BLKSIZE, STATS_XATTR, TIMEOUT, Counters, LazyOperations, _answers,
-                             _read_only)
+                             read_only)
 from ..image import Image
 from ..index.merged import ROOT_INO
 from ..read.tables import layer_name
@@ -75,6 +75,7 @@ def layer_dir_name(digest: str) -> str:
     return digest.replace(":", "-", 1)
 
 
+@read_only
 class StoreOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -392,19 +393,6 @@ class StoreOperations(pyfuse3.Operations):
     @_answers
     async def release(self, fh):
         await self._release(fh, lambda ops: ops.release(fh))
-
-    setattr = _read_only(pyfuse3.Operations.setattr)
-    mknod = _read_only(pyfuse3.Operations.mknod)
-    mkdir = _read_only(pyfuse3.Operations.mkdir)
-    unlink = _read_only(pyfuse3.Operations.unlink)
-    rmdir = _read_only(pyfuse3.Operations.rmdir)
-    symlink = _read_only(pyfuse3.Operations.symlink)
-    rename = _read_only(pyfuse3.Operations.rename)
-    link = _read_only(pyfuse3.Operations.link)
-    create = _read_only(pyfuse3.Operations.create)
-    write = _read_only(pyfuse3.Operations.write)
-    setxattr = _read_only(pyfuse3.Operations.setxattr)
-    removexattr = _read_only(pyfuse3.Operations.removexattr)
 
 
 def _absent() -> pyfuse3.EntryAttributes:

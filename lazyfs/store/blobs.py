@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import AsyncIterable, Iterator
 
 from ..errors import CacheError, DigestMismatch, NotFound
+from .chunks import try_lock
 from .records import ImageRecords
 
 _DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
@@ -327,6 +328,21 @@ class Store(ImageRecords):
         with f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             yield
+
+    @contextlib.contextmanager
+    def no_pull(self) -> Iterator[bool]:
+        """Whether no pull is under way (none holds its lease), held for the
+        block: blobs it fetched but has not recorded yet are then none."""
+        with try_lock(self.root / "gc.lock") as free:
+            yield free
+
+    def kept_blobs(self) -> set[str]:
+        """The blobs recorded images need (``prune`` keeps the same)."""
+        keep: set[str] = set()
+        with self._db() as db:
+            for (blobs,) in db.execute("SELECT blobs FROM images"):
+                keep.update(json.loads(blobs))
+        return keep
 
     # -- pruning -------------------------------------------------------------
 

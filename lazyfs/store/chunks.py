@@ -14,13 +14,22 @@ it is CRC-32, five times cheaper than a BLAKE2b, because a warm read of a
 large file is mostly this check.
 
 The disk part is bounded (``LAZYFS_CACHE_SIZE``, at most the size of the file
-system it is on). Eviction drops the least recently used pieces, going by
-mtime, which a hit refreshes at most once a minute so that hits stay
-read-only on the disk. Pieces of layers that a live process holds a *lease*
-on are never evicted: a lease is a small file under ``chunks/leases/``
-listing layer digests, held with a shared ``flock`` that dies with its
-process, so a lease nobody holds any more is recognised as stale without
-trusting pids.
+system it is on), and the bound counts, besides the pieces, the whole blobs
+no pulled image keeps (``WholeBlobs``: a first mount's gzip layers, single-
+frame zstd layers' decompressed copies), which are as re-fetchable as a
+piece. Eviction drops the least recently used files, going by mtime, which a
+hit refreshes at most once a minute so that hits stay read-only on the disk.
+Files of layers that a live process holds a *lease* on go last, but they do
+go: a mounted image fetches again what it needs, where a cache that kept
+everything a mount ever read would hold no bound at all. A lease is a small
+file under ``chunks/leases/`` listing layer digests, held with a shared
+``flock`` that dies with its process, so a lease nobody holds any more is
+recognised as stale without trusting pids.
+
+The bound holds within one piece per writing process: a write that crosses
+it evicts before returning, and the size on disk is looked at afresh every
+``RESCAN_EVERY`` seconds of writing, so whole blobs that other code stored
+are counted too.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..errors import CacheError, UsageError, warn
 from ..formats import Piece
@@ -51,6 +60,8 @@ DEFAULT_FRACTION = 0.10
 EVICT_TO = 0.9
 """Eviction goes this far below the limit, so it does not run again on the next put."""
 STALE_TMP_SECONDS = 600
+RESCAN_EVERY = 2.0
+"""Seconds after which a write counts the files on disk again rather than adding."""
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 _TMP = re.compile(r"^\..*\.(\d+)\.[0-9a-f]+\.tmp$")
@@ -143,12 +154,27 @@ class Lease:
         self.close()
 
 
+@dataclass(frozen=True)
+class WholeBlobs:
+    """The store's ``blobs/`` directory as the cache's bound sees it."""
+
+    directory: Path
+    kept: Callable[[], set[str]]
+    """Digests of the blobs pulled images keep: not counted, never evicted."""
+    no_pull: Callable[[], contextlib.AbstractContextManager[bool]]
+    """Held while blobs are evicted; False while a pull may be about to
+    record blobs it fetched (then none is evicted)."""
+
+
 class ChunkCache:
     """The pieces on disk; every method blocks (call from a worker thread)."""
 
-    def __init__(self, root: Path | None, limit: int | None = None):
+    def __init__(self, root: Path | None, limit: int | None = None,
+                 blobs: WholeBlobs | None = None):
         self.root = root
+        self.blobs = blobs
         self.limit = limit if limit is not None else (cache_size_limit(root) if root else 0)
+        self._scanned = 0.0
         self.corrupt = 0
         """Pieces found torn or corrupted on disk (and deleted) by this process."""
         self.loads = 0
@@ -198,12 +224,17 @@ class ChunkCache:
                 _write_piece(path, header, data)
         except OSError as e:
             raise CacheError(f"cannot write to chunk cache {self.root}: {e.strerror}") from None
-        if self._disk_bytes is None:
-            self._disk_bytes = sum(f.size for f in self._scan())
+        if self._disk_bytes is None or time.monotonic() - self._scanned > RESCAN_EVERY:
+            self._disk_bytes = self.disk_bytes()
         else:
             self._disk_bytes += _HEAD.size + len(data)
         if self._disk_bytes > self.limit:
             self.evict()
+
+    def disk_bytes(self) -> int:
+        """What the bound counts: pieces (tmp files too) and unkept whole blobs."""
+        self._scanned = time.monotonic()
+        return sum(f.size for f in self._scan()) + sum(f.size for f in self._scan_blobs())
 
     def lease(self, layers: Iterable[str]) -> Lease | contextlib.nullcontext:
         if self.root is None:
@@ -233,12 +264,13 @@ class ChunkCache:
         return found
 
     def evict(self, target: int | None = None, everything: bool = False) -> ChunkPrune:
-        """Drop least recently used pieces of unleased layers until the cache
-        holds at most ``target`` bytes (default: just under the limit)."""
+        """Drop least recently used files until the cache holds at most
+        ``target`` bytes (default: just under the limit); ``everything``:
+        every file of an unleased layer."""
         if self.root is None or not self.root.is_dir():
             return ChunkPrune()
         target = int(self.limit * EVICT_TO) if target is None else target
-        with _try_lock(self.root / "evict.lock") as locked:
+        with try_lock(self.root / "evict.lock") as locked:
             if not locked:
                 return ChunkPrune()
             keep = self.leased()
@@ -249,19 +281,58 @@ class ChunkCache:
                     files.append(f)
                 elif _abandoned(f) and _unlink(f.path):
                     n, freed = n + 1, freed + f.size
-            files.sort(key=lambda f: f.mtime)
-            total = sum(f.size for f in files)
-            for f in files:
-                if not everything and total <= target:
-                    break
-                if f.layer in keep:
-                    continue
-                if _unlink(f.path):
-                    n, freed = n + 1, freed + f.size
-                total -= f.size
-            self._disk_bytes = total
+            with self._blobs_free() as free:
+                files += self._scan_blobs() if free else []
+                n, freed = self._drop(files, keep, target, everything, n, freed)
             _remove_empty_dirs(self.root)
         return ChunkPrune(n, freed)
+
+    @contextlib.contextmanager
+    def _blobs_free(self) -> Iterator[bool]:
+        if self.blobs is None:
+            yield False
+            return
+        with self.blobs.no_pull() as free:
+            yield free
+
+    def _drop(self, files: list[_File], keep: set[str], target: int, everything: bool,
+              n: int, freed: int) -> tuple[int, int]:
+        """Unlink ``files`` until ``target`` bytes remain: unleased layers'
+        first, then leased ones, each oldest first."""
+        files.sort(key=lambda f: (f.layer in keep, f.mtime))
+        total = sum(f.size for f in files)
+        for f in files:
+            if not everything and total <= target:
+                break
+            if everything and f.layer in keep:
+                continue
+            if _unlink(f.path):
+                n, freed = n + 1, freed + f.size
+            total -= f.size
+        self._disk_bytes = total
+        self._scanned = time.monotonic()
+        return n, freed
+
+    def _scan_blobs(self) -> list[_File]:
+        """Whole blobs no pulled image keeps (their digest stands for their layer)."""
+        if self.blobs is None:
+            return []
+        try:
+            kept = self.blobs.kept()
+        except CacheError:
+            return []  # no image records to go by: whole blobs are left alone
+        out = []
+        for algo in _dirs(self.blobs.directory):
+            for entry in os.scandir(algo.path):
+                digest = f"{algo.name}:{entry.name}"
+                if digest in kept:
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                out.append(_File(entry.path, digest, st.st_size, st.st_mtime, False))
+        return out
 
     def _scan(self) -> Iterator[_File]:
         if self.root is None:
@@ -386,8 +457,15 @@ def _remove_empty_dirs(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def _try_lock(path: Path) -> Iterator[bool]:
-    with open(path, "a+b") as f:
+def try_lock(path: Path) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` held for the block if nobody holds
+    one (True), else nothing (False), without waiting."""
+    try:
+        f = open(path, "a+b")
+    except OSError:
+        yield False
+        return
+    with f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -19,8 +19,8 @@ import trio
 
 KINDS = ("ping", "token", "manifest", "blob", "range", "multirange", "upload", "tags",
          "referrers", "catalog", "other")
-ACTIONS = ("stall", "drop", "truncate", "flip", "ignore_range", "status")
-BODY_ACTIONS = frozenset({"truncate", "flip", "ignore_range"})
+ACTIONS = ("stall", "drop", "truncate", "flip", "ignore_range", "status", "drip")
+BODY_ACTIONS = frozenset({"truncate", "flip", "ignore_range", "drip"})
 CHUNK = 64 << 10
 """Bytes per piece of a streamed answer, so a fault can strike between pieces."""
 
@@ -69,7 +69,8 @@ class Fault:
     times: int | None = 1
     """How many matching requests get it, from the ``nth``; ``None``: all."""
     seconds: float = 0.0
-    """For ``stall``: how long, in trio time (so ``trio.fail_after`` interrupts it)."""
+    """For ``stall``: how long, in trio time (so ``trio.fail_after`` interrupts it);
+    for ``drip``: the pause before each byte of the body."""
     at: float | None = None
     """For ``stall``/``drop``: the share of the body sent first; ``None``: before the headers."""
     error: type[httpx.TransportError] = httpx.ReadError
@@ -165,6 +166,12 @@ class Body(httpx.AsyncByteStream):
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._fault is not None and self._fault.action == "drip":
+            for i in range(len(self._data)):
+                await trio.sleep(self._fault.seconds)
+                self._rec.sent += 1
+                yield self._data[i:i + 1]
+            return
         fault = self._fault if self._fault and self._fault.action in ("stall", "drop") else None
         cut = int(len(self._data) * fault.at) if fault else -1
         pos = 0

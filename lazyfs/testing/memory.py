@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
 import uuid
@@ -137,8 +138,11 @@ class MemoryRegistry(httpx.AsyncBaseTransport):
 
     def options(self, **kw) -> RegistryOptions:
         """``RegistryOptions`` sending everything here, retrying without
-        backoff, anonymous unless ``auth`` is given (no credential file is read)."""
+        backoff, anonymous unless ``auth`` is given (no credential file is read).
+        Reads have no overall deadline unless ``read_deadline`` is given: an
+        autojump clock would reach it while a read waits for a worker thread."""
         kw.setdefault("backoff", 0.0)
+        kw.setdefault("read_deadline", math.inf)
         kw.setdefault("auth", self.credentials())
         return RegistryOptions(transport=self, **kw)
 

@@ -21,6 +21,7 @@ import trio
 from lazyfs.store.chunks import prune_chunks
 from lazyfs.errors import LazyfsError, RangeNotSupported
 from lazyfs.image import OpenOptions, open_image_async
+from lazyfs.read.memory import Memory
 from lazyfs.read.reader import FETCH_ATTEMPTS
 from lazyfs.read.stats import write_stats
 from lazyfs.reference import parse_reference
@@ -398,21 +399,26 @@ async def test_warming_scattered_files_takes_one_multi_range_request(registry, i
     assert s["requests"] == 1 and s["range_bytes"] < image.size / 2
 
 
-async def test_an_open_image_keeps_its_pieces_from_eviction(registry, images, tmp_path,
-                                                            docker_config, monkeypatch):
+async def test_an_open_image_keeps_its_pieces_from_prune_but_not_past_the_limit(
+        registry, images, tmp_path, docker_config, monkeypatch):
+    """``prune --all`` spares what an open image uses; the size limit does
+    not (its pieces go last, and are fetched again when read)."""
     image = images["tar"]
     store = image.store(tmp_path)
-    monkeypatch.setenv("LAZYFS_CACHE_SIZE", "1")
     async with fault_proxy(registry.host) as proxy:
         async with opened(proxy, image, store) as img:
             assert await read(img, "/data/mid.bin") == expect("/data/mid.bin")
             kept = pieces_on_disk(store, image.layer)
             assert kept
-            assert prune_chunks(store).files == 0
             assert prune_chunks(store, all=True).files == 0
             assert pieces_on_disk(store, image.layer) == kept
-        assert prune_chunks(store).files == len(kept)
-        assert pieces_on_disk(store, image.layer) == []
+            monkeypatch.setenv("LAZYFS_CACHE_SIZE", "1")
+            assert prune_chunks(store).files == len(kept)
+            assert pieces_on_disk(store, image.layer) == []
+            proxy.reset_counts()
+            img.reader.memory = Memory()
+            assert await read(img, "/data/mid.bin") == expect("/data/mid.bin")
+            assert proxy.count("range", "multirange") > 0
 
 
 # --- redirect targets ---------------------------------------------------------------------

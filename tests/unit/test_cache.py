@@ -197,15 +197,27 @@ def test_layers_leased_by_a_live_process_are_not_evicted_and_stale_leases_are(tm
     assert pieces_on_disk(root) == []
 
 
-def test_own_lease_protects_and_closing_it_releases(tmp_path):
+def test_leased_layers_go_last_but_the_limit_holds(tmp_path):
+    """A mounted image's pieces are evicted after everyone else's, oldest
+    first, rather than never: it can fetch them again, and a cache that kept
+    every piece a mount read would have no limit at all."""
     root = tmp_path / "chunks"
-    cache = ChunkCache(root, limit=1)
-    with cache.lease([A]) as lease:
-        assert isinstance(lease, Lease)
-        cache.store(A, piece(1), data(1))
-        assert cache.load(A, piece(1)) == data(1)
-    assert cache.evict().files == 1
-    assert cache.load(A, piece(1)) is None
+    cache = ChunkCache(root, limit=5_000)
+    size = len(data(0)) + 48
+    with cache.lease([A]):
+        for i in range(3):
+            cache.store(A, piece(i), data(i))
+        for i in range(3, 5):
+            cache.store(B, piece(i), data(i))
+        assert all(cache.load(A, piece(i)) == data(i) for i in range(3))
+        assert cache.load(B, piece(3)) is None and cache.load(B, piece(4)) == data(4)
+        for i in range(5, 20):
+            cache.store(A, piece(i), data(i))
+            assert sum(p.stat().st_size for p in pieces_on_disk(root)) <= 5_000 + size
+        assert cache.load(B, piece(4)) is None and cache.load(A, piece(0)) is None
+        assert cache.load(A, piece(19)) == data(19)
+    assert cache.evict(target=0).files >= 1
+    assert pieces_on_disk(root) == []
 
 
 def test_prune_without_all_keeps_the_cache_under_its_limit(tmp_path, monkeypatch):

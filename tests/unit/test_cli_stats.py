@@ -60,3 +60,10 @@ def test_every_column_is_explained():
     lines = render_stats({"layers": []}).splitlines()
     assert [n for n, _ in COLUMNS] == next(line for line in lines if line.startswith("LAYER")).split()
     assert all(f"  {name}" in legend() for name, _ in COLUMNS)
+
+
+def test_retries_failed_reads_and_reads_out_of_time_are_told():
+    text = render_stats({"layers": [layer(retries=5, failed_reads=2, timeouts=1)]})
+    assert "abababababab: 5 requests retried" in text
+    assert "abababababab: 2 reads failed" in text
+    assert "abababababab: 1 of them out of time (read deadline)" in text

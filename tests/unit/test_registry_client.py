@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from lazyfs.errors import (DigestMismatch, NoMatchingPlatform, NotFound, RangeNotSupported,
+                           RegistryInterrupted,
                            RegistryError, RegistryUnreachable, Unauthorized)
 from lazyfs.manifest import Platform
 from lazyfs.reference import parse_reference
@@ -275,13 +276,19 @@ async def test_tampered_manifest_is_a_digest_mismatch(registry):
             await client.resolve(parse_reference(pushed.by_digest))
 
 
-async def test_stalled_registry_meets_the_callers_deadline(registry, autojump_clock):
+@pytest.mark.parametrize("at", [None, 0.5])
+async def test_a_stalled_range_is_cut_at_its_own_deadline(registry, autojump_clock, at):
+    """Stalled before its headers or part-way, a range request ends at its
+    deadline (first byte + body at the minimum rate), not the caller's."""
     pushed, layer = push(registry)
-    registry.fault("stall", kind="range", seconds=600)
-    async with RegistryClient(registry.options()) as client:
-        with pytest.raises(trio.TooSlowError):
-            with trio.fail_after(30):
-                await client.get_range(parse_reference(pushed.ref), layer.digest, 0, 10)
+    registry.fault("stall", kind="range", seconds=600, at=at)
+    options = registry.options(first_byte_timeout=5.0, min_rate=1000)
+    async with RegistryClient(options) as client:
+        started = trio.current_time()
+        with trio.fail_after(300):
+            with pytest.raises(RegistryInterrupted, match="request cut"):
+                await client.get_range(parse_reference(pushed.ref), layer.digest, 0, 1000)
+        assert trio.current_time() - started == pytest.approx(6.0, abs=0.5)
 
 
 # --- tags, pushes, referrers ----------------------------------------------------------------
