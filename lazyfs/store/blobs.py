@@ -238,8 +238,13 @@ class Store(ImageRecords):
                 f.close()
                 continue
             return mine, f
-        f = open(mine, "x+b")
+        # locked before it takes a name other writers look for: else one could
+        # adopt it between our open and our lock, and we would then lock (and
+        # write into) what that writer has committed
+        fresh = mine.with_suffix(".new")
+        f = open(fresh, "x+b")
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        os.rename(fresh, mine)
         return mine, f
 
     @contextlib.asynccontextmanager

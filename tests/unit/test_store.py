@@ -321,3 +321,25 @@ def test_a_relative_store_root_survives_a_change_of_directory(tmp_path, monkeypa
     monkeypatch.chdir("/")
     assert store.root == tmp_path / "cache"
     assert (store.root / "blobs").is_dir()
+
+
+def test_a_new_writer_cannot_be_adopted_before_it_holds_its_lock(tmp_path, monkeypatch):
+    """A second writer of the same digest arriving between the first one's
+    open and its lock must not take the first one's file over."""
+    import fcntl
+    store = Store(tmp_path)
+    d = digest_of(b"x")
+    real, arrived = fcntl.flock, []
+
+    def flock(fd, op):
+        if op == fcntl.LOCK_EX and not arrived:
+            arrived.append(True)
+            arrived.append(store._claim_tmp(d))
+        return real(fd, op | fcntl.LOCK_NB)  # a test that fails must not hang
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    first_path, first = store._claim_tmp(d)
+    second_path, second = arrived[1]
+    assert first_path != second_path and first_path.exists() and second_path.exists()
+    first.close()
+    second.close()
