@@ -65,3 +65,20 @@ def test_index_without_its_command_is_a_usage_error(capsys):
     from lazyfs.cli.main import main
     assert main(["index"]) == 2
     assert capsys.readouterr().err.startswith("lazyfs: index: which one?")
+
+
+def test_ctrl_c_while_the_command_is_still_importing_is_one_line():
+    """Interrupted in the middle of importing the command's modules (a hook
+    raises where the signal would), ``lazyfs`` says so in one line, no traceback."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "class Hook:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'lazyfs.cli.render':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Hook())\n"
+            "from lazyfs.cli import main\n"
+            "raise SystemExit(main(['ls', 'x:y', '/']))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stderr, p.stdout) == (130, "lazyfs: interrupted\n", "")
