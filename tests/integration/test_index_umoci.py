@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from lazyfs.formats.entry import Entry, EntryType
@@ -124,7 +124,9 @@ def _record(kind, mode, uid, gid, size, content, link, rdev, xattrs, mtime_ns, n
 def fs_links(rootfs: Path) -> set[frozenset[str]]:
     groups: dict[int, set[str]] = {}
     for dirpath, dirnames, filenames in os.walk(rootfs):
-        for name in filenames:
+        # a symlink to a directory is listed with the directories
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        for name in filenames + links:
             path = os.path.join(dirpath, name)
             groups.setdefault(os.lstat(path).st_ino, set()).add("/" + os.path.relpath(path, rootfs))
     return {frozenset(g) for g in groups.values() if len(g) > 1}
@@ -252,6 +254,7 @@ stacks = st.lists(st.lists(entries, min_size=1, max_size=6), min_size=1, max_siz
           database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(stacks)
+@example([[L("b", "/"), H("a", "b")]])  # a hard link to a symlink to a directory
 def test_generated_stacks_match_umoci(tmp_path_factory, layers):
     event(assert_same_as_umoci(layers, tmp_path_factory.mktemp("stack") / "case"))
 
