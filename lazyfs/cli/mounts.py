@@ -50,8 +50,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     options = dataclasses.replace(open_options(args), background_index=not args.wait_index,
                                   early_reads=args.early_reads, push_index=args.push_index,
                                   record_trace=True, replay=replay)
-    if args.wait_index and not args.push_index:
-        _index_here(args, ref, options)
+    if args.wait_index:
+        # indexed here, with progress; the daemon finds the tables and pushes them
+        _index_here(args, ref, dataclasses.replace(options, push_index=False))
     factory = image_operations(str(ref) if ref.transport == "docker" else args.ref,
                                args.mountpoint, layers=args.layers,
                                open_options=options, store=open_store(args))

@@ -117,8 +117,8 @@ def image_stats(image: Image) -> dict:
         out["mirrors"] = mirrors
     if image.background is not None:
         out.update(image.background.state())
-        if image.published:
-            out["published_index"] = image.published
+    if image.published:
+        out["published_index"] = image.published
     if image.recorder is not None or image.replay is not None:
         out["trace"] = {"recorded": len(image.recorder) if image.recorder is not None else 0}
         if image.replay is not None:

@@ -202,13 +202,14 @@ async def test_a_registry_that_ignores_range_is_asked_once_then_streamed(registr
         assert proxy.count("blob", path=BASE_DIGEST) == 1
 
 
+@pytest.mark.parametrize("flags", [("--push-index",), ("--wait-index", "--push-index")])
 async def test_push_index_lets_a_fresh_machine_mount_without_a_full_pass(registry, pushed,
-                                                                         tmp_path):
+                                                                         tmp_path, flags):
     first = lazyfs_env(tmp_path / "one")
     ref = f"{registry.host}/stream/pushed:v1"
     with registry.client() as c:
         push_image(c, "stream/pushed", "v1", LAYERS)
-    async with mounted(ref, tmp_path / "mnt1", first, "--push-index") as m:
+    async with mounted(ref, tmp_path / "mnt1", first, *flags) as m:
         doc = await _until_indexed(m, first)
         for _ in range(100):
             if doc.get("published_index"):
