@@ -104,6 +104,7 @@ class Reader:
                  nursery: trio.Nursery | None = None, memory_bytes: int = MEMORY_BYTES,
                  deadline: float = READ_DEADLINE):
         self.layers = list(layers)
+        self._positions = {id(layer): i for i, layer in enumerate(self.layers)}
         self.cache = cache
         """The chunk cache on disk."""
         self.memory = Memory(memory_bytes)
@@ -318,8 +319,7 @@ class Reader:
     def _log(self, layer: Layer, kind: str, offset: int, size: int,
              began: float | None = None) -> None:
         if self.events is not None:
-            position = next(i for i, known in enumerate(self.layers) if known is layer)
-            self.events.add(position, kind, offset, size, began)
+            self.events.add(self._positions[id(layer)], kind, offset, size, began)
 
     async def _decode_all(self, layer: Layer, pieces: list[Piece], flights: dict[Hashable, Flight],
                           raw: dict[tuple, bytes]) -> list[tuple[Piece, bytes]]:
