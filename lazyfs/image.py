@@ -24,6 +24,7 @@ import trio
 from .formats.entry import EntryType
 from .errors import LazyfsError, UsageError
 from .formats import LayerTable, format_of
+from .index.memory import MemoryIndex
 from .index.merged import MergedIndex, Node
 from .index.tree import Tree, mode_of
 from .manifest import Descriptor, Platform
@@ -34,7 +35,7 @@ from .read.reader import Reader
 from .read.replay import Replay, ReplayOptions, find_trace
 from .read.stats import EventLog, image_stats
 from .read.trace import SAVE_EVERY, Recorder, save_trace
-from .read.tables import check_diff_ids, layer_name, layer_tables, merged_index
+from .read.tables import check_diff_ids, layer_name, layer_tables, merged_index, save_tables
 from .reference import Reference, parse_reference
 from .read.sources import RegistrySource, open_source
 from .store.blobs import Store
@@ -46,6 +47,10 @@ if TYPE_CHECKING:
 __all__ = ["Image", "LayerInfo", "OpenOptions", "mode_of", "open_image_async"]
 
 log = logging.getLogger(__name__)
+
+WRITE_BEHIND_DELAY = 0.5
+"""Seconds after opening before a new image's tables and index file are
+written: the first lookups and reads should not share the CPU with that."""
 
 
 @dataclass
@@ -117,6 +122,8 @@ class Image:
     """What the registry's mirrors have shown so far (skipped, single-range)."""
     recorder: Recorder | None = None
     replay: Replay | None = None
+    behind: WriteBehind | None = None
+    """The tables and index file built at opening, while they are written behind."""
 
     @property
     def ref(self) -> Reference:
@@ -180,6 +187,12 @@ class Image:
         """Per layer: how it is read and what that cost; JSON-ready."""
         return image_stats(self)
 
+    async def stored(self) -> None:
+        """Wait until what opening built is in the store (written now if it
+        was still waiting): for whatever reads the tables from there."""
+        if self.behind is not None:
+            await self.behind.now()
+
 
 def _readable(node: Node, offset: int, size: int) -> int:
     """How much of ``[offset, offset + size)`` lies inside the file."""
@@ -202,6 +215,8 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
         source = open_source(ref, store, client, options.full_pull)
         defer = options.background_index and not options.layer_views
         early: dict[str, tuple] = {}
+        # tables are saved behind, unless they are to be published from the store
+        unsaved: list | None = None if options.push_index else []
 
         async def tables_of(manifest) -> None:
             """The tables, fetched while the config is: a failure here is
@@ -209,7 +224,7 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
             shared = _shared_index(client, ref, manifest.digest, options)
             with contextlib.suppress(LazyfsError):
                 early[manifest.digest] = shared, await layer_tables(
-                    list(manifest.layers), source, store, shared, defer)
+                    list(manifest.layers), source, store, shared, defer, unsaved=unsaved)
 
         if isinstance(source, RegistrySource):
             resolved = await source.resolve(options.platform, tables_of)
@@ -222,11 +237,13 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
             check_diff_ids(tables, descs, diff_ids)
         else:
             shared = _shared_index(client, resolved.pinned, resolved.manifest.digest, options)
-            tables = await layer_tables(descs, source, store, shared, defer, diff_ids)
+            if unsaved:
+                unsaved.clear()
+            tables = await layer_tables(descs, source, store, shared, defer, diff_ids, unsaved)
         index = background = None
         if all(t is not None for t in tables):
             index = await merged_index(resolved.manifest.digest, descs, tables, store,
-                                       options.layer_views)
+                                       options.layer_views, behind=True)
         else:
             from .read.background import BackgroundIndex
             background = BackgroundIndex(str(ref), tables, descs, store, started,
@@ -249,6 +266,9 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                               getattr(source, "fallbacks", {}), shared.loaded if shared else [],
                               Prefetch(nursery), background)
                 image.mirrors = getattr(client, "mirrors", None)
+                if unsaved or isinstance(index, MemoryIndex):
+                    image.behind = WriteBehind(image.tree, index, unsaved or [])
+                    nursery.start_soon(image.behind.run)
                 _start(image, nursery, client, options, tables)
                 failed = None
                 try:
@@ -288,6 +308,48 @@ def _start(image: Image, nursery: trio.Nursery, client, options: OpenOptions,
         nursery.start_soon(_replay, image, client, tables)
     if background and not options.full_pull:
         nursery.start_soon(_warm_landmarked, image.reader, tables)
+
+
+class WriteBehind:
+    """The layer tables and the index file, written once the first answers
+    are out, and the tree then answered from the file. An image closed before
+    that writes them on its way out, so that the next open finds them."""
+
+    def __init__(self, tree: Tree, index, unsaved: list):
+        self._tree = tree
+        self._index = index
+        self._unsaved = unsaved
+        self._asked = trio.Event()
+        self._done = trio.Event()
+
+    async def run(self) -> None:
+        try:
+            with trio.move_on_after(WRITE_BEHIND_DELAY):
+                await self._asked.wait()
+        except trio.Cancelled:
+            self._write()
+            self._done.set()
+            raise
+        try:
+            written = await trio.to_thread.run_sync(self._write)
+            if written is not None:
+                self._tree.settle(written)
+        finally:
+            self._done.set()
+
+    async def now(self) -> None:
+        self._asked.set()
+        await self._done.wait()
+
+    def _write(self) -> MergedIndex | None:
+        save_tables(self._unsaved)
+        if not isinstance(self._index, MemoryIndex):
+            return None
+        try:
+            return self._index.persist()
+        except (LazyfsError, ValueError) as e:
+            log.warning("the merged index stays in memory: %s", e)
+            return None
 
 
 async def _warm_landmarked(reader: Reader, tables: list[LayerTable | None]) -> None:

@@ -34,7 +34,7 @@ from .base import LayerTable, Piece, inflate_streams
 from .deflate import fast
 from .entry import Entry, EntryType
 from .toc import (MAX_TOC_SIZE, entries_from_toc, pack_state, parse_toc, piece_params, plain_name,
-                  plan, unpack_chunks, unpack_state, verify_chunk)
+                  plan, first_start, unpack_state, verify_chunk)
 
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 TOC_NAME = "stargz.index.json"
@@ -211,9 +211,7 @@ def prioritized(table) -> list[Entry]:
     """The files a producer put before ``.prefetch.landmark``: what a container
     reads at start, to be fetched ahead of any read (as stargz-snapshotter does)."""
     end = unpack_state(table.state).get("prefetch_end") or 0
-    out = []
-    for e in table.entries:
-        if e.type is EntryType.FILE and e.size and e.data:
-            if unpack_chunks(e.data)[0].start < end:
-                out.append(e)
-    return out
+    if not end:
+        return []
+    return [e for e in table.entries
+            if e.type is EntryType.FILE and e.size and e.data and first_start(e.data) < end]

@@ -85,6 +85,12 @@ def unpack_chunks(data: bytes) -> list[Chunk]:
     return [Chunk(*t) for t in _CHUNK.iter_unpack(data)]
 
 
+def first_start(data: bytes) -> int:
+    """Blob offset of the stream holding a file's first chunk (a non-empty locator)."""
+    _check_locator(data)
+    return _CHUNK.unpack_from(data, 0)[1]
+
+
 def _check_locator(data: bytes) -> None:
     if len(data) % _CHUNK.size:
         raise LayerFormatError(f"chunk locator of {len(data)} bytes is corrupt")
@@ -140,20 +146,14 @@ def parse_time(text: str) -> int:
     return secs * 1_000_000_000 + int(frac)
 
 
-def _digest_bytes(text, what: str) -> bytes:
+def _digest_bytes(text, layer: str, name: str) -> bytes:
     if not isinstance(text, str) or not text.startswith("sha256:") or len(text) != 71:
-        raise LayerFormatError(f"{what}: unsupported digest {text!r}")
+        raise LayerFormatError(f"layer {layer}: TOC entry {name!r}: unsupported digest {text!r}")
     try:
         return bytes.fromhex(text[7:])
     except ValueError:
-        raise LayerFormatError(f"{what}: malformed digest {text!r}") from None
-
-
-@dataclass
-class _File:
-    entry: Entry
-    digest: str | None
-    chunks: list[dict]
+        raise LayerFormatError(f"layer {layer}: TOC entry {name!r}: malformed digest "
+                               f"{text!r}") from None
 
 
 def entries_from_toc(items: list[dict], layer: str, data_end: int,
@@ -163,32 +163,36 @@ def entries_from_toc(items: list[dict], layer: str, data_end: int,
     A chunk's compressed range runs from its ``offset`` to the next larger
     offset of any chunk (or ``data_end``); with ``end_offsets``
     (containers/storage) a file's ``endOffset`` ends its last chunk.
+    This runs before a new image's first answer, once per TOC entry: it
+    makes one ``Entry`` each and few other objects.
     """
-    files: list[_File] = []
+    files: list[tuple[Entry, object, list[dict]]] = []
     entries: list[Entry] = []
     unames: dict[int, str] = {}
     gnames: dict[int, str] = {}
+    types = _TYPES
     for i, item in enumerate(items):
-        if not isinstance(item, dict):
+        if type(item) is not dict and not isinstance(item, dict):
             raise LayerFormatError(f"layer {layer}: TOC entry {i} is not an object")
         name = item.get("name")
         kind = item.get("type")
-        if not isinstance(name, str):
+        if type(name) is not str and not isinstance(name, str):
             raise LayerFormatError(f"layer {layer}: TOC entry {i} has no name")
-        what = f"layer {layer}: TOC entry {name!r}"
         if kind == "chunk":
-            if not files or files[-1].entry.name != name:
-                raise LayerFormatError(f"{what}: chunk does not follow its file")
-            files[-1].chunks.append(item)
+            if not files or files[-1][0].name != name:
+                raise LayerFormatError(f"layer {layer}: TOC entry {name!r}: chunk does not "
+                                       "follow its file")
+            files[-1][2].append(item)
             continue
-        if kind not in _TYPES:
-            raise LayerFormatError(f"{what}: unknown type {kind!r}")
+        etype = types.get(kind) if isinstance(kind, str) else None
+        if etype is None:
+            raise LayerFormatError(f"layer {layer}: TOC entry {name!r}: unknown type {kind!r}")
         if kind == "reg" and name.endswith("landmark") and plain_name(name) in LANDMARKS:
             continue
-        entry = _entry(item, kind, what, unames, gnames)
+        entry = _entry(item, kind, etype, layer, unames, gnames)
         entries.append(entry)
         if kind == "reg":
-            files.append(_File(entry, item.get("digest"), [item]))
+            files.append((entry, item.get("digest"), [item]))
     _locate(files, layer, data_end, end_offsets)
     return entries
 
@@ -199,21 +203,29 @@ def plain_name(name: str) -> str:
     return name.lstrip("/")
 
 
-def _entry(item: dict, kind: str, what: str, unames: dict, gnames: dict) -> Entry:
+def _int(value) -> int:
+    return value if type(value) is int else int(value)
+
+
+def _entry(item: dict, kind: str, etype: EntryType, layer: str, unames: dict,
+           gnames: dict) -> Entry:
     get = item.get
     try:
-        uid, gid = int(get("uid", 0)), int(get("gid", 0))
-        mode = int(get("mode", 0))
-        size = int(get("size", 0)) if kind == "reg" else 0
+        uid, gid = _int(get("uid", 0)), _int(get("gid", 0))
+        mode = _int(get("mode", 0))
+        size = _int(get("size", 0)) if kind == "reg" else 0
         modtime = get("modtime")
         mtime = parse_time(modtime) if modtime else 0
         xattrs = get("xattrs")
         xattrs = {k: base64.b64decode(v, validate=True) for k, v in xattrs.items()} if xattrs else {}
-        dev = (int(get("devMajor", 0)), int(get("devMinor", 0))) if kind in ("char", "block") else (0, 0)
+        dev = (_int(get("devMajor", 0)), _int(get("devMinor", 0))) if kind in ("char", "block") \
+            else (0, 0)
     except (TypeError, ValueError, AttributeError) as e:
-        raise LayerFormatError(f"{what}: malformed field ({e})") from None
+        raise LayerFormatError(f"layer {layer}: TOC entry {item['name']!r}: "
+                               f"malformed field ({e})") from None
     if size < 0 or uid < 0 or gid < 0:
-        raise LayerFormatError(f"{what}: negative size or owner")
+        raise LayerFormatError(f"layer {layer}: TOC entry {item['name']!r}: "
+                               "negative size or owner")
     uname = get("userName") or unames.get(uid, "")
     gname = get("groupName") or gnames.get(gid, "")
     if uid not in unames:
@@ -222,34 +234,34 @@ def _entry(item: dict, kind: str, what: str, unames: dict, gnames: dict) -> Entr
         gnames[gid] = gname
     link = get("linkName", "")
     if not link and kind in ("symlink", "hardlink"):
-        raise LayerFormatError(f"{what}: {kind} has no linkName")
-    return Entry(item["name"], _TYPES[kind], mode & 0o7777, uid, gid, uname, gname, size,
+        raise LayerFormatError(f"layer {layer}: TOC entry {item['name']!r}: "
+                               f"{kind} has no linkName")
+    return Entry(item["name"], etype, mode & 0o7777, uid, gid, uname, gname, size,
                  mtime, link, dev[0], dev[1], xattrs)
 
 
-def _locate(files: list[_File], layer: str, data_end: int, end_offsets: bool) -> None:
+def _locate(files: list[tuple[Entry, object, list[dict]]], layer: str, data_end: int,
+            end_offsets: bool) -> None:
     """Fill each file's ``data`` with its checked chunk list."""
     shared: dict[int, int] = {}
-    for f in files:
-        if not f.entry.size:
+    for entry, _, chunks in files:
+        if not entry.size:
             continue
-        for c in f.chunks:
+        for c in chunks:
             off = c.get("offset")
             if type(off) is not int or not 0 <= off < data_end:
                 raise LayerFormatError(
-                    f"layer {layer}: TOC entry {f.entry.name!r}: offset {off!r} outside "
+                    f"layer {layer}: TOC entry {entry.name!r}: offset {off!r} outside "
                     f"the blob's data (0-{data_end})")
             shared[off] = shared.get(off, 0) + 1
     ordered = sorted(shared)
     nxt = dict(zip(ordered, ordered[1:] + [data_end]))
+    streams = {off for off, n in shared.items() if n > 1}
     members: dict[int, list[tuple[int, int, str]]] = {}
-    for f in files:
-        if f.entry.size:
-            chunks = _chunks(f, nxt, layer, data_end, end_offsets)
-            for c in chunks:
-                if shared[c.start] > 1:
-                    members.setdefault(c.start, []).append((c.inner, c.size, f.entry.name))
-            f.entry.data = pack_chunks(chunks)
+    for entry, digest, chunks in files:
+        if entry.size:
+            entry.data = _chunks(entry, digest, chunks, nxt, layer, data_end,
+                                 end_offsets, streams, members)
     for start, spans in members.items():
         spans.sort()
         for (a, asize, aname), (b, _, bname) in zip(spans, spans[1:]):
@@ -258,43 +270,54 @@ def _locate(files: list[_File], layer: str, data_end: int, end_offsets: bool) ->
                                        f"overlap in the stream at {start}")
 
 
-def _chunks(f: _File, nxt: dict[int, int], layer: str, data_end: int,
-            end_offsets: bool) -> list[Chunk]:
-    what = f"layer {layer}: TOC entry {f.entry.name!r}"
-    size = f.entry.size
-    end_offset = f.chunks[0].get("endOffset") if end_offsets else None
-    chunks, pos = [], 0
-    for n, c in enumerate(f.chunks):
+def _chunks(entry: Entry, file_digest, items: list[dict], nxt: dict[int, int], layer: str,
+            data_end: int, end_offsets: bool, streams: set[int],
+            members: dict[int, list[tuple[int, int, str]]]) -> bytes:
+    """The packed chunk list of one file (``Chunk`` records)."""
+    size = entry.size
+    end_offset = items[0].get("endOffset") if end_offsets else None
+    last = len(items) - 1
+    out, pos = [], 0
+    for n, c in enumerate(items):
+        get = c.get
         try:
-            coff = int(c.get("chunkOffset", 0))
-            csize = int(c.get("chunkSize", 0)) or size - coff
-            inner = int(c.get("innerOffset", 0))
+            coff = _int(get("chunkOffset", 0))
+            csize = _int(get("chunkSize", 0)) or size - coff
+            inner = _int(get("innerOffset", 0))
         except (TypeError, ValueError):
-            raise LayerFormatError(f"{what}: malformed chunk fields") from None
+            raise LayerFormatError(f"layer {layer}: TOC entry {entry.name!r}: "
+                                   "malformed chunk fields") from None
         if coff != pos:
-            raise LayerFormatError(f"{what}: chunk at {coff} overlaps or leaves a gap "
-                                   f"(expected {pos})")
+            raise LayerFormatError(f"layer {layer}: TOC entry {entry.name!r}: chunk at {coff} "
+                                   f"overlaps or leaves a gap (expected {pos})")
         if csize <= 0 or inner < 0 or pos + csize > size:
-            raise LayerFormatError(f"{what}: chunk at {coff} of {csize} bytes does not fit "
-                                   f"a file of {size} bytes")
+            raise LayerFormatError(f"layer {layer}: TOC entry {entry.name!r}: chunk at {coff} "
+                                   f"of {csize} bytes does not fit a file of {size} bytes")
         start = c["offset"]
         end = nxt[start]
-        if end_offset and n == len(f.chunks) - 1:
+        if end_offset and n == last:
             if type(end_offset) is not int or not start < end_offset <= data_end:
-                raise LayerFormatError(f"{what}: endOffset {end_offset!r} outside its data")
+                raise LayerFormatError(f"layer {layer}: TOC entry {entry.name!r}: endOffset "
+                                       f"{end_offset!r} outside its data")
             end = end_offset
-        digest = c.get("chunkDigest") or (f.digest if len(f.chunks) == 1 else None)
+        digest = get("chunkDigest") or (file_digest if not last else None)
         if not digest:
-            raise LayerFormatError(f"{what}: chunk at {coff} has no digest")
-        chunk_type = c.get("chunkType")
-        if chunk_type not in (None, "", "zeros"):
-            raise LayerFormatError(f"{what}: unknown chunkType {chunk_type!r}")
-        chunks.append(Chunk(pos, start, end, inner, csize, _digest_bytes(digest, what),
-                            ZEROS if chunk_type == "zeros" else DATA))
+            raise LayerFormatError(f"layer {layer}: TOC entry {entry.name!r}: chunk at {coff} "
+                                   "has no digest")
+        chunk_type = get("chunkType")
+        if chunk_type is not None and chunk_type not in ("", "zeros"):
+            raise LayerFormatError(f"layer {layer}: TOC entry {entry.name!r}: unknown "
+                                   f"chunkType {chunk_type!r}")
+        out.append(_CHUNK.pack(pos, start, end, inner, csize,
+                               _digest_bytes(digest, layer, entry.name),
+                               ZEROS if chunk_type == "zeros" else DATA))
+        if start in streams:
+            members.setdefault(start, []).append((inner, csize, entry.name))
         pos += csize
     if pos != size:
-        raise LayerFormatError(f"{what}: chunks hold {pos} bytes, the file has {size}")
-    return chunks
+        raise LayerFormatError(f"layer {layer}: TOC entry {entry.name!r}: chunks hold {pos} "
+                               f"bytes, the file has {size}")
+    return out[0] if len(out) == 1 else b"".join(out)
 
 
 # --- state ------------------------------------------------------------------

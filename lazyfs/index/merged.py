@@ -54,7 +54,55 @@ class Node:
     has_xattrs: bool
 
 
-class MergedIndex:
+class TreeQueries:
+    """What an index answers from its four primitives (``getattr``,
+    ``lookup``, ``readdir``, ``path_of``), on disk or in memory alike."""
+
+    path: Path
+
+    def resolve(self, path: str, *, follow: bool = True, root: int = ROOT_INO) -> Node:
+        """The node at ``path``, following symlinks inside the tree at ``root``
+        as chroot would: absolute targets start at ``root`` and ``..`` stops there."""
+        stack = [self.getattr(root)]
+        pending = deque(path_parts(path))
+        hops = 0
+        while pending:
+            part = pending.popleft()
+            if part == "..":
+                if len(stack) > 1:
+                    stack.pop()
+                continue
+            here = stack[-1]
+            if here.type is not EntryType.DIR:
+                raise NotFound(f"not a directory: {self.path_of(here.ino)} (resolving {path})")
+            node = self.lookup(here.ino, part)
+            if node is None:
+                raise NotFound(f"no such file or directory in image: {path}")
+            if node.type is EntryType.SYMLINK and (pending or follow):
+                hops += 1
+                if hops > MAX_SYMLINKS:
+                    raise SymlinkLoop(f"too many levels of symbolic links: {path}")
+                if node.linkname.startswith("/"):
+                    del stack[1:]
+                pending.extendleft(reversed(path_parts(node.linkname)))
+                continue
+            stack.append(node)
+        return stack[-1]
+
+    def walk(self, ino: int = ROOT_INO) -> Iterator[tuple[str, Node]]:
+        """The node ``ino`` and everything below it, depth first in name order."""
+        top = self.path_of(ino)
+        stack = [(top, self.getattr(ino))]
+        while stack:
+            path, node = stack.pop()
+            yield path, node
+            if node.type is EntryType.DIR:
+                prefix = path.rstrip("/") + "/"
+                children = [(prefix + name, child) for name, child, _ in self.readdir(node.ino)]
+                stack.extend(reversed(children))
+
+
+class MergedIndex(TreeQueries):
     """Read side of a built index: cheap to open, safe to share between threads."""
 
     def __init__(self, path: Path, uri: str, meta: dict, layer_roots: list[tuple[str, int]]):
@@ -75,8 +123,7 @@ class MergedIndex:
         path = Path(path)
         names = list(layer_names) or [str(i) for i in range(len(layers))]
         with gc_paused():
-            root, views = merge(layers, names, per_layer)
-            _write(path, root, views)
+            write_numbered(path, number(*merge(layers, names, per_layer)))
         return cls.open(path)
 
     @classmethod
@@ -165,35 +212,6 @@ class MergedIndex:
         can answer "none" for all the others without a query."""
         return frozenset(ino for (ino,) in self._all("SELECT DISTINCT ino FROM xattrs", ()))
 
-    def resolve(self, path: str, *, follow: bool = True, root: int = ROOT_INO) -> Node:
-        """The node at ``path``, following symlinks inside the tree at ``root``
-        as chroot would: absolute targets start at ``root`` and ``..`` stops there."""
-        stack = [self.getattr(root)]
-        pending = deque(path_parts(path))
-        hops = 0
-        while pending:
-            part = pending.popleft()
-            if part == "..":
-                if len(stack) > 1:
-                    stack.pop()
-                continue
-            here = stack[-1]
-            if here.type is not EntryType.DIR:
-                raise NotFound(f"not a directory: {self.path_of(here.ino)} (resolving {path})")
-            node = self.lookup(here.ino, part)
-            if node is None:
-                raise NotFound(f"no such file or directory in image: {path}")
-            if node.type is EntryType.SYMLINK and (pending or follow):
-                hops += 1
-                if hops > MAX_SYMLINKS:
-                    raise SymlinkLoop(f"too many levels of symbolic links: {path}")
-                if node.linkname.startswith("/"):
-                    del stack[1:]
-                pending.extendleft(reversed(path_parts(node.linkname)))
-                continue
-            stack.append(node)
-        return stack[-1]
-
     def path_of(self, ino: int) -> str:
         """One path of ``ino`` (hardlinks have several), for messages; nodes of
         a per-layer view are prefixed with the layer's name."""
@@ -206,18 +224,6 @@ class MergedIndex:
             parts.append(_s(row[1]))
         path = "/" + "/".join(reversed(parts))
         return path if ino == ROOT_INO else f"{self._layer_of_root[ino]}:{path}"
-
-    def walk(self, ino: int = ROOT_INO) -> Iterator[tuple[str, Node]]:
-        """The node ``ino`` and everything below it, depth first in name order."""
-        top = self.path_of(ino)
-        stack = [(top, self.getattr(ino))]
-        while stack:
-            path, node = stack.pop()
-            yield path, node
-            if node.type is EntryType.DIR:
-                prefix = path.rstrip("/") + "/"
-                children = [(prefix + name, child) for name, child, _ in self.readdir(node.ino)]
-                stack.extend(reversed(children))
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -262,10 +268,38 @@ def _s(raw: bytes) -> str:
 # ---------------------------------------------------------------- writing
 
 
-def _write(path: Path, root: TreeNode, views: list[tuple[str, TreeNode]]) -> None:
-    """Number the inodes breadth first (merged tree first, so the root is 1)
-    and stream the rows into the file; numbering parents in the order they are
-    written makes the dirents arrive already sorted by (parent, name)."""
+@dataclass
+class Numbered:
+    """A merged tree with its inode numbers: what the index file holds, and
+    what an index in memory answers from until the file is written."""
+
+    nodes: list[TreeNode]
+    """Inode ``i`` is ``nodes[i - 1]``."""
+    inos: dict[int, int]
+    """``id(node)`` -> inode."""
+    extra_links: dict[int, int]
+    """Inode -> names beyond its first (hardlinks)."""
+    entry_count: int
+    roots: list[tuple[str, int]]
+    """Per-layer views: name and root inode, bottom layer first."""
+
+    def row(self, ino: int) -> tuple:
+        """Inode ``ino`` as a row of the ``inodes`` table."""
+        node = self.nodes[ino - 1]
+        if node.children is not None:
+            nlink = 2 + sum(1 for c in node.children.values() if c.children is not None)
+        else:
+            nlink = 1 + self.extra_links.get(ino, 0)
+        return (ino, _TYPE_CODE[node.type], node.mode, node.uid, node.gid, node.size,
+                node.mtime_ns, nlink, node.rdev,
+                encode_name(node.linkname) if node.linkname else b"",
+                node.layer, node.data, 1 if node.xattrs else 0)
+
+
+def number(root: TreeNode, views: list[tuple[str, TreeNode]]) -> Numbered:
+    """Number the inodes breadth first (merged tree first, so the root is 1);
+    numbering parents in the order they are written makes the dirents arrive
+    already sorted by (parent, name)."""
     inos: dict[int, int] = {}
     nodes: list[TreeNode] = []
     extra_links: dict[int, int] = {}
@@ -274,10 +308,16 @@ def _write(path: Path, root: TreeNode, views: list[tuple[str, TreeNode]]) -> Non
     for name, top in views:
         _number(top, inos, nodes, extra_links)
         roots.append((name, inos[id(top)]))
-    xattr_rows = [(ino, encode_name(k), v) for ino, node in enumerate(nodes, 1)
+    return Numbered(nodes, inos, extra_links, entry_count, roots)
+
+
+def write_numbered(path: Path, tree: Numbered) -> None:
+    """Write the index file of ``tree`` to ``path`` (temp file, fsync, rename)."""
+    xattr_rows = [(ino, encode_name(k), v) for ino, node in enumerate(tree.nodes, 1)
                   for k, v in node.xattrs.items()]
-    _write_db(path, _inode_rows(nodes, extra_links), _dirent_rows(nodes, inos), xattr_rows,
-              roots, entry_count)
+    rows = map(tree.row, range(1, len(tree.nodes) + 1))
+    _write_db(path, rows, _dirent_rows(tree.nodes, tree.inos), xattr_rows, tree.roots,
+              tree.entry_count)
 
 
 def _number(top: TreeNode, inos: dict[int, int], nodes: list[TreeNode],
@@ -300,17 +340,6 @@ def _number(top: TreeNode, inos: dict[int, int], nodes: list[TreeNode],
             if child.children is not None:
                 queue.append(child)
     return names
-
-
-def _inode_rows(nodes: list[TreeNode], extra_links: dict[int, int]) -> Iterator[tuple]:
-    for ino, node in enumerate(nodes, 1):
-        if node.children is not None:
-            nlink = 2 + sum(1 for c in node.children.values() if c.children is not None)
-        else:
-            nlink = 1 + extra_links.get(ino, 0)
-        yield (ino, _TYPE_CODE[node.type], node.mode, node.uid, node.gid, node.size,
-               node.mtime_ns, nlink, node.rdev, encode_name(node.linkname) if node.linkname else b"",
-               node.layer, node.data, 1 if node.xattrs else 0)
 
 
 def _dirent_rows(nodes: list[TreeNode], inos: dict[int, int]) -> Iterator[tuple[int, bytes, int]]:

@@ -334,6 +334,7 @@ async def publish_index(client, image) -> str:
         raise UsageError(f"{ref}: only images in a registry can carry a shared index")
     manifest = image.resolved.manifest
     subject = Descriptor(manifest.media_type, manifest.digest, len(manifest.raw))
+    await image.stored()
     tables = await trio.to_thread.run_sync(_table_bytes, image)
     if not tables:
         raise UsageError(f"{ref}: no layer needs a shared index (every layer has its own TOC)")

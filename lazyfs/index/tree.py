@@ -60,6 +60,11 @@ class Tree:
         false while the image is still being indexed."""
         return self._progress is None or self._progress.settled
 
+    def settle(self, index: MergedIndex) -> None:
+        """Answer from ``index`` from now on: the file of the index this tree
+        answered from memory, with the same inodes, order and offsets."""
+        self._index = index
+
     async def merged(self) -> MergedIndex:
         """The merged index, waiting for it; the indexing error if it failed."""
         if self.index is None:

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from lazyfs.formats.entry import Entry, EntryType
 from lazyfs.errors import UnsafeEntry
+from lazyfs.index.memory import MemoryIndex
 from lazyfs.index.merged import ROOT_INO, MergedIndex
 from tests.support.images import gzip_bytes
 from tests.support.ocilayout import tar_from_entries, write_oci_layout
@@ -153,7 +154,11 @@ def assert_same_as_umoci(layers: list[list[Entry]], work: Path) -> str:
     with ix:
         assert index_tree(ix) == fs_tree(rootfs)
         assert index_links(ix) == fs_links(rootfs)
-        return "compared"
+    # what a first mount answers from, before the index file is written
+    memory = MemoryIndex.build(work / "memory.sqlite", layers)
+    assert index_tree(memory) == fs_tree(rootfs)
+    assert index_links(memory) == fs_links(rootfs)
+    return "compared"
 
 
 AWKWARD = {
