@@ -226,28 +226,30 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                 early[manifest.digest] = shared, await layer_tables(
                     list(manifest.layers), source, store, shared, defer, unsaved=unsaved)
 
-        if isinstance(source, RegistrySource):
-            resolved = await source.resolve(options.platform, tables_of)
-        else:
-            resolved = await source.resolve(options.platform)
-        descs = list(resolved.manifest.layers)
-        diff_ids = resolved.config.diff_ids
-        if resolved.manifest.digest in early:
-            shared, tables = early[resolved.manifest.digest]
-            check_diff_ids(tables, descs, diff_ids)
-        else:
-            shared = _shared_index(client, resolved.pinned, resolved.manifest.digest, options)
-            if unsaved:
-                unsaved.clear()
-            tables = await layer_tables(descs, source, store, shared, defer, diff_ids, unsaved)
-        index = background = None
-        if all(t is not None for t in tables):
-            index = await merged_index(resolved.manifest.digest, descs, tables, store,
-                                       options.layer_views, behind=True)
-        else:
-            from .read.background import BackgroundIndex
-            background = BackgroundIndex(str(ref), tables, descs, store, started,
-                                         options.early_reads, diff_ids)
+        try:
+            if isinstance(source, RegistrySource):
+                resolved = await source.resolve(options.platform, tables_of)
+            else:
+                resolved = await source.resolve(options.platform)
+            descs = list(resolved.manifest.layers)
+            diff_ids = resolved.config.diff_ids
+            if resolved.manifest.digest in early:
+                shared, tables = early[resolved.manifest.digest]
+                check_diff_ids(tables, descs, diff_ids)
+            else:
+                shared = _shared_index(client, resolved.pinned, resolved.manifest.digest, options)
+                tables = await layer_tables(descs, source, store, shared, defer, diff_ids, unsaved)
+            index = background = None
+            if all(t is not None for t in tables):
+                index = await merged_index(resolved.manifest.digest, descs, tables, store,
+                                           options.layer_views, behind=True)
+            else:
+                from .read.background import BackgroundIndex
+                background = BackgroundIndex(str(ref), tables, descs, store, started,
+                                             options.early_reads, diff_ids)
+        except BaseException:
+            save_tables(unsaved or [])  # what was built stays built
+            raise
         layers = [reader_layer(i, d, t, source, resolved, store)
                   for i, (d, t) in enumerate(zip(descs, tables))]
         cache = ChunkCache(store.root / "chunks",

@@ -15,8 +15,8 @@ from typing import Iterator, Sequence
 
 from ..errors import NotFound
 from ..formats.entry import Entry, gc_paused
-from .merged import ROOT_INO, MergedIndex, Node, Numbered, TreeQueries, _node, number, \
-    write_numbered
+from .merged import ROOT_INO, MergedIndex, Node, Numbered, TreeQueries, _node, merged_inodes, \
+    number, write_numbered
 from .overlay import encode_name, merge
 
 
@@ -85,6 +85,10 @@ class MemoryIndex(TreeQueries):
 
     def xattr_inodes(self) -> frozenset[int]:
         return frozenset(ino for ino, node in enumerate(self._tree.nodes, 1) if node.xattrs)
+
+    def content_bytes(self) -> int:
+        nodes = self._tree.nodes
+        return sum(node.size for node in nodes[:merged_inodes(self.layer_roots)])
 
     def path_of(self, ino: int) -> str:
         """As ``MergedIndex.path_of``: of several names, the one with the

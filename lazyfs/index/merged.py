@@ -212,6 +212,12 @@ class MergedIndex(TreeQueries):
         can answer "none" for all the others without a query."""
         return frozenset(ino for (ino,) in self._all("SELECT DISTINCT ino FROM xattrs", ()))
 
+    def content_bytes(self) -> int:
+        """Bytes of content in the merged tree, each inode once (``df``)."""
+        (total,) = self._one("SELECT coalesce(sum(size), 0) FROM inodes WHERE ino < ?",
+                             (merged_inodes(self.layer_roots) + 1,))
+        return total
+
     def path_of(self, ino: int) -> str:
         """One path of ``ino`` (hardlinks have several), for messages; nodes of
         a per-layer view are prefixed with the layer's name."""
@@ -294,6 +300,12 @@ class Numbered:
                 node.mtime_ns, nlink, node.rdev,
                 encode_name(node.linkname) if node.linkname else b"",
                 node.layer, node.data, 1 if node.xattrs else 0)
+
+
+def merged_inodes(layer_roots: Sequence[tuple[str, int]]) -> int:
+    """How many inodes the merged tree has: it is numbered first, from 1, and
+    the per-layer views after it."""
+    return min((ino for _, ino in layer_roots), default=2**62) - 1
 
 
 def number(root: TreeNode, views: list[tuple[str, TreeNode]]) -> Numbered:

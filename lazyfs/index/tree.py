@@ -141,18 +141,9 @@ class Tree:
         index = await self.merged()
         async with self._totals_lock:
             if self._totals is None:
-                self._totals = await trio.to_thread.run_sync(_totals, index)
+                self._totals = (await trio.to_thread.run_sync(index.content_bytes),
+                                index.entry_count)
         return self._totals
 
     def _final(self, ino: int) -> int:
         return self._progress.translate(ino) if self._progress is not None else ino
-
-
-def _totals(index: MergedIndex) -> tuple[int, int]:
-    seen: set[int] = set()
-    total = 0
-    for _, node in index.walk(ROOT_INO):
-        if node.ino not in seen:
-            seen.add(node.ino)
-            total += node.size
-    return total, index.entry_count

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import trio
 
@@ -26,6 +27,10 @@ from .sources import RegistryBlob
 from .streaming import LayerStream
 
 log = logging.getLogger(__name__)
+
+_UNSAVED: dict[Path, LayerTable] = {}
+"""Tables built in this process and not yet saved (``save_tables``): an image
+sharing the layer and opened meanwhile takes them from here."""
 
 INDEX_CONCURRENCY = 2
 """Layers indexed by a pass over their bytes at once (TOC formats are not limited)."""
@@ -76,6 +81,8 @@ async def layer_table(desc: Descriptor, blob, store: Store, shared=None,
     fmt = format_of(desc.media_type, desc.annotations)
     store.sized_blob_path(desc.digest, desc.size)
     path = table_path(store, fmt.name, desc.digest)
+    if (unsaved_table := _UNSAVED.get(path)) is not None:
+        return unsaved_table
     if path.exists():
         try:
             return await trio.to_thread.run_sync(load_layer_table, path)
@@ -92,6 +99,7 @@ async def layer_table(desc: Descriptor, blob, store: Store, shared=None,
         table = await fmt.build(desc, blob)
     if unsaved is not None:
         unsaved.append((path, table))
+        _UNSAVED[path] = table
     else:
         await trio.to_thread.run_sync(save_layer_table, path, table)
     return table
@@ -105,6 +113,8 @@ def save_tables(unsaved: list) -> None:
             save_layer_table(path, table)
         except CacheError as e:
             log.warning("%s", e)
+        finally:
+            _UNSAVED.pop(path, None)
 
 
 async def merged_index(manifest_digest: str, descs: list[Descriptor],

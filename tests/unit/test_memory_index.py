@@ -49,6 +49,8 @@ def _answers(ix) -> dict:
                     ix.lookup(ino, "no such name"))
         ino += 1
     out["walk"] = list(ix.walk())
+    out["bytes"] = ix.content_bytes()
+    assert out["bytes"] == sum({node.ino: node.size for _, node in out["walk"]}.values())
     return out
 
 
