@@ -40,6 +40,7 @@ from .credentials import find_credential_async
 from .hosts import hosts_root, load_hosts, tls_context
 from .mirrors import (DOCKER_HUB, DOCKER_HUB_API, Endpoint, MirrorHealth, is_insecure,
                       registry_endpoints)
+from .pings import first_answer
 from .proxies import ProxyConfig
 from .resume import RETRY_ERRORS, ResumingBody, resumable
 from .tls import OnDemandTrust
@@ -396,7 +397,6 @@ class Transport:
         async with lock:
             if ep.api_host in self._bases:
                 return self._bases[ep.api_host]
-            failure: LazyfsError | None = None
             if ep.path != "/v2":
                 # An API root moved elsewhere has no /v2/ to ping.
                 self._bases[ep.api_host] = f"{ep.schemes[0]}://{ep.api_host}"
@@ -406,28 +406,21 @@ class Transport:
             schemes = ep.schemes
             if known in schemes:
                 schemes = (known, *(s for s in schemes if s != known))
-            for scheme in schemes:
-                base = f"{scheme}://{ep.api_host}"
-                try:
-                    resp = await self._send(ep, "GET", httpx.URL(base + "/v2/"), None, None, None,
-                                            self._tries(True))
-                except RegistryUnreachable as e:
-                    failure = failure or e
-                    continue
-                await resp.aclose()
-                if resp.status_code in (200, 401):
-                    self._bases[ep.api_host] = base
-                    if (challenge := pick_challenge(resp)) is not None:
-                        self._challenges[ep.host] = challenge
-                    if memory is not None and scheme != known:
-                        memory.put(ep.api_host, scheme)
-                    return base
-                failure = RegistryError(f"{ep.host} does not speak the registry v2 API "
-                                        f"(GET {base}/v2/ answered HTTP {resp.status_code})")
-                if scheme != known:
-                    raise failure
-            assert failure is not None
-            raise failure
+            scheme, resp = await first_answer(ep.host, ep.api_host, schemes,
+                                              lambda scheme: self._ping(ep, scheme),
+                                              at_once=known is None, known=known)
+            base = self._bases[ep.api_host] = f"{scheme}://{ep.api_host}"
+            if (challenge := pick_challenge(resp)) is not None:
+                self._challenges[ep.host] = challenge
+            if memory is not None and scheme != known:
+                memory.put(ep.api_host, scheme)
+            return base
+
+    async def _ping(self, ep: Endpoint, scheme: str) -> httpx.Response:
+        resp = await self._send(ep, "GET", httpx.URL(f"{scheme}://{ep.api_host}/v2/"), None,
+                                None, None, self._tries(True))
+        await resp.aclose()
+        return resp
 
     async def _auth(self, host: str, scope: str) -> httpx.Auth | None:
         """One auth per registry and scope; the ping's challenge lets the first request
@@ -596,3 +589,4 @@ def _causes(e: BaseException, depth: int = 0):
     nxt = e.__cause__ or e.__context__
     if nxt is not None:
         yield from _causes(nxt, depth + 1)
+
