@@ -23,7 +23,7 @@ import trio
 
 from .formats.entry import EntryType
 from .errors import LazyfsError, UsageError
-from .formats import LayerTable, format_of
+from .formats import FORMATS, LayerTable, format_of
 from .index.memory import MemoryIndex
 from .index.merged import MergedIndex, Node
 from .index.tree import Tree, mode_of
@@ -192,6 +192,16 @@ class Image:
         was still waiting): for whatever reads the tables from there."""
         if self.behind is not None:
             await self.behind.now()
+
+
+def preload() -> None:
+    """Import now what opening an image imports when first needed (httpx's
+    connection pool, the layer formats): a long-lived service calls this at
+    start, so that the first image it opens does not pay for it."""
+    import encodings.idna  # noqa: F401 - host names
+    import httpcore  # noqa: F401 - httpx imports it when its first client is made
+    for fmt in FORMATS:
+        fmt.preload()
 
 
 def _readable(node: Node, offset: int, size: int) -> int:

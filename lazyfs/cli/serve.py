@@ -19,6 +19,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
     from ..fs.daemon import MountOptions
+    from ..image import preload
     from ..serve.control import Commands
     from ..serve.service import ServeSettings, run_service
     logging.getLogger("lazyfs").propagate = True
@@ -39,6 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            debug=bool(opt(args, "debug"))),
         open_options=_traced(open_options(args)), store=open_store(args))
     commands = Commands(parse=args._parser.parse_args, run=args._run)
+    preload()
     trio.run(run_service, settings, commands)
     return 0
 

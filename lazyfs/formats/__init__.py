@@ -75,6 +75,10 @@ class LayerFormat:
     def _impl(self):
         return importlib.import_module(f".{self._module}", __name__)
 
+    def preload(self) -> None:
+        """Import the format's module now rather than at its first layer."""
+        self._impl()
+
     async def build(self, desc, blob: BlobSource) -> LayerTable:
         """Entries of ``desc`` (anything with ``media_type``, ``annotations``,
         ``digest``, ``size``) read through ``blob``."""
