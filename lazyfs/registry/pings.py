@@ -11,6 +11,7 @@ gives way to the next, an answer that is not a registry's is an error
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -51,6 +52,31 @@ async def _choose(host: str, api_host: str, schemes: tuple[str, ...], pings: "_P
             raise failure
     assert failure is not None
     raise failure
+
+
+async def speaks_tls(host: str, port: int, timeout: float) -> bool | None:
+    """Whether ``host:port`` answers a TLS ClientHello as a TLS server does
+    (a handshake record or an alert); ``None`` when that could not be told
+    (no connection, no answer in time, no bytes), which the HTTPS request
+    itself then finds out. No trust store is needed to ask."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    try:
+        ctx.wrap_bio(ssl.MemoryBIO(), outgoing).do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = outgoing.read()
+    with trio.move_on_after(timeout):
+        try:
+            async with await trio.open_tcp_stream(host, port) as stream:
+                await stream.send_all(hello)
+                first = await stream.receive_some(1)
+        except (OSError, trio.BrokenResourceError):
+            return None
+        return first[0] in (0x15, 0x16) if first else None
+    return None
 
 
 class _Pings:

@@ -40,7 +40,7 @@ from .credentials import find_credential_async
 from .hosts import hosts_root, load_hosts, tls_context
 from .mirrors import (DOCKER_HUB, DOCKER_HUB_API, Endpoint, MirrorHealth, is_insecure,
                       registry_endpoints)
-from .pings import first_answer
+from .pings import first_answer, speaks_tls
 from .proxies import ProxyConfig
 from .resume import RETRY_ERRORS, ResumingBody, resumable
 from .tls import OnDemandTrust
@@ -406,9 +406,10 @@ class Transport:
             schemes = ep.schemes
             if known in schemes:
                 schemes = (known, *(s for s in schemes if s != known))
+            first = known is None and len(schemes) > 1
             scheme, resp = await first_answer(ep.host, ep.api_host, schemes,
-                                              lambda scheme: self._ping(ep, scheme),
-                                              at_once=known is None, known=known)
+                                              lambda scheme: self._ping(ep, scheme, first),
+                                              at_once=first, known=known)
             base = self._bases[ep.api_host] = f"{scheme}://{ep.api_host}"
             if (challenge := pick_challenge(resp)) is not None:
                 self._challenges[ep.host] = challenge
@@ -416,9 +417,16 @@ class Transport:
                 memory.put(ep.api_host, scheme)
             return base
 
-    async def _ping(self, ep: Endpoint, scheme: str) -> httpx.Response:
-        resp = await self._send(ep, "GET", httpx.URL(f"{scheme}://{ep.api_host}/v2/"), None,
-                                None, None, self._tries(True))
+    async def _ping(self, ep: Endpoint, scheme: str, probe: bool) -> httpx.Response:
+        """With ``probe``, HTTPS on a direct connection is first checked to be
+        TLS at all, without the trust store (which a plain-HTTP host needs not)."""
+        url = httpx.URL(f"{scheme}://{ep.api_host}/v2/")
+        if probe and scheme == "https" and self.options.transport is None and \
+                self._proxies.proxy_for("https", url.host, url.port) is None and \
+                await speaks_tls(url.host, url.port or 443, self.options.connect_timeout) is False:
+            raise RegistryUnreachable(f"cannot reach registry {ep.host} over HTTPS: "
+                                      "it answered a TLS handshake in plain HTTP")
+        resp = await self._send(ep, "GET", url, None, None, None, self._tries(True))
         await resp.aclose()
         return resp
 

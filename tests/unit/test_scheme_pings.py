@@ -3,12 +3,14 @@ once, the answers taken in order of preference."""
 
 from __future__ import annotations
 
+import functools
+
 import httpx
 import pytest
 import trio
 
 from lazyfs.errors import RegistryError, RegistryUnreachable
-from lazyfs.registry.pings import first_answer
+from lazyfs.registry.pings import first_answer, speaks_tls
 
 SCHEMES = ("https", "http")
 
@@ -66,3 +68,37 @@ async def test_an_answer_that_is_not_a_registry_is_an_error(at_once):
     host = Host({"https": None, "http": None})
     with pytest.raises(RegistryUnreachable, match="over https"):
         await first_answer("h:1", "h:1", SCHEMES, host.ping, at_once=at_once, known=None)
+
+
+async def _server(nursery, reply: bytes | None) -> int:
+    """A loopback TCP server that reads the ClientHello, then answers ``reply``
+    (or closes); its port."""
+
+    async def handle(stream):
+        async with stream:
+            hello = await stream.receive_some(5)
+            assert hello[:1] == b"\x16"  # a TLS handshake record
+            if reply:
+                await stream.send_all(reply)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    return listeners[0].socket.getsockname()[1]
+
+
+@pytest.mark.parametrize("reply, speaks", [
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", False),
+    (b"\x15\x03\x03\x00\x02\x02\x28", True),   # a TLS alert: a TLS server refusing us
+    (b"\x16\x03\x03\x00\x04", True),           # a server hello begins
+    (None, None),                                # closed without a word: the request decides
+])
+async def test_speaks_tls_asks_without_a_trust_store(nursery, reply, speaks):
+    port = await _server(nursery, reply)
+    with trio.fail_after(5):
+        assert await speaks_tls("127.0.0.1", port, timeout=5) is speaks
+
+
+async def test_speaks_tls_cannot_tell_without_a_connection():
+    with trio.socket.socket() as s:
+        await s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert await speaks_tls("127.0.0.1", port, timeout=5) is None
