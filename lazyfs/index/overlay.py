@@ -102,16 +102,31 @@ class TreeNode:
 
     @classmethod
     def of(cls, e: Entry, layer: int) -> "TreeNode":
-        size, rdev = 0, 0
-        if e.type is EntryType.FILE:
-            size = e.size
-        elif e.type is EntryType.SYMLINK:
-            size = len(encode_name(e.linkname))
-        elif e.type in (EntryType.CHAR, EntryType.BLOCK):
-            rdev = os.makedev(e.devmajor, e.devminor)
-        return cls(e.type, e.mode & 0o7777, e.uid, e.gid, size, e.mtime_ns,
-                   e.linkname if e.type is EntryType.SYMLINK else "", rdev, layer,
-                   e.data if e.type is EntryType.FILE else b"", dict(e.xattrs))
+        # once per entry of every layer: slots set directly, no defaults to undo
+        node = object.__new__(cls)
+        kind = e.type
+        node.type = kind
+        node.mode = e.mode & 0o7777
+        node.uid = e.uid
+        node.gid = e.gid
+        node.mtime_ns = e.mtime_ns
+        node.layer = layer
+        node.xattrs = dict(e.xattrs) if e.xattrs else {}
+        node.size = node.rdev = 0
+        node.linkname = ""
+        node.data = b""
+        node.children = None
+        if kind is EntryType.FILE:
+            node.size = e.size
+            node.data = e.data
+        elif kind is EntryType.DIR:
+            node.children = {}
+        elif kind is EntryType.SYMLINK:
+            node.size = len(encode_name(e.linkname))
+            node.linkname = e.linkname
+        elif kind is EntryType.CHAR or kind is EntryType.BLOCK:
+            node.rdev = os.makedev(e.devmajor, e.devminor)
+        return node
 
     def take_attrs(self, other: "TreeNode") -> None:
         for name in ("mode", "uid", "gid", "mtime_ns", "layer", "xattrs"):
