@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 from ..errors import CorruptData, DigestMismatch, LayerFormatError
 from .base import Piece
-from .entry import Entry, EntryType
+from .entry import Entry, EntryType, gc_paused
 
 LANDMARKS = frozenset({".prefetch.landmark", ".no.prefetch.landmark"})
 """Files eStargz producers add to mark prioritized files: format metadata,
@@ -38,7 +38,8 @@ _TYPES = {"dir": EntryType.DIR, "reg": EntryType.FILE, "symlink": EntryType.SYML
 
 def parse_toc(toc_json: bytes, layer: str) -> list[dict]:
     try:
-        toc = json.loads(toc_json)
+        with gc_paused():
+            toc = json.loads(toc_json)
     except RecursionError:
         raise LayerFormatError(f"layer {layer}: TOC is JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
@@ -166,6 +167,11 @@ def entries_from_toc(items: list[dict], layer: str, data_end: int,
     This runs before a new image's first answer, once per TOC entry: it
     makes one ``Entry`` each and few other objects.
     """
+    with gc_paused():
+        return _entries(items, layer, data_end, end_offsets)
+
+
+def _entries(items: list[dict], layer: str, data_end: int, end_offsets: bool) -> list[Entry]:
     files: list[tuple[Entry, object, list[dict]]] = []
     entries: list[Entry] = []
     unames: dict[int, str] = {}
