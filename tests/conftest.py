@@ -56,3 +56,16 @@ def _no_host_configuration(tmp_path_factory):
         os.environ.pop("LAZYFS_HOSTS_DIR", None)
     else:
         os.environ["LAZYFS_HOSTS_DIR"] = saved
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_service(tmp_path_factory):
+    """A ``lazyfs serve`` running on the machine never answers a test's
+    commands: those that want a service start their own and say so."""
+    saved = os.environ.get("LAZYFS_SOCKET")
+    os.environ["LAZYFS_SOCKET"] = str(tmp_path_factory.mktemp("no-service") / "control.sock")
+    yield
+    if saved is None:
+        os.environ.pop("LAZYFS_SOCKET", None)
+    else:
+        os.environ["LAZYFS_SOCKET"] = saved

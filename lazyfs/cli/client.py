@@ -21,10 +21,10 @@ import sys
 
 DEFAULT_SOCKET = "/run/lazyfs/control.sock"
 SOCKET_ENV = "LAZYFS_SOCKET"
-SERVED = frozenset({"ls", "cat", "stat", "find", "inspect", "diff", "export"})
+SERVED = frozenset({"ls", "cat", "stat", "find", "inspect", "diff", "export", "mount"})
 ALONE = frozenset({"--cache-dir", "--cache-size", "--creds", "--insecure-registry",
                    "--registry-mirror", "--no-shared-index", "--platform", "--debug",
-                   "-h", "--help", "--version"})
+                   "-h", "--help", "--version", "--alone"})
 """Options the service would not honour as this process would: run alone."""
 ACCEPT_TIMEOUT = 10.0
 """Seconds the service may take to say whether it answers (it only parses)."""

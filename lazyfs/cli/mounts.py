@@ -31,6 +31,8 @@ def _mount_options(args: argparse.Namespace):
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    if (bind := getattr(args, "_bind", None)) is not None:
+        return bind(args.ref, args.mountpoint)
     from ..fs.operations import image_operations
     from ..fs.daemon import mount
     if args.foreground:
@@ -81,6 +83,9 @@ def _index_here(args: argparse.Namespace, ref, options) -> None:
 def _add_mount(sub) -> None:
     p = add_command(sub, "mount", "mount an image read-only at MOUNTPOINT, fetching what is read")
     p.add_argument("-f", "--foreground", action="store_true", help="serve in this process until unmounted")
+    p.add_argument("--alone", action="store_true",
+                   help="mount with a daemon of its own even when `lazyfs serve` runs (without "
+                        "options, a running service answers: it binds its image here)")
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.add_argument("--layers", action="store_true",
                    help="show each layer as its own directory (overlayfs lowerdir form) and .lowerdir")
@@ -130,13 +135,13 @@ def cmd_mounts(args: argparse.Namespace) -> int:
     rows = []
     for m in list_mounts():
         state = m.state or {}
-        row = {"mountpoint": m.mountpoint, "reference": m.source,
+        row = {"mountpoint": m.mountpoint, "reference": state.get("reference", m.source),
                "digest": state.get("digest", ""), "pid": state.get("pid"),
                "alive": m.state is not None}
         if m.state is None and (log := default_log_path(m.mountpoint)).exists():
             row["log"] = str(log)
         rows.append(row)
-        if m.state is not None and m.source == STORE_FSNAME:
+        if m.state is not None and m.source == STORE_FSNAME and "bound" not in m.state:
             rows.extend(dict(r, pid=row["pid"], alive=True)
                         for r in image_rows(m.mountpoint, _served_stats(m.mountpoint)))
     if args.json:

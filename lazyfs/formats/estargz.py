@@ -40,8 +40,9 @@ TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 TOC_NAME = "stargz.index.json"
 FOOTER_SIZE = 51
 LEGACY_FOOTER_SIZE = 47
-TOC_GUESS_MIN = 64 << 10
-TOC_GUESS_MAX = 4 << 20
+TOC_GUESS = 64 << 10
+"""The blob's end asked for first: the footer and a TOC of up to about a
+thousand entries."""
 
 
 # --- footer -----------------------------------------------------------------
@@ -158,10 +159,13 @@ async def build(desc, blob: BlobSource) -> LayerTable:
 
 
 def toc_guess(size: int) -> int:
-    """How much of the blob's end to ask for at once: the footer and, most
-    of the time, the whole TOC behind it (about 0.5% of a layer), saving a
-    round trip per layer; a larger TOC costs one more request."""
-    return min(size, max(FOOTER_SIZE, min(TOC_GUESS_MAX, max(TOC_GUESS_MIN, size // 100))))
+    """How much of the blob's end to ask for at once: the footer and, for
+    small layers, the TOC behind it. Nothing tells a TOC's size before the
+    footer is read, and a guess sized to the layer fetches the files in front
+    of the TOC whenever it overshoots (1% of debian-py's layers: 0.3 MB of
+    files no read wanted, 6% of what a ``python3`` start fetched); a larger
+    TOC costs one more request, for exactly the rest of it."""
+    return min(size, max(FOOTER_SIZE, TOC_GUESS))
 
 
 def prefetch_end(items: list[dict]) -> int | None:

@@ -111,7 +111,7 @@ def read_state(mountpoint: str | os.PathLike) -> dict | None:
     return state if isinstance(pid, int) and alive(pid) else None
 
 
-def _write_state(path: Path, state: dict) -> None:
+def write_state(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2))
@@ -324,7 +324,7 @@ async def _announce(mp: str, fsname: str, digest: str, options: MountOptions, sp
         _raise_readahead(dev)
     state = {"pid": os.getpid(), "reference": fsname, "digest": digest, "mountpoint": mp,
              "log": str(options.log_path or ""), "started": time.time()}
-    _write_state(spath, state)
+    write_state(spath, state)
     log.info("mounted %s at %s (pid %d)", fsname, mp, os.getpid())
     if ready is not None:
         ready(state)
@@ -519,11 +519,12 @@ def umount(mountpoint: str | os.PathLike, lazy: bool = False, *, wait: float = 5
         why = done.stderr.strip().rpartition(": ")[2] or f"exit {done.returncode}"
         hint = "; files are open there (try --lazy)" if "busy" in why.lower() else ""
         raise MountError(f"cannot unmount {mp}: {why}{hint}")
-    if state is not None:
+    bound = state is not None and "bound" in state  # the service goes on
+    if state is not None and not bound:
         deadline = time.monotonic() + wait
         while alive(state["pid"]) and time.monotonic() < deadline:
             time.sleep(0.02)
-    if read_state(mp) is None:
+    if bound or read_state(mp) is None:
         with contextlib.suppress(OSError):
             state_path(mp).unlink()
 

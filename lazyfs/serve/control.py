@@ -31,6 +31,8 @@ from typing import Callable
 import trio
 
 from ..errors import LazyfsError, UsageError
+from ..reference import parse_reference
+from .binds import Binds
 from .images import ImageSet
 
 log = logging.getLogger(__name__)
@@ -87,8 +89,10 @@ def route_std_streams() -> None:
         sys.stderr = _Routed(sys.stderr, 1)
 
 
-def servable(args) -> str:
+def servable(args, parse: Callable | None = None) -> str:
     """Why the service should not answer ``args`` (empty if it should)."""
+    if getattr(args, "command", None) == "mount" and parse is not None:
+        return _bindable(args, parse)
     if getattr(args, "command", None) not in SERVED_COMMANDS:
         return "not a command the service answers"
     given = [name for name in ALONE_OPTIONS if getattr(args, name, None)]
@@ -97,6 +101,20 @@ def servable(args) -> str:
     if args.command == "export" and (args.dir not in (None, "-") or args.tar not in (None, "-")):
         return "export writes files: run alone, as the caller"
     return ""
+
+
+def _bindable(args, parse: Callable) -> str:
+    """A mount is bound to the service's image only as a plain ``lazyfs mount
+    REF MNT`` of a registry image would mount it: any option, and it runs alone."""
+    try:
+        if parse_reference(args.ref).transport != "docker":
+            return "not a registry image"
+    except LazyfsError:
+        return "the reference does not parse"
+    plain = parse(["mount", args.ref, args.mountpoint])
+    given = [k for k, v in vars(args).items()
+             if not k.startswith("_") and getattr(plain, k, None) != v]
+    return f"mount with --{given[0].replace('_', '-')}: runs alone" if given else ""
 
 
 class _NoProgress(io.TextIOWrapper):
@@ -108,9 +126,10 @@ class _NoProgress(io.TextIOWrapper):
 
 
 class Control:
-    def __init__(self, images: ImageSet, commands: Commands):
+    def __init__(self, images: ImageSet, commands: Commands, binds: Binds | None = None):
         self.images = images
         self.commands = commands
+        self.binds = binds
         self.answered = 0
         self.declined = 0
         self._token: trio.lowlevel.TrioToken | None = None
@@ -168,7 +187,7 @@ class Control:
             except SystemExit:
                 why = "the command line does not parse"
             else:
-                why = servable(args)
+                why = servable(args, self.commands.parse if self.binds else None)
         if why:
             self.declined += 1
             log.debug("declined %s: %s", argv, why)
@@ -181,6 +200,8 @@ class Control:
                           errors=request.get("stderr_errors") or "backslashreplace",
                           line_buffering=True)
         args._served = self._borrow
+        if self.binds is not None:
+            args._bind = self.binds.mount
         code = await trio.to_thread.run_sync(self._in_thread, args, out, err,
                                              limiter=self._threads)
         self.answered += 1

@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..fs.daemon import MountOptions, serve
 from ..image import OpenOptions
 from ..store.blobs import Store
+from .binds import Binds
 from .control import Commands, Control
 from .fs import StoreOperations
 from .images import IDLE_SECONDS, TAG_TTL_SECONDS, ImageSet
@@ -52,13 +53,18 @@ async def run_service(settings: ServeSettings, commands: Commands | None = None,
         ops = StoreOperations(images)
         layers = StoreLayers(settings.root, images, ops)
         nursery.start_soon(images.reap)
+        binds = Binds(settings.root, images)
+        binds.start()
         if settings.control_socket and commands is not None:
-            control = Control(images, commands)
+            control = Control(images, commands, binds)
             await nursery.start(control.serve, settings.control_socket)
             ops.extra_stats["control"] = control.stats
         if settings.containerd_socket:
             await nursery.start(_snapshotter, settings, layers, ops)
-        await serve(ops, settings.root, fsname=FSNAME, options=settings.mount, ready=ready)
+        try:
+            await serve(ops, settings.root, fsname=FSNAME, options=settings.mount, ready=ready)
+        finally:
+            binds.unmount_all()
         nursery.cancel_scope.cancel()
 
 

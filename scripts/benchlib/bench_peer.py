@@ -43,6 +43,7 @@ from . import peer
 from .fullpull import full_pull
 from .common import BENCH_DIR, Run, drop_caches, log, ratio, rss_mib
 from .lazy import push_debian
+from .bench_serve import running_service
 from .mounting import bench_env, mounted
 from .proxy import TcpProxy
 from .registry import running_registry
@@ -140,6 +141,13 @@ def _first_reads(res: Run, ref: str, digests: list[str], work: Path, cursor, pee
         rows[name] = (lazy, st)
     _add(res, "mount → first cat of /etc/os-release (bottom layer), cold", "s", *rows["bottom"])
     _add(res, f"same for a top-layer file (/{TOP})", "s", *rows["top"])
+    served = []
+    for path in (BOTTOM, TOP):
+        with running_service(work / "svc") as (_, svc_env):
+            served.append(_lazy_cat(ref, path, work / "mnt", svc_env))
+    _add(res, "`lazyfs mount` answered by a running `lazyfs serve` → first cat, cold "
+         "(bottom layer)", "s", served[0], rows["bottom"][1])
+    _add(res, "same for the top-layer file", "s", served[1], rows["top"][1])
     cursor.mark()
     again = _lazy_cat(ref, BOTTOM, work / "mnt", env)
     served = cursor.served()

@@ -97,7 +97,7 @@ def _layer_holding(img, path: str) -> str:
 
 
 @contextlib.contextmanager
-def _service(work: Path) -> Iterator[tuple[Path, dict]]:
+def running_service(work: Path) -> Iterator[tuple[Path, dict]]:
     shutil.rmtree(work, ignore_errors=True)
     root, sock = work / "root", work / "control.sock"
     root.mkdir(parents=True)
@@ -143,7 +143,7 @@ def _served(cursor, layers: dict[str, int]) -> int:
 
 
 def _lazyfs_store(py, base, cursor, layers: dict[str, int], i: int) -> dict:
-    with _service(BENCH_DIR / "work" / f"serve-{i}") as (root, _):
+    with running_service(BENCH_DIR / "work" / f"serve-{i}") as (root, _):
         cursor.mark()
         seconds, text = _timed_cat(root / py.host / f"{py.repo}:{py.tag}" / READ)
         fetched = _served(cursor, layers)
@@ -164,7 +164,7 @@ def _peer_store(host: str, py, holder: str, cursor, layers: dict[str, int], i: i
 
 
 def _warm_cli(py, cursor, rounds: int) -> dict:
-    with _service(BENCH_DIR / "work" / "serve-cli") as (root, env):
+    with running_service(BENCH_DIR / "work" / "serve-cli") as (root, env):
         alone = dict(env, LAZYFS_SOCKET=str(root.parent / "nobody.sock"))
         argv = [PYTHON, "-m", "lazyfs", "cat", py.ref, "/" + READ]
         first = subprocess.run(argv, env=env, capture_output=True, check=True).stdout

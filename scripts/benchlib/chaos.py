@@ -19,6 +19,8 @@ import h11
 import httpx
 import trio
 
+from lazyfs.testing.http1 import Request, serve_h11
+
 FAULTS = ("stall", "stall_mid", "reset", "truncate", "flip", "wrong_range", "status")
 STALL = 60.0
 _HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length",
@@ -59,8 +61,8 @@ class ChaosProxy:
                     await trio.sleep(0.1)
                 nursery.cancel_scope.cancel()
 
-    def _pick(self, request: h11.Request) -> str:
-        if not self.enabled or request.method != b"GET" or b"/blobs/" not in request.target:
+    def _pick(self, request: Request) -> str:
+        if not self.enabled or request.method != "GET" or "/blobs/" not in request.target:
             return ""
         self.requests += 1
         if self.rng.random() >= self.rate:
@@ -70,25 +72,13 @@ class ChaosProxy:
         return fault
 
     async def _connection(self, client: httpx.AsyncClient, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request = await _next(conn, stream)
-                if request is None:
-                    return
-                if not await self._answer(conn, stream, client, request, self._pick(request)):
-                    return
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError,
-                httpx.HTTPError):
-            return
-        finally:
-            await stream.aclose()
+        async def answer(conn: h11.Connection, request: Request) -> bool:
+            return await self._answer(conn, stream, client, request, self._pick(request))
+
+        await serve_h11(stream, answer, quiet=(httpx.HTTPError,))
 
     async def _answer(self, conn: h11.Connection, stream: trio.SocketStream,
-                      client: httpx.AsyncClient, request: h11.Request, fault: str) -> bool:
+                      client: httpx.AsyncClient, request: Request, fault: str) -> bool:
         """Send one answer; False when the connection must not be used again."""
         if fault == "stall":
             await trio.sleep(STALL)
@@ -97,10 +87,9 @@ class ChaosProxy:
             await _send(conn, stream, 503, {"retry-after": "1", "content-type": "application/json"},
                         b'{"errors":[{"code":"UNAVAILABLE","message":"chaos"}]}')
             return True
-        headers = {k.decode().lower(): v.decode() for k, v in request.headers}
-        headers = {k: v for k, v in headers.items() if k not in _HOP}
+        headers = {k: v for k, v in request.headers.items() if k not in _HOP}
         headers["accept-encoding"] = "identity"
-        r = await client.get(request.target.decode(), headers=headers)
+        r = await client.get(request.target, headers=headers)
         out = {k: v for k, v in r.headers.items() if k not in _HOP}
         body = r.content
         if fault == "flip" and body:
@@ -123,23 +112,6 @@ class ChaosProxy:
             return False
         await _send(conn, stream, r.status_code, out, body)
         return True
-
-
-async def _next(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
-    request = None
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await stream.receive_some(1 << 16)
-            if not data and conn.their_state is h11.IDLE:
-                return None
-            conn.receive_data(data)
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.EndOfMessage):
-            return request
-        elif isinstance(event, h11.ConnectionClosed):
-            return None
 
 
 async def _send(conn: h11.Connection, stream: trio.SocketStream, status: int,

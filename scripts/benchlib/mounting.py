@@ -35,8 +35,10 @@ class Mount:
 
 def bench_env(cache_dir: Path, runtime: Path) -> dict:
     runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # LAZYFS_SOCKET: a lazyfs serve running here does not answer for the mounts measured
     return dict(os.environ, LAZYFS_CACHE_DIR=str(cache_dir), XDG_RUNTIME_DIR=str(runtime),
-                PYTHONPATH=f"{REPO / 'scripts'}:{REPO}")
+                PYTHONPATH=f"{REPO / 'scripts'}:{REPO}",
+                LAZYFS_SOCKET=str(runtime / "no-service.sock"))
 
 
 @functools.cache
@@ -74,7 +76,8 @@ def _daemon_pid(stdout: str, mountpoint: Path, env: dict) -> int | None:
     os.environ["XDG_RUNTIME_DIR"] = env["XDG_RUNTIME_DIR"]
     try:
         state = json.loads(state_path(mountpoint).read_text())
-        return int(state["pid"])
+        # a running lazyfs serve's bind mount: its pid is the service's, which stays
+        return None if "bound" in state else int(state["pid"])
     except (OSError, ValueError, KeyError):
         return None
     finally:

@@ -19,21 +19,7 @@ import h11
 import httpx
 import trio
 
-
-@dataclass
-class Request:
-    method: str
-    target: str
-    headers: dict[str, str]
-    body: bytes = b""
-
-    @property
-    def path(self) -> str:
-        return self.target.partition("?")[0]
-
-    @property
-    def query(self) -> dict[str, str]:
-        return dict(httpx.QueryParams(self.target.partition("?")[2]))
+from lazyfs.testing.http1 import Request, serve_h11
 
 
 @dataclass
@@ -83,58 +69,6 @@ async def _connection(handler: Handler, server: FakeServer, stream: trio.abc.Str
         return await _send(conn, stream, request, await handler(request))
 
     await serve_h11(stream, answer)
-
-
-async def serve_h11(stream: trio.abc.Stream,
-                    answer: Callable[[h11.Connection, Request], Awaitable[bool]],
-                    quiet: tuple[type[Exception], ...] = ()) -> None:
-    """One connection: each request read is given to ``answer`` (False: do
-    not use the connection again) until either side closes it. A client
-    that goes away, or an exception in ``quiet``, just ends it."""
-    conn = h11.Connection(h11.SERVER)
-    try:
-        while True:
-            request = await _read_request(conn, stream)
-            if request is None:
-                return
-            if not await answer(conn, request):
-                return
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                return
-            conn.start_next_cycle()
-    except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, *quiet):
-        pass
-    finally:
-        with trio.move_on_after(1):
-            try:
-                await stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
-
-async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> Request | None:
-    request: Request | None = None
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await stream.receive_some(65536)
-            conn.receive_data(data)
-            if not data and request is None:
-                return None
-            continue
-        if isinstance(event, h11.Request):
-            headers: dict[str, str] = {}
-            for k, v in event.headers:
-                # Repeated fields (Go sends one Accept line per media type) combine.
-                name = k.decode().lower()
-                headers[name] = f"{headers[name]}, {v.decode()}" if name in headers else v.decode()
-            request = Request(event.method.decode(), event.target.decode(), headers)
-        elif isinstance(event, h11.Data) and request is not None:
-            request.body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            return request
-        elif isinstance(event, h11.ConnectionClosed):
-            return None
 
 
 async def _send(conn: h11.Connection, stream: trio.abc.Stream, request: Request,

@@ -52,8 +52,7 @@ async def test_each_layers_toc_comes_in_one_request(tmp_path, fmt):
 
 async def test_an_estargz_toc_larger_than_the_guess_costs_one_more_request(tmp_path, monkeypatch):
     from lazyfs.formats import estargz
-    monkeypatch.setattr(estargz, "TOC_GUESS_MIN", 200)
-    monkeypatch.setattr(estargz, "TOC_GUESS_MAX", 200)
+    monkeypatch.setattr(estargz, "TOC_GUESS", 200)
     registry = MemoryRegistry()
     pushed = registry.push_image("library/app", "v1", _layers("estargz"))
     async with open_image_async(pushed.ref, OpenOptions(registry=registry.options()),

@@ -28,6 +28,8 @@ from lazyfs.formats import estargz, zstdchunked
 from lazyfs.formats import toc as tocfmt
 from lazyfs.formats.estargz import footer_bytes
 from lazyfs.formats.toc import parse_time, unpack_chunks
+from lazyfs.testing.layers import File
+from lazyfs.testing.toc import estargz_layer
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 ESTARGZ = "estargz-ctr-remote"
@@ -250,16 +252,30 @@ async def test_estargz_build_asks_for_footer_and_toc_at_once():
 
 
 async def test_estargz_toc_beyond_the_guessed_tail_is_asked_for_apart(monkeypatch):
-    monkeypatch.setattr(estargz, "TOC_GUESS_MIN", 60)
-    monkeypatch.setattr(estargz, "TOC_GUESS_MAX", 60)
+    monkeypatch.setattr(estargz, "TOC_GUESS", 60)
     sample = load(ESTARGZ)
     table, blob = await _build(sample)
     size = sample.desc.size
-    assert blob.ranges[0] == (size - 60, size)
-    assert len(blob.ranges) == 2 and blob.ranges[1][1] == size - 60
+    toc_offset = tocfmt.unpack_state(table.state)["toc_offset"]
+    assert blob.ranges == [(size - 60, size), (toc_offset, size - 60)], "nothing in front of the TOC"
     monkeypatch.undo()
     reference, _ = await _build(sample)
     assert [(e.name, e.data) for e in table.entries] == [(e.name, e.data) for e in reference.entries]
+
+
+async def test_estargz_build_of_a_big_layer_fetches_its_end_not_a_share_of_it(tmp_path):
+    """8 MiB that do not compress behind a TOC of two entries: the build asks
+    for the last ``TOC_GUESS`` bytes, not for a share of the layer's size
+    (most of which would be the file in front of the TOC)."""
+    layer = estargz_layer({"big": File(random.Random(7).randbytes(8 << 20))}, chunk_size=4 << 20)
+    path = tmp_path / "layer"
+    path.write_bytes(layer.blob)
+    desc = SimpleNamespace(media_type=layer.media_type, digest=layer.digest, size=layer.size,
+                           annotations=layer.annotations)
+    blob = CountingBlob(path, layer.digest)
+    table = await build_table(desc, blob)
+    assert blob.ranges == [(layer.size - estargz.TOC_GUESS, layer.size)]
+    assert [e.name for e in table.entries] == ["big"]
 
 
 @pytest.mark.parametrize("name", [ZC_CTR, ZC_STORAGE])
