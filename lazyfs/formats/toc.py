@@ -216,10 +216,13 @@ def _int(value) -> int:
 def _entry(item: dict, kind: str, etype: EntryType, layer: str, unames: dict,
            gnames: dict) -> Entry:
     get = item.get
+    uid, gid, mode = get("uid", 0), get("gid", 0), get("mode", 0)
+    size = get("size", 0) if kind == "reg" else 0
     try:
-        uid, gid = _int(get("uid", 0)), _int(get("gid", 0))
-        mode = _int(get("mode", 0))
-        size = _int(get("size", 0)) if kind == "reg" else 0
+        # JSON numbers are ints already; anything else goes through int()
+        if type(uid) is not int or type(gid) is not int or type(mode) is not int \
+                or type(size) is not int:
+            uid, gid, mode, size = _int(uid), _int(gid), _int(mode), _int(size)
         modtime = get("modtime")
         mtime = parse_time(modtime) if modtime else 0
         xattrs = get("xattrs")
