@@ -281,6 +281,7 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                 if unsaved or isinstance(index, MemoryIndex):
                     image.behind = WriteBehind(image.tree, index, unsaved or [])
                     nursery.start_soon(image.behind.run)
+                index = None  # the tree holds it, until it answers from the file
                 _start(image, nursery, client, options, tables)
                 failed = None
                 try:
@@ -354,11 +355,15 @@ class WriteBehind:
         await self._done.wait()
 
     def _write(self) -> MergedIndex | None:
-        save_tables(self._unsaved)
-        if not isinstance(self._index, MemoryIndex):
+        """Write, then let go of what was written (the tree in memory goes
+        with the tree's switch to the file)."""
+        unsaved, index = self._unsaved, self._index
+        self._unsaved, self._index = [], None
+        save_tables(unsaved)
+        if not isinstance(index, MemoryIndex):
             return None
         try:
-            return self._index.persist()
+            return index.persist()
         except (LazyfsError, ValueError) as e:
             log.warning("the merged index stays in memory: %s", e)
             return None

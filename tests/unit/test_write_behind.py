@@ -9,6 +9,9 @@ layer is fetched again.
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import trio
 
 from lazyfs.image import WRITE_BEHIND_DELAY
@@ -73,3 +76,14 @@ async def test_an_image_sharing_an_unsaved_layer_fetches_nothing_of_it(tmp_path)
             node = image.index.resolve("/app")
             assert await image.read(node, 0, node.size) == b"b\n"
         assert len(registry.seen(digest=base.digest)) == seen
+
+
+async def test_the_tree_in_memory_is_let_go_once_the_file_answers(tmp_path):
+    registry = MemoryRegistry()
+    pushed = push_layered(registry, "estargz")
+    async with opened(tmp_path, registry, pushed.ref) as image:
+        memory = weakref.ref(image.index)
+        await image.stored()
+        assert isinstance(image.index, MergedIndex)
+        gc.collect()
+        assert memory() is None, "the tree in memory is still referenced"
