@@ -20,6 +20,8 @@ from ..image import OpenOptions
 from ..store.blobs import Store
 from .control import Commands, Control
 from .fs import StoreOperations
+from .handover import inodes_path, prepare
+from .inodes import InodeBook
 from .images import IDLE_SECONDS, TAG_TTL_SECONDS, ImageSet
 from .layers import StoreLayers
 from .paths import FSNAME
@@ -50,6 +52,13 @@ async def run_service(settings: ServeSettings, commands: Commands | None = None,
         images = ImageSet(nursery, store, options, idle=settings.idle,
                           tag_ttl=settings.tag_ttl, client=client)
         ops = StoreOperations(images)
+        handover = prepare(settings.root)
+        handover.open_files = ops.open_files
+        ops.book = InodeBook(inodes_path(settings.root))
+        if handover.resumed:
+            ops.restore(ops.book.load())
+        else:
+            ops.book.forget()
         layers = StoreLayers(settings.root, images, ops)
         nursery.start_soon(images.reap)
         if settings.control_socket and commands is not None:
@@ -58,7 +67,10 @@ async def run_service(settings: ServeSettings, commands: Commands | None = None,
             ops.extra_stats["control"] = control.stats
         if settings.containerd_socket:
             await nursery.start(_snapshotter, settings, layers, ops)
-        await serve(ops, settings.root, fsname=FSNAME, options=settings.mount, ready=ready)
+        await serve(ops, settings.root, fsname=FSNAME, options=settings.mount, ready=ready,
+                    handover=handover)
+        if not handover.left:
+            ops.book.forget()
         nursery.cancel_scope.cancel()
 
 
