@@ -235,7 +235,7 @@ def test_a_running_container_survives_a_crash_of_the_service(registry, ctd, snap
         ctd.ctr("task", "kill", "-s", "SIGUSR1", name)
         assert _held_digest(ctd, name) == before
         served = json.loads(os.getxattr(snapshotter.root, "user.lazyfs.stats"))["fuse"]
-        assert served["reads"] > 0 and served["bytes_read"] > 5 << 20  # the python binary
+        assert served["reads"] > 0 and served["bytes_read"] > 1 << 20  # the held file, at least
     finally:
         ctd.ctr("task", "kill", "-s", "SIGKILL", name)
         deadline = time.monotonic() + 30
