@@ -56,20 +56,22 @@ def device_of(mp: str) -> str | None:
     return found
 
 
-def overlay_users(mp: str) -> list[str]:
+def overlay_users(mp: str, mountinfo: str | None = None) -> list[str]:
     """Mountpoints of overlay mounts with a lower directory under ``mp``."""
     prefix = mp.rstrip("/") + "/"
     users = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            fields = post.split()
-            if len(fields) < 3 or fields[0] != "overlay":
-                continue
-            for opt in fields[2].split(","):
-                if opt.startswith("lowerdir=") and any(
-                        d.startswith(prefix) for d in _unescape(opt[9:]).split(":")):
-                    users.append(_unescape(pre.split()[4]))
+    if mountinfo is None:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
+    for line in mountinfo.splitlines():
+        pre, _, post = line.partition(" - ")
+        fields = post.split()
+        if len(fields) < 3 or fields[0] != "overlay":
+            continue
+        for opt in fields[2].split(","):
+            if opt.startswith("lowerdir=") and any(
+                    d.startswith(prefix) for d in _unescape(opt[9:]).split(":")):
+                users.append(_unescape(pre.split()[4]))
     return users
 
 
