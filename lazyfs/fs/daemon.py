@@ -278,7 +278,7 @@ async def serve(ops: pyfuse3.Operations, mountpoint: str | os.PathLike, *, fsnam
         try:
             async with trio.open_nursery() as nursery:
                 main = trio.CancelScope()
-                nursery.start_soon(_stop_on_signal, signals, main)
+                nursery.start_soon(_stop_on_signal, signals, main, handover)
                 nursery.start_soon(_announce, mp, fsname, digest or getattr(ops, "digest", ""),
                                    options, spath, ready, failed)
                 with main:
@@ -308,17 +308,20 @@ def _fuse_files() -> set[int]:
 
 def _close(mp: str, handover) -> None:
     """Unmount, unless a holder keeps the connection for a successor and
-    something still uses the mount."""
+    something still uses the mount. A resumed session may not know every
+    file opened before it: its mount is unmounted only if nothing is open."""
     users = handover.users() if handover is not None and handover.lease is not None else []
+    if handover is not None and handover.resumed:
+        pyfuse3.close(unmount=False)
+        if not users and not handover.unmount():
+            users = ["files opened before the restart"]
+    else:
+        pyfuse3.close(unmount=not users)
     if users:
         handover.left = True
-        pyfuse3.close(unmount=False)
         log.info("left %s mounted for the next lazyfs serve: in use (%s)", mp,
                  ", ".join(users[:3]) + (", ..." if len(users) > 3 else ""))
     else:
-        pyfuse3.close(unmount=True)
-        if handover is not None and handover.resumed:
-            handover.unmount()
         log.info("unmounted %s", mp)
     if handover is not None:
         handover.close()
@@ -335,10 +338,13 @@ def _few_malloc_arenas() -> None:
         pass
 
 
-async def _stop_on_signal(signals, main: trio.CancelScope) -> None:
+async def _stop_on_signal(signals, main: trio.CancelScope, handover=None) -> None:
     async for signum in signals:
         log.info("%s: unmounting", signal.Signals(signum).name)
         if main.deadline == float("inf"):
+            if handover is not None and handover.resumed:
+                # requests not yet taken stay queued in the kernel for a successor
+                await trio.to_thread.run_sync(handover.relay.pause)
             pyfuse3.terminate()
             main.deadline = trio.current_time() + STOP_GRACE
         else:

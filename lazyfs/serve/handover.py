@@ -133,13 +133,17 @@ class Handover:
         self.lease = ours
         log.info("%s: connection held for a successor (socket %s)", self.root, path)
 
-    def unmount(self) -> None:
-        """A resumed session's mount: libfuse did not make it, so does not undo it."""
-        for flags in ("-u", "-uz"):
-            done = subprocess.run(["fusermount3", flags, self.root], capture_output=True,
-                                  timeout=30)
-            if done.returncode == 0:
-                return
+    def unmount(self) -> bool:
+        """Unmount a resumed session's mount (libfuse did not make it, so does
+        not undo it); ``False`` when files are still open there."""
+        done = subprocess.run(["fusermount3", "-u", self.root], capture_output=True, text=True,
+                              timeout=30)
+        if done.returncode == 0 or "not found" in done.stderr or "not mounted" in done.stderr:
+            return True
+        if "busy" in done.stderr.lower():
+            return False
+        log.warning("cannot unmount %s: %s", self.root, done.stderr.strip())
+        return True
 
     def close(self) -> None:
         if self.lease is not None:

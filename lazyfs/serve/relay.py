@@ -24,11 +24,15 @@ libfuse straight from the device.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
+import select
 import socket
 import struct
+import termios
 import threading
+import time
 from dataclasses import dataclass, field
 
 from .holder import clone
@@ -53,6 +57,14 @@ _IN_HEADER = struct.Struct("=IIQQIIIHH")
 _INIT_IN = struct.Struct("=IIIII44x")
 _OUT_HEADER = struct.Struct("=IiQ")
 _SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes sent on ``sock`` its peer has not read yet (``SIOCOUTQ``)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0]
+    except OSError:
+        return 0
 
 
 def init_request() -> bytes:
@@ -97,14 +109,36 @@ class Relay:
         return f"/dev/fd/{self.theirs.fileno()}"
 
     def start(self) -> None:
-        threading.Thread(target=self._down, name="fuse-relay-down", daemon=True).start()
+        self._stop_r, self._stop_w = os.pipe()
+        os.set_blocking(self.device, False)
+        self._down_thread = threading.Thread(target=self._down, name="fuse-relay-down",
+                                             daemon=True)
+        self._down_thread.start()
         threading.Thread(target=self._up, name="fuse-relay-up", daemon=True).start()
+
+    def pause(self, wait: float = 2.0) -> None:
+        """Take no more requests from the kernel, and return once libfuse has
+        read those already passed on: what is not taken waits in the
+        kernel's queue for the next process, rather than dying with this one."""
+        os.write(self._stop_w, b"x")
+        self._down_thread.join(wait)
+        deadline = time.monotonic() + wait
+        while _unread(self.ours) and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def _down(self) -> None:
         """Requests: device → libfuse."""
         buf = bytearray(MAX_MESSAGE)
         view = memoryview(buf)
+        poller = select.poll()
+        poller.register(self.device, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
         while not self.ended.is_set():
+            ready = dict(poller.poll())
+            if self._stop_r in ready:
+                return
+            if ready.get(self.device, 0) & (select.POLLERR | select.POLLHUP):
+                break
             try:
                 n = os.readv(self.device, [buf])
             except OSError as e:
