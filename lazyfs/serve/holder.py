@@ -130,6 +130,7 @@ def main(argv: list[str]) -> int:
         pass
     listener.bind(path)
     os.chmod(path, 0o600)
+    bound = os.stat(path).st_ino
     listener.listen(4)
     lease = socket.socket(fileno=lease_fd)
     info["holder"] = os.getpid()
@@ -138,7 +139,9 @@ def main(argv: list[str]) -> int:
         Holder(fuse_fd, listener, lease, info).run()
     finally:
         try:
-            os.unlink(path)
+            # unless a holder of a newer mount has bound the path since
+            if os.stat(path).st_ino == bound:
+                os.unlink(path)
         except OSError:
             pass
     return 0
