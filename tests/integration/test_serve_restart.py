@@ -161,6 +161,10 @@ def test_files_open_across_kill_and_sigterm_read_on(service, image):
     assert held.ask("list") == " ".join(f"f{i:02d}" for i in range(40))
     assert (top / "d/f07").read_bytes() == b"7\n"
     assert "resuming the connection" in service.log()
+    rival = subprocess.run([sys.executable, "-m", "lazyfs", "serve", "--no-control-socket",
+                            str(service.root)], env=service.env, capture_output=True, text=True,
+                           timeout=60)
+    assert rival.returncode != 0 and "served by another lazyfs serve" in rival.stderr
 
     # SIGTERM while the file is open: the mount and its holder stay
     second.send_signal(signal.SIGTERM)
