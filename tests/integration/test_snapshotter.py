@@ -210,10 +210,11 @@ def _held_digest(ctd, name: str) -> str:
 
 
 @pytest.mark.slow
-def test_a_running_container_survives_a_crash_of_the_service(registry, ctd, snapshotter):
-    """kill -9 of ``lazyfs serve`` under a running container: the next
-    service takes over the connection, and the container reads files it never
-    read and a file it held open, through its overlay mount made before."""
+def test_a_running_container_survives_a_restart_of_the_service(registry, ctd, snapshotter):
+    """kill -9, then SIGTERM, of ``lazyfs serve`` under a running container:
+    the next service takes over the connection, and the container reads files
+    it never read and a file it held open, through its overlay mount made
+    before."""
     img = debian.debian_image(registry.host, "bookworm-python", "estargz", repo="snap/debian-py")
     ctd.ctr("image", "rpull", "--plain-http", img.ref, timeout=300)
     name = f"survivor-{os.getpid()}"
@@ -236,6 +237,15 @@ def test_a_running_container_survives_a_crash_of_the_service(registry, ctd, snap
         assert _held_digest(ctd, name) == before
         served = json.loads(os.getxattr(snapshotter.root, "user.lazyfs.stats"))["fuse"]
         assert served["reads"] > 0 and served["bytes_read"] > 1 << 20  # the held file, at least
+
+        # SIGTERM (systemctl restart) under the running container: the mount stays
+        snapshotter.proc.send_signal(signal.SIGTERM)
+        assert snapshotter.proc.wait(30) == 0
+        assert snapshotter.serving() and "in use (/" in snapshotter.log().splitlines()[-1]
+        if os.path.exists(snapshotter.socket):
+            os.unlink(snapshotter.socket)
+        snapshotter.start()
+        assert run("cat", "/etc/debian_version").strip()[:2].isdigit()
     finally:
         ctd.ctr("task", "kill", "-s", "SIGKILL", name)
         deadline = time.monotonic() + 30
