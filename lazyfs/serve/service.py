@@ -3,7 +3,8 @@
 The service mounts ``ROOT`` in store mode, listens on the control socket for
 CLI commands, closes idle images and, when asked, serves containerd's
 snapshots API with the mount's per-layer directories, all in one trio loop
-until SIGTERM or SIGINT (then it unmounts and returns).
+until SIGTERM or SIGINT (then it unmounts and returns, or, while containers
+or open files use the mount, leaves it to the next start: ``handover``).
 """
 
 from __future__ import annotations
