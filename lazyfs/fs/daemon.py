@@ -249,37 +249,82 @@ def fuse_options(fsname: str, options: MountOptions) -> set[str]:
 
 async def serve(ops: pyfuse3.Operations, mountpoint: str | os.PathLike, *, fsname: str,
                 options: MountOptions = MountOptions(), digest: str = "",
-                ready: Callable[[dict], None] | None = None) -> None:
+                ready: Callable[[dict], None] | None = None, handover=None) -> None:
     """Mount ``ops`` at ``mountpoint`` and serve until unmounted or signalled.
 
     ``ready`` is called with the state (also written to the state file) once
-    the mount has answered a ``stat`` through the kernel.
+    the mount has answered a ``stat`` through the kernel. ``handover``
+    (``lazyfs.serve.handover.Handover``) makes the connection outlive this
+    process: a resumed one is served through its relay instead of mounted,
+    a fresh one is given to a holder, and either is left mounted at the end
+    while something still uses it.
     """
-    mp = check_mountpoint(mountpoint, options.nonempty)
+    resumed = handover is not None and handover.resumed
+    mp = os.path.abspath(mountpoint) if resumed else check_mountpoint(mountpoint, options.nonempty)
     _few_malloc_arenas()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        before = _fuse_files()
         try:
-            pyfuse3.init(ops, mp, fuse_options(fsname, options))
+            pyfuse3.init(ops, handover.relay.mountpoint if resumed else mp,
+                         fuse_options(fsname, options))
         except RuntimeError as e:
             raise MountError(f"cannot mount {mp}: {e} (FUSE refused the mount)") from None
+        if resumed:
+            handover.relay.start()
+        elif handover is not None and len(fresh := _fuse_files() - before) == 1:
+            handover.hold(fresh.pop())
         spath = state_path(mp)
         failed: list[LazyfsError] = []
         try:
             async with trio.open_nursery() as nursery:
                 main = trio.CancelScope()
-                nursery.start_soon(_stop_on_signal, signals, main)
+                nursery.start_soon(_stop_on_signal, signals, main, handover)
                 nursery.start_soon(_announce, mp, fsname, digest or getattr(ops, "digest", ""),
                                    options, spath, ready, failed)
                 with main:
-                    await pyfuse3.main()
+                    try:
+                        await pyfuse3.main()
+                    except OSError:
+                        if not (resumed and handover.relay.ended.is_set()):
+                            raise
+                        log.info("the connection of %s ended", mp)
                 nursery.cancel_scope.cancel()
         finally:
             with contextlib.suppress(OSError):
                 spath.unlink()
-            pyfuse3.close(unmount=True)
-            log.info("unmounted %s", mp)
+            _close(mp, handover)
         if failed:
             raise failed[0]
+
+
+def _fuse_files() -> set[int]:
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
+                found.add(int(name))
+    return found
+
+
+def _close(mp: str, handover) -> None:
+    """Unmount, unless a holder keeps the connection for a successor and
+    something still uses the mount. A resumed session may not know every
+    file opened before it: its mount is unmounted only if nothing is open."""
+    users = handover.users() if handover is not None and handover.lease is not None else []
+    if handover is not None and handover.resumed:
+        pyfuse3.close(unmount=False)
+        if not users and not handover.unmount():
+            users = ["files opened before the restart"]
+    else:
+        pyfuse3.close(unmount=not users)
+    if users:
+        handover.left = True
+        log.info("left %s mounted for the next lazyfs serve: in use (%s)", mp,
+                 ", ".join(users[:3]) + (", ..." if len(users) > 3 else ""))
+    else:
+        log.info("unmounted %s", mp)
+    if handover is not None:
+        handover.close()
 
 
 def _few_malloc_arenas() -> None:
@@ -293,10 +338,13 @@ def _few_malloc_arenas() -> None:
         pass
 
 
-async def _stop_on_signal(signals, main: trio.CancelScope) -> None:
+async def _stop_on_signal(signals, main: trio.CancelScope, handover=None) -> None:
     async for signum in signals:
         log.info("%s: unmounting", signal.Signals(signum).name)
         if main.deadline == float("inf"):
+            if handover is not None and handover.resumed:
+                # requests not yet taken stay queued in the kernel for a successor
+                await trio.to_thread.run_sync(handover.relay.pause)
             pyfuse3.terminate()
             main.deadline = trio.current_time() + STOP_GRACE
         else:

@@ -18,7 +18,6 @@ asked for: an image opened only for its merged tree does not pay for it), and
 from __future__ import annotations
 
 import errno
-import itertools
 import json
 import logging
 import os
@@ -30,12 +29,12 @@ from typing import Callable
 import pyfuse3
 
 from ..errors import InvalidReference, LazyfsError, NotFound
-from ..fs.operations import (BLKSIZE, STATS_XATTR, TIMEOUT, Counters, LazyOperations, _answers,
-                             read_only)
-from ..image import Image
+from ..fs.operations import BLKSIZE, STATS_XATTR, TIMEOUT, Counters, _answers, read_only
 from ..index.merged import ROOT_INO
 from ..read.tables import layer_name
+from .handles import Handles, ImageOps, inode_of, slot_of
 from .images import SLOT_SHIFT, ImageSet, Slot
+from .inodes import InodeBook
 from .paths import LAYERS_DIR, step
 
 log = logging.getLogger(__name__)
@@ -55,22 +54,6 @@ class _Virtual:
     """For a symlink: where it points."""
 
 
-class _ImageOps(LazyOperations):
-    """One image's tree, its inode numbers shifted into its slot."""
-
-    def __init__(self, image: Image, base: int, fh):
-        super().__init__(image.tree, image.read, stats=image.stats,
-                         events=lambda: image.reader.events.packed(image))
-        self.image = image
-        self._base = base
-        self._next_fh = fh
-
-    def _attrs(self, item) -> pyfuse3.EntryAttributes:
-        a = super()._attrs(item)
-        a.st_ino += self._base
-        return a
-
-
 def layer_dir_name(digest: str) -> str:
     return digest.replace(":", "-", 1)
 
@@ -84,10 +67,10 @@ class StoreOperations(pyfuse3.Operations):
     def __init__(self, images: ImageSet):
         self.images = images
         self.counters = Counters()
-        self._fh = itertools.count(1)
+        self._made = Handles()
         self._handles: dict[int, Slot] = {}
         self._listings: dict[int, list[tuple[str, pyfuse3.EntryAttributes]]] = {}
-        self._ops: dict[int, _ImageOps] = {}
+        self._ops: dict[int, ImageOps] = {}
         self._virtual: dict[int, _Virtual] = {ROOT_INO: _Virtual(ROOT_INO, ROOT_INO),
                                               LAYERS_INO: _Virtual(LAYERS_INO, ROOT_INO)}
         self._prefixes: dict[tuple[str, ...], int] = {(): ROOT_INO}
@@ -101,8 +84,36 @@ class StoreOperations(pyfuse3.Operations):
         self._started = time.time_ns()
         self.extra_stats: dict[str, Callable[[], dict]] = {}
         """More sections of the service's statistics (control socket, snapshotter)."""
+        self.book = InodeBook(None)
+        """Where the inodes given out are recorded for a successor."""
+        self._booked: set[int] = set()
         images.on_open.append(self._register_layers)
+        images.on_open.append(lambda slot: slot.number in self._booked or self._save())
         images.on_close.append(lambda slot: self._ops.pop(slot.number, None))
+
+    # ------------------------------------------------------------ handover
+
+    def restore(self, doc: dict) -> None:
+        """Take over the inodes the process served before gave out."""
+        self.images.restore(doc.get("slots", []))
+        for ino, parent, parts, target in doc.get("virtual", []):
+            v = self._virtual[ino] = _Virtual(ino, parent, tuple(parts), target)
+            if ino > LAYERS_INO:
+                self._prefixes[v.parts] = ino
+        for parts, number in doc.get("written", []):
+            self._written.add(tuple(parts))
+            self._slot_of_written[tuple(parts)] = number
+        for slot in sorted(self.images.slots(), key=lambda s: not s.views):
+            for digest in slot.layers:
+                self._pending.setdefault(digest, slot.number)
+        self._booked = {slot.number for slot in self.images.slots()}
+
+    def _save(self) -> None:
+        self._booked = {slot.number for slot in self.images.slots()}
+        self.book.save(self.images.export(),
+                       [[v.ino, v.parent, list(v.parts), v.target]
+                        for v in self._virtual.values() if v.ino > LAYERS_INO],
+                       [[list(p), n] for p, n in self._slot_of_written.items()])
 
     # ------------------------------------------------------------ inodes
 
@@ -126,15 +137,16 @@ class StoreOperations(pyfuse3.Operations):
             await self.images.views_of(self.images.slot(self._pending[digest]))
         return self._layers.get(digest)
 
-    async def _image(self, inode: int) -> tuple[_ImageOps, int, Slot]:
+    async def _image(self, inode: int) -> tuple[ImageOps, int, Slot]:
         """The operations of the image holding ``inode``, and its own inode."""
         slot = self.images.slot(inode >> SLOT_SHIFT)
         if slot is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            # an inode of an earlier process this one cannot place
+            raise pyfuse3.FUSEError(errno.ESTALE)
         image = await self.images.ensure_open(slot)
         ops = self._ops.get(slot.number)
         if ops is None or ops.image is not image:
-            ops = self._ops[slot.number] = _ImageOps(image, slot.number << SLOT_SHIFT, self._fh)
+            ops = self._ops[slot.number] = ImageOps(image, slot.number << SLOT_SHIFT, self._made)
         return ops, inode & _LOCAL, slot
 
     def _dir_attrs(self, ino: int, timeout: float = TIMEOUT, link: str = "") -> pyfuse3.EntryAttributes:
@@ -157,6 +169,7 @@ class StoreOperations(pyfuse3.Operations):
     def _new_virtual(self, parent: int, parts: tuple[str, ...] = (), target: str = "") -> _Virtual:
         v = _Virtual(len(self._virtual) + 1, parent, parts, target)
         self._virtual[v.ino] = v
+        self._save()
         return v
 
     # ------------------------------------------------------------ lookups
@@ -172,7 +185,7 @@ class StoreOperations(pyfuse3.Operations):
             return await ops.lookup(local, name, ctx)
         v = self._virtual.get(parent_inode)
         if v is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise pyfuse3.FUSEError(errno.ESTALE)
         if text == ".":
             return self._virtual_attrs(v)
         if text == "..":
@@ -223,8 +236,10 @@ class StoreOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         except LazyfsError as e:
             raise pyfuse3.FUSEError(e.errno) from None
-        self._written.add(where.parts)
-        self._slot_of_written[where.parts] = slot.number
+        if self._slot_of_written.get(where.parts) != slot.number:
+            self._written.add(where.parts)
+            self._slot_of_written[where.parts] = slot.number
+            self._save()
         ops, local, _ = await self._image(slot.number << SLOT_SHIFT | ROOT_INO)
         attrs = await ops.getattr(local)
         attrs.entry_timeout = min(TIMEOUT, self.images.fresh(str(where.reference)))
@@ -237,7 +252,7 @@ class StoreOperations(pyfuse3.Operations):
             return await ops.getattr(local, ctx)
         v = self._virtual.get(inode)
         if v is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise pyfuse3.FUSEError(errno.ESTALE)
         return self._virtual_attrs(v)
 
     @_answers
@@ -279,6 +294,11 @@ class StoreOperations(pyfuse3.Operations):
         s.f_namemax = 255
         return s
 
+    def open_files(self) -> int:
+        """Files and directories the kernel has open here (their users keep
+        the mount through a restart)."""
+        return len(self._handles) + len(self._listings)
+
     def stats(self) -> dict:
         out = self.images.stats()
         out["mode"] = "store"
@@ -299,7 +319,7 @@ class StoreOperations(pyfuse3.Operations):
         v = self._virtual.get(inode)
         if v is None or v.target:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        fh = next(self._fh)
+        fh = self._made.make(v.ino)
         self._listings[fh] = self._listing(v)
         return fh
 
@@ -333,10 +353,16 @@ class StoreOperations(pyfuse3.Operations):
     @_answers
     async def readdir(self, fh, start_id, token):
         listing = self._listings.get(fh)
+        if listing is None and fh not in self._handles:
+            if slot_of(fh) == 0:
+                v = self._virtual.get(inode_of(fh))
+                if v is None or v.target:
+                    raise pyfuse3.FUSEError(errno.ESTALE)
+                listing = self._listings[fh] = self._listing(v)
+            else:
+                await self._adopt(fh, directory=True)
         if listing is None:
-            slot = self._handles.get(fh)
-            if slot is None:
-                raise pyfuse3.FUSEError(errno.EBADF)
+            slot = self._handles[fh]
             ops, _, _ = await self._image(slot.number << SLOT_SHIFT)
             return await ops.readdir(fh, start_id, token)
         for pos in range(start_id, len(listing)):
@@ -363,6 +389,15 @@ class StoreOperations(pyfuse3.Operations):
         self._handles[fh] = slot
         return result
 
+    async def _adopt(self, fh: int, directory: bool) -> Slot:
+        """A handle an earlier process gave out: served from the inode it names."""
+        ops, _, slot = await self._image(inode_of(fh))
+        await ops.adopt(fh, directory)
+        if fh not in self._handles:
+            self._handles[fh] = slot
+            slot.users += 1
+        return slot
+
     async def _release(self, fh: int, how) -> None:
         slot = self._handles.pop(fh, None)
         if slot is None:
@@ -380,9 +415,7 @@ class StoreOperations(pyfuse3.Operations):
 
     @_answers
     async def read(self, fh, off, size):
-        slot = self._handles.get(fh)
-        if slot is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
+        slot = self._handles.get(fh) or await self._adopt(fh, directory=False)
         ops, _, _ = await self._image(slot.number << SLOT_SHIFT)
         slot.last_used = time.monotonic()
         data = await ops.read(fh, off, size)

@@ -171,8 +171,26 @@ class ImageSet:
         resolved = await open_source(ref, self.store, self._client).resolve(self.options.platform)
         return resolved.pinned
 
+    def export(self) -> list[dict]:
+        """The slots as a successor needs them (``restore``)."""
+        return [{"number": s.number, "pinned": str(s.pinned), "views": s.views,
+                 "names": sorted(s.names), "layers": list(s.layers)} for s in self.slots()]
+
+    def restore(self, slots: list[dict]) -> None:
+        """The slots of the process served before, with their numbers, closed:
+        the inodes the kernel kept reopen them by digest when asked."""
+        stale = time.monotonic() - self.tag_ttl
+        for doc in slots:
+            slot = Slot(doc["number"], parse_reference(doc["pinned"]), doc["views"],
+                        names=set(doc["names"]), layers=list(doc["layers"]),
+                        last_used=time.monotonic())
+            self._slots[slot.number] = slot
+            self._by_pinned[_key(slot.pinned, slot.views)] = slot
+            for name in slot.names if not slot.views else ():
+                self._names[name] = _Name(slot, stale)
+
     def _new_slot(self, pinned: Reference, views: bool = False) -> Slot:
-        slot = Slot(len(self._slots) + 1, pinned, views, last_used=time.monotonic())
+        slot = Slot(max(self._slots, default=0) + 1, pinned, views, last_used=time.monotonic())
         self._slots[slot.number] = slot
         self._by_pinned[_key(pinned, views)] = slot
         return slot

@@ -3,7 +3,8 @@
 The service mounts ``ROOT`` in store mode, listens on the control socket for
 CLI commands, closes idle images and, when asked, serves containerd's
 snapshots API with the mount's per-layer directories, all in one trio loop
-until SIGTERM or SIGINT (then it unmounts and returns).
+until SIGTERM or SIGINT (then it unmounts and returns, or, while containers
+or open files use the mount, leaves it to the next start: ``handover``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from ..store.blobs import Store
 from .binds import Binds
 from .control import Commands, Control
 from .fs import StoreOperations
+from .handover import inodes_path, prepare
+from .inodes import InodeBook
 from .images import IDLE_SECONDS, TAG_TTL_SECONDS, ImageSet
 from .layers import StoreLayers
 from .paths import FSNAME
@@ -51,6 +54,13 @@ async def run_service(settings: ServeSettings, commands: Commands | None = None,
         images = ImageSet(nursery, store, options, idle=settings.idle,
                           tag_ttl=settings.tag_ttl, client=client)
         ops = StoreOperations(images)
+        handover = prepare(settings.root)
+        handover.open_files = ops.open_files
+        ops.book = InodeBook(inodes_path(settings.root))
+        if handover.resumed:
+            ops.restore(ops.book.load())
+        else:
+            ops.book.forget()
         layers = StoreLayers(settings.root, images, ops)
         nursery.start_soon(images.reap)
         binds = Binds(settings.root, images)
@@ -62,9 +72,12 @@ async def run_service(settings: ServeSettings, commands: Commands | None = None,
         if settings.containerd_socket:
             await nursery.start(_snapshotter, settings, layers, ops)
         try:
-            await serve(ops, settings.root, fsname=FSNAME, options=settings.mount, ready=ready)
+            await serve(ops, settings.root, fsname=FSNAME, options=settings.mount, ready=ready,
+                        handover=handover)
         finally:
             binds.unmount_all()
+        if not handover.left:
+            ops.book.forget()
         nursery.cancel_scope.cancel()
 
 

@@ -47,7 +47,8 @@ class Snapshotter:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.root.mkdir(exist_ok=True)
+        if not is_mounted(self.root):  # a mount left to the next service may not answer yet
+            self.root.mkdir(exist_ok=True)
         with open(self.work / "serve.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "lazyfs", "serve", "--no-control-socket",
@@ -190,3 +191,80 @@ def test_rpull_then_run_python_from_lazily_served_layers(registry, ctd, snapshot
         slack = sum(max(0, min(size, estargz.TOC_GUESS) - toc) for size, toc in need.layers)
         served = blob_bytes_served(registry.access_log()[mark:], "snap/debian-py", digests)
         assert need.kept and served <= need.total + slack, (served, need.total, slack)
+
+
+HOLD_PYTHON = """
+import hashlib, os, signal, time
+fd = os.open('/usr/bin/python3.11', os.O_RDONLY)
+def dump(*_):
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    digest = hashlib.sha256(os.pread(fd, 1 << 30, 0)).hexdigest()
+    with open('/tmp/held.new', 'w') as f:
+        f.write(digest)
+    os.rename('/tmp/held.new', '/tmp/held')
+signal.signal(signal.SIGUSR1, dump)
+dump()
+while True:
+    time.sleep(60)
+"""
+
+
+def _held_digest(ctd, name: str) -> str:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return ctd.ctr("task", "exec", "--exec-id", f"cat-{time.monotonic_ns()}", name,
+                           "cat", "/tmp/held")
+        except RuntimeError:
+            assert time.monotonic() < deadline, "the container never wrote /tmp/held"
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_running_container_survives_a_restart_of_the_service(registry, ctd, snapshotter):
+    """kill -9, then SIGTERM, of ``lazyfs serve`` under a running container:
+    the next service takes over the connection, and the container reads files
+    it never read and a file it held open, through its overlay mount made
+    before."""
+    img = debian.debian_image(registry.host, "bookworm-python", "estargz", repo="snap/debian-py")
+    ctd.ctr("image", "rpull", "--plain-http", img.ref, timeout=300)
+    name = f"survivor-{os.getpid()}"
+    ctd.ctr("run", "-d", img.ref, name, "python3", "-c", HOLD_PYTHON, timeout=300)
+    try:
+        before = _held_digest(ctd, name)
+        snapshotter.proc.kill()
+        snapshotter.proc.wait()
+        os.unlink(snapshotter.socket)
+        snapshotter.start()
+        assert "resuming the connection" in snapshotter.log()
+
+        def run(*cmd: str) -> str:
+            return ctd.ctr("task", "exec", "--exec-id", f"x-{time.monotonic_ns()}", name, *cmd,
+                           timeout=120)
+        assert "ID=debian" in run("cat", "/etc/os-release")
+        assert run("python3", "-c", "print(6*7)") == "42\n"
+        run("rm", "/tmp/held")
+        ctd.ctr("task", "kill", "-s", "SIGUSR1", name)
+        assert _held_digest(ctd, name) == before
+        served = json.loads(os.getxattr(snapshotter.root, "user.lazyfs.stats"))["fuse"]
+        assert served["reads"] > 0 and served["bytes_read"] > 1 << 20  # the held file, at least
+
+        # SIGTERM (systemctl restart) under the running container: the mount stays
+        snapshotter.proc.send_signal(signal.SIGTERM)
+        assert snapshotter.proc.wait(30) == 0
+        assert snapshotter.serving() and "in use (/" in snapshotter.log().splitlines()[-1]
+        if os.path.exists(snapshotter.socket):
+            os.unlink(snapshotter.socket)
+        snapshotter.start()
+        assert run("cat", "/etc/debian_version").strip()[:2].isdigit()
+    finally:
+        ctd.ctr("task", "kill", "-s", "SIGKILL", name)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ctd.ctr("task", "delete", name)
+                break
+            except RuntimeError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        ctd.ctr("container", "delete", name)
