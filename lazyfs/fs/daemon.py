@@ -46,6 +46,8 @@ FS_TYPE = "fuse.lazyfs"
 READ_AHEAD_KB = 1024
 _M_ARENA_MAX = -8
 """mallopt(3): the most malloc arenas glibc makes."""
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 256 << 10
 READY_TIMEOUT = 15.0
 """Seconds the first ``stat`` of a fresh mount may take before we call it dead."""
 STOP_GRACE = 2.0
@@ -286,9 +288,15 @@ def _few_malloc_arenas() -> None:
     """Two glibc malloc arenas instead of eight per core: each worker thread
     that decodes or hashes would otherwise get an arena of its own, which
     keeps what it once held, so the daemon's RSS grew with the number of
-    threads ever busy rather than with the bytes actually live."""
+    threads ever busy rather than with the bytes actually live. And a fixed
+    mmap threshold: glibc otherwise raises it to the size of the largest
+    block freed, after which every MiB-sized buffer (a fetched span, a
+    decoded piece) comes from the heap, which keeps its high-water mark,
+    rather than from mmap, which gives it back when freed."""
     try:
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_ARENA_MAX, 2)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
     except (OSError, AttributeError):
         pass
 
@@ -358,6 +366,7 @@ def _raise_readahead(dev: int) -> None:
 
 async def _serve_from(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptions,
                       digest: str, ready: Callable[[dict], None] | None) -> None:
+    _few_malloc_arenas()  # before the image is opened, so its buffers follow the rule too
     async with open_ops() as ops:
         await serve(ops, mp, fsname=fsname, options=options, digest=digest, ready=ready)
 

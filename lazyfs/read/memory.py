@@ -8,9 +8,15 @@ from disk) the same piece over and over. Reads that touch a whole blob on local
 disk run in a worker thread (``Reader.read_local``) and share this cache with
 the event loop, hence the lock.
 
-What loads under way hold (fetched spans, their decoded pieces, before they
-enter this cache) is bounded apart, by ``InFlight``: with both, a reader's
-heap does not grow with the number of concurrent reads.
+What loads under way hold (fetched spans, their decoded pieces, until they
+are on disk) is bounded apart, by ``InFlight``: with both, a reader's heap
+does not grow with the number of concurrent reads.
+
+Pieces in the chunk cache on disk are not held in memory at all: the reader
+keeps their files open (``OpenFiles``) and each read takes the blocks it
+needs, checked, from the page cache. Memory is for what has no file there: a
+layer without a chunk cache, a blob whole on local disk, compressed spans that
+a format decodes more than once.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from typing import AsyncIterator, Hashable
 
 import trio
 
-MEMORY_BYTES = 64 << 20
+from ..store.piecefile import PieceFile
+
+MEMORY_BYTES = 16 << 20
 """Default budget of one reader's memory cache."""
 PIECE_MAX = 4 << 20
 """The largest piece a layer format produces (a gzip span fully inflated)."""
-IN_FLIGHT_BYTES = 64 << 20
+IN_FLIGHT_BYTES = 32 << 20
 """Default bound on the bytes of loads under way (``InFlight``)."""
 
 
@@ -66,6 +74,39 @@ class Memory:
             old = self._items.pop(key, None)
             if old is not None:
                 self.nbytes -= len(old)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+OPEN_FILES = 32
+"""Piece files one reader keeps open: 128 MiB of 4 MiB pieces readable
+without opening (and checking the header of) any file again."""
+
+
+class OpenFiles:
+    """The piece files a reader has open, the least recently used let go
+    first. A file let go closes when the last read using it is done with it
+    (its last reference), never under a read in progress."""
+
+    def __init__(self, limit: int = OPEN_FILES):
+        self.limit = limit
+        self._items: OrderedDict[Hashable, PieceFile] = OrderedDict()
+
+    def get(self, key: Hashable) -> PieceFile | None:
+        f = self._items.get(key)
+        if f is not None:
+            self._items.move_to_end(key)
+        return f
+
+    def put(self, key: Hashable, f: PieceFile) -> None:
+        self._items[key] = f
+        self._items.move_to_end(key)
+        while len(self._items) > self.limit:
+            self._items.popitem(last=False)
+
+    def discard(self, key: Hashable) -> None:
+        self._items.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._items)
