@@ -452,22 +452,29 @@ class Reader:
         self._streams[key] = s
         while len(self._streams) > TRACKED_STREAMS:
             self._streams.popitem(last=False)
+        if not s.window or self.nursery is None:
+            return
+        opening = (self.cache.root is not None and not self._opening
+                   and s.opened - s.end < OPEN_AHEAD // 2)
+        start, stop = max(s.end, s.ahead), s.end + s.window
+        fetching = self._readaheads < READAHEAD_TASKS and stop - start >= s.window // 2
         layer = self.layers[layer_index]
-        if not s.window or self.nursery is None or _is_local(layer.blob):
+        if not (opening or fetching) or _is_local(layer.blob):
             return
-        self._open_ahead(layer, data, s)
-        if self._readaheads >= READAHEAD_TASKS:
-            return
-        start = max(s.end, s.ahead)
-        stop = s.end + s.window
-        if stop - start < s.window // 2:
-            return
+        if opening and self._spawn(self._open_files, layer, data, max(s.end, s.opened),
+                                   s.end + OPEN_AHEAD):
+            s.opened = s.end + OPEN_AHEAD
+            self._opening = True
+        if fetching and self._spawn(self._readahead, layer, data, start, stop):
+            s.ahead = stop
+            self._readaheads += 1
+
+    def _spawn(self, task, layer: Layer, data: bytes, start: int, stop: int) -> bool:
         try:
-            self.nursery.start_soon(self._readahead, layer, data, start, stop - start)
+            self.nursery.start_soon(task, layer, data, start, stop - start)
         except RuntimeError:  # the image is closing
-            return
-        s.ahead = stop
-        self._readaheads += 1
+            return False
+        return True
 
     async def _readahead(self, layer: Layer, data: bytes, offset: int, size: int) -> None:
         fetch_kind.set("readahead")
@@ -480,18 +487,6 @@ class Reader:
             log.info("layer %s: readahead stopped: %s", layer.digest, e)
         finally:
             self._readaheads -= 1
-
-    def _open_ahead(self, layer: Layer, data: bytes, s: _Stream) -> None:
-        if self.cache.root is None or self._opening or s.opened - s.end >= OPEN_AHEAD // 2:
-            return
-        start = max(s.end, s.opened)
-        stop = s.end + OPEN_AHEAD
-        try:
-            self.nursery.start_soon(self._open_files, layer, data, start, stop - start)
-        except RuntimeError:  # the image is closing
-            return
-        s.opened = stop
-        self._opening = True
 
     async def _open_files(self, layer: Layer, data: bytes, offset: int, size: int) -> None:
         """Open the chunk cache's files of the pieces of a range that the
