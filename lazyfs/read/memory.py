@@ -21,7 +21,9 @@ a format decodes more than once.
 
 from __future__ import annotations
 
+import ctypes
 import threading
+import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Hashable
@@ -36,6 +38,8 @@ PIECE_MAX = 4 << 20
 """The largest piece a layer format produces (a gzip span fully inflated)."""
 IN_FLIGHT_BYTES = 32 << 20
 """Default bound on the bytes of loads under way (``InFlight``)."""
+TRIM_EVERY = 1.0
+"""Seconds between two returns of the heap's free memory to the system."""
 
 
 class Memory:
@@ -142,3 +146,24 @@ class InFlight:
             if self._freed is not None:
                 self._freed.set()
                 self._freed = None
+            trim_heap()
+
+
+_trimmed = 0.0
+
+
+def trim_heap() -> None:
+    """Give the free memory inside the heap back to the system (glibc's
+    ``malloc_trim``), at most once per ``TRIM_EVERY``: once loads are done,
+    what their buffers left between live objects would otherwise stay
+    resident, and a burst of reads (or a first mount's indexing) would set
+    the daemon's RSS for good."""
+    global _trimmed
+    now = time.monotonic()
+    if now - _trimmed < TRIM_EVERY:
+        return
+    _trimmed = now
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
