@@ -47,7 +47,7 @@ READ_AHEAD_KB = 1024
 _M_ARENA_MAX = -8
 """mallopt(3): the most malloc arenas glibc makes."""
 _M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD = 2 << 20
+_MMAP_THRESHOLD = 4200 << 10
 _M_TRIM_THRESHOLD = -1
 _TRIM_THRESHOLD = 8 << 20
 READY_TIMEOUT = 15.0
@@ -294,11 +294,13 @@ def _few_malloc_arenas() -> None:
     mmap threshold: glibc otherwise raises it to the size of the largest
     block freed, after which multi-MiB buffers (fetched spans, decoded
     pieces) come from the heap, which keeps its high-water mark, rather than
-    from mmap, which gives them back when freed. It is 2 MiB, above a FUSE
-    read's 1 MiB answer, which a fresh mapping would cost page faults each
-    time; for the same reason up to 8 MiB free at the top of the heap is
-    kept rather than trimmed after every answer (warm reads took twice the
-    CPU)."""
+    from mmap, which gives them back when freed. It is just above a 4 MiB
+    piece: a fresh mapping costs page faults on every use, and FUSE answers
+    (1 MiB) and pieces come and go all the time (cold reads took 15% more
+    CPU with 2 MiB); for the same reason up to 8 MiB free at the top of the
+    heap is kept rather than trimmed after every answer (warm reads took
+    twice the CPU). Free memory inside the heap goes back to the system
+    from the reader, at most once a second (``read.memory.trim_heap``)."""
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt(_M_ARENA_MAX, 2)
