@@ -296,8 +296,8 @@ def _few_malloc_arenas() -> None:
     pieces) come from the heap, which keeps its high-water mark, rather than
     from mmap, which gives them back when freed. It is just above a 4 MiB
     piece: a fresh mapping costs page faults on every use, and FUSE answers
-    (1 MiB) and pieces come and go all the time (cold reads took 15% more
-    CPU with 2 MiB); for the same reason up to 8 MiB free at the top of the
+    (1 MiB) and pieces come and go all the time (cold reads ran ~15% slower
+    with 2 MiB); for the same reason up to 8 MiB free at the top of the
     heap is kept rather than trimmed after every answer (warm reads took
     twice the CPU). Free memory inside the heap goes back to the system
     from the reader, at most once a second (``read.memory.trim_heap``)."""
