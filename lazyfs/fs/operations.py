@@ -28,7 +28,6 @@ import math
 import os
 import stat
 import dataclasses
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -37,6 +36,7 @@ import pyfuse3
 from ..formats.entry import EntryType
 from ..errors import LazyfsError, NotFound, UsageError
 from ..image import OpenOptions, open_image_async
+from ..read.memory import Lru
 from ..index.merged import ROOT_INO, MergedIndex, Node
 from ..index.tree import Tree, mode_of
 from .killed import KilledReaders
@@ -95,30 +95,7 @@ class _Cursor:
     held: tuple | None = None
     """An entry produced but not taken (the kernel's buffer was full)."""
     listing: list | None = None
-    """The whole directory, ready to answer, when it is kept (``Listings``)."""
-
-
-class Listings:
-    """Directory listings ready to answer, least recently used dropped
-    first, bounded by their total number of entries."""
-
-    def __init__(self, limit: int = LISTED_ENTRIES):
-        self.limit = limit
-        self.entries = 0
-        self._items: OrderedDict[int, list] = OrderedDict()
-
-    def get(self, ino: int) -> list | None:
-        listing = self._items.get(ino)
-        if listing is not None:
-            self._items.move_to_end(ino)
-        return listing
-
-    def put(self, ino: int, listing: list) -> None:
-        self._items[ino] = listing
-        self.entries += len(listing)
-        while self.entries > self.limit:
-            _, dropped = self._items.popitem(last=False)
-            self.entries -= len(dropped)
+    """The whole directory, ready to answer, when it is kept (``_listings``)."""
 
 
 def _answers(fn):
@@ -222,7 +199,8 @@ class LazyOperations(pyfuse3.Operations):
         self._openers: dict[int, int] = {}
         self.killed = KilledReaders()
         self._dirs: dict[int, _Cursor] = {}
-        self._listings = Listings()
+        self._listings = Lru(LISTED_ENTRIES, weight=len)
+        """Directory listings ready to answer, bounded by their entries."""
         self._next_fh = itertools.count(1)
         self._virtual: dict[int, _Virtual] = {}
         self._root_names: dict[str, int] = {}

@@ -13,7 +13,7 @@ are on disk) is bounded apart, by ``InFlight``: with both, a reader's heap
 does not grow with the number of concurrent reads.
 
 Pieces in the chunk cache on disk are not held in memory at all: the reader
-keeps their files open (``OpenFiles``) and each read takes the blocks it
+keeps their files open (an ``Lru`` of them) and each read takes the blocks it
 needs, checked, from the page cache. Memory is for what has no file there: a
 layer without a chunk cache, a blob whole on local disk, compressed spans that
 a format decodes more than once.
@@ -26,11 +26,9 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Hashable
+from typing import AsyncIterator, Callable, Hashable
 
 import trio
-
-from ..store.piecefile import PieceFile
 
 MEMORY_BYTES = 16 << 20
 """Default budget of one reader's memory cache."""
@@ -88,29 +86,36 @@ OPEN_FILES = 32
 without opening (and checking the header of) any file again."""
 
 
-class OpenFiles:
-    """The piece files a reader has open, the least recently used let go
-    first. A file let go closes when the last read using it is done with it
-    (its last reference), never under a read in progress."""
+class Lru:
+    """A least-recently-used map bounded by the total ``weight`` of its
+    values (by default their number). A value let go is only dropped from
+    the map: whoever still holds it keeps it (an open file closes when its
+    last reference goes, never under a read in progress)."""
 
-    def __init__(self, limit: int = OPEN_FILES):
+    def __init__(self, limit: int, weight: Callable[[object], int] = lambda v: 1):
         self.limit = limit
-        self._items: OrderedDict[Hashable, PieceFile] = OrderedDict()
+        self.total = 0
+        self._weight = weight
+        self._items: OrderedDict[Hashable, object] = OrderedDict()
 
-    def get(self, key: Hashable) -> PieceFile | None:
-        f = self._items.get(key)
-        if f is not None:
+    def get(self, key: Hashable):
+        value = self._items.get(key)
+        if value is not None:
             self._items.move_to_end(key)
-        return f
+        return value
 
-    def put(self, key: Hashable, f: PieceFile) -> None:
-        self._items[key] = f
-        self._items.move_to_end(key)
-        while len(self._items) > self.limit:
-            self._items.popitem(last=False)
+    def put(self, key: Hashable, value) -> None:
+        self.discard(key)
+        self._items[key] = value
+        self.total += self._weight(value)
+        while self.total > self.limit:
+            _, dropped = self._items.popitem(last=False)
+            self.total -= self._weight(dropped)
 
     def discard(self, key: Hashable) -> None:
-        self._items.pop(key, None)
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.total -= self._weight(old)
 
     def __len__(self) -> int:
         return len(self._items)

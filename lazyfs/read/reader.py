@@ -43,7 +43,7 @@ from ..store.chunks import ChunkCache
 from ..store.piecefile import Damaged, PieceFile
 from .fetch import MERGE_GAP, decode, fetch, group, retryable
 from .flights import Flight, Flights
-from .memory import MEMORY_BYTES, OPEN_FILES, InFlight, Memory, OpenFiles
+from .memory import MEMORY_BYTES, OPEN_FILES, InFlight, Lru, Memory
 from .stats import EventLog, fetch_kind
 
 __all__ = ["ChunkCache", "Layer", "LayerStats", "Reader"]
@@ -134,7 +134,7 @@ class Reader:
         self.cache = cache
         """The chunk cache on disk."""
         self.memory = Memory(memory_bytes)
-        self.files = OpenFiles()
+        self.files = Lru(OPEN_FILES)
         """Chunk-cache files of pieces, open: warm reads are served from them."""
         self._storing: dict[tuple, bytes] = {}
         """Pieces fetched and not yet on disk (counted by ``in_flight``)."""

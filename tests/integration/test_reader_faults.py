@@ -21,7 +21,7 @@ import trio
 from lazyfs.store.chunks import prune_chunks
 from lazyfs.errors import LazyfsError, RangeNotSupported
 from lazyfs.image import OpenOptions, open_image_async
-from lazyfs.read.memory import Memory, OpenFiles
+from lazyfs.read.memory import OPEN_FILES, Lru, Memory
 from lazyfs.read.reader import FETCH_ATTEMPTS
 from lazyfs.read.stats import write_stats
 from lazyfs.reference import parse_reference
@@ -417,7 +417,7 @@ async def test_an_open_image_keeps_its_pieces_from_prune_but_not_past_the_limit(
             assert prune_chunks(store).files == len(kept)
             assert pieces_on_disk(store, image.layer) == []
             proxy.reset_counts()
-            img.reader.memory, img.reader.files = Memory(), OpenFiles()
+            img.reader.memory, img.reader.files = Memory(), Lru(OPEN_FILES)
             assert await read(img, "/data/mid.bin") == expect("/data/mid.bin")
             assert proxy.count("range", "multirange") > 0
 
