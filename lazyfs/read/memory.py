@@ -34,7 +34,7 @@ MEMORY_BYTES = 16 << 20
 """Default budget of one reader's memory cache."""
 PIECE_MAX = 4 << 20
 """The largest piece a layer format produces (a gzip span fully inflated)."""
-IN_FLIGHT_BYTES = 32 << 20
+IN_FLIGHT_BYTES = 24 << 20
 """Default bound on the bytes of loads under way (``InFlight``)."""
 TRIM_EVERY = 1.0
 """Seconds between two returns of the heap's free memory to the system."""
