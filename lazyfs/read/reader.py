@@ -264,7 +264,11 @@ class Reader:
             if p.key in got:
                 continue
             key = _piece_key(layer, p)
-            held = self.files.get(key) or self.memory.get(key) or self._storing.get(key)
+            held = self.files.get(key)
+            if held is None:
+                held = self.memory.get(key)
+            if held is None:
+                held = self._storing.get(key)
             if held is None:
                 todo.append(p)
                 continue
