@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -261,6 +262,7 @@ async def serve(ops: pyfuse3.Operations, mountpoint: str | os.PathLike, *, fsnam
     """
     mp = check_mountpoint(mountpoint, options.nonempty)
     _few_malloc_arenas()
+    _more_open_files()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         try:
             pyfuse3.init(ops, mp, fuse_options(fsname, options))
@@ -307,6 +309,19 @@ def _few_malloc_arenas() -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
     except (OSError, AttributeError):
+        pass
+
+
+def _more_open_files() -> None:
+    """The soft limit on open files raised to the hard one (as Go programs
+    do by themselves): each image's reader keeps up to 32 chunk-cache files
+    open, and ``lazyfs serve`` holds many images in one process, where
+    1024 descriptors would run out."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
         pass
 
 
