@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -46,6 +47,10 @@ FS_TYPE = "fuse.lazyfs"
 READ_AHEAD_KB = 1024
 _M_ARENA_MAX = -8
 """mallopt(3): the most malloc arenas glibc makes."""
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 4200 << 10
+_M_TRIM_THRESHOLD = -1
+_TRIM_THRESHOLD = 8 << 20
 READY_TIMEOUT = 15.0
 """Seconds the first ``stat`` of a fresh mount may take before we call it dead."""
 STOP_GRACE = 2.0
@@ -262,6 +267,7 @@ async def serve(ops: pyfuse3.Operations, mountpoint: str | os.PathLike, *, fsnam
     resumed = handover is not None and handover.resumed
     mp = os.path.abspath(mountpoint) if resumed else check_mountpoint(mountpoint, options.nonempty)
     _few_malloc_arenas()
+    _more_open_files()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         before = _fuse_files()
         try:
@@ -331,10 +337,36 @@ def _few_malloc_arenas() -> None:
     """Two glibc malloc arenas instead of eight per core: each worker thread
     that decodes or hashes would otherwise get an arena of its own, which
     keeps what it once held, so the daemon's RSS grew with the number of
-    threads ever busy rather than with the bytes actually live."""
+    threads ever busy rather than with the bytes actually live. And a fixed
+    mmap threshold: glibc otherwise raises it to the size of the largest
+    block freed, after which multi-MiB buffers (fetched spans, decoded
+    pieces) come from the heap, which keeps its high-water mark, rather than
+    from mmap, which gives them back when freed. It is just above a 4 MiB
+    piece: a fresh mapping costs page faults on every use, and FUSE answers
+    (1 MiB) and pieces come and go all the time (cold reads ran ~15% slower
+    with 2 MiB); for the same reason up to 8 MiB free at the top of the
+    heap is kept rather than trimmed after every answer (warm reads took
+    twice the CPU). Free memory inside the heap goes back to the system
+    from the reader, at most once a second (``read.memory.trim_heap``)."""
     try:
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_ARENA_MAX, 2)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
     except (OSError, AttributeError):
+        pass
+
+
+def _more_open_files() -> None:
+    """The soft limit on open files raised to the hard one (as Go programs
+    do by themselves): each image's reader keeps up to 32 chunk-cache files
+    open, and ``lazyfs serve`` holds many images in one process, where
+    1024 descriptors would run out."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
         pass
 
 
@@ -406,6 +438,7 @@ def _raise_readahead(dev: int) -> None:
 
 async def _serve_from(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptions,
                       digest: str, ready: Callable[[dict], None] | None) -> None:
+    _few_malloc_arenas()  # before the image is opened, so its buffers follow the rule too
     async with open_ops() as ops:
         await serve(ops, mp, fsname=fsname, options=options, digest=digest, ready=ready)
 

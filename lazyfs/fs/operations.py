@@ -36,6 +36,7 @@ import pyfuse3
 from ..formats.entry import EntryType
 from ..errors import LazyfsError, NotFound, UsageError
 from ..image import OpenOptions, open_image_async
+from ..read.memory import Lru
 from ..index.merged import ROOT_INO, MergedIndex, Node
 from ..index.tree import Tree, mode_of
 from .killed import KilledReaders
@@ -52,6 +53,12 @@ EVENTS_XATTR = "user.lazyfs.events"
 """The mount's fetch log, zlib-compressed JSON, for ``stats --timeline``."""
 """Asked of the mount's root, answers the daemon's statistics as JSON; it is
 not listed, so copies and comparisons of the tree never see it."""
+
+LISTED_ENTRIES = 16384
+"""Entries of directory listings kept ready to answer, names encoded and
+attributes built: a second walk of the tree asks the index nothing."""
+LISTING_MAX = 4096
+"""A directory with more entries is paged from the index each time instead."""
 
 ReadFn = Callable[[Node, int, int], Awaitable[bytes]]
 
@@ -87,6 +94,8 @@ class _Cursor:
     items: Iterator | None = None
     held: tuple | None = None
     """An entry produced but not taken (the kernel's buffer was full)."""
+    listing: list | None = None
+    """The whole directory, ready to answer, when it is kept (``_listings``)."""
 
 
 def _answers(fn):
@@ -190,6 +199,8 @@ class LazyOperations(pyfuse3.Operations):
         self._openers: dict[int, int] = {}
         self.killed = KilledReaders()
         self._dirs: dict[int, _Cursor] = {}
+        self._listings = Lru(LISTED_ENTRIES, weight=len)
+        """Directory listings ready to answer, bounded by their entries."""
         self._next_fh = itertools.count(1)
         self._virtual: dict[int, _Virtual] = {}
         self._root_names: dict[str, int] = {}
@@ -350,6 +361,16 @@ class LazyOperations(pyfuse3.Operations):
         cur = self._dirs.get(fh)
         if cur is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if cur.listing is None and start_id == 0:
+            cur.listing = self._listings.get(cur.ino) or await self._listing(cur.ino)
+        if cur.listing:
+            # Offsets are positions: the entry at i resumes at i + 1.
+            reply, listing = pyfuse3.readdir_reply, cur.listing
+            for i in range(start_id, len(listing)):
+                name, attrs = listing[i]
+                if not reply(token, name, attrs, i + 1):
+                    return
+            return
         if cur.items is None or cur.offset != start_id:
             cur.items, cur.held, cur.offset = await self._entries(cur.ino, start_id), None, start_id
         while True:
@@ -361,6 +382,21 @@ class LazyOperations(pyfuse3.Operations):
                 cur.held = entry
                 return
             cur.offset = next_id
+
+    async def _listing(self, ino: int) -> list:
+        """The whole directory as ``(name, attributes)``, kept for the next
+        walk; empty (page from the index) while answers are provisional or
+        for a very big directory."""
+        if not self._tree.lasting:
+            return []
+        listing = []
+        for name, item, next_id in await self._entries(ino, 0):
+            if len(listing) >= LISTING_MAX or next_id != len(listing) + 1:
+                return []
+            listing.append((os.fsencode(name), self._attrs(item)))
+        if listing:
+            self._listings.put(ino, listing)
+        return listing
 
     async def _entries(self, ino: int, start: int
                        ) -> Iterator[tuple[str, Node | _Virtual, int]]:

@@ -1,13 +1,17 @@
 """Reads of entry content: the one read path.
 
 A read goes plan → memory → disk → fetch → decode → keep → slice: the layer's
-format names the pieces holding the range; pieces in the reader's memory
-cache are used as they are; the rest are claimed (``flights``) so that each
-is loaded once however many reads want it at once, looked for in the chunk
-cache on disk, and otherwise fetched (nearby pieces merged into spans, all
-spans of one read in one multi-range request where the registry allows),
-decoded and verified (in a worker thread when big), kept in memory and on
-disk, and only then returned.
+format names the pieces holding the range; pieces the reader holds (in
+memory, or as a chunk-cache file it has open) are used as they are; the rest
+are claimed (``flights``) so that each is loaded once however many reads want
+it at once, looked for in the chunk cache on disk (the file opened, in a
+worker thread, and kept open), and otherwise fetched (nearby pieces merged
+into spans, all spans of one read in one multi-range request where the
+registry allows), decoded and verified (in a worker thread when big), written
+to disk (or kept in memory where there is no chunk cache), and only then
+returned. A piece on disk is served by reading the blocks the read needs from
+its open file, each checked as it is read (``store.piecefile``): the warm
+path holds no piece in memory and needs no thread once the file is open.
 
 Retries live here too, one budget per read: a round in which the read's own
 load, or one it waited for, fails spends one of ``FETCH_ATTEMPTS``; the
@@ -16,7 +20,10 @@ dropped or truncated answer, bytes that fail verification) thus cost at most
 ``FETCH_ATTEMPTS`` fetches before the read fails.
 
 Reads that keep starting where the previous one of the same entry ended
-start a bounded readahead in the background.
+start a bounded readahead in the background, and further ahead, the chunk
+cache's files of the pieces coming up are opened and read into the page
+cache (cheap: no memory of ours, no request), so that a warm sequential read
+finds each piece's blocks in memory when it gets there.
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ from ..errors import (CacheError, DigestMismatch, LayerFormatError, LazyfsError,
                       RegistryInterrupted, naming)
 from ..formats import ContentReader, Piece, slice_piece
 from ..store.chunks import ChunkCache
+from ..store.piecefile import Damaged, PieceFile
 from .fetch import MERGE_GAP, decode, fetch, group, retryable
 from .flights import Flight, Flights
-from .memory import MEMORY_BYTES, InFlight, Memory
+from .memory import MEMORY_BYTES, OPEN_FILES, InFlight, Lru, Memory
 from .stats import EventLog, fetch_kind
 
 __all__ = ["ChunkCache", "Layer", "LayerStats", "Reader"]
@@ -51,7 +59,23 @@ READAHEAD_MIN = 1 << 20
 READAHEAD_MAX = 8 << 20
 READAHEAD_TASKS = 2
 """Readaheads in flight at once per reader; a sequential read past this is not prefetched."""
+SEQUENTIAL_SLACK = 1 << 20
+"""A read starting this close to where the reads of its entry have reached
+still belongs to them: the kernel's readahead sends several reads at once,
+and they do not always arrive in order."""
+OPEN_AHEAD = 32 << 20
+"""How far ahead of a sequential reader the chunk cache's files are opened
+and read into the page cache."""
+OPEN_FILES_AHEAD = OPEN_FILES // 2
+"""At most this many files opened ahead at once, however small the pieces."""
 TRACKED_STREAMS = 256
+SPAN_KEEP = 256 << 10
+"""Compressed spans up to this size stay in memory once decoded."""
+DAMAGED_RETRIES = 3
+"""Times one read may find a piece file damaged (deleted, then loaded afresh) before it fails."""
+
+Held = bytes | PieceFile
+"""A piece as the reader has it: its bytes, or its checked file on disk."""
 
 
 @dataclass
@@ -97,6 +121,8 @@ class _Stream:
     end: int = 0
     window: int = 0
     ahead: int = 0
+    opened: int = 0
+    """How far files have been opened ahead."""
 
 
 class Reader:
@@ -108,6 +134,10 @@ class Reader:
         self.cache = cache
         """The chunk cache on disk."""
         self.memory = Memory(memory_bytes)
+        self.files = Lru(OPEN_FILES)
+        """Chunk-cache files of pieces, open: warm reads are served from them."""
+        self._storing: dict[tuple, bytes] = {}
+        """Pieces fetched and not yet on disk (counted by ``in_flight``)."""
         self.in_flight = InFlight()
         """Bounds what fetches and decodes under way hold, whatever the number of reads."""
         self.nursery = nursery
@@ -117,6 +147,7 @@ class Reader:
         self._flights = Flights()
         self._streams: OrderedDict[tuple, _Stream] = OrderedDict()
         self._readaheads = 0
+        self._opening = False
         self.events: EventLog | None = None
         """Where fetches and chunk-cache hits are logged, if anywhere."""
         self.reading = 0
@@ -127,14 +158,37 @@ class Reader:
         pieces = layer.content.pieces(data, offset, size)
         self.reading += 1
         try:
-            got = await self._obtain(layer, pieces)
+            parts = await self._parts(layer, pieces, offset, size)
         except LazyfsError:
             layer.stats.failed_reads += 1
             raise
         finally:
             self.reading -= 1
         self._sequential(layer_index, data, offset, size)
-        return b"".join(slice_piece(p, got[p.key], offset, size) for p in pieces)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _parts(self, layer: Layer, pieces: Sequence[Piece], offset: int,
+                     size: int) -> list[bytes]:
+        """The read's bytes, one part per piece. A piece file that fails its
+        check while being read is deleted and the piece loaded afresh."""
+        for _ in range(DAMAGED_RETRIES):
+            got = await self._obtain(layer, pieces)
+            try:
+                return [slice_piece(p, got[p.key], offset, size) for p in pieces]
+            except Damaged as e:
+                self._damaged(layer, pieces, got, e)
+        raise CacheError(f"layer {layer.digest}: the chunk cache keeps handing back "
+                         f"damaged files")
+
+    def _damaged(self, layer: Layer, pieces: Sequence[Piece], got: dict[tuple, Held],
+                 error: Damaged) -> None:
+        for p in pieces:
+            held = got[p.key]
+            if isinstance(held, PieceFile) and held.damaged:
+                log.warning("layer %s: chunk-cache file of bytes %d-%d is damaged (%s); "
+                            "fetching it again", layer.digest, p.start, p.end, error)
+                self.files.discard(_piece_key(layer, p))
+                self.cache.discard(layer.digest, p)
 
     async def warm(self, reads: Sequence[tuple[int, bytes, int, int]],
                    foreground: bool = True) -> None:
@@ -171,12 +225,12 @@ class Reader:
     # -- the read path -----------------------------------------------------------
 
     async def _obtain(self, layer: Layer, pieces: Sequence[Piece],
-                      foreground: bool = True) -> dict[tuple, bytes]:
-        """The decoded bytes of each piece, by key, within one retry budget:
+                      foreground: bool = True) -> dict[tuple, Held]:
+        """The decoded bytes (or checked file) of each piece, by key, within one retry budget:
         ``FETCH_ATTEMPTS`` failed rounds and ``deadline`` seconds, waits for
         a slot, for other reads' flights and between attempts included."""
         wanted = list({p.key: p for p in pieces}.values())
-        got: dict[tuple, bytes] = {}
+        got: dict[tuple, Held] = {}
         failures = 0
         last: LazyfsError | None = None
         until = trio.current_time() + self.deadline
@@ -202,30 +256,36 @@ class Reader:
         raise RegistryInterrupted(f"layer {layer.digest}: read gave up after "
                                   f"{self.deadline:g} s{why}")
 
-    def _remembered(self, layer: Layer, wanted: list[Piece], got: dict[tuple, bytes],
+    def _remembered(self, layer: Layer, wanted: list[Piece], got: dict[tuple, Held],
                     foreground: bool) -> list[Piece]:
-        """Take what memory holds into ``got``; the pieces still missing."""
+        """Take what the reader holds into ``got``; the pieces still missing."""
         todo = []
         for p in wanted:
             if p.key in got:
                 continue
-            data = self.memory.get(_piece_key(layer, p))
-            if data is None:
+            key = _piece_key(layer, p)
+            held = self.files.get(key)
+            if held is None:
+                held = self.memory.get(key)
+            if held is None:
+                held = self._storing.get(key)
+            if held is None:
                 todo.append(p)
                 continue
-            got[p.key] = data
+            got[p.key] = held
             if foreground:
                 layer.stats.hits += 1
                 self._log(layer, "hit", p.start, p.end - p.start)
         return todo
 
-    async def _round(self, layer: Layer, todo: list[Piece], got: dict[tuple, bytes],
+    async def _round(self, layer: Layer, todo: list[Piece], got: dict[tuple, Held],
                      foreground: bool) -> LazyfsError | None:
         """Load the pieces nobody is loading, wait for the others; an error
         that one of them met, if any."""
         mine, theirs = self._flights.claim(_piece_key(layer, p) for p in todo)
         if mine:
-            await self._fly(layer, [p for p in todo if _piece_key(layer, p) in mine], mine)
+            await self._fly(layer, [p for p in todo if _piece_key(layer, p) in mine], mine,
+                            ahead=not foreground)
         error = None
         for p in todo:
             key = _piece_key(layer, p)
@@ -240,13 +300,14 @@ class Reader:
                 _count(layer.stats, flight, key in mine)
         return error
 
-    async def _fly(self, layer: Layer, pieces: list[Piece], flights: dict[Hashable, Flight]) -> None:
+    async def _fly(self, layer: Layer, pieces: list[Piece], flights: dict[Hashable, Flight],
+                   ahead: bool = False) -> None:
         """Load claimed pieces from disk, else from the blob. Every flight
         lands whatever happens: a retryable failure as its error (each read
         waiting on it spends one attempt), any other failure as well, and is
         raised; a cancelled one empty."""
         try:
-            rest = await self._from_disk(layer, pieces, flights)
+            rest = await self._from_disk(layer, pieces, flights, ahead)
             if rest:
                 await self._from_blob(layer, rest, flights)
         except LazyfsError as e:
@@ -257,25 +318,31 @@ class Reader:
             self._flights.fail(flights, None)
 
     async def _from_disk(self, layer: Layer, pieces: list[Piece],
-                         flights: dict[Hashable, Flight]) -> list[Piece]:
-        """Land the pieces the chunk cache has (each file read and checked
-        once: its waiters share it); the rest."""
+                         flights: dict[Hashable, Flight], ahead: bool) -> list[Piece]:
+        """Land the pieces the chunk cache has, as open files (each opened
+        once: its waiters share it, later reads find it in ``files``); the
+        rest. Files opened ahead of a sequential reader are read into the
+        page cache in the background."""
         if self.cache.root is None or _is_local(layer.blob):
             return pieces
-        found = await trio.to_thread.run_sync(self._load, layer.digest, pieces)
+        found = await trio.to_thread.run_sync(self._open, layer.digest, pieces, ahead)
         rest = []
-        for p, data in zip(pieces, found):
-            if data is None:
+        for p, f in zip(pieces, found):
+            if f is None:
                 rest.append(p)
                 continue
             key = _piece_key(layer, p)
-            self.memory.put(key, data)
-            self._flights.land(key, flights[key], data)
+            self.files.put(key, f)
+            self._flights.land(key, flights[key], f)
             self._log(layer, "hit", p.start, p.end - p.start)
         return rest
 
-    def _load(self, layer: str, pieces: list[Piece]) -> list[bytes | None]:
-        return [self.cache.load(layer, p) for p in pieces]
+    def _open(self, layer: str, pieces: list[Piece], ahead: bool) -> list[PieceFile | None]:
+        found = [self.cache.open(layer, p) for p in pieces]
+        for f in found if ahead else ():
+            if f is not None:
+                f.advise()
+        return found
 
     async def _from_blob(self, layer: Layer, pieces: list[Piece],
                          flights: dict[Hashable, Flight]) -> None:
@@ -284,15 +351,19 @@ class Reader:
         wanted = sorted({(p.start, p.end) for p in pieces} - raw.keys())
         spans, _ = self._flights.claim(_span_key(layer, s) for s in wanted)
         held = sum(e - s for s, e in wanted) + sum(p.skip + p.length for p in pieces)
+        disk = self.cache.root is not None and not _is_local(layer.blob)
         try:
             async with self.in_flight.room(held):
                 if wanted:
                     raw.update(await self._fetch(layer, wanted))
-                kept = await self._decode_all(layer, pieces, flights, raw)
+                kept = await self._decode_all(layer, pieces, flights, raw, disk)
+                del raw
+                if kept and disk:
+                    await self._store(layer, kept)
         finally:
             self._flights.fail(spans, None)
-        if kept and self.cache.root is not None and not _is_local(layer.blob):
-            await self._store(layer.digest, kept)
+            for p in pieces if disk else ():
+                self._storing.pop(_piece_key(layer, p), None)
 
     async def _kept_spans(self, layer: Layer, pieces: list[Piece]) -> dict[tuple, bytes]:
         """The compressed bytes memory holds for the pieces, after waiting for
@@ -322,8 +393,9 @@ class Reader:
             self.events.add(self._positions[id(layer)], kind, offset, size, began)
 
     async def _decode_all(self, layer: Layer, pieces: list[Piece], flights: dict[Hashable, Flight],
-                          raw: dict[tuple, bytes]) -> list[tuple[Piece, bytes]]:
-        """Decode, verify and keep each piece, landing its flight; the pieces kept."""
+                          raw: dict[tuple, bytes], disk: bool) -> list[tuple[Piece, bytes]]:
+        """Decode, verify and keep each piece (in memory, or until it is on
+        ``disk`` in ``_storing``), landing its flight; the pieces kept."""
         kept = []
         for p in pieces:
             key, span = _piece_key(layer, p), raw[p.start, p.end]
@@ -337,54 +409,76 @@ class Reader:
                 self.memory.discard(_span_key(layer, (p.start, p.end)))
                 self._flights.land(key, flights[key], error=e)
                 continue
-            if data is not span:
-                # Pieces of one span may differ only in how far they decode
-                # (gzip, zstd): the next may need these bytes again soon.
+            if data is not span and len(span) <= SPAN_KEEP:
+                # Small files packed into one compressed stream (eStargz,
+                # zstd:chunked) are pieces of one span: the next may need
+                # these bytes again soon. A big span holds one big chunk.
                 self.memory.put(_span_key(layer, (p.start, p.end)), span)
-            self.memory.put(key, data)
+            if disk:
+                self._storing[key] = data
+            else:
+                self.memory.put(key, data)
             self._flights.land(key, flights[key], data, fetched=True)
             kept.append((p, data))
         return kept
 
-    async def _store(self, layer: str, items: list[tuple[Piece, bytes]]) -> None:
-        def store_all() -> None:
-            for p, data in items:
-                self.cache.store(layer, p, data)
+    async def _store(self, layer: Layer, items: list[tuple[Piece, bytes]]) -> None:
+        """Write pieces to the chunk cache; their files, open, serve the reads after."""
+        def store_all() -> list[PieceFile | None]:
+            return [self.cache.store(layer.digest, p, data) for p, data in items]
         try:
-            await trio.to_thread.run_sync(store_all)
+            files = await trio.to_thread.run_sync(store_all)
         except CacheError as e:
-            log.warning("layer %s: not cached: %s", layer, e)
+            log.warning("layer %s: not cached: %s", layer.digest, e)
+            files = [None] * len(items)
+        for (p, data), f in zip(items, files):
+            key = _piece_key(layer, p)
+            self._storing.pop(key, None)
+            if f is not None:
+                self.files.put(key, f)
+            else:
+                self.memory.put(key, data)
 
     # -- readahead ---------------------------------------------------------------
 
     def _sequential(self, layer_index: int, data: bytes, offset: int, size: int) -> None:
         key = (layer_index, data)
         s = self._streams.pop(key, None)
-        if s is None or s.end != offset:
+        if s is None or abs(offset - s.end) > SEQUENTIAL_SLACK:
             s = _Stream()
+        elif offset + size <= s.end:
+            pass  # a read behind the others (out of order, or again): no news
         elif s.window:
             s.window = min(s.window * 2, READAHEAD_MAX)
         else:
             s.window = READAHEAD_MIN
-        s.end = offset + size
+        s.end = max(s.end, offset + size)
         self._streams[key] = s
         while len(self._streams) > TRACKED_STREAMS:
             self._streams.popitem(last=False)
-        if not s.window or self.nursery is None or self._readaheads >= READAHEAD_TASKS:
+        if not s.window or self.nursery is None:
             return
-        start = max(s.end, s.ahead)
-        stop = s.end + s.window
-        if stop - start < s.window // 2:
-            return
+        opening = (self.cache.root is not None and not self._opening
+                   and s.opened - s.end < OPEN_AHEAD // 2)
+        start, stop = max(s.end, s.ahead), s.end + s.window
+        fetching = self._readaheads < READAHEAD_TASKS and stop - start >= s.window // 2
         layer = self.layers[layer_index]
-        if _is_local(layer.blob):
+        if not (opening or fetching) or _is_local(layer.blob):
             return
+        if opening and self._spawn(self._open_files, layer, data, max(s.end, s.opened),
+                                   s.end + OPEN_AHEAD):
+            s.opened = s.end + OPEN_AHEAD
+            self._opening = True
+        if fetching and self._spawn(self._readahead, layer, data, start, stop):
+            s.ahead = stop
+            self._readaheads += 1
+
+    def _spawn(self, task, layer: Layer, data: bytes, start: int, stop: int) -> bool:
         try:
-            self.nursery.start_soon(self._readahead, layer, data, start, stop - start)
+            self.nursery.start_soon(task, layer, data, start, stop - start)
         except RuntimeError:  # the image is closing
-            return
-        s.ahead = stop
-        self._readaheads += 1
+            return False
+        return True
 
     async def _readahead(self, layer: Layer, data: bytes, offset: int, size: int) -> None:
         fetch_kind.set("readahead")
@@ -397,6 +491,25 @@ class Reader:
             log.info("layer %s: readahead stopped: %s", layer.digest, e)
         finally:
             self._readaheads -= 1
+
+    async def _open_files(self, layer: Layer, data: bytes, offset: int, size: int) -> None:
+        """Open the chunk cache's files of the pieces of a range that the
+        reader does not hold, with the page cache told to read them in; the
+        pieces that are not on disk are left to the reads (and readahead)."""
+        try:
+            pieces = list({p.key: p for p in layer.content.pieces(data, offset, size)}.values())
+            keys = [_piece_key(layer, p) for p in pieces]
+            todo = [k for k in keys if self.files.get(k) is None and self.memory.get(k) is None
+                    and k not in self._storing][:OPEN_FILES_AHEAD]
+            mine, _ = self._flights.claim(todo)
+            try:
+                claimed = [p for p, k in zip(pieces, keys) if k in mine]
+                if claimed:
+                    await self._from_disk(layer, claimed, mine, ahead=True)
+            finally:
+                self._flights.fail(mine, None)
+        finally:
+            self._opening = False
 
 
 def _piece_key(layer: Layer, piece: Piece) -> tuple:

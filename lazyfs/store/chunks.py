@@ -2,16 +2,17 @@
 lazyfs process. (Keeping pieces in memory is the reader's business.)
 
 A piece lives at ``chunks/<algo>/<hex[:2]>/<hex>/<key>`` (one directory per
-layer) and starts with a header holding its length and a CRC-32 of its key
-and bytes. Files appear only by renaming a complete tmp file, and every read
-checks the header, so neither a crash mid-write nor a torn or corrupted file
-after a power cut can put wrong bytes in front of a reader: such a file is
-deleted and its piece fetched again. That check is also why writes are not
-fsynced: durability would buy nothing the check does not already give. It
-guards against accidents, not forgery (whoever can write the cache could
-forge any checksum; the format verified each piece before it was kept), so
-it is CRC-32, five times cheaper than a BLAKE2b, because a warm read of a
-large file is mostly this check.
+layer): a header holding its length, a CRC-32 per 64 KiB block, seeded with
+the piece's key, then its bytes (``piecefile``). Files appear only by renaming
+a complete tmp file, and every read checks the blocks it serves, so neither a
+crash mid-write nor a torn or corrupted file after a power cut can put wrong
+bytes in front of a reader: such a file is deleted and its piece fetched
+again. That check is also why writes are not fsynced: durability would buy
+nothing the check does not already give. It guards against accidents, not
+forgery (whoever can write the cache could forge any checksum; the format
+verified each piece before it was kept), so it is CRC-32: a warm read of a
+large file is mostly this check, and per block it can be done for each read
+as it is served rather than for a whole piece loaded first.
 
 The disk part is bounded (``LAZYFS_CACHE_SIZE``, at most the size of the file
 system it is on), and the bound counts, besides the pieces, the whole blobs
@@ -40,18 +41,14 @@ import hashlib
 import os
 import re
 import secrets
-import struct
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..errors import CacheError, UsageError, warn
 from ..formats import Piece
-
-MAGIC = b"LZC2"
-_HEAD = struct.Struct("<4sQI")
+from .piecefile import Damaged, PieceFile, header, header_size
 TOUCH_EVERY = 60.0
 """Seconds between mtime refreshes of a piece that keeps being hit."""
 DEFAULT_CACHE_SIZE = 10 << 30
@@ -187,49 +184,71 @@ class ChunkCache:
         algo, _, hexd = layer.partition(":")
         return self.root / algo / hexd[:2] / hexd / _tag(piece)
 
-    def load(self, layer: str, piece: Piece) -> bytes | None:
-        """The piece from disk if it is there and intact; a bad file is deleted."""
+    def open(self, layer: str, piece: Piece) -> PieceFile | None:
+        """The piece's file, open, if it is there and its header and size are
+        right (its blocks are checked as they are read); a bad file is deleted."""
         if self.root is None:
             return None
         path = self.path(layer, piece)
         try:
-            with open(path, "rb", buffering=0) as f:
-                self.loads += 1
-                head = f.read(_HEAD.size)
-                data = f.read()
-                mtime = os.fstat(f.fileno()).st_mtime
-        except OSError:
+            f = PieceFile.open(path, _tag(piece))
+        except Damaged:
+            self.discard(layer, piece)
             return None
-        if not _intact(head, data, _tag(piece)):
-            self.corrupt += 1
-            with contextlib.suppress(OSError):
-                path.unlink()
+        if f is None:
             return None
-        if time.time() - mtime > TOUCH_EVERY:
+        self.loads += 1
+        if time.time() - f.mtime > TOUCH_EVERY:
             with contextlib.suppress(OSError):
                 os.utime(path)
-        return data
+        return f
 
-    def store(self, layer: str, piece: Piece, data: bytes) -> None:
-        """Write the piece (already verified by its format) and keep the size limit."""
+    def load(self, layer: str, piece: Piece) -> bytes | None:
+        """The piece's bytes from disk if it is there and intact; a bad file is deleted."""
+        f = self.open(layer, piece)
+        if f is None:
+            return None
+        try:
+            return f.read_all()
+        except Damaged:
+            self.discard(layer, piece)
+            return None
+        finally:
+            f.close()
+
+    def discard(self, layer: str, piece: Piece) -> None:
+        """Delete a piece's file found damaged (by this cache or by a reader of its file)."""
+        self.corrupt += 1
+        with contextlib.suppress(OSError, CacheError):
+            self.path(layer, piece).unlink()
+
+    def store(self, layer: str, piece: Piece, data: bytes) -> PieceFile | None:
+        """Write the piece (already verified by its format) and keep the size
+        limit; the file written, open for reading (``None`` without a directory)."""
         if self.root is None:
-            return
+            return None
         path = self.path(layer, piece)
-        header = _header(_tag(piece), data)
+        tag = _tag(piece)
+        head = header(tag, data)
         try:
             try:
-                _write_piece(path, header, data)
+                written = _write_piece(path, head, data)
             except FileNotFoundError:
                 # An eviction elsewhere removed the layer's directory once it was empty.
-                _write_piece(path, header, data)
+                written = _write_piece(path, head, data)
         except OSError as e:
             raise CacheError(f"cannot write to chunk cache {self.root}: {e.strerror}") from None
         if self._disk_bytes is None or time.monotonic() - self._scanned > RESCAN_EVERY:
             self._disk_bytes = self.disk_bytes()
         else:
-            self._disk_bytes += _HEAD.size + len(data)
+            self._disk_bytes += header_size(len(data)) + len(data)
         if self._disk_bytes > self.limit:
             self.evict()
+        try:
+            return PieceFile.adopt(written, tag)
+        except (Damaged, OSError):
+            os.close(written)
+            return None
 
     def disk_bytes(self) -> int:
         """What the bound counts: pieces (tmp files too) and unkept whole blobs."""
@@ -373,38 +392,21 @@ def _tag(piece: Piece) -> str:
     return hashlib.sha256(repr(piece.key).encode()).hexdigest()[:32]
 
 
-def _header(tag: str, data: bytes) -> bytes:
-    return _HEAD.pack(MAGIC, len(data), _checksum(tag, data))
-
-
-def _checksum(tag: str, data: bytes) -> int:
-    return zlib.crc32(data, zlib.crc32(tag.encode()))
-
-
-def _intact(head: bytes, data: bytes, tag: str) -> bool:
-    if len(head) < _HEAD.size:
-        return False
-    magic, length, checksum = _HEAD.unpack(head)
-    if magic != MAGIC or length != len(data):
-        return False
-    return _checksum(tag, data) == checksum
-
-
-def _write_piece(path: Path, header: bytes, data: bytes) -> None:
+def _write_piece(path: Path, head: bytes, data: bytes) -> int:
+    """Write and rename into place; the file's descriptor, still open (for reading too)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            _write_all(fd, header)
-            _write_all(fd, data)
-        finally:
-            os.close(fd)
+        _write_all(fd, head)
+        _write_all(fd, data)
         os.replace(tmp, path)
     except BaseException:
+        os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return fd
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -21,7 +21,7 @@ import trio
 from lazyfs.store.chunks import prune_chunks
 from lazyfs.errors import LazyfsError, RangeNotSupported
 from lazyfs.image import OpenOptions, open_image_async
-from lazyfs.read.memory import Memory
+from lazyfs.read.memory import OPEN_FILES, Lru, Memory
 from lazyfs.read.reader import FETCH_ATTEMPTS
 from lazyfs.read.stats import write_stats
 from lazyfs.reference import parse_reference
@@ -402,7 +402,8 @@ async def test_warming_scattered_files_takes_one_multi_range_request(registry, i
 async def test_an_open_image_keeps_its_pieces_from_prune_but_not_past_the_limit(
         registry, images, tmp_path, docker_config, monkeypatch):
     """``prune --all`` spares what an open image uses; the size limit does
-    not (its pieces go last, and are fetched again when read)."""
+    not (its pieces go last, and are fetched again when read once the reader
+    has let go of the files it had open)."""
     image = images["tar"]
     store = image.store(tmp_path)
     async with fault_proxy(registry.host) as proxy:
@@ -416,7 +417,7 @@ async def test_an_open_image_keeps_its_pieces_from_prune_but_not_past_the_limit(
             assert prune_chunks(store).files == len(kept)
             assert pieces_on_disk(store, image.layer) == []
             proxy.reset_counts()
-            img.reader.memory = Memory()
+            img.reader.memory, img.reader.files = Memory(), Lru(OPEN_FILES)
             assert await read(img, "/data/mid.bin") == expect("/data/mid.bin")
             assert proxy.count("range", "multirange") > 0
 

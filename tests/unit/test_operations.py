@@ -72,6 +72,10 @@ class _CountingTree(Tree):
         self.asked += 1
         return await super().xattrs(ino)
 
+    async def readdir(self, ino, start=0):
+        self.asked += 1
+        return await super().readdir(ino, start)
+
 
 async def test_xattrs_of_a_node_without_any_and_opendir_are_answered_without_the_tree(tmp_path):
     layer = [D("etc"), F("etc/os-release", b"debian"),
@@ -95,3 +99,52 @@ async def test_xattrs_of_a_node_without_any_and_opendir_are_answered_without_the
             await ops.getxattr(ping, b"user.other", None)
         assert e.value.errno == pyfuse3.ENOATTR
         assert tree.asked > 0
+
+
+class _Listing:
+    """``readdir_reply`` standing in for the kernel's buffer: takes ``room``
+    entries per call."""
+
+    def __init__(self, room: int):
+        self.room, self.got = room, []
+
+    def __call__(self, token, name, attrs, next_id):
+        if len(token) >= self.room:
+            return False
+        token.append(name)
+        self.got.append((name, attrs.st_ino, next_id))
+        return True
+
+
+async def _walk(ops, ino: int, listing: _Listing) -> None:
+    fh = await ops.opendir(ino, None)
+    offset = 0
+    while True:
+        page: list = []
+        await ops.readdir(fh, offset, page)
+        if not page:
+            break
+        offset = listing.got[-1][2]
+    await ops.releasedir(fh)
+
+
+async def test_a_directory_is_listed_from_the_tree_once_then_from_memory(tmp_path, monkeypatch):
+    names = [f"f{i:03}" for i in range(150)]
+    layer = [D("etc"), *(F(f"etc/{n}", n.encode()) for n in names)]
+    with MergedIndex.build(tmp_path / "ix", [layer], per_layer=False) as index:
+        etc = index.resolve("/etc").ino
+        tree = _CountingTree(index)
+        ops = LazyOperations(tree, no_reads)
+        pages = []
+        for _ in range(3):
+            listing = _Listing(room=7)
+            monkeypatch.setattr(pyfuse3, "readdir_reply", listing)
+            await _walk(ops, etc, listing)
+            pages.append(listing.got)
+            if len(pages) == 1:
+                asked, tree.asked = tree.asked, 0
+        assert [n.decode() for n, _, _ in pages[0]] == names
+        assert [off for _, _, off in pages[0]] == list(range(1, 151))
+        assert pages[0] == pages[1] == pages[2]
+        assert asked > 0 and tree.asked == 0, "the second and third walks asked the tree nothing"
+

@@ -214,6 +214,29 @@ def test_a_sequential_read_fetches_each_byte_once(built, fmt):
     trio.run(main)
 
 
+def test_reads_arriving_slightly_out_of_order_are_still_sequential(built, tmp_path):
+    """The kernel sends readahead reads a few at a time and they may arrive
+    swapped: such a stream (here over a warm chunk cache) still gets
+    readahead."""
+    b = built["tar"]
+    size = len(FILES["big.txt"])
+    step = 128 << 10
+    offsets = [off + d for off in range(0, size - step, 2 * step) for d in (step, 0)]
+
+    async def main():
+        first, _ = make_reader(b, tmp_path / "chunks")
+        for off in range(0, size, step):
+            await read(first, b, "big.txt", off, step)
+        async with trio.open_nursery() as nursery:
+            reader, source = make_reader(b, tmp_path / "chunks", nursery=nursery)
+            for off in offsets:
+                assert await read(reader, b, "big.txt", off, step) == expect("big.txt", off, step)
+                await trio.sleep(0)
+        assert source.requests == 0 and reader.layers[0].stats.readahead_pieces > 0
+
+    trio.run(main)
+
+
 # --- sharing -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", FORMATS)
