@@ -18,14 +18,12 @@ of a ``--debug`` mount, is always kept.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import errno
 import hashlib
 import json
 import logging
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -40,17 +38,11 @@ import trio
 from .. import errors
 from ..errors import LazyfsError, MountError
 from .operations import EVENTS_XATTR, STATS_XATTR
+from .tuning import more_open_files, raise_readahead, tune_heap
 
 log = logging.getLogger(__name__)
 
 FS_TYPE = "fuse.lazyfs"
-READ_AHEAD_KB = 1024
-_M_ARENA_MAX = -8
-"""mallopt(3): the most malloc arenas glibc makes."""
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD = 4200 << 10
-_M_TRIM_THRESHOLD = -1
-_TRIM_THRESHOLD = 8 << 20
 READY_TIMEOUT = 15.0
 """Seconds the first ``stat`` of a fresh mount may take before we call it dead."""
 STOP_GRACE = 2.0
@@ -266,8 +258,8 @@ async def serve(ops: pyfuse3.Operations, mountpoint: str | os.PathLike, *, fsnam
     """
     resumed = handover is not None and handover.resumed
     mp = os.path.abspath(mountpoint) if resumed else check_mountpoint(mountpoint, options.nonempty)
-    _few_malloc_arenas()
-    _more_open_files()
+    tune_heap()
+    more_open_files()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         before = _fuse_files()
         try:
@@ -333,43 +325,6 @@ def _close(mp: str, handover) -> None:
         handover.close()
 
 
-def _few_malloc_arenas() -> None:
-    """Two glibc malloc arenas instead of eight per core: each worker thread
-    that decodes or hashes would otherwise get an arena of its own, which
-    keeps what it once held, so the daemon's RSS grew with the number of
-    threads ever busy rather than with the bytes actually live. And a fixed
-    mmap threshold: glibc otherwise raises it to the size of the largest
-    block freed, after which multi-MiB buffers (fetched spans, decoded
-    pieces) come from the heap, which keeps its high-water mark, rather than
-    from mmap, which gives them back when freed. It is just above a 4 MiB
-    piece: a fresh mapping costs page faults on every use, and FUSE answers
-    (1 MiB) and pieces come and go all the time (cold reads ran ~15% slower
-    with 2 MiB); for the same reason up to 8 MiB free at the top of the
-    heap is kept rather than trimmed after every answer (warm reads took
-    twice the CPU). Free memory inside the heap goes back to the system
-    from the reader, at most once a second (``read.memory.trim_heap``)."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_ARENA_MAX, 2)
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-    except (OSError, AttributeError):
-        pass
-
-
-def _more_open_files() -> None:
-    """The soft limit on open files raised to the hard one (as Go programs
-    do by themselves): each image's reader keeps up to 32 chunk-cache files
-    open, and ``lazyfs serve`` holds many images in one process, where
-    1024 descriptors would run out."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (OSError, ValueError):
-        pass
-
-
 async def _stop_on_signal(signals, main: trio.CancelScope, handover=None) -> None:
     async for signum in signals:
         log.info("%s: unmounting", signal.Signals(signum).name)
@@ -401,7 +356,7 @@ async def _announce(mp: str, fsname: str, digest: str, options: MountOptions, sp
         return
     dev = _device_of(mp)
     if dev is not None:
-        _raise_readahead(dev)
+        raise_readahead(dev)
     state = {"pid": os.getpid(), "reference": fsname, "digest": digest, "mountpoint": mp,
              "log": str(options.log_path or ""), "started": time.time()}
     write_state(spath, state)
@@ -426,19 +381,9 @@ def _device_of(mp: str) -> int | None:
     return None
 
 
-def _raise_readahead(dev: int) -> None:
-    """Bigger kernel readahead doubles sequential throughput; best effort."""
-    bdi = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
-    try:
-        with open(bdi, "w") as f:
-            f.write(str(READ_AHEAD_KB))
-    except OSError as e:
-        log.debug("cannot raise readahead via %s: %s", bdi, e)
-
-
 async def _serve_from(open_ops: OpsFactory, mp: str, fsname: str, options: MountOptions,
                       digest: str, ready: Callable[[dict], None] | None) -> None:
-    _few_malloc_arenas()  # before the image is opened, so its buffers follow the rule too
+    tune_heap()  # before the image is opened, so its buffers follow the rule too
     async with open_ops() as ops:
         await serve(ops, mp, fsname=fsname, options=options, digest=digest, ready=ready)
 

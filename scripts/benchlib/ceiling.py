@@ -17,7 +17,7 @@ import sys
 import pyfuse3
 import trio
 
-from lazyfs.fs.daemon import READ_AHEAD_KB
+from lazyfs.fs.tuning import READ_AHEAD_KB
 
 NAME = b"big.bin"
 FILE_INO = pyfuse3.ROOT_INODE + 1
