@@ -51,6 +51,13 @@ log = logging.getLogger(__name__)
 WRITE_BEHIND_DELAY = 0.5
 """Seconds after opening before a new image's tables and index file are
 written: the first lookups and reads should not share the CPU with that."""
+WRITE_BEHIND_QUIET = 0.3
+"""After the delay, the write also waits until no read came for this long: a
+container's start reads one file after another for about a second, and the
+write (a tenth of a second of CPU, mostly holding the GIL) would slow every
+read it overlaps."""
+WRITE_BEHIND_MAX = 10.0
+"""Seconds after opening when the files are written, reads or not."""
 
 
 @dataclass
@@ -279,7 +286,8 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                               Prefetch(nursery), background)
                 image.mirrors = getattr(client, "mirrors", None)
                 if unsaved or isinstance(index, MemoryIndex):
-                    image.behind = WriteBehind(image.tree, index, unsaved or [])
+                    image.behind = WriteBehind(image.tree, index, unsaved or [],
+                                               reader.events)
                     nursery.start_soon(image.behind.run)
                 index = None  # the tree holds it, until it answers from the file
                 _start(image, nursery, client, options, tables)
@@ -328,8 +336,9 @@ class WriteBehind:
     are out, and the tree then answered from the file. An image closed before
     that writes them on its way out, so that the next open finds them."""
 
-    def __init__(self, tree: Tree, index, unsaved: list):
+    def __init__(self, tree: Tree, index, unsaved: list, events: EventLog | None = None):
         self._tree = tree
+        self._events = events
         self._index = index
         self._unsaved = unsaved
         self._asked = trio.Event()
@@ -339,6 +348,10 @@ class WriteBehind:
         try:
             with trio.move_on_after(WRITE_BEHIND_DELAY):
                 await self._asked.wait()
+            with trio.move_on_after(WRITE_BEHIND_MAX - WRITE_BEHIND_DELAY):
+                while not self._asked.is_set() and (wait := self._reads_lately()) > 0:
+                    with trio.move_on_after(wait):
+                        await self._asked.wait()
         except trio.Cancelled:
             self._write()
             self._done.set()
@@ -349,6 +362,12 @@ class WriteBehind:
                 self._tree.settle(written)
         finally:
             self._done.set()
+
+    def _reads_lately(self) -> float:
+        """How much longer to wait for reads to pause (0: they have)."""
+        if self._events is None:
+            return 0.0
+        return max(0.0, WRITE_BEHIND_QUIET - self._events.idle())
 
     async def now(self) -> None:
         self._asked.set()

@@ -61,6 +61,7 @@ class EventLog:
         self._first_max = kept // 2
         self._latest: deque[Event] = deque(maxlen=kept - self._first_max)
         self.dropped = 0
+        self._last = float("-inf")
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -68,7 +69,7 @@ class EventLog:
     def add(self, layer: int, kind: str, offset: int, size: int,
             start: float | None = None) -> None:
         """An event ending now; ``start`` (from ``now()``) when it took time."""
-        end = self.now()
+        end = self._last = self.now()
         e = Event(end if start is None else start, end, layer, kind, offset, size)
         if len(self._first) < self._first_max:
             self._first.append(e)
@@ -76,6 +77,10 @@ class EventLog:
         if len(self._latest) == self._latest.maxlen:
             self.dropped += 1
         self._latest.append(e)
+
+    def idle(self) -> float:
+        """Seconds since the last event ended (``inf`` before the first)."""
+        return self.now() - self._last
 
     def events(self) -> list[Event]:
         return self._first + list(self._latest)

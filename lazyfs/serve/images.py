@@ -97,6 +97,8 @@ class ImageSet:
         self._slots: dict[int, Slot] = {}
         self._by_pinned: dict[str, Slot] = {}
         self._names: dict[str, _Name] = {}
+        self._view_names: dict[str, _Name] = {}
+        """The same for slots opened with layer views only (the snapshotter's)."""
         self._name_locks: dict[str, trio.Lock] = collections.defaultdict(trio.Lock)
         self.failures: collections.deque = collections.deque(maxlen=MAX_FAILURES)
         self.failure_count = 0
@@ -126,23 +128,26 @@ class ImageSet:
             return float("inf")
         return max(0.0, known.resolved_at + self.tag_ttl - time.monotonic())
 
-    async def by_reference(self, text: str | Reference) -> Slot:
-        """The open slot of the image ``text`` names, opening it if needed."""
+    async def by_reference(self, text: str | Reference, views: bool = False) -> Slot:
+        """The open slot of the image ``text`` names, opening it if needed;
+        with ``views``, its slot with per-layer views (which holds the merged
+        tree as well), without opening the plain one first."""
         ref = parse_reference(text) if isinstance(text, str) else text
         if ref.transport != "docker":
             raise UsageError(f"{ref}: only registry references are served")
         name = str(ref)
         try:
             async with self._name_locks[name]:
-                slot = await self._named(name, ref)
+                slot = await self._named(name, ref, views)
             await self.ensure_open(slot)
         except LazyfsError as e:
             self.failed(str(ref), e)
             raise
         return slot
 
-    async def _named(self, name: str, ref: Reference) -> Slot:
-        known = self._names.get(name)
+    async def _named(self, name: str, ref: Reference, views: bool = False) -> Slot:
+        names = self._view_names if views else self._names
+        known = names.get(name)
         now = time.monotonic()
         if known is not None and (ref.digest or now - known.resolved_at < self.tag_ttl):
             return known.slot
@@ -158,11 +163,11 @@ class ImageSet:
                 known.resolved_at = now
                 return known.slot
             log.info("%s now points at %s (was %s)", ref, pinned.digest, known.slot.digest)
-            slot = self._by_pinned.get(_key(pinned, False)) or self._new_slot(pinned)
+            slot = self._by_pinned.get(_key(pinned, views)) or self._new_slot(pinned, views)
         else:
-            slot = await self._open_new(ref)
+            slot = await self._open_new(ref, views)
         slot.names.add(name)
-        self._names[name] = _Name(slot, now)
+        names[name] = _Name(slot, now)
         return slot
 
     async def _resolve(self, ref: Reference) -> Reference:
@@ -208,18 +213,18 @@ class ImageSet:
             raise
         return views
 
-    async def _open_new(self, ref: Reference) -> Slot:
+    async def _open_new(self, ref: Reference, views: bool = False) -> Slot:
         """Open by the reference as written: one resolution, not two."""
-        if ref.digest and (slot := self._by_pinned.get(_key(ref, False))) is not None:
+        if ref.digest and (slot := self._by_pinned.get(_key(ref, views))) is not None:
             return slot
         scope = trio.CancelScope()
-        image = await self._nursery.start(self._hold, ref, scope, False)
+        image = await self._nursery.start(self._hold, ref, scope, views)
         pinned = image.ref
-        slot = self._by_pinned.get(_key(pinned, False))
+        slot = self._by_pinned.get(_key(pinned, views))
         if slot is not None and slot.image is not None:
             scope.cancel()  # the same image under a second name
             return slot
-        slot = slot or self._new_slot(pinned)
+        slot = slot or self._new_slot(pinned, views)
         self._adopt(slot, image, scope)
         return slot
 

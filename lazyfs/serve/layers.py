@@ -28,7 +28,7 @@ class StoreLayers:
     async def layer_dir(self, ref: str, digest: str) -> str:
         """The absolute lowerdir-form directory of layer ``digest`` of image
         ``ref``; ``LazyfsError`` when it cannot be served lazily."""
-        slot = await self._images.by_reference(ref)
+        slot = await self._images.by_reference(ref, views=True)
         if digest not in slot.layers:
             raise NotFound(f"{ref} has no layer {digest}")
         if await self._ops.layer_view(digest) is None:

@@ -67,7 +67,10 @@ class Snapshotter:
         force_cleanup(self.root, [])
 
     def stats(self) -> dict:
-        return json.loads(os.getxattr(self.root, "user.lazyfs.stats"))["snapshotter"]
+        return self.service_stats()["snapshotter"]
+
+    def service_stats(self) -> dict:
+        return json.loads(os.getxattr(self.root, "user.lazyfs.stats"))
 
     def serving(self) -> bool:
         return is_mounted(self.root)
@@ -137,6 +140,10 @@ def test_rpull_serves_layers_lazily_and_survives_a_restart(registry, ctd, snapsh
     assert len(new) == 2
     assert all(snapshot_labels(ctd, k).get(REMOTE) == "remote snapshot" for k in new)
     assert {snapshotter.stats()["layers"][k]["mode"] for k in new} == {"lazy"}
+    # the image opened once, with the per-layer views (no merged-only open first)
+    opened = [(i["layer_views"], i["opens"]) for i in snapshotter.service_stats()["images"]
+              if any("snap/remote" in r for r in i["references"])]
+    assert opened == [(True, 1)]
     assert ctd.ctr("run", "--rm", ref, "remote1", "/bin/sh", "-c", SCRIPT) == EXPECTED
 
     snapshotter.stop()

@@ -14,6 +14,7 @@ import weakref
 
 import trio
 
+from lazyfs import image as image_module
 from lazyfs.image import WRITE_BEHIND_DELAY
 from lazyfs.index.memory import MemoryIndex
 from lazyfs.index.merged import ROOT_INO, MergedIndex
@@ -87,3 +88,20 @@ async def test_the_tree_in_memory_is_let_go_once_the_file_answers(tmp_path):
         assert isinstance(image.index, MergedIndex)
         gc.collect()
         assert memory() is None, "the tree in memory is still referenced"
+
+
+async def test_the_files_wait_while_reads_keep_coming(tmp_path, monkeypatch):
+    monkeypatch.setattr(image_module, "WRITE_BEHIND_QUIET", 1.0)
+    registry = MemoryRegistry()
+    pushed = push_layered(registry, "estargz")
+    async with opened(tmp_path, registry, pushed.ref) as image:
+        tool = image.index.resolve("/usr/bin/tool")
+        until = trio.current_time() + WRITE_BEHIND_DELAY + 1.5
+        while trio.current_time() < until:
+            assert await image.read(tool, 0, tool.size) == FILES["/usr/bin/tool"]
+            await trio.sleep(0.05)
+        assert _written(tmp_path) == set()
+        with trio.fail_after(10):
+            while not isinstance(image.index, MergedIndex):
+                await trio.sleep(0.05)
+        assert _written(tmp_path) == {"merged", "layer-estargz"}
