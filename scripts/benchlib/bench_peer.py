@@ -141,13 +141,21 @@ def _first_reads(res: Run, ref: str, digests: list[str], work: Path, cursor, pee
         rows[name] = (lazy, st)
     _add(res, "mount → first cat of /etc/os-release (bottom layer), cold", "s", *rows["bottom"])
     _add(res, f"same for a top-layer file (/{TOP})", "s", *rows["top"])
-    served = []
+    served, again = [], []
     for path in (BOTTOM, TOP):
-        with running_service(work / "svc") as (_, svc_env):
+        shutil.rmtree(work / "svc-cache", ignore_errors=True)
+        with running_service(work / "svc", work / "svc-cache") as (_, svc_env):
             served.append(_lazy_cat(ref, path, work / "mnt", svc_env))
+            again.append(_lazy_cat(ref, path, work / "mnt", svc_env))
+    with running_service(work / "svc", work / "svc-cache") as (_, svc_env):
+        restarted = _lazy_cat(ref, BOTTOM, work / "mnt", svc_env)
     _add(res, "`lazyfs mount` answered by a running `lazyfs serve` → first cat, cold "
          "(bottom layer)", "s", served[0], rows["bottom"][1])
     _add(res, "same for the top-layer file", "s", served[1], rows["top"][1])
+    _add(res, "… the same mount again, the image open in the service", "s", again[0],
+         rows["bottom"][1], note="stargz-store: its cold first read")
+    _add(res, "… through a service started afresh, index in the cache", "s", restarted,
+         rows["bottom"][1], note="stargz-store: its cold first read")
     cursor.mark()
     again = _lazy_cat(ref, BOTTOM, work / "mnt", env)
     served = cursor.served()

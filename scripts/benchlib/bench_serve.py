@@ -97,11 +97,12 @@ def _layer_holding(img, path: str) -> str:
 
 
 @contextlib.contextmanager
-def running_service(work: Path) -> Iterator[tuple[Path, dict]]:
+def running_service(work: Path, cache: Path | None = None) -> Iterator[tuple[Path, dict]]:
+    """``cache``: a cache kept from before (default: a new one under ``work``)."""
     shutil.rmtree(work, ignore_errors=True)
     root, sock = work / "root", work / "control.sock"
     root.mkdir(parents=True)
-    env = bench_env(work / "cache", work / "run")
+    env = bench_env(cache or work / "cache", work / "run")
     with open(work / "serve.log", "wb") as log_file:
         proc = subprocess.Popen([PYTHON, "-m", "lazyfs", "serve", "--control-socket", str(sock),
                                  str(root)], env=env, cwd=REPO, stdout=log_file,
