@@ -33,9 +33,10 @@ devices and opaque directories marked with ``trusted.overlay.opaque=y``, which
 is what overlayfs expects of a lower directory. A directory the layer
 recreates after whiting out or replacing it is marked opaque, one it only
 implies carries the attributes of the directory below, and whiteouts appear
-only where they hide something, so overlayfs shows what the merged tree shows
-(except below symlinked directories, which a view cannot express: there the
-view keeps the path as written in the tar).
+only where they hide something, so overlayfs shows what the merged tree shows.
+Parent paths in a view are resolved through the symlinks of the layers below
+as well as its own, so an entry written below a lower symlink lands in the
+view where it lands in the merged tree.
 """
 
 from __future__ import annotations
@@ -279,6 +280,12 @@ class Tree:
             node = None
             if here is not None and here.children is not None:
                 node = here.children.get(part)
+            if node is None and self._view:
+                # a symlink of a lower layer leads this layer's entries as it
+                # leads the merged tree's: the view holds them where they land
+                lower = self._visible_below((*done, part), dirs_only=False)
+                if lower is not None and lower.type is EntryType.SYMLINK:
+                    node = lower
             if node is not None and node.type is EntryType.SYMLINK:
                 hops += 1
                 if hops > 255:
@@ -365,14 +372,24 @@ class Tree:
             return
         dir_path, parent = self._make_parents(dir_parts, layer, raw)
         if target is None:
-            parent.xattrs[_OPAQUE_XATTR] = b"y"
+            _make_opaque(parent, dir_path, upper)
             return
         old = parent.children.get(target)
         if dir_path + (target,) in upper:
             if old is not None and old.type is EntryType.DIR:
-                old.xattrs[_OPAQUE_XATTR] = b"y"
+                _make_opaque(old, dir_path + (target,), upper)
         elif self._visible_below(dir_path + (target,), dirs_only=False) is not None:
             parent.children[target] = _whiteout_device(layer)
+
+
+def _make_opaque(node: TreeNode, path: tuple[str, ...], upper: set) -> None:
+    """Nothing below shows through an opaque directory, so the whiteouts and
+    implied directories this layer's markers put in it so far go: overlayfs
+    would list a whiteout there, and show an implied directory the merged
+    tree does not have."""
+    node.xattrs[_OPAQUE_XATTR] = b"y"
+    for name in list(node.children):
+        _prune(node, name, path + (name,), upper)
 
 
 def _prune(parent: TreeNode, name: str, path: tuple[str, ...], upper: set) -> None:

@@ -260,6 +260,7 @@ stacks = st.lists(st.lists(entries, min_size=1, max_size=6), min_size=1, max_siz
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(stacks)
 @example([[L("b", "/"), H("a", "b")]])  # a hard link to a symlink to a directory
+@example([[F("a"), L("a", "/"), F("b")], [F("a/a"), H("b", "a")]])  # below a lower symlink
 def test_generated_stacks_match_umoci(tmp_path_factory, layers):
     event(assert_same_as_umoci(layers, tmp_path_factory.mktemp("stack") / "case"))
 
@@ -380,5 +381,8 @@ view_entries = st.one_of(files, dirs, leaf_symlinks, hardlinks, markers, devices
           database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(st.lists(view_entries, min_size=1, max_size=6), min_size=1, max_size=3))
+# a layer whiting out a directory it also made: what its markers put there goes
+@example(layers=[[F("a/a")], [D("a"), W("a/a"), L("al", "a"), W("a")]])
+@example(layers=[[D("a"), F("a/a/a"), D("a")], [D("a"), OPQ("a/a"), L("al", "a"), W("a")]])
 def test_generated_views_stacked_by_overlayfs_show_the_merged_tree(overlayfs, layers):
     assert_views_overlay_to_merged(layers)
