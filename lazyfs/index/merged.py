@@ -23,7 +23,9 @@ from ..formats.entry import Entry, EntryType, gc_paused
 from .overlay import TreeNode, encode_name, merge, path_parts
 
 ROOT_INO = 1
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: per-layer views below lower symlinks and in directories made opaque
+changed; an index of an older schema is built again."""
 MAX_SYMLINKS = 40
 _TYPES = tuple(EntryType)
 _TYPE_CODE = {t: i for i, t in enumerate(_TYPES)}
