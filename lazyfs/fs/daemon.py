@@ -306,15 +306,19 @@ def _fuse_files() -> set[int]:
 
 def _close(mp: str, handover) -> None:
     """Unmount, unless a holder keeps the connection for a successor and
-    something still uses the mount. A resumed session may not know every
-    file opened before it: its mount is unmounted only if nothing is open."""
-    users = handover.users() if handover is not None and handover.lease is not None else []
-    if handover is not None and handover.resumed:
+    something still uses the mount: overlay mounts on it, or files open there,
+    which is the kernel's answer to a plain unmount (the service's own count
+    of open files misses a file closed just before the signal, its release
+    still queued, and in a resumed session files opened before it)."""
+    users: list[str] = []
+    if handover is not None and (handover.resumed or handover.lease is not None):
         pyfuse3.close(unmount=False)
+        # overlayfs holds private clones of its lower mounts, so they never make ours busy
+        users = handover.overlays()
         if not users and not handover.unmount():
-            users = ["files opened before the restart"]
+            users = handover.users() or ["files open there"]
     else:
-        pyfuse3.close(unmount=not users)
+        pyfuse3.close(unmount=True)
     if users:
         handover.left = True
         log.info("left %s mounted for the next lazyfs serve: in use (%s)", mp,

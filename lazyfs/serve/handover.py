@@ -91,9 +91,12 @@ class Handover:
     def resumed(self) -> bool:
         return self.relay is not None
 
+    def overlays(self) -> list[str]:
+        return overlay_users(self.root)
+
     def users(self) -> list[str]:
         """Why the mount must stay: overlay mounts on it, open files."""
-        why = overlay_users(self.root)
+        why = self.overlays()
         if (n := self.open_files()):
             why.append(f"{n} open files")
         return why
