@@ -147,7 +147,7 @@ def alive(pid: int) -> bool:
 # ---------------------------------------------------------------- /proc/mounts
 
 
-def _unescape(field: str) -> str:
+def unescape(field: str) -> str:
     """Undo the octal escapes /proc/mounts uses for space, tab, newline, backslash."""
     out, i = [], 0
     while i < len(field):
@@ -160,13 +160,13 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def _proc_mounts() -> list[tuple[str, str, str, tuple[str, ...]]]:
+def proc_mounts() -> list[tuple[str, str, str, tuple[str, ...]]]:
     rows = []
     with open("/proc/mounts") as f:
         for line in f:
             parts = line.split()
             if len(parts) >= 4:
-                rows.append((_unescape(parts[0]), _unescape(parts[1]), parts[2],
+                rows.append((unescape(parts[0]), unescape(parts[1]), parts[2],
                               tuple(parts[3].split(","))))
     return rows
 
@@ -174,12 +174,12 @@ def _proc_mounts() -> list[tuple[str, str, str, tuple[str, ...]]]:
 def list_mounts() -> list[MountInfo]:
     """Every lazyfs mount the kernel knows of, with its daemon's state if alive."""
     return [MountInfo(mp, source, opts, read_state(mp))
-            for source, mp, kind, opts in _proc_mounts() if kind == FS_TYPE]
+            for source, mp, kind, opts in proc_mounts() if kind == FS_TYPE]
 
 
 def _mounted_type(mountpoint: str) -> str | None:
     found = None
-    for _, mp, kind, _ in _proc_mounts():
+    for _, mp, kind, _ in proc_mounts():
         if mp == mountpoint:
             found = kind
     return found
@@ -206,7 +206,7 @@ def check_mountpoint(mountpoint: str | os.PathLike, nonempty: bool = False) -> s
             raise stale from None
         raise MountError(f"mountpoint {mp}: {e.strerror}") from None
     if _mounted_type(mp) is not None or os.path.ismount(mp):
-        if _is_stale(mp):
+        if is_stale(mp):
             raise stale
         raise MountError(f"mountpoint {mp} is busy: something is already mounted there")
     if not os.path.isdir(mp):
@@ -358,7 +358,7 @@ async def _announce(mp: str, fsname: str, digest: str, options: MountOptions, sp
     if failed:
         pyfuse3.terminate()
         return
-    dev = _device_of(mp)
+    dev = device_of(mp)
     if dev is not None:
         raise_readahead(dev)
     state = {"pid": os.getpid(), "reference": fsname, "digest": digest, "mountpoint": mp,
@@ -369,9 +369,9 @@ async def _announce(mp: str, fsname: str, digest: str, options: MountOptions, sp
         ready(state)
 
 
-def _device_of(mp: str) -> int | None:
-    """The device number of the mount at ``mp``, from the kernel's mount
-    table (asking the mount itself could wait for its index)."""
+def device_of(mp: str) -> str | None:
+    """``major:minor`` of the mount at ``mp`` (the newest, when stacked), from
+    the kernel's mount table (asking the mount itself could wait for its index)."""
     try:
         with open("/proc/self/mountinfo") as f:
             lines = f.read().splitlines()
@@ -379,9 +379,8 @@ def _device_of(mp: str) -> int | None:
         return None
     for line in reversed(lines):
         fields = line.split()
-        if len(fields) > 4 and _unescape(fields[4]) == mp:
-            major, _, minor = fields[2].partition(":")
-            return os.makedev(int(major), int(minor))
+        if len(fields) > 4 and unescape(fields[4]) == mp:
+            return fields[2]
     return None
 
 
@@ -539,7 +538,7 @@ def umount(mountpoint: str | os.PathLike, lazy: bool = False, *, wait: float = 5
         raise MountError(f"{mp} is not mounted")
     if kind != FS_TYPE:
         raise MountError(f"{mp} is not a lazyfs mount (it is {kind})")
-    stale = _is_stale(mp)
+    stale = is_stale(mp)
     args = ["fusermount3", "-uz" if lazy or stale else "-u", mp]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=30)
@@ -559,7 +558,7 @@ def umount(mountpoint: str | os.PathLike, lazy: bool = False, *, wait: float = 5
             state_path(mp).unlink()
 
 
-def _is_stale(mp: str) -> bool:
+def is_stale(mp: str) -> bool:
     """Whether a dead daemon left ``mp`` behind. ``statfs`` is asked because,
     unlike ``stat``, the kernel never answers it from its attribute cache."""
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import resource
 
 log = logging.getLogger(__name__)
@@ -56,9 +55,10 @@ def more_open_files() -> None:
         pass
 
 
-def raise_readahead(dev: int) -> None:
-    """Bigger kernel readahead doubles sequential throughput; best effort."""
-    bdi = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+def raise_readahead(dev: str) -> None:
+    """Bigger kernel readahead doubles sequential throughput; best effort.
+    ``dev``: the mount's ``major:minor``."""
+    bdi = f"/sys/class/bdi/{dev}/read_ahead_kb"
     try:
         with open(bdi, "w") as f:
             f.write(str(READ_AHEAD_KB))

@@ -23,7 +23,8 @@ import time
 import trio
 
 from ..errors import MountError
-from ..fs.daemon import FS_TYPE, check_mountpoint, read_state, state_path, write_state
+from ..fs.daemon import (FS_TYPE, check_mountpoint, proc_mounts, read_state, state_path,
+                         write_state)
 from ..reference import parse_reference
 from .images import ImageSet
 from .paths import FSNAME
@@ -84,9 +85,7 @@ class Binds:
 
 
 def _is_bind(mp: str) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1:3] == [mp.replace(" ", "\\040"), FS_TYPE]
-                   and line.split()[0] == FSNAME for line in f)
+    return any((source, m, kind) == (FSNAME, mp, FS_TYPE) for source, m, kind, _ in proc_mounts())
 
 
 _libc = None

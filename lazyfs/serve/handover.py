@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import MountError
-from ..fs.daemon import FS_TYPE, _is_stale, _proc_mounts, _unescape, state_path
+from ..fs.daemon import FS_TYPE, device_of, is_stale, proc_mounts, state_path, unescape
 from .holder import clone, receive
 from .relay import Relay
 
@@ -45,17 +45,6 @@ def inodes_path(root: str) -> Path:
     return state_path(os.path.abspath(root)).with_suffix(".inodes")
 
 
-def device_of(mp: str) -> str | None:
-    """``major:minor`` of the mount at ``mp`` (the newest, when stacked)."""
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and _unescape(fields[4]) == mp:
-                found = fields[2]
-    return found
-
-
 def overlay_users(mp: str, mountinfo: str | None = None) -> list[str]:
     """Mountpoints of overlay mounts with a lower directory under ``mp``."""
     prefix = mp.rstrip("/") + "/"
@@ -70,8 +59,8 @@ def overlay_users(mp: str, mountinfo: str | None = None) -> list[str]:
             continue
         for opt in fields[2].split(","):
             if opt.startswith("lowerdir=") and any(
-                    d.startswith(prefix) for d in _unescape(opt[9:]).split(":")):
-                users.append(_unescape(pre.split()[4]))
+                    d.startswith(prefix) for d in unescape(opt[9:]).split(":")):
+                users.append(unescape(pre.split()[4]))
     return users
 
 
@@ -167,7 +156,7 @@ def prepare(root: str) -> Handover:
     ``Handover`` with a relay), or mount fresh (one without), a stale mount
     detached first."""
     mp = os.path.abspath(root)
-    kinds = [kind for _, m, kind, _ in _proc_mounts() if m == mp]
+    kinds = [kind for _, m, kind, _ in proc_mounts() if m == mp]
     if not kinds:
         return Handover(mp)
     if kinds[-1] != FS_TYPE:
@@ -189,7 +178,7 @@ def prepare(root: str) -> Handover:
         if fd is not None:
             os.close(fd)
         lease.close()
-    if not _is_stale(mp):
+    if not is_stale(mp):
         # Answers, yet no holder has it: a mount of another process.
         raise MountError(f"mountpoint {mp} is busy: a lazyfs mount not handed over")
     log.warning("%s: a stale mount (no service, no holder): detaching it", mp)
