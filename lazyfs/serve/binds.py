@@ -41,11 +41,8 @@ class Binds:
         self.images = images
         self.made: dict[str, str] = {}
         """Mountpoint -> the reference bound there."""
-        self._token: trio.lowlevel.TrioToken | None = None
-
-    def start(self) -> None:
-        """On the service's loop, before any command asks."""
         self._token = trio.lowlevel.current_trio_token()
+        """Made on the service's loop: commands reach it from their threads."""
 
     def mount(self, ref_text: str, mountpoint: str) -> int:
         """Run in a command's thread: open the image on the service's loop,

@@ -64,7 +64,6 @@ async def run_service(settings: ServeSettings, commands: Commands | None = None,
         layers = StoreLayers(settings.root, images, ops)
         nursery.start_soon(images.reap)
         binds = Binds(settings.root, images)
-        binds.start()
         if settings.control_socket and commands is not None:
             control = Control(images, commands, binds)
             await nursery.start(control.serve, settings.control_socket)
