@@ -162,12 +162,19 @@ def image_operations(ref: str, mountpoint: str | os.PathLike, *, layers: bool = 
         async with open_image_async(ref, open_options, store) as image:
             extra = {".lowerdir": lowerdir(image.index, mountpoint).encode()} if layers else None
             ops = LazyOperations(image.tree, image.read, layers=layers, extra_files=extra,
-                                 stats=image.stats,
+                                 stats=image.stats, unlabelled=True,
                                  events=lambda: image.reader.events.packed(image))
             ops.digest = image.digest
             yield ops
 
     return open_ops
+
+
+_LABELS = frozenset({b"security.selinux", b"system.posix_acl_access",
+                     b"system.posix_acl_default"})
+"""Names ``ls -l``, ``cp -a`` and ``getfacl`` ask of every file. Answered
+EOPNOTSUPP where the image holds none of them (a file system without labels
+or ACLs), they stop asking per file; ENODATA would cost a round trip each."""
 
 
 @read_only
@@ -178,6 +185,9 @@ class LazyOperations(pyfuse3.Operations):
     tree, in the form overlayfs takes as a lower directory) instead of the
     merged tree. ``extra_files`` are virtual files at the root, e.g. the
     ``.lowerdir`` of a layers view. Both need the merged index at once.
+    ``unlabelled`` (a mount of one image, not one image among many under a
+    service's root) answers the ``_LABELS`` names the image holds nowhere as
+    unsupported.
     """
 
     supports_dot_lookup = True
@@ -188,8 +198,10 @@ class LazyOperations(pyfuse3.Operations):
     def __init__(self, tree: Tree | MergedIndex, read: ReadFn, *, layers: bool = False,
                  extra_files: dict[str, bytes] | None = None,
                  stats: Callable[[], dict] | None = None,
-                 events: Callable[[], bytes] | None = None):
+                 events: Callable[[], bytes] | None = None,
+                 unlabelled: bool = False):
         self._tree = tree if isinstance(tree, Tree) else Tree(tree)
+        self._unlabelled = unlabelled
         self._stats = stats
         self._events = events
         self.counters = Counters()
@@ -299,6 +311,8 @@ class LazyOperations(pyfuse3.Operations):
             return json.dumps(self.stats()).encode()
         if inode == ROOT_INO and name == EVENTS_XATTR.encode() and self._events is not None:
             return self._events()
+        if self._unlabelled and name in _LABELS and self._tree.nowhere(name.decode()):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         if self._tree.without_xattrs(inode):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         node = await self._node(inode)

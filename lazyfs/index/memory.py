@@ -86,6 +86,9 @@ class MemoryIndex(TreeQueries):
     def xattr_inodes(self) -> frozenset[int]:
         return frozenset(ino for ino, node in enumerate(self._tree.nodes, 1) if node.xattrs)
 
+    def xattr_names(self) -> frozenset[str]:
+        return frozenset(name for node in self._tree.nodes for name in node.xattrs)
+
     def content_bytes(self) -> int:
         nodes = self._tree.nodes
         return sum(node.size for node in nodes[:merged_inodes(self.layer_roots)])

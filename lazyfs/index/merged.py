@@ -214,6 +214,9 @@ class MergedIndex(TreeQueries):
         can answer "none" for all the others without a query."""
         return frozenset(ino for (ino,) in self._all("SELECT DISTINCT ino FROM xattrs", ()))
 
+    def xattr_names(self) -> frozenset[str]:
+        return frozenset(_s(name) for (name,) in self._all("SELECT DISTINCT name FROM xattrs", ()))
+
     def content_bytes(self) -> int:
         """Bytes of content in the merged tree, each inode once (``df``)."""
         (total,) = self._one("SELECT coalesce(sum(size), 0) FROM inodes WHERE ino < ?",

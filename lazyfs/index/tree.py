@@ -46,6 +46,7 @@ class Tree:
         self._totals: tuple[int, int] | None = None
         self._totals_lock = trio.Lock()
         self._xattr_inos: frozenset[int] | None = None
+        self._xattr_names: frozenset[str] | None = None
 
     @property
     def index(self) -> MergedIndex | None:
@@ -102,6 +103,16 @@ class Tree:
         if self._xattr_inos is None:
             self._xattr_inos = index.xattr_inodes()
         return self._final(ino) not in self._xattr_inos
+
+    def nowhere(self, name: str) -> bool:
+        """Whether no entry of the image has the xattr ``name``: known only
+        once the merged index exists (false until then)."""
+        index = self.index
+        if index is None:
+            return False
+        if self._xattr_names is None:
+            self._xattr_names = index.xattr_names()
+        return name not in self._xattr_names
 
     async def readdir(self, ino: int, start: int = 0) -> Iterator[tuple[str, Node, int]]:
         """``(name, node, next offset)`` of the children of ``ino`` from

@@ -3,6 +3,7 @@ same image, and a mounted Debian image runs programs as a chroot."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import subprocess
@@ -27,6 +28,7 @@ def test_mounted_tree_equals_umoci_unpack(registry, awkward, tmp_path):
     env = lazyfs_env(tmp_path)
     with cli_mount(ref, tmp_path / "mnt", env, "-o", "dev,suid") as mnt:
         assert differences(expected, describe(mnt)) == []
+        _labels_unsupported_but_xattrs_served(mnt)
         with open("/proc/mounts") as f:
             line = next(l for l in f if f" {mnt} " in l)
         source, _, fstype, opts = line.split()[:4]
@@ -37,6 +39,23 @@ def test_mounted_tree_equals_umoci_unpack(registry, awkward, tmp_path):
         assert '"format": "gzip"' in stats
     busy = lazyfs("mount", ref, str(tmp_path / "missing"), env=env, check=False)
     assert busy.returncode == 10 and "missing" in busy.stderr and busy.stderr.count("\n") == 1
+
+
+def _labels_unsupported_but_xattrs_served(mnt):
+    """The image has no SELinux labels or ACLs: asked for them the kernel gets
+    EOPNOTSUPP (so ``ls -l`` stops asking per file), and other names still
+    reach the daemon afterwards."""
+    for name in ("security.selinux", "system.posix_acl_access"):
+        with pytest.raises(OSError) as e:
+            os.getxattr(mnt / "caps", name)
+        assert e.value.errno == errno.EOPNOTSUPP
+    assert os.getxattr(mnt / "caps", "user.comment") == b"hello"
+    with pytest.raises(OSError) as e:
+        os.getxattr(mnt / "caps", "user.absent")
+    assert e.value.errno == errno.ENODATA
+    listing = subprocess.run(["ls", "-l", str(mnt)], capture_output=True, text=True, check=True)
+    assert listing.stderr == "" and "caps" in listing.stdout
+    assert not any(line[10:11] in ("+", ".") for line in listing.stdout.splitlines()[1:])
 
 
 def test_mount_errors_before_daemonising_are_printed(registry, tmp_path):

@@ -101,6 +101,32 @@ async def test_xattrs_of_a_node_without_any_and_opendir_are_answered_without_the
         assert tree.asked > 0
 
 
+async def test_labels_an_image_holds_nowhere_are_unsupported_on_a_mount_of_its_own(tmp_path):
+    plain_layer = [D("etc"), F("etc/os-release", b"debian"),
+                   F("etc/motd", b"hi", xattrs={"user.note": b"1"})]
+    labelled_layer = [*plain_layer, F("bin/sh", b"\x7fELF", xattrs={"security.selinux": b"bin_t"})]
+    for layer, labelled in ((plain_layer, False), (labelled_layer, True)):
+        with MergedIndex.build(tmp_path / f"ix{labelled}", [layer], per_layer=False) as index:
+            own = LazyOperations(index, no_reads, unlabelled=True)
+            shared = LazyOperations(index, no_reads)
+            release = index.resolve("/etc/os-release").ino
+            for name in (b"security.selinux", b"system.posix_acl_access",
+                         b"system.posix_acl_default", b"user.note"):
+                with pytest.raises(pyfuse3.FUSEError) as e:
+                    await shared.getxattr(release, name, None)
+                assert e.value.errno == pyfuse3.ENOATTR
+                unsupported = name.startswith(b"system.") or (name == b"security.selinux"
+                                                              and not labelled)
+                with pytest.raises(pyfuse3.FUSEError) as e:
+                    await own.getxattr(release, name, None)
+                assert e.value.errno == (errno.EOPNOTSUPP if unsupported else pyfuse3.ENOATTR)
+            assert await own.getxattr(index.resolve("/etc/motd").ino, b"user.note", None) == b"1"
+            assert await own.listxattr(release, None) == []
+            if labelled:
+                sh = index.resolve("/bin/sh").ino
+                assert await own.getxattr(sh, b"security.selinux", None) == b"bin_t"
+
+
 class _Listing:
     """``readdir_reply`` standing in for the kernel's buffer: takes ``room``
     entries per call."""
