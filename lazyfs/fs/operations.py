@@ -201,6 +201,8 @@ class LazyOperations(pyfuse3.Operations):
         self._dirs: dict[int, _Cursor] = {}
         self._listings = Lru(LISTED_ENTRIES, weight=len)
         """Directory listings ready to answer, bounded by their entries."""
+        self._unlisted: set[int] = set()
+        """Directories too big to keep (``LISTING_MAX``): paged every time."""
         self._next_fh = itertools.count(1)
         self._virtual: dict[int, _Virtual] = {}
         self._root_names: dict[str, int] = {}
@@ -247,7 +249,7 @@ class LazyOperations(pyfuse3.Operations):
             a.st_rdev = item.rdev
             a.st_size = item.size
             a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = item.mtime_ns
-        a.st_blocks = math.ceil(a.st_size / 512)
+        a.st_blocks = -(-a.st_size // 512)
         a.st_blksize = BLKSIZE
         a.entry_timeout = a.attr_timeout = self._timeout()
         a.generation = 0
@@ -387,16 +389,34 @@ class LazyOperations(pyfuse3.Operations):
         """The whole directory as ``(name, attributes)``, kept for the next
         walk; empty (page from the index) while answers are provisional or
         for a very big directory."""
-        if not self._tree.lasting:
+        if not self._tree.lasting or ino in self._unlisted:
             return []
-        listing = []
-        for name, item, next_id in await self._entries(ino, 0):
-            if len(listing) >= LISTING_MAX or next_id != len(listing) + 1:
-                return []
-            listing.append((os.fsencode(name), self._attrs(item)))
+        if ino == ROOT_INO and (self._root_list or self._layers):
+            entries = itertools.islice(await self._entries(ino, 0), LISTING_MAX + 1)
+            listing = [(os.fsencode(name), self._attrs(item)) for name, item, _ in entries]
+        else:
+            rows = await self._tree.stat_listing(ino, LISTING_MAX + 1)
+            listing = self._listed(rows) if len(rows) <= LISTING_MAX else rows
+        if len(listing) > LISTING_MAX:
+            self._unlisted.add(ino)
+            return []
         if listing:
             self._listings.put(ino, listing)
         return listing
+
+    def _listed(self, rows: list[tuple]) -> list:
+        """``Tree.stat_listing`` rows as ``readdir`` answers them: the
+        attributes ``_attrs`` gives each node, built in one loop (a walk of
+        the tree builds every entry's once)."""
+        new, timeout, out = pyfuse3.EntryAttributes, self._timeout(), []
+        for name, ino, mode, nlink, uid, gid, rdev, size, mtime in rows:
+            a = new()
+            a.st_ino, a.st_mode, a.st_nlink, a.st_uid, a.st_gid = ino, mode, nlink, uid, gid
+            a.st_rdev, a.st_size, a.st_blocks, a.st_blksize = rdev, size, -(-size // 512), BLKSIZE
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime
+            a.entry_timeout = a.attr_timeout = timeout
+            out.append((name, a))
+        return out
 
     async def _entries(self, ino: int, start: int
                        ) -> Iterator[tuple[str, Node | _Virtual, int]]:

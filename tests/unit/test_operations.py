@@ -16,7 +16,8 @@ from lazyfs.index.merged import ROOT_INO, MergedIndex
 from lazyfs.index.progressive import PROVISIONAL, ProgressiveIndex
 from lazyfs.index.tree import Tree
 from lazyfs.fs.operations import TIMEOUT, LazyOperations
-from tests.support.entries import D, F
+from lazyfs.formats.entry import Entry, EntryType
+from tests.support.entries import D, F, H, L
 
 LAYERS = [[D("etc"), F("etc/os-release", b"debian")], [D("etc"), F("etc/motd", b"hello\n")]]
 
@@ -75,6 +76,10 @@ class _CountingTree(Tree):
     async def readdir(self, ino, start=0):
         self.asked += 1
         return await super().readdir(ino, start)
+
+    async def stat_listing(self, ino, limit):
+        self.asked += 1
+        return await super().stat_listing(ino, limit)
 
 
 async def test_xattrs_of_a_node_without_any_and_opendir_are_answered_without_the_tree(tmp_path):
@@ -148,3 +153,37 @@ async def test_a_directory_is_listed_from_the_tree_once_then_from_memory(tmp_pat
         assert pages[0] == pages[1] == pages[2]
         assert asked > 0 and tree.asked == 0, "the second and third walks asked the tree nothing"
 
+
+
+_FIELDS = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
+           "st_blocks", "st_blksize", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
+           "entry_timeout", "attr_timeout", "generation")
+
+
+def _fields(attrs: pyfuse3.EntryAttributes) -> tuple:
+    return tuple(getattr(attrs, f) for f in _FIELDS)
+
+
+@pytest.mark.parametrize("extra", [None, {".lowerdir": b"x"}], ids=["plain", "extra files"])
+async def test_listed_attributes_are_getattr_s(tmp_path, monkeypatch, extra):
+    """A listing builds its entries' attributes from rows, not nodes: every
+    field must still be what ``getattr`` and ``lookup`` answer."""
+    layer = [D("d", uid=5, gid=6, mtime_ns=1_700_000_000_123_456_789),
+             F("d/empty", b""), F("d/odd", b"x" * 513, mode=0o4755, uid=1000, gid=100),
+             F("d/caf\udce9", b"latin-1 name"), H("d/link", "d/odd"), L("d/sym", "odd"),
+             Entry("d/tty", EntryType.CHAR, 0o620, devmajor=4, devminor=1),
+             Entry("d/sda", EntryType.BLOCK, 0o660, devmajor=8, devminor=0),
+             Entry("d/pipe", EntryType.FIFO, 0o600), D("d/sub", mode=0o1777), F("top")]
+    with MergedIndex.build(tmp_path / "ix", [layer], per_layer=False) as index:
+        ops = LazyOperations(Tree(index), no_reads, extra_files=extra)
+        for ino in (ROOT_INO, index.resolve("/d").ino):
+            attrs: list = []
+            monkeypatch.setattr(pyfuse3, "readdir_reply",
+                                lambda token, name, a, next_id: attrs.append((name, a)) or True)
+            fh = await ops.opendir(ino, None)
+            await ops.readdir(fh, 0, None)
+            await ops.releasedir(fh)
+            assert len(attrs) == len(index.listdir(ino)) + (ino == ROOT_INO and bool(extra))
+            for name, a in attrs:
+                assert _fields(a) == _fields(await ops.getattr(a.st_ino, None)), name
+                assert _fields(a) == _fields(await ops.lookup(ino, name, None)), name
