@@ -68,22 +68,28 @@ def mode_of(node: Node) -> int:
     return _TYPE_BITS[node.type] | node.mode
 
 
+def stat_row(name: bytes, node: Node) -> tuple:
+    """``(name, ino, st_mode, nlink, uid, gid, rdev, size, mtime_ns)``: a
+    directory entry as ``stat_listing`` gives it."""
+    return (name, node.ino, mode_of(node), node.nlink, node.uid, node.gid, node.rdev,
+            node.size, node.mtime_ns)
+
+
 class TreeQueries:
     """What an index answers from its four primitives (``getattr``,
     ``lookup``, ``readdir``, ``path_of``), on disk or in memory alike."""
 
     path: Path
 
-    def stat_listing(self, ino: int, limit: int) -> list[tuple]:
-        """The first ``limit`` children of ``ino`` in ``readdir`` order as
-        ``(name as bytes, ino, st_mode, nlink, uid, gid, rdev, size,
-        mtime_ns)``: all a directory listing answers, without a ``Node`` each."""
+    def stat_listing(self, ino: int, limit: int, offset: int = 0) -> list[tuple]:
+        """Up to ``limit`` children of ``ino`` from ``offset`` in ``readdir``
+        order as ``stat_row``s: all a directory listing answers, without a
+        ``Node`` each."""
         out = []
-        for name, node, _ in self.readdir(ino):
+        for name, node, _ in self.readdir(ino, offset):
             if len(out) >= limit:
                 break
-            out.append((encode_name(name), node.ino, mode_of(node), node.nlink, node.uid,
-                        node.gid, node.rdev, node.size, node.mtime_ns))
+            out.append(stat_row(encode_name(name), node))
         return out
 
     def resolve(self, path: str, *, follow: bool = True, root: int = ROOT_INO) -> Node:
@@ -225,12 +231,20 @@ class MergedIndex(TreeQueries):
             after = rows[-1][0]
             batch = min(batch * 4, _READDIR_BATCH)
 
-    def stat_listing(self, ino: int, limit: int) -> list[tuple]:
-        """As ``TreeQueries.stat_listing``, in one query: a walk of the tree
-        lists every directory, and rows cost less than nodes."""
-        return self._all(f"SELECT d.name, i.ino, {_MODE_SQL}, i.nlink, i.uid, i.gid, i.rdev, "
-                         "i.size, i.mtime_ns FROM dirents d JOIN inodes i ON i.ino = d.ino "
-                         "WHERE d.parent = ? ORDER BY d.name LIMIT ?", (ino, limit))
+    def stat_listing(self, ino: int, limit: int, offset: int = 0) -> list[tuple]:
+        """As ``TreeQueries.stat_listing``, in one query per call (a walk of
+        the tree lists every directory, and rows cost less than nodes);
+        resuming where the last call ended seeks by name, as ``readdir`` does."""
+        cursor = self._cursors.get(ino)
+        if cursor is not None and cursor[0] == offset:
+            rows = self._all(f"{_STAT_SQL} AND d.name > ? ORDER BY d.name LIMIT ?",
+                             (ino, cursor[1], limit))
+        else:
+            rows = self._all(f"{_STAT_SQL} ORDER BY d.name LIMIT ? OFFSET ?",
+                             (ino, limit, offset))
+        if rows:
+            self._cursors[ino] = (offset + len(rows), rows[-1][0])
+        return rows
 
     def listdir(self, ino: int) -> list[str]:
         rows = self._all("SELECT name FROM dirents WHERE parent = ? ORDER BY name", (ino,))
@@ -295,6 +309,8 @@ _COLS = ("i.ino, i.type, i.mode, i.uid, i.gid, i.size, i.mtime_ns, i.nlink, i.rd
 
 _MODE_SQL = ("(CASE i.type " + " ".join(f"WHEN {code} THEN {_TYPE_BITS[t]}"
                                         for t, code in _TYPE_CODE.items()) + " END | i.mode)")
+_STAT_SQL = (f"SELECT d.name, i.ino, {_MODE_SQL}, i.nlink, i.uid, i.gid, i.rdev, i.size, "
+             "i.mtime_ns FROM dirents d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ?")
 
 
 def _node(row) -> Node:

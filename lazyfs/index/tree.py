@@ -99,12 +99,12 @@ class Tree:
         index = await self.merged()
         return self._listing(index, self._final(ino), start)
 
-    async def stat_listing(self, ino: int, limit: int) -> list[tuple]:
-        """The first ``limit`` children of ``ino`` as ``stat`` rows
-        (``MergedIndex.stat_listing``); waits for the merged index."""
+    async def stat_listing(self, ino: int, limit: int, offset: int = 0) -> list[tuple]:
+        """Up to ``limit`` children of ``ino`` from ``offset`` as ``stat``
+        rows (``MergedIndex.stat_listing``); waits for the merged index."""
         index = await self.merged()
         ino = self._final(ino)
-        rows = index.stat_listing(ino, limit)
+        rows = index.stat_listing(ino, limit, offset)
         parents, is_dir = self._parents, stat.S_ISDIR
         for row in rows:
             if is_dir(row[2]):

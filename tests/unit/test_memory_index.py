@@ -46,8 +46,10 @@ def _answers(ix) -> dict:
         listing = list(ix.readdir(ino))
         stats = ix.stat_listing(ino, len(listing) + 1)
         assert stats == TreeQueries.stat_listing(ix, ino, len(listing)), "rows are the nodes'"
+        pages = [ix.stat_listing(ino, 2, k) for k in range(0, len(listing) + 2, 2)]
+        assert sum(pages, []) == stats, "pages resume where the last ended"
         out[ino] = (node, ix.path_of(ino), ix.xattrs(ino), listing, ix.listdir(ino), stats,
-                    ix.stat_listing(ino, 2),
+                    [ix.stat_listing(ino, 3, k) for k in range(len(listing) + 1)],
                     [list(ix.readdir(ino, k)) for k in range(len(listing) + 1)],
                     {name: ix.lookup(ino, name) for name, _, _ in listing},
                     ix.lookup(ino, "no such name"))
