@@ -242,7 +242,9 @@ class MergedIndex(TreeQueries):
         else:
             rows = self._all(f"{_STAT_SQL} ORDER BY d.name LIMIT ? OFFSET ?",
                              (ino, limit, offset))
-        if rows:
+        if len(rows) == limit:
+            # Only a page that may have a next one is worth a cursor: a walk
+            # reads most directories whole, and cursors are never dropped.
             self._cursors[ino] = (offset + len(rows), rows[-1][0])
         return rows
 
