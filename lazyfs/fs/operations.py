@@ -29,7 +29,7 @@ import os
 import stat
 import dataclasses
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import pyfuse3
 
@@ -37,7 +37,7 @@ from ..formats.entry import EntryType
 from ..errors import LazyfsError, NotFound, UsageError
 from ..image import OpenOptions, open_image_async
 from ..read.memory import Lru
-from ..index.merged import ROOT_INO, MergedIndex, Node
+from ..index.merged import ROOT_INO, MergedIndex, Node, stat_row
 from ..index.tree import Tree, mode_of
 from .killed import KilledReaders
 
@@ -59,6 +59,9 @@ LISTED_ENTRIES = 16384
 attributes built: a second walk of the tree asks the index nothing."""
 LISTING_MAX = 4096
 """A directory with more entries is paged from the index each time instead."""
+PAGE = 1024
+"""Entries of a directory not kept read from the index at once: a few of the
+kernel's calls."""
 
 ReadFn = Callable[[Node, int, int], Awaitable[bytes]]
 
@@ -85,17 +88,16 @@ class Counters:
 
 @dataclass(slots=True)
 class _Cursor:
-    """Where a listing of an open directory stands. The kernel asks for the
-    next page at the offset the last one ended; resuming the same iterator
-    then costs nothing, where a fresh query would skip every earlier entry."""
+    """Where a listing of an open directory stands: the whole directory when
+    it is kept (``_listings``), else the page of it answered last. The kernel
+    asks for the next entries at the offset its last answer ended; a page
+    read ahead answers several of its calls, and the next page seeks by name."""
 
     ino: int
-    offset: int = 0
-    items: Iterator | None = None
-    held: tuple | None = None
-    """An entry produced but not taken (the kernel's buffer was full)."""
     listing: list | None = None
-    """The whole directory, ready to answer, when it is kept (``_listings``)."""
+    page: list | None = None
+    base: int = 0
+    """The offset of the page's first entry."""
 
 
 def _answers(fn):
@@ -213,6 +215,8 @@ class LazyOperations(pyfuse3.Operations):
         self._dirs: dict[int, _Cursor] = {}
         self._listings = Lru(LISTED_ENTRIES, weight=len)
         """Directory listings ready to answer, bounded by their entries."""
+        self._unlisted: set[int] = set()
+        """Directories too big to keep (``LISTING_MAX``): paged every time."""
         self._next_fh = itertools.count(1)
         self._virtual: dict[int, _Virtual] = {}
         self._root_names: dict[str, int] = {}
@@ -259,7 +263,7 @@ class LazyOperations(pyfuse3.Operations):
             a.st_rdev = item.rdev
             a.st_size = item.size
             a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = item.mtime_ns
-        a.st_blocks = math.ceil(a.st_size / 512)
+        a.st_blocks = -(-a.st_size // 512)
         a.st_blksize = BLKSIZE
         a.entry_timeout = a.attr_timeout = self._timeout()
         a.generation = 0
@@ -268,9 +272,16 @@ class LazyOperations(pyfuse3.Operations):
     def _timeout(self) -> float:
         return TIMEOUT if self._tree.lasting else 0
 
-    def _virtual_or_node(self, ino: int) -> Node | _Virtual:
+    def _root_row(self, name: str) -> tuple:
+        """A name added to the root as a ``stat_row``, with what ``_attrs``
+        answers for it."""
+        ino = self._root_names[name]
         v = self._virtual.get(ino)
-        return v if v is not None else self._tree.index.getattr(ino)
+        if v is None:
+            return stat_row(os.fsencode(name), self._tree.index.getattr(ino))
+        root = self._tree.index.getattr(ROOT_INO)
+        return (os.fsencode(name), ino, stat.S_IFREG | 0o444, 1, root.uid, root.gid, 0,
+                len(v.content), root.mtime_ns)
 
     async def _child(self, parent: int, name: str) -> Node | _Virtual | None:
         if parent == ROOT_INO and name in self._root_names:
@@ -377,52 +388,71 @@ class LazyOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         if cur.listing is None and start_id == 0:
             cur.listing = self._listings.get(cur.ino) or await self._listing(cur.ino)
+        reply = pyfuse3.readdir_reply
         if cur.listing:
             # Offsets are positions: the entry at i resumes at i + 1.
-            reply, listing = pyfuse3.readdir_reply, cur.listing
+            listing = cur.listing
             for i in range(start_id, len(listing)):
                 name, attrs = listing[i]
                 if not reply(token, name, attrs, i + 1):
                     return
             return
-        if cur.items is None or cur.offset != start_id:
-            cur.items, cur.held, cur.offset = await self._entries(cur.ino, start_id), None, start_id
         while True:
-            entry, cur.held = cur.held or next(cur.items, None), None
-            if entry is None:
+            page, base = cur.page, cur.base
+            if page is None or not base <= start_id < base + len(page):
+                page = cur.page = self._listed(await self._rows(cur.ino, start_id, PAGE))
+                base = cur.base = start_id
+            for i in range(start_id - base, len(page)):
+                name, attrs = page[i]
+                if not reply(token, name, attrs, base + i + 1):
+                    return
+            if len(page) < PAGE:
                 return
-            name, item, next_id = entry
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(item), next_id):
-                cur.held = entry
-                return
-            cur.offset = next_id
+            start_id = base + len(page)
 
     async def _listing(self, ino: int) -> list:
         """The whole directory as ``(name, attributes)``, kept for the next
         walk; empty (page from the index) while answers are provisional or
         for a very big directory."""
-        if not self._tree.lasting:
+        if not self._tree.lasting or ino in self._unlisted:
             return []
-        listing = []
-        for name, item, next_id in await self._entries(ino, 0):
-            if len(listing) >= LISTING_MAX or next_id != len(listing) + 1:
-                return []
-            listing.append((os.fsencode(name), self._attrs(item)))
+        rows = await self._rows(ino, 0, LISTING_MAX + 1)
+        if len(rows) > LISTING_MAX:
+            self._unlisted.add(ino)
+            return []
+        listing = self._listed(rows)
         if listing:
             self._listings.put(ino, listing)
         return listing
 
-    async def _entries(self, ino: int, start: int
-                       ) -> Iterator[tuple[str, Node | _Virtual, int]]:
-        """Children with stable offsets: the root's added names first, then
-        the tree's children (whose own offsets are shifted past them)."""
-        extra = self._root_list if ino == ROOT_INO else []
-        children = () if ino == ROOT_INO and self._layers else \
-            await self._tree.readdir(ino, max(start - len(extra), 0))
-        return itertools.chain(
-            ((extra[pos], self._virtual_or_node(self._root_names[extra[pos]]), pos + 1)
-             for pos in range(start, len(extra))),
-            ((name, node, offset + len(extra)) for name, node, offset in children))
+    def _listed(self, rows: list[tuple]) -> list:
+        """``stat_listing`` rows as ``readdir`` answers them: the attributes
+        ``_attrs`` gives each node, built in one loop (a walk of the tree
+        builds every entry's)."""
+        new, timeout, out = pyfuse3.EntryAttributes, self._timeout(), []
+        for name, ino, mode, nlink, uid, gid, rdev, size, mtime in rows:
+            a = new()
+            a.st_ino, a.st_mode, a.st_nlink, a.st_uid, a.st_gid = ino, mode, nlink, uid, gid
+            a.st_rdev, a.st_size, a.st_blocks, a.st_blksize = rdev, size, -(-size // 512), BLKSIZE
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime
+            a.entry_timeout = a.attr_timeout = timeout
+            out.append((name, a))
+        return out
+
+    async def _rows(self, ino: int, start: int, limit: int) -> list[tuple]:
+        """Up to ``limit`` children from offset ``start`` as ``stat_row``s:
+        the root's added names first, then the tree's children (whose own
+        offsets are shifted past them)."""
+        rows = []
+        if ino == ROOT_INO:
+            extra = self._root_list
+            rows = [self._root_row(name) for name in extra[start:start + limit]]
+            if self._layers:
+                return rows
+            start = max(start - len(extra), 0)
+        if len(rows) < limit:
+            rows += await self._tree.stat_listing(ino, limit - len(rows), start)
+        return rows
 
     @_answers
     async def releasedir(self, fh):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import tempfile
 import threading
 from collections import deque
@@ -32,6 +33,12 @@ _TYPE_CODE = {t: i for i, t in enumerate(_TYPES)}
 _READDIR_FIRST = 64
 """FUSE takes a page of a few dozen entries per call; fetch little at first."""
 _READDIR_BATCH = 1024
+_TYPE_BITS = {
+    EntryType.FILE: stat.S_IFREG, EntryType.HARDLINK: stat.S_IFREG,
+    EntryType.DIR: stat.S_IFDIR, EntryType.SYMLINK: stat.S_IFLNK,
+    EntryType.CHAR: stat.S_IFCHR, EntryType.BLOCK: stat.S_IFBLK,
+    EntryType.FIFO: stat.S_IFIFO,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +63,34 @@ class Node:
     has_xattrs: bool
 
 
+def mode_of(node: Node) -> int:
+    """``st_mode``: the type bits and the permission bits."""
+    return _TYPE_BITS[node.type] | node.mode
+
+
+def stat_row(name: bytes, node: Node) -> tuple:
+    """``(name, ino, st_mode, nlink, uid, gid, rdev, size, mtime_ns)``: a
+    directory entry as ``stat_listing`` gives it."""
+    return (name, node.ino, mode_of(node), node.nlink, node.uid, node.gid, node.rdev,
+            node.size, node.mtime_ns)
+
+
 class TreeQueries:
     """What an index answers from its four primitives (``getattr``,
     ``lookup``, ``readdir``, ``path_of``), on disk or in memory alike."""
 
     path: Path
+
+    def stat_listing(self, ino: int, limit: int, offset: int = 0) -> list[tuple]:
+        """Up to ``limit`` children of ``ino`` from ``offset`` in ``readdir``
+        order as ``stat_row``s: all a directory listing answers, without a
+        ``Node`` each."""
+        out = []
+        for name, node, _ in self.readdir(ino, offset):
+            if len(out) >= limit:
+                break
+            out.append(stat_row(encode_name(name), node))
+        return out
 
     def resolve(self, path: str, *, follow: bool = True, root: int = ROOT_INO) -> Node:
         """The node at ``path``, following symlinks inside the tree at ``root``
@@ -201,6 +231,23 @@ class MergedIndex(TreeQueries):
             after = rows[-1][0]
             batch = min(batch * 4, _READDIR_BATCH)
 
+    def stat_listing(self, ino: int, limit: int, offset: int = 0) -> list[tuple]:
+        """As ``TreeQueries.stat_listing``, in one query per call (a walk of
+        the tree lists every directory, and rows cost less than nodes);
+        resuming where the last call ended seeks by name, as ``readdir`` does."""
+        cursor = self._cursors.get(ino)
+        if cursor is not None and cursor[0] == offset:
+            rows = self._all(f"{_STAT_SQL} AND d.name > ? ORDER BY d.name LIMIT ?",
+                             (ino, cursor[1], limit))
+        else:
+            rows = self._all(f"{_STAT_SQL} ORDER BY d.name LIMIT ? OFFSET ?",
+                             (ino, limit, offset))
+        if len(rows) == limit:
+            # Only a page that may have a next one is worth a cursor: a walk
+            # reads most directories whole, and cursors are never dropped.
+            self._cursors[ino] = (offset + len(rows), rows[-1][0])
+        return rows
+
     def listdir(self, ino: int) -> list[str]:
         rows = self._all("SELECT name FROM dirents WHERE parent = ? ORDER BY name", (ino,))
         return [_s(name) for (name,) in rows]
@@ -264,6 +311,11 @@ class MergedIndex(TreeQueries):
 
 _COLS = ("i.ino, i.type, i.mode, i.uid, i.gid, i.size, i.mtime_ns, i.nlink, i.rdev, "
          "i.linkname, i.layer, i.data, i.has_xattrs")
+
+_MODE_SQL = ("(CASE i.type " + " ".join(f"WHEN {code} THEN {_TYPE_BITS[t]}"
+                                        for t, code in _TYPE_CODE.items()) + " END | i.mode)")
+_STAT_SQL = (f"SELECT d.name, i.ino, {_MODE_SQL}, i.nlink, i.uid, i.gid, i.rdev, i.size, "
+             "i.mtime_ns FROM dirents d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ?")
 
 
 def _node(row) -> Node:

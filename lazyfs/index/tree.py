@@ -16,20 +16,10 @@ from typing import Iterator
 import trio
 
 from ..formats.entry import EntryType
-from .merged import ROOT_INO, MergedIndex, Node
+from .merged import ROOT_INO, MergedIndex, Node, mode_of
 from .progressive import FINAL, ProgressiveIndex
 
-_TYPE_BITS = {
-    EntryType.FILE: stat.S_IFREG, EntryType.HARDLINK: stat.S_IFREG,
-    EntryType.DIR: stat.S_IFDIR, EntryType.SYMLINK: stat.S_IFLNK,
-    EntryType.CHAR: stat.S_IFCHR, EntryType.BLOCK: stat.S_IFBLK,
-    EntryType.FIFO: stat.S_IFIFO,
-}
-
-
-def mode_of(node: Node) -> int:
-    """``st_mode``: the type bits and the permission bits."""
-    return _TYPE_BITS[node.type] | node.mode
+__all__ = ["Tree", "mode_of"]
 
 
 class Tree:
@@ -119,6 +109,18 @@ class Tree:
         ``start``; waits for the merged index."""
         index = await self.merged()
         return self._listing(index, self._final(ino), start)
+
+    async def stat_listing(self, ino: int, limit: int, offset: int = 0) -> list[tuple]:
+        """Up to ``limit`` children of ``ino`` from ``offset`` as ``stat``
+        rows (``MergedIndex.stat_listing``); waits for the merged index."""
+        index = await self.merged()
+        ino = self._final(ino)
+        rows = index.stat_listing(ino, limit, offset)
+        parents, is_dir = self._parents, stat.S_ISDIR
+        for row in rows:
+            if is_dir(row[2]):
+                parents[row[1]] = ino
+        return rows
 
     def _listing(self, index: MergedIndex, ino: int, start: int):
         for name, node, offset in index.readdir(ino, start):

@@ -65,6 +65,12 @@ class ImageOps(LazyOperations):
         a.st_ino += self._base
         return a
 
+    def _listed(self, rows: list[tuple]) -> list:
+        listing = super()._listed(rows)
+        for _, a in listing:
+            a.st_ino += self._base
+        return listing
+
     async def open(self, inode, flags, ctx):
         info = await super().open(inode, flags, ctx)
         fh = self._made.make(self._base | inode)

@@ -20,7 +20,8 @@ from .mounting import bench_env, mounted
 from .registry import running_registry
 from .synthetic import PER_DIR, many_files_tar, push_synthetic
 
-RSS_TARGET_MIB = 200
+RSS_TARGET_MIB = 100
+"""The daemon's budget (docs/security.md), checked against its peak RSS."""
 STATS = 2000
 
 
@@ -36,7 +37,10 @@ def run(quick: bool) -> Run:
             env = bench_env(work / "store", work / "run")
             mp = work / "mnt"
             with mounted(img.ref, mp, env):
-                pass  # the first mount builds the index; time the walks on a second one
+                # The first mount indexes the layer in the background and
+                # keeps the index only once it is complete: a walk waits for
+                # it. The walks are timed on a second mount, which loads it.
+                _timed_shell(f"find {mp} -maxdepth 1 | wc -l")
             with mounted(img.ref, mp, env) as m:
                 _walks(res, mp, quick)
                 _stats(res, mp, files)
@@ -46,8 +50,9 @@ def run(quick: bool) -> Run:
     res.table(f"Metadata on a {files:,}-file image (mounted, index already built)", res.rows, [
         ("what", "what"), ("entries", "entries"), ("s", "seconds"),
         ("per_s", "entries/s"), ("us", "µs each")])
-    daemon = {"rss_mib": rss[0], "hwm_mib": rss[1], "target": f"< {RSS_TARGET_MIB} MiB",
-              "met": rss[0] is not None and rss[0] < RSS_TARGET_MIB, "mount_s": m.seconds}
+    peak = rss[1] if rss[1] is not None else rss[0]
+    daemon = {"rss_mib": rss[0], "hwm_mib": rss[1], "target": f"<= {RSS_TARGET_MIB} MiB",
+              "met": peak is not None and peak <= RSS_TARGET_MIB, "mount_s": m.seconds}
     res.table("Daemon memory after the walks", [daemon], [
         ("rss_mib", "RSS MiB"), ("hwm_mib", "peak RSS MiB"), ("target", "target"),
         ("met", "met"), ("mount_s", "mount s (index loaded)")])

@@ -3,8 +3,9 @@
 Every overlay case of ``test_index`` (and per-layer views, hardlinks,
 symlinks, xattrs, non-UTF-8 names) is built both ways and every question the
 filesystem and the CLI ask is compared: nodes, lookups, listings from every
-offset, paths, xattrs. Then the hand-over: a tree answers from memory before
-any file exists and from the file once written, mid-listing included.
+offset and as ``stat`` rows, paths, xattrs. Then the hand-over: a tree
+answers from memory before any file exists and from the file once written,
+mid-listing included.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 
 from lazyfs.errors import NotFound
 from lazyfs.index.memory import MemoryIndex
-from lazyfs.index.merged import ROOT_INO, MergedIndex
+from lazyfs.index.merged import ROOT_INO, MergedIndex, TreeQueries
 from lazyfs.index.tree import Tree
 from tests.support.entries import OPQ, D, F, H, L, W
 from tests.unit.test_index import OVERLAY_CASES
@@ -43,7 +44,12 @@ def _answers(ix) -> dict:
         except NotFound:
             break
         listing = list(ix.readdir(ino))
-        out[ino] = (node, ix.path_of(ino), ix.xattrs(ino), listing, ix.listdir(ino),
+        stats = ix.stat_listing(ino, len(listing) + 1)
+        assert stats == TreeQueries.stat_listing(ix, ino, len(listing)), "rows are the nodes'"
+        pages = [ix.stat_listing(ino, 2, k) for k in range(0, len(listing) + 2, 2)]
+        assert sum(pages, []) == stats, "pages resume where the last ended"
+        out[ino] = (node, ix.path_of(ino), ix.xattrs(ino), listing, ix.listdir(ino), stats,
+                    [ix.stat_listing(ino, 3, k) for k in range(len(listing) + 1)],
                     [list(ix.readdir(ino, k)) for k in range(len(listing) + 1)],
                     {name: ix.lookup(ino, name) for name, _, _ in listing},
                     ix.lookup(ino, "no such name"))

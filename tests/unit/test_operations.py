@@ -15,8 +15,10 @@ from lazyfs.errors import LayerFormatError
 from lazyfs.index.merged import ROOT_INO, MergedIndex
 from lazyfs.index.progressive import PROVISIONAL, ProgressiveIndex
 from lazyfs.index.tree import Tree
+from lazyfs.fs import operations
 from lazyfs.fs.operations import TIMEOUT, LazyOperations
-from tests.support.entries import D, F
+from lazyfs.formats.entry import Entry, EntryType
+from tests.support.entries import D, F, H, L
 
 LAYERS = [[D("etc"), F("etc/os-release", b"debian")], [D("etc"), F("etc/motd", b"hello\n")]]
 
@@ -75,6 +77,10 @@ class _CountingTree(Tree):
     async def readdir(self, ino, start=0):
         self.asked += 1
         return await super().readdir(ino, start)
+
+    async def stat_listing(self, ino, limit, offset=0):
+        self.asked += 1
+        return await super().stat_listing(ino, limit, offset)
 
 
 async def test_xattrs_of_a_node_without_any_and_opendir_are_answered_without_the_tree(tmp_path):
@@ -174,3 +180,83 @@ async def test_a_directory_is_listed_from_the_tree_once_then_from_memory(tmp_pat
         assert pages[0] == pages[1] == pages[2]
         assert asked > 0 and tree.asked == 0, "the second and third walks asked the tree nothing"
 
+
+@pytest.mark.parametrize("keep", [4096, 10], ids=["kept", "too big to keep"])
+@pytest.mark.parametrize("extra", [None, {".lowerdir": b"x", ".z": b""}], ids=["", "extra files"])
+async def test_pages_of_a_listing_resume_where_the_kernel_asks(tmp_path, monkeypatch, keep, extra):
+    """Whether a listing is kept or paged from the index, each offset the
+    kernel resumes at (in order, or after a seek) gives the same entries."""
+    monkeypatch.setattr(operations, "LISTING_MAX", keep)
+    monkeypatch.setattr(operations, "PAGE", 16)
+    names = [f"f{i:03}" for i in range(150)]
+    layer = [D("etc"), *(F(n, n.encode()) for n in names)]
+    with MergedIndex.build(tmp_path / "ix", [layer], per_layer=False) as index:
+        ops = LazyOperations(Tree(index), no_reads, extra_files=extra)
+        expected = sorted(extra or ()) + ["etc"] + names
+        for room in (7, 16, 1000):
+            listing = _Listing(room=room)
+            monkeypatch.setattr(pyfuse3, "readdir_reply", listing)
+            await _walk(ops, ROOT_INO, listing)
+            assert [n.decode() for n, _, _ in listing.got] == expected
+            assert [off for _, _, off in listing.got] == list(range(1, len(expected) + 1))
+        for start in (151, 40, 3, 17, 0, len(expected), len(expected) + 5):
+            listing = _Listing(room=5)
+            monkeypatch.setattr(pyfuse3, "readdir_reply", listing)
+            fh = await ops.opendir(ROOT_INO, None)
+            await ops.readdir(fh, start, [])
+            await ops.releasedir(fh)
+            assert [n.decode() for n, _, _ in listing.got] == expected[start:start + 5]
+
+
+
+_FIELDS = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
+           "st_blocks", "st_blksize", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
+           "entry_timeout", "attr_timeout", "generation")
+
+
+def _fields(attrs: pyfuse3.EntryAttributes) -> tuple:
+    return tuple(getattr(attrs, f) for f in _FIELDS)
+
+
+@pytest.mark.parametrize("keep", [4096, 1], ids=["kept", "paged"])
+@pytest.mark.parametrize("extra", [None, {".lowerdir": b"x"}], ids=["plain", "extra files"])
+async def test_listed_attributes_are_getattr_s(tmp_path, monkeypatch, extra, keep):
+    """A listing builds its entries' attributes from rows, not nodes: every
+    field must still be what ``getattr`` and ``lookup`` answer."""
+    layer = [D("d", uid=5, gid=6, mtime_ns=1_700_000_000_123_456_789),
+             F("d/empty", b""), F("d/odd", b"x" * 513, mode=0o4755, uid=1000, gid=100),
+             F("d/caf\udce9", b"latin-1 name"), H("d/link", "d/odd"), L("d/sym", "odd"),
+             Entry("d/tty", EntryType.CHAR, 0o620, devmajor=4, devminor=1),
+             Entry("d/sda", EntryType.BLOCK, 0o660, devmajor=8, devminor=0),
+             Entry("d/pipe", EntryType.FIFO, 0o600), D("d/sub", mode=0o1777), F("top")]
+    monkeypatch.setattr(operations, "LISTING_MAX", keep)
+    with MergedIndex.build(tmp_path / "ix", [layer], per_layer=False) as index:
+        ops = LazyOperations(Tree(index), no_reads, extra_files=extra)
+        for ino in (ROOT_INO, index.resolve("/d").ino):
+            attrs: list = []
+            monkeypatch.setattr(pyfuse3, "readdir_reply",
+                                lambda token, name, a, next_id: attrs.append((name, a)) or True)
+            fh = await ops.opendir(ino, None)
+            await ops.readdir(fh, 0, None)
+            await ops.releasedir(fh)
+            assert len(attrs) == len(index.listdir(ino)) + (ino == ROOT_INO and bool(extra))
+            for name, a in attrs:
+                assert _fields(a) == _fields(await ops.getattr(a.st_ino, None)), name
+                assert _fields(a) == _fields(await ops.lookup(ino, name, None)), name
+
+
+async def test_a_layers_view_lists_the_layers_at_the_root(tmp_path, monkeypatch):
+    layers = [[D("etc"), F("etc/a", b"1")], [F("etc/b", b"22"), F("top")]]
+    with MergedIndex.build(tmp_path / "ix", layers, layer_names=["base", "app"]) as index:
+        ops = LazyOperations(Tree(index), no_reads, layers=True,
+                             extra_files={".lowerdir": b"app:base"})
+        attrs: list = []
+        monkeypatch.setattr(pyfuse3, "readdir_reply",
+                            lambda token, name, a, next_id: attrs.append((name, a)) or True)
+        fh = await ops.opendir(ROOT_INO, None)
+        await ops.readdir(fh, 0, None)
+        await ops.releasedir(fh)
+        assert [n for n, _ in attrs] == [b"base", b"app", b".lowerdir"]
+        for name, a in attrs:
+            assert _fields(a) == _fields(await ops.lookup(ROOT_INO, name, None)), name
+        assert (await ops.getattr(ROOT_INO, None)).st_nlink == 4

@@ -5,16 +5,23 @@ restores, and what counts as a user of the mount."""
 from __future__ import annotations
 
 import struct
+from types import SimpleNamespace
 
+import pyfuse3
 import trio
 
+from lazyfs.fs import operations
+from lazyfs.index.merged import MergedIndex
+from lazyfs.index.tree import Tree
+
 from lazyfs.reference import parse_reference
-from lazyfs.serve.handles import Handles, inode_of, slot_of
+from lazyfs.serve.handles import LOCAL_BITS, Handles, ImageOps, inode_of, slot_of
 from lazyfs.serve.handover import overlay_users
 from lazyfs.serve.holder import FUSE_DEV_IOC_CLONE, mounted
 from lazyfs.serve.images import ImageSet, Slot
 from lazyfs.serve.relay import FUSE_INIT, INIT_UNIQUE, init_request
 from lazyfs.store.blobs import Store
+from tests.support.entries import D, F
 
 
 def test_the_synthetic_init_is_a_7_38_init_request():
@@ -33,6 +40,26 @@ def test_the_synthetic_init_is_a_7_38_init_request():
 
 def test_the_clone_ioctl_is_ior_229_0_uint32():
     assert FUSE_DEV_IOC_CLONE == (2 << 30) | (4 << 16) | (229 << 8) | 0
+
+
+async def test_an_image_s_listings_and_lookups_give_its_inodes_in_its_slot(tmp_path, monkeypatch):
+    layer = [D("etc"), F("etc/a", b"1"), F("etc/b", b"22"), F("top")]
+    with MergedIndex.build(tmp_path / "ix", [layer], per_layer=False) as index:
+        image = SimpleNamespace(tree=Tree(index), read=None, stats=None)
+        base = 7 << LOCAL_BITS
+        ops = ImageOps(image, base, Handles())
+        etc = index.resolve("/etc").ino
+        for keep in (4096, 1):
+            monkeypatch.setattr(operations, "LISTING_MAX", keep)
+            got: list = []
+            monkeypatch.setattr(pyfuse3, "readdir_reply",
+                                lambda token, name, a, next_id: got.append((name, a)) or True)
+            fh = await ops.opendir(etc, None)
+            await ops.readdir(fh, 0, None)
+            await ops.releasedir(fh)
+            assert [(n, a.st_ino) for n, a in got] == \
+                [(n, (await ops.lookup(etc, n, None)).st_ino) for n in (b"a", b"b")]
+            assert all(a.st_ino == base | index.resolve("/etc/" + n.decode()).ino for n, a in got)
 
 
 def test_a_handle_names_its_inode_and_two_opens_differ():
