@@ -291,6 +291,10 @@ async def open_image_async(ref: str | Reference, options: OpenOptions | None = N
                     nursery.start_soon(image.behind.run)
                 index = None  # the tree holds it, until it answers from the file
                 _start(image, nursery, client, options, tables)
+                # Every entry of every layer: what needs them has them (the
+                # index, tables still to write, the tasks just started).
+                tables = None
+                early.clear()
                 failed = None
                 try:
                     yield image
@@ -392,6 +396,7 @@ async def _warm_landmarked(reader: Reader, tables: list[LayerTable | None]) -> N
     """Files the producer marked (eStargz's landmark), fetched ahead of any
     read: found in the background, as the walk over every entry is not free."""
     landmarked = prioritized(tables)
+    del tables
     if landmarked:
         await warm_quietly(reader, landmarked)
 
@@ -404,7 +409,9 @@ async def _replay(image: Image, client, tables: list[LayerTable | None]) -> None
         if image.replay.options.enabled:
             trace, image.replay.source = await find_trace(image.store, client, image.ref,
                                                           image.digest, digests)
-        await image.replay.run(trace, digests, tables)
+        reads = image.replay.prepare(trace, digests, tables)
+        del tables  # a big image's entries: not kept for as long as the replay runs
+        await image.replay.run(reads)
     except LazyfsError as e:
         image.replay.state = f"failed: {e}"
         log.warning("trace replay stopped: %s", e)

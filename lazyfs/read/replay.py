@@ -65,14 +65,20 @@ class Replay:
         return {"source": self.source, "state": self.state, "planned": self.planned,
                 "dropped": self.dropped, "done": self.done, "failed": self.failed}
 
-    async def run(self, trace: Trace | None, layers: list[str], tables) -> None:
+    def prepare(self, trace: Trace | None, layers: list[str], tables) -> list:
+        """The trace's reads checked against the layer tables: the one use of
+        the tables, which the caller can let go of before the reads run."""
         if not self.options.enabled or trace is None:
             self.state = "off" if not self.options.enabled else "no trace"
-            return
+            return []
         reads, self.dropped = plan(trace, layers, tables)
         self.planned = len(reads)
         if not reads:
             self.state = "nothing to fetch"
+        return reads
+
+    async def run(self, reads: list) -> None:
+        if not reads:
             return
         self.state = "running"
         fetch_kind.set("prefetch")
