@@ -194,7 +194,11 @@ class Tree:
                 dir_parts = clean_path(e.name, layer)[:-1]
                 known = parents[dir_raw] = self._make_parents(dir_parts, layer, e.name)
             dir_path, parent = known
-            self._place(parent, dir_path, base, e, layer, merged_below)
+            children = parent.children
+            if base not in children and e.type is not EntryType.HARDLINK:
+                children[base] = TreeNode.of(e, layer)
+            else:
+                self._place(parent, dir_path, base, e, layer, merged_below)
             made.append((dir_path, base))
         self._parents = {}
 
