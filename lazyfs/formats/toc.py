@@ -283,10 +283,28 @@ def _locate(files: list[tuple[Entry, object, list[dict]]], layer: str, data_end:
     nxt = dict(zip(ordered, ordered[1:] + [data_end]))
     streams = {off for off, n in shared.items() if n > 1}
     members: dict[int, list[tuple[int, int, str]]] = {}
+    pack = _CHUNK.pack
     for entry, digest, chunks in files:
-        if entry.size:
-            entry.data = _chunks(entry, digest, chunks, nxt, layer, data_end,
-                                 end_offsets, streams, members)
+        size = entry.size
+        if not size:
+            continue
+        if len(chunks) == 1 and not end_offsets:
+            # one chunk, the whole file (most files): as _chunks, inline
+            get = chunks[0].get
+            start = chunks[0]["offset"]
+            if (get("chunkOffset", 0) == 0 and get("chunkSize", 0) in (0, size)
+                    and get("innerOffset", 0) == 0 and get("chunkType") is None
+                    and start not in streams):
+                digest = get("chunkDigest") or digest
+                if type(digest) is str and len(digest) == 71 and digest.startswith("sha256:"):
+                    try:
+                        entry.data = pack(0, start, nxt[start], 0, size,
+                                          bytes.fromhex(digest[7:]), DATA)
+                        continue
+                    except ValueError:
+                        pass
+        entry.data = _chunks(entry, digest, chunks, nxt, layer, data_end,
+                             end_offsets, streams, members)
     for start, spans in members.items():
         spans.sort()
         for (a, asize, aname), (b, _, bname) in zip(spans, spans[1:]):
