@@ -204,8 +204,8 @@ class Tree:
 
     def _apply_odd(self, e: Entry, layer: int, merged_below: "Tree | None",
                    upper: set[tuple[str, ...]], made: list) -> None:
-        """An entry for the root, a whiteout, or one whose name ends oddly
-        (``.``, ``..``, a NUL byte, which ``clean_path`` refuses)."""
+        """An entry for the root, a whiteout, or one whose last part is
+        ``.`` or ``..`` or holds a NUL byte: ``clean_path`` sorts them out."""
         parts = clean_path(e.name, layer)
         if not parts:
             if e.type is not EntryType.DIR:
