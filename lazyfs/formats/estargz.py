@@ -96,11 +96,12 @@ def footer_bytes(toc_offset: int, legacy: bool = False) -> bytes:
 # --- TOC --------------------------------------------------------------------
 
 def toc_json_from_member(raw: bytes, layer: str) -> bytes:
-    """The TOC JSON from the gzip member holding its tar entry."""
-    d = zlib.decompressobj(31)
+    """The TOC JSON from the gzip member holding its tar entry (inflated by
+    zlib-ng: a large TOC is on the way to a new image's first answer)."""
+    d = fast.decompressobj(31)
     try:
         data = d.decompress(raw, 512 + MAX_TOC_SIZE + 512)
-    except zlib.error as e:
+    except (zlib.error, fast.error) as e:
         raise CorruptData(f"layer {layer}: TOC is not valid gzip ({e})") from None
     if len(data) < 512:
         raise LayerFormatError(f"layer {layer}: TOC member holds no tar header")

@@ -52,6 +52,7 @@ _WH = ".wh."
 _WH_META = ".wh..wh."
 _WH_OPAQUE = ".wh..wh..opq"
 _OPAQUE_XATTR = "trusted.overlay.opaque"
+_ODD_BASES = frozenset({"", ".", ".."})
 
 
 def merge(layers: Sequence[Sequence[Entry]], names: Sequence[str], per_layer: bool = True
@@ -160,60 +161,85 @@ class Tree:
         self.root = TreeNode(EntryType.DIR)
         self._view = False
         self._below: Tree | None = None
-        self._parents: dict[tuple[str, ...], tuple[tuple[str, ...], TreeNode]] = {}
-        """Resolved parent directories of this layer's entries; a parent stays
-        valid until some existing name is replaced."""
+        self._parents: dict[str, tuple[tuple[str, ...], TreeNode]] = {}
+        """Resolved parent directories of this layer's entries, by the
+        directory part of the name as written; a parent stays valid until
+        some existing name is replaced."""
 
     def apply(self, entries: Iterable[Entry], layer: int, *,
               merged_below: "Tree | None" = None) -> None:
         """Apply one layer. With ``merged_below`` this tree is that layer's own
-        view: whiteouts become markers, and hardlinks to lower files copy them."""
-        upper: set[tuple[str, ...]] = {()}
-        self._parents = {}
+        view: whiteouts become markers, and hardlinks to lower files copy them.
+
+        This runs once per entry of every layer before a new image's first
+        answer, so the common entry (a plain name in a directory already met)
+        costs one split and one lookup: resolved parents are keyed by the
+        name's directory part as written, and the paths this layer made are
+        only collected into ``upper`` once a whiteout needs them."""
+        parents = self._parents = {}
         self._view = merged_below is not None
         self._below = merged_below
+        made: list[tuple[tuple[str, ...], str]] = []
+        upper: set[tuple[str, ...]] = {()}
         for e in entries:
-            parts = clean_path(e.name, layer)
-            if not parts:
-                if e.type is not EntryType.DIR:
-                    raise UnsafeEntry(f"layer {layer}: entry {e.name!r} would replace the root "
-                                      f"directory with a {e.type.value}")
-                self.root.take_attrs(TreeNode.of(e, layer))
+            name = e.name
+            if name.endswith("/"):
+                name = name.rstrip("/")
+            dir_raw, _, base = name.rpartition("/")
+            if base in _ODD_BASES or base.startswith(_WH) or "\0" in base:
+                self._apply_odd(e, layer, merged_below, upper, made)
                 continue
-            base = parts[-1]
-            if base.startswith(_WH):
-                self._parents.clear()
-                if base == _WH_OPAQUE:
-                    target = None
-                elif base.startswith(_WH_META):
-                    continue
-                else:
-                    target = base[len(_WH):]
-                    if target in ("", ".", ".."):
-                        raise UnsafeEntry(f"layer {layer}: whiteout {e.name!r} names no file")
-                if merged_below is None:
-                    self._whiteout(parts[:-1], target, upper, layer, e.name)
-                else:
-                    self._mark_whiteout(parts[:-1], target, upper, layer, e.name)
-                continue
-            dir_parts = parts[:-1]
-            known = self._parents.get(dir_parts)
+            known = parents.get(dir_raw)
             if known is None:
-                known = self._parents[dir_parts] = self._make_parents(dir_parts, layer, e.name)
+                dir_parts = clean_path(e.name, layer)[:-1]
+                known = parents[dir_raw] = self._make_parents(dir_parts, layer, e.name)
             dir_path, parent = known
-            path = dir_path + (base,)
-            self._place(parent, path, e, layer, merged_below)
-            while path not in upper:
-                upper.add(path)
-                path = path[:-1]
+            children = parent.children
+            if base not in children and e.type is not EntryType.HARDLINK:
+                children[base] = TreeNode.of(e, layer)
+            else:
+                self._place(parent, dir_path, base, e, layer, merged_below)
+            made.append((dir_path, base))
         self._parents = {}
 
-    def _place(self, parent: TreeNode, path: tuple[str, ...], e: Entry, layer: int,
-               merged_below: "Tree | None") -> None:
-        base = path[-1]
+    def _apply_odd(self, e: Entry, layer: int, merged_below: "Tree | None",
+                   upper: set[tuple[str, ...]], made: list) -> None:
+        """An entry for the root, a whiteout, or one whose last part is
+        ``.`` or ``..`` or holds a NUL byte: ``clean_path`` sorts them out."""
+        parts = clean_path(e.name, layer)
+        if not parts:
+            if e.type is not EntryType.DIR:
+                raise UnsafeEntry(f"layer {layer}: entry {e.name!r} would replace the root "
+                                  f"directory with a {e.type.value}")
+            self.root.take_attrs(TreeNode.of(e, layer))
+            return
+        base = parts[-1]
+        if base.startswith(_WH):
+            self._parents.clear()
+            if base == _WH_OPAQUE:
+                target = None
+            elif base.startswith(_WH_META):
+                return
+            else:
+                target = base[len(_WH):]
+                if target in ("", ".", ".."):
+                    raise UnsafeEntry(f"layer {layer}: whiteout {e.name!r} names no file")
+            _add_upper(upper, made)
+            made.clear()
+            if merged_below is None:
+                self._whiteout(parts[:-1], target, upper, layer, e.name)
+            else:
+                self._mark_whiteout(parts[:-1], target, upper, layer, e.name)
+            return
+        dir_path, parent = self._make_parents(parts[:-1], layer, e.name)
+        self._place(parent, dir_path, base, e, layer, merged_below)
+        made.append((dir_path, base))
+
+    def _place(self, parent: TreeNode, dir_path: tuple[str, ...], base: str, e: Entry,
+               layer: int, merged_below: "Tree | None") -> None:
         old = parent.children.get(base)
         if e.type is EntryType.HARDLINK:
-            node = self._link_target(e, layer, merged_below, path)
+            node = self._link_target(e, layer, merged_below, dir_path + (base,))
             if node is old:
                 return
         else:
@@ -380,6 +406,16 @@ class Tree:
                 _make_opaque(old, dir_path + (target,), upper)
         elif self._visible_below(dir_path + (target,), dirs_only=False) is not None:
             parent.children[target] = _whiteout_device(layer)
+
+
+def _add_upper(upper: set[tuple[str, ...]], made: list[tuple[tuple[str, ...], str]]) -> None:
+    """The paths a layer made, and every directory above them: what its
+    whiteouts and opaque markers leave in place."""
+    for dir_path, base in made:
+        path = dir_path + (base,)
+        while path not in upper:
+            upper.add(path)
+            path = path[:-1]
 
 
 def _make_opaque(node: TreeNode, path: tuple[str, ...], upper: set) -> None:

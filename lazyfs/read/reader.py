@@ -352,6 +352,7 @@ class Reader:
         spans, _ = self._flights.claim(_span_key(layer, s) for s in wanted)
         held = sum(e - s for s, e in wanted) + sum(p.skip + p.length for p in pieces)
         disk = self.cache.root is not None and not _is_local(layer.blob)
+        behind = False
         try:
             async with self.in_flight.room(held):
                 if wanted:
@@ -359,11 +360,39 @@ class Reader:
                 kept = await self._decode_all(layer, pieces, flights, raw, disk)
                 del raw
                 if kept and disk:
-                    await self._store(layer, kept)
+                    behind = await self._store_soon(layer, kept)
         finally:
             self._flights.fail(spans, None)
-            for p in pieces if disk else ():
+            for p in pieces if disk and not behind else ():
                 self._storing.pop(_piece_key(layer, p), None)
+
+    async def _store_soon(self, layer: Layer, kept: list[tuple[Piece, bytes]]) -> bool:
+        """Write the pieces to the chunk cache behind the read that fetched
+        them, which has its bytes already (a first read should not wait for
+        a worker thread to write a file); True if it is left to a task of
+        the nursery. That task holds room for the bytes until they are on
+        disk, taken while this load still holds its own: only when both fit
+        the budget, so that neither waits for the other."""
+        nbytes = sum(len(data) for _, data in kept)
+        room = self.in_flight
+        if self.nursery is None or room.used + min(nbytes, room.limit) > room.limit:
+            await self._store(layer, kept)
+            return False
+        await self.nursery.start(self._store_behind, layer, kept, nbytes)
+        return True
+
+    async def _store_behind(self, layer: Layer, kept: list[tuple[Piece, bytes]], nbytes: int,
+                            *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with self.in_flight.room(nbytes):
+            task_status.started()
+            try:
+                # as when the read waited for it: what was fetched is kept,
+                # also by a process closing the image right after its read
+                with trio.CancelScope(shield=True):
+                    await self._store(layer, kept)
+            finally:
+                for p, _ in kept:
+                    self._storing.pop(_piece_key(layer, p), None)
 
     async def _kept_spans(self, layer: Layer, pieces: list[Piece]) -> dict[tuple, bytes]:
         """The compressed bytes memory holds for the pieces, after waiting for

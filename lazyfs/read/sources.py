@@ -162,15 +162,21 @@ class RegistrySource:
 
     async def resolve(self, platform: Platform | None, alongside=None) -> ResolvedImage:
         """``alongside(manifest)`` runs while the config is fetched; it must
-        not raise (a caller keeps its own failures for later)."""
+        not raise (a caller keeps its own failures for later). The manifest
+        and config are checked and kept while it still runs (for a new
+        image the layers' tables take longest)."""
         try:
-            r = await self.client.resolve(self.ref, platform, self._stored, alongside)
+            return await self.client.resolve(self.ref, platform, self._stored, alongside,
+                                             self._kept)
         except RegistryUnreachable as e:
             r = await trio.to_thread.run_sync(resolve_offline, self.store, self.ref, platform, e)
             log.warning("%s; using the copy in the local store", e)
+        await self._kept(r)
+        return r
+
+    async def _kept(self, r: ResolvedImage) -> None:
         check_config(r.manifest, r.config)
         await trio.to_thread.run_sync(keep_metadata, self.store, r)
-        return r
 
     def _stored(self, digest: str) -> bytes | None:
         """A small blob kept by an earlier run (a config), unverified."""

@@ -68,13 +68,15 @@ class RegistryClient:
 
     async def resolve(self, ref: Reference, platform: Platform | None = None,
                       known: Callable[[str], bytes | None] | None = None,
-                      alongside: Callable[[Manifest], Awaitable[None]] | None = None
+                      alongside: Callable[[Manifest], Awaitable[None]] | None = None,
+                      resolved: Callable[[ResolvedImage], Awaitable[None]] | None = None
                       ) -> ResolvedImage:
         """Tag or digest to verified manifest and config; diff_ids are checked by callers.
         ``known(digest)`` may hold the config already (a blob is named by its
         content): it is used, checked against the digest, without a request.
         ``alongside(manifest)`` runs while the config is fetched (a mount
-        fetches the layers' TOCs meanwhile) and is waited for."""
+        fetches the layers' TOCs meanwhile) and is waited for;
+        ``resolved(image)`` runs once the config is in, still alongside."""
         ref = with_default_tag(ref)
         raw, media_type, digest = await self.get_manifest(ref)
         top = parse_manifest(raw, media_type, digest)
@@ -87,12 +89,17 @@ class RegistryClient:
             raise UnsupportedMediaType(f"manifest {manifest.digest}: config media type "
                                        f"{manifest.config.media_type} is not a container image")
         if alongside is None:
-            config = await self._config(ref, manifest, known)
-        else:
-            with single_error():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(alongside, manifest)
-                    config = await self._config(ref, manifest, known)
+            return await self._resolved(ref, platform, index, manifest, known, resolved)
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(alongside, manifest)
+                return await self._resolved(ref, platform, index, manifest, known, resolved)
+
+    async def _resolved(self, ref: Reference, platform: Platform | None, index: Index | None,
+                        manifest: Manifest, known: Callable[[str], bytes | None] | None,
+                        then: Callable[[ResolvedImage], Awaitable[None]] | None
+                        ) -> ResolvedImage:
+        config = await self._config(ref, manifest, known)
         if index is not None:
             platforms = image_platforms(index)
         else:
@@ -100,7 +107,10 @@ class RegistryClient:
             if platform and config.platform and not platform.matches(config.platform):
                 raise NoMatchingPlatform(f"image {ref} is for {config.platform.normalized()}, "
                                          f"not the requested {platform}")
-        return ResolvedImage(ref, index, manifest, config, tuple(platforms))
+        image = ResolvedImage(ref, index, manifest, config, tuple(platforms))
+        if then is not None:
+            await then(image)
+        return image
 
     async def _config(self, ref: Reference, manifest: Manifest,
                       known: Callable[[str], bytes | None] | None) -> ImageConfig:
