@@ -138,6 +138,8 @@ class Reader:
         """Chunk-cache files of pieces, open: warm reads are served from them."""
         self._storing: dict[tuple, bytes] = {}
         """Pieces fetched and not yet on disk (counted by ``in_flight``)."""
+        self._writing = 0
+        self._written: trio.Event | None = None
         self.in_flight = InFlight()
         """Bounds what fetches and decodes under way hold, whatever the number of reads."""
         self.nursery = nursery
@@ -384,6 +386,7 @@ class Reader:
     async def _store_behind(self, layer: Layer, kept: list[tuple[Piece, bytes]], nbytes: int,
                             *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with self.in_flight.room(nbytes):
+            self._writing += 1
             task_status.started()
             try:
                 # as when the read waited for it: what was fetched is kept,
@@ -393,6 +396,17 @@ class Reader:
             finally:
                 for p, _ in kept:
                     self._storing.pop(_piece_key(layer, p), None)
+                self._writing -= 1
+                if not self._writing and self._written is not None:
+                    self._written.set()
+                    self._written = None
+
+    async def written(self) -> None:
+        """Until every piece fetched so far is in the chunk cache (or failed to get there)."""
+        while self._writing:
+            if self._written is None:
+                self._written = trio.Event()
+            await self._written.wait()
 
     async def _kept_spans(self, layer: Layer, pieces: list[Piece]) -> dict[tuple, bytes]:
         """The compressed bytes memory holds for the pieces, after waiting for

@@ -409,6 +409,7 @@ async def test_an_open_image_keeps_its_pieces_from_prune_but_not_past_the_limit(
     async with fault_proxy(registry.host) as proxy:
         async with opened(proxy, image, store) as img:
             assert await read(img, "/data/mid.bin") == expect("/data/mid.bin")
+            await img.reader.written()
             kept = pieces_on_disk(store, image.layer)
             assert kept
             assert prune_chunks(store, all=True).files == 0

@@ -9,6 +9,7 @@ import hashlib
 import io
 import random
 import tarfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -405,6 +406,38 @@ def test_a_piece_damaged_on_disk_is_deleted_and_fetched_again(built, fmt, tmp_pa
         assert await read(fresh, b, "small4", 0, 500) == expect("small4", 0, 500)
         assert fresh.cache.corrupt == 1 and source.requests == 1
         assert ChunkCache(root).load(b.digest, b.content.pieces(b.entries["small4"].data, 0, 500)[0])
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_fetched_piece_is_answered_before_it_is_written_and_counted_until_then(
+        built, fmt, tmp_path):
+    b = built[fmt]
+    root = tmp_path / "chunks"
+    written = threading.Event()
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            reader, source = make_reader(b, root, nursery=nursery)
+            store = reader.cache.store
+
+            def slow_store(*args):
+                written.wait(10)
+                return store(*args)
+
+            reader.cache.store = slow_store
+            assert await read(reader, b, "small4", 0, 500) == expect("small4", 0, 500)
+            assert not [p for p in root.rglob("*") if p.is_file()], "answered before written"
+            assert reader.in_flight.used > 0, "the unwritten piece still counts"
+            assert await read(reader, b, "small4", 100, 300) == expect("small4", 100, 300)
+            assert source.requests == 1
+            written.set()
+            await reader.written()
+            assert reader.in_flight.used == 0 and [p for p in root.rglob("*") if p.is_file()]
+        fresh, again = make_reader(b, root)
+        assert await read(fresh, b, "small4", 0, 500) == expect("small4", 0, 500)
+        assert again.requests == 0
 
     trio.run(main)
 
