@@ -7,7 +7,9 @@ time too (after what it needed was evicted and fetched again)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -30,8 +32,19 @@ LAZY_FILES = {f"e/{i}": rng.randbytes(2 << 20) for i in range(12)}
 
 
 def _cached_bytes(cache: Path) -> int:
-    return sum(p.stat().st_size for sub in ("chunks", "blobs") if (cache / sub).is_dir()
-               for p in (cache / sub).rglob("*") if p.is_file() and p.parent.name != "leases")
+    """What is on disk now: pieces are written behind the reads, so a file
+    seen by the walk may be renamed or evicted before it is measured."""
+    return sum(_size(Path(top, name)) for sub in ("chunks", "blobs")
+               for top, _, names in os.walk(cache / sub) if Path(top).name != "leases"
+               for name in names)
+
+
+def _size(path: Path) -> int:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
 
 def test_the_cache_cap_holds_while_mounted(registry, tmp_path):
