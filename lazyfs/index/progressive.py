@@ -157,6 +157,12 @@ class ProgressiveIndex:
         self._final_ready.set()
         self._wake()
 
+    def let_go(self) -> None:
+        """Forget what the layers showed once the merged index answers: only
+        the inodes handed out early are still translated (``_nodes``)."""
+        assert self.final is not None
+        self.layers = [LayerSeen(complete=True) for _ in self.layers]
+
     def fail(self, error: LazyfsError, retry: Callable[[], None] | None = None) -> None:
         """Indexing cannot finish: every waiting question gets ``error``. So
         do later ones, unless ``retry`` is given: the next question then

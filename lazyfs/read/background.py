@@ -11,6 +11,8 @@ requests get it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from typing import Awaitable, Callable, Sequence
@@ -84,8 +86,20 @@ class BackgroundIndex:
                 continue
             self.indexed_in = time.monotonic() - self.started
             self.progress.set_final(index)
+            self._let_go()
             log.info("image %s indexed in %.2f s", self.name, self.indexed_in)
             return True
+
+    def _let_go(self) -> None:
+        """The merged index answers everything now: every layer's entries,
+        held by the tables, the stream indexers and the early answers (a
+        100k-file image: over 100 MiB), go."""
+        self.tables = [None] * len(self.tables)
+        for stream in self.streams.values():
+            if stream.table is not None:
+                stream.table = dataclasses.replace(stream.table, entries=[])
+            stream.indexer = None
+        self.progress.let_go()
 
     async def _failed(self, error: LazyfsError) -> bool:
         """Fail every waiting request; whether a later one asked to try again."""

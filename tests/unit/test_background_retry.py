@@ -58,6 +58,14 @@ async def test_the_next_lookup_after_a_failure_indexes_again(tmp_path, registry,
         stats = image.stats()
         assert stats["index"] == "ready" and stats["index_attempts"] == 3
         assert "gave up" in stats["index_last_error"]
+        # the merged index answers now: the entries gathered to build it are let go
+        background = image.background
+        assert background.tables == [None, None]
+        assert all(not s.table.entries and s.indexer is None for s in background.streams.values())
+        assert all(not seen.entries for seen in background.progress.layers)
+        assert await image.read(node, 0, node.size) == b"ID=lazyfs\n"
+        early = await image.tree.getattr(etc.ino)  # an inode handed out early still translates
+        assert early.ino == image.tree.index.resolve("/etc").ino
 
 
 async def test_a_layer_that_fails_its_digest_is_not_indexed_again(tmp_path, registry,
