@@ -153,6 +153,22 @@ class InFlight:
                 self._freed = None
             trim_heap()
 
+    def carry(self, nbytes: int) -> Callable[[], None]:
+        """Count ``nbytes`` at once, without waiting, until the returned
+        function is called: room handed from a load to a task that outlives
+        it (pieces written behind the read), taken while the load still holds
+        its own so that the budget's check covers both."""
+        self.used += nbytes
+        self.peak = max(self.peak, self.used)
+
+        def release() -> None:
+            self.used -= nbytes
+            if self._freed is not None:
+                self._freed.set()
+                self._freed = None
+
+        return release
+
 
 _trimmed = 0.0
 

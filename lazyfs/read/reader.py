@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import trio
 
@@ -372,34 +372,40 @@ class Reader:
         """Write the pieces to the chunk cache behind the read that fetched
         them, which has its bytes already (a first read should not wait for
         a worker thread to write a file); True if it is left to a task of
-        the nursery. That task holds room for the bytes until they are on
-        disk, taken while this load still holds its own: only when both fit
-        the budget, so that neither waits for the other."""
-        nbytes = sum(len(data) for _, data in kept)
+        the nursery. The room their bytes take is reserved here, while this
+        load still holds its own, and only if both fit the budget: the task
+        waits for nothing but the write."""
         room = self.in_flight
-        if self.nursery is None or room.used + min(nbytes, room.limit) > room.limit:
-            await self._store(layer, kept)
-            return False
-        await self.nursery.start(self._store_behind, layer, kept, nbytes)
-        return True
-
-    async def _store_behind(self, layer: Layer, kept: list[tuple[Piece, bytes]], nbytes: int,
-                            *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        async with self.in_flight.room(nbytes):
-            self._writing += 1
-            task_status.started()
+        nbytes = min(sum(len(data) for _, data in kept), room.limit)
+        if self.nursery is not None and room.used + nbytes <= room.limit:
+            release = room.carry(nbytes)
             try:
-                # as when the read waited for it: what was fetched is kept,
-                # also by a process closing the image right after its read
-                with trio.CancelScope(shield=True):
-                    await self._store(layer, kept)
-            finally:
-                for p, _ in kept:
-                    self._storing.pop(_piece_key(layer, p), None)
-                self._writing -= 1
-                if not self._writing and self._written is not None:
-                    self._written.set()
-                    self._written = None
+                self.nursery.start_soon(self._store_behind, layer, kept, release)
+            except RuntimeError:  # the image is closing: write here, as before
+                release()
+            else:
+                self._writing += 1
+                return True
+        await self._store(layer, kept)
+        return False
+
+    async def _store_behind(self, layer: Layer, kept: list[tuple[Piece, bytes]],
+                            release: Callable[[], None]) -> None:
+        try:
+            # as when the read waited for it: what was fetched is kept, also
+            # by a process closing the image right after its read
+            with trio.CancelScope(shield=True):
+                await self._store(layer, kept)
+        except Exception:  # noqa: BLE001 - a task of the image's nursery must not take the image down
+            log.exception("layer %s: pieces not cached", layer.digest)
+        finally:
+            for p, _ in kept:
+                self._storing.pop(_piece_key(layer, p), None)
+            release()
+            self._writing -= 1
+            if not self._writing and self._written is not None:
+                self._written.set()
+                self._written = None
 
     async def written(self) -> None:
         """Until every piece fetched so far is in the chunk cache (or failed to get there)."""
@@ -471,7 +477,7 @@ class Reader:
             return [self.cache.store(layer.digest, p, data) for p, data in items]
         try:
             files = await trio.to_thread.run_sync(store_all)
-        except CacheError as e:
+        except (CacheError, OSError) as e:
             log.warning("layer %s: not cached: %s", layer.digest, e)
             files = [None] * len(items)
         for (p, data), f in zip(items, files):

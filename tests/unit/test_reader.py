@@ -442,6 +442,31 @@ def test_a_fetched_piece_is_answered_before_it_is_written_and_counted_until_then
     trio.run(main)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_write_behind_that_fails_or_cannot_start_leaves_the_reads_and_the_image(
+        built, fmt, tmp_path):
+    b = built[fmt]
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            reader, source = make_reader(b, tmp_path / "a", nursery=nursery)
+
+            def broken(*args):
+                raise FileNotFoundError("the layer's directory went with an eviction")
+
+            reader.cache.store = broken
+            assert await read(reader, b, "small4", 0, 500) == expect("small4", 0, 500)
+            await reader.written()
+            assert reader.in_flight.used == 0
+            assert await read(reader, b, "small4", 0, 500) == expect("small4", 0, 500)
+        closed, _ = make_reader(b, tmp_path / "b", nursery=nursery)  # the image is closing
+        assert await read(closed, b, "small5", 0, 500) == expect("small5", 0, 500)
+        assert [p for p in (tmp_path / "b").rglob("*") if p.is_file()], "written in the read"
+        assert closed.in_flight.used == 0
+
+    trio.run(main)
+
+
 # --- each cached piece loaded once -----------------------------------------------------
 
 @pytest.mark.parametrize("fmt", FORMATS)
