@@ -53,6 +53,8 @@ _WH_META = ".wh..wh."
 _WH_OPAQUE = ".wh..wh..opq"
 _OPAQUE_XATTR = "trusted.overlay.opaque"
 _ODD_BASES = frozenset({"", ".", ".."})
+_RESOLVING = frozenset({EntryType.DIR, EntryType.SYMLINK})
+"""Entries that change how the names after them resolve."""
 
 
 def merge(layers: Sequence[Sequence[Entry]], names: Sequence[str], per_layer: bool = True
@@ -197,6 +199,10 @@ class Tree:
             children = parent.children
             if base not in children and e.type is not EntryType.HARDLINK:
                 children[base] = TreeNode.of(e, layer)
+                if self._view and e.type in _RESOLVING:
+                    # it may hide what a lower layer has at this path, which
+                    # a name met earlier may have been resolved through
+                    parents.clear()
             else:
                 self._place(parent, dir_path, base, e, layer, merged_below)
             made.append((dir_path, base))

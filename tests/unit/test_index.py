@@ -433,6 +433,16 @@ def test_view_keeps_an_opaque_marker_met_before_the_directory_entry(tmp_path):
     assert tree(ix) == {"/a": b"", "/b": "dir"}
 
 
+def test_a_view_places_names_after_the_layer_replaces_a_lower_symlink(tmp_path):
+    # a name met through the lower symlink c -> b first, then c made a
+    # directory by this layer: later names under c go into that directory,
+    # in the view as in the merged tree
+    ix = build(tmp_path, [D("b")], [L("c", "b")], [F("c/c"), D("c"), F("c/x")])
+    view = dict(ix.layer_roots)["2"]
+    assert tree(ix) == {"/b": "dir", "/b/c": b"", "/c": "dir", "/c/x": b""}
+    assert tree(ix, view) == {"/b": "dir", "/b/c": b"", "/c": "dir", "/c/x": b""}
+
+
 def test_without_per_layer_views(tmp_path):
     ix = build(tmp_path, [F("a")], per_layer=False)
     assert ix.layer_roots == []
