@@ -38,7 +38,7 @@ from ..errors import LazyfsError, NotFound, UsageError
 from ..image import OpenOptions, open_image_async
 from ..read.memory import Lru
 from ..index.merged import ROOT_INO, MergedIndex, Node, stat_row
-from ..index.tree import Tree, mode_of
+from ..index.tree import Tree
 from .killed import KilledReaders
 
 log = logging.getLogger(__name__)
@@ -244,44 +244,28 @@ class LazyOperations(pyfuse3.Operations):
         return v if v is not None else await self._tree.getattr(ino)
 
     def _attrs(self, item: Node | _Virtual) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
+        return self._listed([self._row(b"", item)])[0][1]
+
+    def _row(self, name: bytes, item: Node | _Virtual) -> tuple:
+        """``item`` as a ``stat_row``: what ``getattr`` answers for it, and
+        ``readdir`` under ``name``."""
         if isinstance(item, _Virtual):
-            a.st_ino = item.ino
-            a.st_mode = stat.S_IFREG | 0o444
-            a.st_nlink = 1
-            a.st_size = len(item.content)
             root = self._tree.index.getattr(ROOT_INO)
-            a.st_uid, a.st_gid = root.uid, root.gid
-            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = root.mtime_ns
-        else:
-            a.st_ino = item.ino
-            a.st_mode = mode_of(item)
-            a.st_nlink = item.nlink
-            if item.ino == ROOT_INO and self._layers:
-                a.st_nlink = 2 + len(self._tree.index.layer_roots)
-            a.st_uid, a.st_gid = item.uid, item.gid
-            a.st_rdev = item.rdev
-            a.st_size = item.size
-            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = item.mtime_ns
-        a.st_blocks = -(-a.st_size // 512)
-        a.st_blksize = BLKSIZE
-        a.entry_timeout = a.attr_timeout = self._timeout()
-        a.generation = 0
-        return a
+            return (name, item.ino, stat.S_IFREG | 0o444, 1, root.uid, root.gid, 0,
+                    len(item.content), root.mtime_ns)
+        row = stat_row(name, item)
+        if item.ino == ROOT_INO and self._layers:
+            row = row[:3] + (2 + len(self._tree.index.layer_roots),) + row[4:]
+        return row
 
     def _timeout(self) -> float:
         return TIMEOUT if self._tree.lasting else 0
 
     def _root_row(self, name: str) -> tuple:
-        """A name added to the root as a ``stat_row``, with what ``_attrs``
-        answers for it."""
+        """A name added to the root as a ``stat_row``."""
         ino = self._root_names[name]
         v = self._virtual.get(ino)
-        if v is None:
-            return stat_row(os.fsencode(name), self._tree.index.getattr(ino))
-        root = self._tree.index.getattr(ROOT_INO)
-        return (os.fsencode(name), ino, stat.S_IFREG | 0o444, 1, root.uid, root.gid, 0,
-                len(v.content), root.mtime_ns)
+        return self._row(os.fsencode(name), v if v is not None else self._tree.index.getattr(ino))
 
     async def _child(self, parent: int, name: str) -> Node | _Virtual | None:
         if parent == ROOT_INO and name in self._root_names:
@@ -426,9 +410,9 @@ class LazyOperations(pyfuse3.Operations):
         return listing
 
     def _listed(self, rows: list[tuple]) -> list:
-        """``stat_listing`` rows as ``readdir`` answers them: the attributes
-        ``_attrs`` gives each node, built in one loop (a walk of the tree
-        builds every entry's)."""
+        """``stat_row``s as ``(name, attributes)``, built in one loop (a walk
+        of the tree builds every entry's): the one place attributes are made,
+        for ``getattr`` and ``lookup`` as for ``readdir``."""
         new, timeout, out = pyfuse3.EntryAttributes, self._timeout(), []
         for name, ino, mode, nlink, uid, gid, rdev, size, mtime in rows:
             a = new()

@@ -60,11 +60,6 @@ class ImageOps(LazyOperations):
         self._base = base
         self._made = handles
 
-    def _attrs(self, item) -> pyfuse3.EntryAttributes:
-        a = super()._attrs(item)
-        a.st_ino += self._base
-        return a
-
     def _listed(self, rows: list[tuple]) -> list:
         listing = super()._listed(rows)
         for _, a in listing:
