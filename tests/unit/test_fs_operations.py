@@ -15,6 +15,7 @@ from lazyfs.fs.operations import image_operations
 from lazyfs.image import OpenOptions
 from lazyfs.store.blobs import Store
 from lazyfs.testing import WHITEOUT, Dir, File, MemoryRegistry, build_layer
+from tests.support.listings import listed
 
 CTX = pyfuse3.RequestContext()
 ROOT = pyfuse3.ROOT_INODE
@@ -57,18 +58,8 @@ async def lookup(ops, path: str) -> pyfuse3.EntryAttributes:
 
 
 async def listing(ops, monkeypatch, ino: int) -> dict[str, int]:
-    """Names and modes ``readdir`` hands the kernel, by way of ``readdir_reply``."""
-    seen: dict[str, int] = {}
-
-    def reply(token, name, attrs, next_id):
-        seen[os.fsdecode(name)] = attrs.st_mode
-        return True
-
-    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
-    fh = await ops.opendir(ino, CTX)
-    await ops.readdir(fh, 0, None)
-    await ops.releasedir(fh)
-    return seen
+    """Names and modes ``readdir`` hands the kernel."""
+    return {os.fsdecode(name): attrs.st_mode for name, attrs in await listed(ops, ino, monkeypatch)}
 
 
 async def read_all(ops, ino: int, size: int = 1 << 20) -> bytes:

@@ -18,6 +18,7 @@ from lazyfs.index.tree import Tree
 from lazyfs.fs import operations
 from lazyfs.fs.operations import TIMEOUT, LazyOperations
 from lazyfs.formats.entry import Entry, EntryType
+from tests.support.listings import listed
 from tests.support.entries import D, F, H, L
 
 LAYERS = [[D("etc"), F("etc/os-release", b"debian")], [D("etc"), F("etc/motd", b"hello\n")]]
@@ -233,12 +234,7 @@ async def test_listed_attributes_are_getattr_s(tmp_path, monkeypatch, extra, kee
     with MergedIndex.build(tmp_path / "ix", [layer], per_layer=False) as index:
         ops = LazyOperations(Tree(index), no_reads, extra_files=extra)
         for ino in (ROOT_INO, index.resolve("/d").ino):
-            attrs: list = []
-            monkeypatch.setattr(pyfuse3, "readdir_reply",
-                                lambda token, name, a, next_id: attrs.append((name, a)) or True)
-            fh = await ops.opendir(ino, None)
-            await ops.readdir(fh, 0, None)
-            await ops.releasedir(fh)
+            attrs = await listed(ops, ino, monkeypatch)
             assert len(attrs) == len(index.listdir(ino)) + (ino == ROOT_INO and bool(extra))
             for name, a in attrs:
                 assert _fields(a) == _fields(await ops.getattr(a.st_ino, None)), name
@@ -250,12 +246,7 @@ async def test_a_layers_view_lists_the_layers_at_the_root(tmp_path, monkeypatch)
     with MergedIndex.build(tmp_path / "ix", layers, layer_names=["base", "app"]) as index:
         ops = LazyOperations(Tree(index), no_reads, layers=True,
                              extra_files={".lowerdir": b"app:base"})
-        attrs: list = []
-        monkeypatch.setattr(pyfuse3, "readdir_reply",
-                            lambda token, name, a, next_id: attrs.append((name, a)) or True)
-        fh = await ops.opendir(ROOT_INO, None)
-        await ops.readdir(fh, 0, None)
-        await ops.releasedir(fh)
+        attrs = await listed(ops, ROOT_INO, monkeypatch)
         assert [n for n, _ in attrs] == [b"base", b"app", b".lowerdir"]
         for name, a in attrs:
             assert _fields(a) == _fields(await ops.lookup(ROOT_INO, name, None)), name

@@ -7,7 +7,6 @@ from __future__ import annotations
 import struct
 from types import SimpleNamespace
 
-import pyfuse3
 import trio
 
 from lazyfs.fs import operations
@@ -22,6 +21,7 @@ from lazyfs.serve.images import ImageSet, Slot
 from lazyfs.serve.relay import FUSE_INIT, INIT_UNIQUE, init_request
 from lazyfs.store.blobs import Store
 from tests.support.entries import D, F
+from tests.support.listings import listed
 
 
 def test_the_synthetic_init_is_a_7_38_init_request():
@@ -51,12 +51,7 @@ async def test_an_image_s_listings_and_lookups_give_its_inodes_in_its_slot(tmp_p
         etc = index.resolve("/etc").ino
         for keep in (4096, 1):
             monkeypatch.setattr(operations, "LISTING_MAX", keep)
-            got: list = []
-            monkeypatch.setattr(pyfuse3, "readdir_reply",
-                                lambda token, name, a, next_id: got.append((name, a)) or True)
-            fh = await ops.opendir(etc, None)
-            await ops.readdir(fh, 0, None)
-            await ops.releasedir(fh)
+            got = await listed(ops, etc, monkeypatch)
             assert [(n, a.st_ino) for n, a in got] == \
                 [(n, (await ops.lookup(etc, n, None)).st_ino) for n in (b"a", b"b")]
             assert all(a.st_ino == base | index.resolve("/etc/" + n.decode()).ino for n, a in got)
