@@ -201,7 +201,8 @@ class Tree:
                 children[base] = TreeNode.of(e, layer)
                 if self._view and e.type in _RESOLVING:
                     # it may hide what a lower layer has at this path, which
-                    # a name met earlier may have been resolved through
+                    # a name met earlier may have been resolved through (as
+                    # in ``_place``)
                     parents.clear()
             else:
                 self._place(parent, dir_path, base, e, layer, merged_below)
@@ -257,11 +258,13 @@ class Tree:
                 if opaque is not None:
                     old.xattrs[_OPAQUE_XATTR] = opaque
                 return
-        if old is not None:
+        if old is not None or (self._view and e.type in _RESOLVING):
+            # a name replaced, or in a view one that may hide a lower layer's
+            # (see ``apply``): parents resolved so far may be stale
             self._parents.clear()
-            if self._view and node.children is not None and old.children is None:
-                # whatever this layer put here first already removed the lower directory
-                node.xattrs[_OPAQUE_XATTR] = b"y"
+        if old is not None and self._view and node.children is not None and old.children is None:
+            # whatever this layer put here first already removed the lower directory
+            node.xattrs[_OPAQUE_XATTR] = b"y"
         parent.children[base] = node
 
     def _link_target(self, e: Entry, layer: int, merged_below: "Tree | None",
