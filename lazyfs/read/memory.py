@@ -142,22 +142,19 @@ class InFlight:
             if self._freed is None:
                 self._freed = trio.Event()
             await self._freed.wait()
-        self.used += nbytes
-        self.peak = max(self.peak, self.used)
+        release = self.carry(nbytes)
         try:
             yield
         finally:
-            self.used -= nbytes
-            if self._freed is not None:
-                self._freed.set()
-                self._freed = None
+            release()
             trim_heap()
 
     def carry(self, nbytes: int) -> Callable[[], None]:
         """Count ``nbytes`` at once, without waiting, until the returned
-        function is called: room handed from a load to a task that outlives
-        it (pieces written behind the read), taken while the load still holds
-        its own so that the budget's check covers both."""
+        function is called: ``room`` once there is room, and room handed from
+        a load to a task that outlives it (pieces written behind the read),
+        taken while the load still holds its own so that the budget's check
+        covers both."""
         self.used += nbytes
         self.peak = max(self.peak, self.used)
 
