@@ -26,6 +26,9 @@ from ..reference import Reference
 if TYPE_CHECKING:
     from .blobs import Store
 
+_BUSY_S = 30
+"""How long a transaction waits for another process's to end."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     repository      TEXT NOT NULL,
@@ -84,21 +87,41 @@ class ImageRecords:
     db_path: Path
 
     def _create_records(self) -> None:
+        self._use_wal()
         with self._db() as db:
             db.execute(_SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(images)")}
             if "unpacked_size" not in columns:
                 db.execute("ALTER TABLE images ADD COLUMN unpacked_size INTEGER")
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def _use_wal(self) -> None:
+        """The file is kept in WAL mode, which it remembers, so the mode is
+        set once per store and not per transaction. SQLite does not wait on a
+        busy database while it switches modes (processes creating one store
+        at once could fail with "database is locked"), so the switch is
+        retried here for as long as a transaction would wait."""
+        deadline = time.monotonic() + _BUSY_S
+        while True:
+            try:
+                with contextlib.closing(self._connect()) as db:
+                    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise CacheError(f"image database {self.db_path}: {e}") from None
+            time.sleep(0.02)
+
+    def _connect(self) -> sqlite3.Connection:
         try:
-            db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+            return sqlite3.connect(self.db_path, timeout=_BUSY_S, isolation_level=None)
         except sqlite3.Error as e:
             raise CacheError(f"cannot open image database {self.db_path}: {e}") from None
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = self._connect()
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
             db.execute("BEGIN IMMEDIATE")
             yield db
             db.execute("COMMIT")

@@ -231,6 +231,30 @@ def test_records_list_filter_and_moved_tag(tmp_path):
     assert store.find_image("127.0.0.1:5000/app", digest=a.digest).tag is None
 
 
+def test_openers_of_a_new_store_at_once_all_get_it(tmp_path):
+    """Switching a new records file to WAL is not waited for by SQLite when
+    another opener is switching it too: without a retry, about one fresh
+    store in thirty failed one of its eight openers with "database is locked"."""
+    import threading
+    failures = []
+    for trial in range(150):
+        root, go = tmp_path / str(trial), threading.Barrier(8)
+
+        def open_store():
+            go.wait()
+            try:
+                Store(root).list_images()
+            except CacheError as e:
+                failures.append(str(e))
+
+        threads = [threading.Thread(target=open_store) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == []
+
+
 def test_remove_image_by_tag_digest_and_id(tmp_path):
     store = Store(tmp_path)
     a, b = record(tag="v1"), record(tag="v2")
