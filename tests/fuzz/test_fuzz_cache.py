@@ -31,21 +31,16 @@ ENTRIES = [Entry("a", EntryType.DIR, 0o755), Entry("a/f", EntryType.FILE, 0o644,
            Entry("a/l", EntryType.SYMLINK, 0o777, linkname="f"),
            Entry("x", EntryType.FILE, 0o600, xattrs={"user.k": b"v"}, data=b"y")]
 TABLE = LayerTable(format="tar", lazy=True, state=b"s\n", entries=ENTRIES)
-WORK = Path(tempfile.mkdtemp(prefix="lazyfs-fuzz-"))
 
 
-def _table_bytes() -> bytes:
-    save_layer_table(WORK / "seed.table", TABLE)
-    return (WORK / "seed.table").read_bytes()
+def _seeds() -> tuple[bytes, bytes]:
+    with tempfile.TemporaryDirectory(prefix="lazyfs-fuzz-") as d:
+        save_layer_table(Path(d) / "seed.table", TABLE)
+        MergedIndex.build(Path(d) / "seed.index", [ENTRIES]).close()
+        return (Path(d) / "seed.table").read_bytes(), (Path(d) / "seed.index").read_bytes()
 
 
-def _index_bytes() -> bytes:
-    MergedIndex.build(WORK / "seed.index", [ENTRIES]).close()
-    return (WORK / "seed.index").read_bytes()
-
-
-SEED_TABLE = _table_bytes()
-SEED_INDEX = _index_bytes()
+SEED_TABLE, SEED_INDEX = _seeds()
 SEED_PAYLOAD = zstandard.ZstdDecompressor().decompress(SEED_TABLE[len(layertable.MAGIC) + 32:])
 
 
@@ -56,7 +51,7 @@ def sealed(payload: bytes) -> bytes:
 
 
 def write(data: bytes) -> Path:
-    fd, name = tempfile.mkstemp(dir=WORK)
+    fd, name = tempfile.mkstemp(prefix="lazyfs-fuzz-")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     return Path(name)
