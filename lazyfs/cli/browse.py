@@ -264,9 +264,12 @@ async def export(image: Image, dest: str, tally: Tally | None = None) -> int:
     stopped between two entries by Ctrl-C. Every name is created relative to
     its parent's descriptor with ``O_NOFOLLOW``/``O_EXCL``, so nothing is ever
     written through a symlink, whatever the image holds."""
-    os.makedirs(dest, exist_ok=True)
-    if os.listdir(dest):
-        raise UsageError(f"export: {dest} is not empty")
+    try:
+        os.makedirs(dest, exist_ok=True)
+        if os.listdir(dest):
+            raise UsageError(f"export: {dest} is not empty")
+    except OSError as e:
+        raise LazyfsError(f"export: cannot create {dest}: {e.strerror or e}") from None
     tally = tally if tally is not None else Tally()
     count_tree(image, tally)
     check_free_space(Path(dest), tally.total_bytes, f"the export of {image.ref}")

@@ -4,6 +4,7 @@ stat, find, diff, export (the work is in ``browse.py``)."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import sys
 
@@ -186,12 +187,38 @@ def _export_target(args: argparse.Namespace) -> tuple[str, str]:
     if args.tar is None and args.dir is None:
         raise UsageError("export: give a DIR, - for a tar stream on stdout, or --tar FILE")
     if args.dir is not None and args.dir != "-":
+        _check_export_dir(args.dir)
         return "dir", args.dir
     dest = args.tar or "-"
     if dest == "-" and sys.stdout.isatty():
         raise UsageError("export: not writing a tar stream to a terminal "
                          "(redirect stdout, or use --tar FILE)")
+    if dest != "-":
+        _check_archive_path(dest)
     return "archive", dest
+
+
+def _check_export_dir(dest: str) -> None:
+    """Refused before the image is opened, and its layers fetched, for nothing."""
+    if os.path.isdir(dest):
+        if os.listdir(dest):
+            raise UsageError(f"export: {dest} is not empty")
+        return
+    if os.path.lexists(dest):
+        raise UsageError(f"export: {dest} exists and is not a directory")
+    above = os.path.dirname(os.path.abspath(dest))
+    while not os.path.lexists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise UsageError(f"export: cannot create {dest}: {above} is not a directory")
+
+
+def _check_archive_path(dest: str) -> None:
+    if os.path.isdir(dest):
+        raise UsageError(f"export: {dest} is a directory (give the archive's file name)")
+    parent = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(parent):
+        raise UsageError(f"export: cannot write {dest}: no directory {parent}")
 
 
 def _add_export(sub) -> None:

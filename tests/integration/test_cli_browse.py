@@ -173,6 +173,30 @@ def test_export_needs_one_destination(images, tmp_path):
     assert not (tmp_path / "-").exists() and not (tmp_path / "t").exists()
 
 
+def test_export_refuses_a_destination_it_cannot_use_before_opening_the_image(tmp_path):
+    """One line and exit 2, and before the image is looked for: the
+    reference names a registry nobody listens on (exit 7 if it were asked)."""
+    afile, full = tmp_path / "afile", tmp_path / "full"
+    afile.write_text("x")
+    full.mkdir()
+    (full / "x").write_text("x")
+    ref = "127.0.0.1:1/nobody/here:v1"
+    cases = {
+        (ref, str(afile)): f"{afile} exists and is not a directory",
+        (ref, str(afile / "sub")): f"cannot create {afile / 'sub'}: {afile} is not a directory",
+        (ref, str(full)): f"{full} is not empty",
+        ("--tar", str(full), ref): f"{full} is a directory",
+        ("--tar", str(tmp_path / "no" / "x.tar"), ref): f"no directory {tmp_path / 'no'}",
+    }
+    for args, says in cases.items():
+        p = run("export", *args, cache=tmp_path / "c", check=False)
+        err = p.stderr.decode()
+        assert p.returncode == 2, (args, err)
+        assert err.startswith("lazyfs: export: ") and says in err and err.count("\n") == 1, err
+    assert afile.read_text() == "x" and sorted(os.listdir(full)) == ["x"]
+    assert not (tmp_path / "no").exists()
+
+
 def test_prune_all_empties_the_chunk_cache_and_cache_size_is_checked(registry, tmp_path):
     from pathlib import Path
 
