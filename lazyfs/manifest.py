@@ -72,11 +72,20 @@ class Platform:
 
     @classmethod
     def parse(cls, text: str) -> Platform:
-        """``os/arch[/variant]`` as ``--platform`` takes it; a bare arch means Linux."""
+        """``os/arch[/variant]`` as ``--platform`` takes it. One word is read
+        as containerd reads it: an operating system means this host's
+        architecture on it, an architecture means Linux on it."""
         parts = text.strip().split("/")
         if not all(parts) or not 1 <= len(parts) <= 3:
             raise UsageError(f"invalid platform {text!r}: expected os/arch[/variant]")
         if len(parts) == 1:
+            word = parts[0].lower()
+            if word in _KNOWN_OS:
+                host = cls.host()
+                return cls(word, host.architecture, host.variant).normalized()
+            if word not in _KNOWN_ARCH and word not in _ARCH_ALIASES:
+                raise UsageError(f"invalid platform {text!r}: unknown operating system or "
+                                 "architecture (expected os/arch[/variant])")
             parts = ["linux", *parts]
         return cls(*parts).normalized()
 
@@ -115,6 +124,13 @@ _ARCH_ALIASES = {
     "x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm",
     "armel": "arm", "i386": "386", "i686": "386", "armv7l": "arm", "armv6l": "arm",
 }
+_KNOWN_OS = frozenset({"aix", "android", "darwin", "dragonfly", "freebsd", "hurd", "illumos",
+                       "ios", "js", "linux", "nacl", "netbsd", "openbsd", "plan9", "solaris",
+                       "wasip1", "windows", "zos"})
+_KNOWN_ARCH = frozenset({"386", "amd64", "amd64p32", "arm", "armbe", "arm64", "arm64be",
+                         "loong64", "mips", "mipsle", "mips64", "mips64le", "mips64p32",
+                         "mips64p32le", "ppc", "ppc64", "ppc64le", "riscv", "riscv64", "s390",
+                         "s390x", "sparc", "sparc64", "wasm"})
 _MACHINE_VARIANTS = {"aarch64": "v8", "arm64": "v8", "armv7l": "v7", "armv6l": "v6",
                      "armhf": "v7", "armel": "v6"}
 

@@ -144,10 +144,17 @@ def test_platform_parse(text, expected):
     assert Platform.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "linux/", "/amd64", "a/b/c/d"])
+@pytest.mark.parametrize("text", ["", "linux/", "/amd64", "a/b/c/d", "nonsense"])
 def test_platform_parse_rejects(text):
     with pytest.raises(UsageError, match="invalid platform"):
         Platform.parse(text)
+
+
+def test_one_word_naming_an_os_means_this_hosts_architecture_on_it():
+    host = Platform.host()
+    assert Platform.parse("linux") == host
+    assert Platform.parse("Windows") == Platform("windows", host.architecture, host.variant)
+    assert Platform.parse("s390x") == Platform("linux", "s390x")
 
 
 @pytest.mark.parametrize("machine, expected", [
