@@ -22,7 +22,7 @@ from .._version import __version__
 from ..errors import show_warnings
 from . import client
 from .options import HelpFormatter, add_common_options, opt
-from .run import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, run_args
+from .run import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, check_stdout, flushed, run_args
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "build_parser", "commands", "main"]
 
@@ -50,11 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    check_stdout()
     answered = client.ask_service(sys.argv[1:] if argv is None else argv)
     if answered is not None:
-        return answered
+        return flushed(answered)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed
+        return flushed(e.code if isinstance(e.code, int) else 2)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
@@ -66,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("lazyfs").addHandler(logging.NullHandler())
         logging.getLogger("lazyfs").propagate = False
         show_warnings()
-    return run_args(args)
+    return flushed(run_args(args))

@@ -13,6 +13,7 @@ Apart from the parser so that a service can run commands the same way
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 
@@ -25,10 +26,54 @@ EXIT_BROKEN_PIPE = 141
 """The reader of stdout went away, as a shell reports SIGPIPE."""
 
 
+class _OutputError(LazyfsError):
+    """Standard output could not be written (a full disk, an I/O error)."""
+
+
+class _Stdout(io.FileIO):
+    """File descriptor 1, whose failures other than a reader gone away say
+    what they are as an error of ours, not a traceback (cat's "write error")."""
+
+    def write(self, data) -> int:
+        try:
+            return super().write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _OutputError(f"cannot write to standard output: {e.strerror or e}") from None
+
+
+def check_stdout() -> None:
+    """Put ``_Stdout`` under ``sys.stdout`` (the command line's, not a
+    service's: this is called by ``main`` only)."""
+    old = sys.stdout
+    try:
+        fd = old.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return
+    old.flush()
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_Stdout(fd, "w", closefd=False)),
+                                  encoding=old.encoding, errors=old.errors,
+                                  line_buffering=old.line_buffering)
+
+
+def flushed(code: int) -> int:
+    """``code`` once what the command printed is out, else the error's."""
+    try:
+        sys.stdout.flush()
+    except _OutputError as e:
+        return _output_failed(e)
+    except BrokenPipeError:
+        return _reader_gone()
+    return code
+
+
 def run_args(args: argparse.Namespace) -> int:
     try:
         with single_error():
             return args.func(args) or 0
+    except _OutputError as e:
+        return _output_failed(e)
     except LazyfsError as e:
         print(f"lazyfs: {e}", file=sys.stderr)
         return e.exit_code
@@ -40,11 +85,27 @@ def run_args(args: argparse.Namespace) -> int:
             raise
         return _interrupted(ki)
     except BrokenPipeError:
-        # The reader went away (``lazyfs ls ... | head``): stop quietly, as cat does.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return EXIT_BROKEN_PIPE
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """The reader went away (``lazyfs ls ... | head``): stop quietly, as cat does."""
+    _drop_stdout()
+    return EXIT_BROKEN_PIPE
+
+
+def _output_failed(e: _OutputError) -> int:
+    _drop_stdout()
+    print(f"lazyfs: {e}", file=sys.stderr)
+    return e.exit_code
+
+
+def _drop_stdout() -> None:
+    """What is still buffered goes nowhere, so the interpreter's last flush
+    does not fail again on its way out."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _interrupted(e: KeyboardInterrupt) -> int:

@@ -197,6 +197,20 @@ def test_export_refuses_a_destination_it_cannot_use_before_opening_the_image(tmp
     assert not (tmp_path / "no").exists()
 
 
+def test_a_full_disk_under_stdout_is_one_error_line(images, tmp_path):
+    """As cat says "write error": the reason, exit 1, no traceback (also
+    for what argparse prints, and for the interpreter's last flush)."""
+    env = dict(os.environ, LAZYFS_CACHE_DIR=str(tmp_path / "c"))
+    for args in (["cat", images[1], "/etc/os-release"], ["ls", "-lR", images[0], "/"],
+                 ["export", images[0], "-"], ["--help"]):
+        with open("/dev/full", "wb") as full:
+            p = subprocess.run([*LAZYFS, *args], stdout=full, stderr=subprocess.PIPE,
+                               env=env, timeout=120)
+        assert p.returncode == 1, (args, p.stderr)
+        assert p.stderr.decode() == ("lazyfs: cannot write to standard output: "
+                                     "No space left on device\n"), args
+
+
 def test_prune_all_empties_the_chunk_cache_and_cache_size_is_checked(registry, tmp_path):
     from pathlib import Path
 
