@@ -112,9 +112,19 @@ def registry_options(args: argparse.Namespace):
     from ..registry.login import fixed_auth
     credential = creds_credential(args)
     return RegistryOptions(insecure_registries=tuple(opt(args, "insecure_registry") or ()),
-                           mirrors=tuple(opt(args, "registry_mirror") or ()),
+                           mirrors=tuple(_mirror(m) for m in opt(args, "registry_mirror") or ()),
                            hosts_dir=opt(args, "hosts_dir"),
                            auth=fixed_auth(credential) if credential is not None else None)
+
+
+def _mirror(text: str) -> str:
+    """A mirror as docker takes one, an http(s) URL of a host, or the host alone."""
+    import re
+    if not re.fullmatch(r"(?:https?://)?[A-Za-z0-9.-]+(?::[0-9]{1,5})?/?|"
+                        r"(?:https?://)?\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?/?", text):
+        raise UsageError(f"invalid --registry-mirror {text!r}: expected "
+                         "http[s]://HOST[:PORT] or HOST[:PORT]")
+    return text
 
 
 def creds_credential(args: argparse.Namespace):

@@ -82,3 +82,19 @@ def test_ctrl_c_while_the_command_is_still_importing_is_one_line():
             "raise SystemExit(main(['ls', 'x:y', '/']))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (p.returncode, p.stderr, p.stdout) == (130, "lazyfs: interrupted\n", "")
+
+
+@pytest.mark.parametrize("mirror, ok", [
+    ("https://mirror.gcr.io", True), ("http://127.0.0.1:5000/", True),
+    ("mirror.example:5000", True), ("http://[::1]:5000", True),
+    ("not a url", False), ("ftp://mirror.example", False), ("https://mirror.example/path", False),
+])
+def test_registry_mirror_is_a_host_or_its_url(mirror, ok):
+    from lazyfs.cli.options import registry_options
+    from lazyfs.errors import UsageError
+    args = build_parser().parse_args(["--registry-mirror", mirror, "ls", "REF"])
+    if ok:
+        assert registry_options(args).mirrors == (mirror,)
+    else:
+        with pytest.raises(UsageError, match="invalid --registry-mirror"):
+            registry_options(args)
