@@ -121,7 +121,7 @@ def mounted(mountinfo: bytes, dev: str) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m lazyfs.serve.holder SOCKET FUSE_FD LEASE_FD INFO_JSON``."""
+    """``python -I -S holder.py SOCKET FUSE_FD LEASE_FD INFO_JSON``."""
     path, fuse_fd, lease_fd, info = argv[0], int(argv[1]), int(argv[2]), json.loads(argv[3])
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
