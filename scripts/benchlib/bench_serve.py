@@ -37,6 +37,10 @@ from .mounting import bench_env
 from .registry import running_registry
 
 READ = "etc/os-release"
+SETTLE_S = 1.0
+"""Both services are given this long after they answer before the timed
+read: "already running" means past its start, not during it (lazyfs serve
+is still starting the process that keeps its mount for a successor)."""
 ROUNDS = 3
 CLI_RUNS = 7
 PYTHON = sys.executable
@@ -145,6 +149,7 @@ def _served(cursor, layers: dict[str, int]) -> int:
 
 def _lazyfs_store(py, base, cursor, layers: dict[str, int], i: int) -> dict:
     with running_service(BENCH_DIR / "work" / f"serve-{i}") as (root, _):
+        time.sleep(SETTLE_S)
         cursor.mark()
         seconds, text = _timed_cat(root / py.host / f"{py.repo}:{py.tag}" / READ)
         fetched = _served(cursor, layers)
@@ -157,6 +162,7 @@ def _lazyfs_store(py, base, cursor, layers: dict[str, int], i: int) -> dict:
 
 def _peer_store(host: str, py, holder: str, cursor, layers: dict[str, int], i: int) -> dict:
     with peer.running_stargz_store(host, f"serve-{i}") as store:
+        time.sleep(SETTLE_S)
         cursor.mark()
         seconds, text = _timed_cat(store.layer_path(py.ref, holder, READ))
         fetched = _served(cursor, layers)
