@@ -143,14 +143,17 @@ class Control:
         route_std_streams()
         listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with listener:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
             try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
                 await listener.bind(path)
                 os.chmod(path, 0o660)
             except OSError as e:
-                raise UsageError(f"cannot listen on {path}: {e.strerror} (give --control-socket "
+                # makedirs says "exists" of a parent that is a file
+                why = "a parent is not a directory" if isinstance(e, FileExistsError) \
+                    else e.strerror
+                raise UsageError(f"cannot listen on {path}: {why} (give --control-socket "
                                  "PATH or --no-control-socket)") from None
             listener.listen(64)
             log.info("control socket %s", path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 from concurrent import futures
 from pathlib import Path
 
@@ -52,14 +53,27 @@ class SnapshotterService:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        self._snapshotter = Snapshotter(Path(self.state_dir), self._resolve)
+        try:
+            self._snapshotter = Snapshotter(Path(self.state_dir), self._resolve)
+        except (OSError, sqlite3.Error) as e:
+            raise UsageError(f"cannot keep snapshotter state in {self.state_dir}: "
+                             f"{getattr(e, 'strerror', None) or e} (give --containerd-state DIR)"
+                             ) from None
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.workers,
                                                         thread_name_prefix="snapshots"))
         snapshots_pb2_grpc.add_SnapshotsServicer_to_server(_Servicer(self._snapshotter), server)
-        Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
-        if os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)
-        server.add_insecure_port("unix:" + os.path.abspath(self.socket_path))
+        try:
+            Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
+            if os.path.exists(self.socket_path):
+                os.unlink(self.socket_path)
+            if not server.add_insecure_port("unix:" + os.path.abspath(self.socket_path)):
+                raise OSError("the gRPC server could not bind it")
+        except (OSError, RuntimeError) as e:
+            self._snapshotter.close()
+            why = "a parent is not a directory" if isinstance(e, FileExistsError) \
+                else getattr(e, "strerror", None) or e
+            raise UsageError(f"cannot listen on {self.socket_path}: {why} "
+                             "(give --containerd-socket PATH)") from None
         server.start()
         log.info("snapshots API on %s, state in %s", self.socket_path, self.state_dir)
         try:

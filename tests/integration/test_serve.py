@@ -255,3 +255,25 @@ def test_the_snapshotter_runs_in_the_service(tmp_path):
         _wait(sock.exists, 20, "the snapshots socket")
         snap = service.stats()["snapshotter"]
         assert snap["running"] is True and snap["socket"] == str(sock)
+
+
+def test_socket_and_state_paths_it_cannot_use_are_one_error_line(tmp_path):
+    """Each refused with exit 2 and one line naming the option, the mount
+    left behind by none of them."""
+    pytest.importorskip("lazyfs.snapshotter")
+    afile, root = tmp_path / "afile", tmp_path / "root"
+    afile.write_text("x")
+    root.mkdir()
+    ok = ["--control-socket", str(tmp_path / "c.sock")]
+    cases = {
+        ("--control-socket", str(afile / "x.sock")): "--control-socket PATH",
+        (*ok, "--containerd-socket", str(afile / "s.sock")): "--containerd-socket PATH",
+        (*ok, "--containerd-socket", str(tmp_path / "s.sock"),
+         "--containerd-state", str(afile)): "--containerd-state DIR",
+    }
+    for args, names in cases.items():
+        p = subprocess.run([*LAZYFS, "serve", *args, str(root)], capture_output=True, text=True,
+                           timeout=60, env=dict(os.environ, LAZYFS_CACHE_DIR=str(tmp_path / "c")))
+        errors = [line for line in p.stderr.splitlines() if line.startswith("lazyfs: ")]
+        assert p.returncode == 2 and len(errors) == 1 and names in errors[0], (args, p.stderr)
+        assert "Traceback" not in p.stderr and not os.path.ismount(root)
