@@ -107,8 +107,9 @@ class ImageRecords:
                     if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                         db.execute("PRAGMA journal_mode=WAL")
                 return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or time.monotonic() > deadline:
+            except sqlite3.Error as e:
+                locked = isinstance(e, sqlite3.OperationalError) and "locked" in str(e)
+                if not locked or time.monotonic() > deadline:
                     raise CacheError(f"image database {self.db_path}: {e}") from None
             time.sleep(0.02)
 

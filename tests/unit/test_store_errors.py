@@ -44,3 +44,10 @@ async def test_an_async_blob_writer_in_an_unwritable_store_is_a_cache_error(tmp_
     with immutable(store.root / "tmp"), pytest.raises(CacheError):
         async with store.blob_writer("sha256:" + "0" * 64, 10):
             pass
+
+
+def test_a_damaged_image_database_is_a_cache_error(tmp_path):
+    tmp_path.chmod(0o700)
+    (tmp_path / "images.db").write_bytes(b"not sqlite at all" * 300)
+    with pytest.raises(CacheError, match="images.db: file is not a database"):
+        Store(tmp_path)
