@@ -201,7 +201,11 @@ def _export_target(args: argparse.Namespace) -> tuple[str, str]:
 def _check_export_dir(dest: str) -> None:
     """Refused before the image is opened, and its layers fetched, for nothing."""
     if os.path.isdir(dest):
-        if os.listdir(dest):
+        try:
+            entries = os.listdir(dest)
+        except OSError as e:
+            raise UsageError(f"export: cannot use {dest}: {e.strerror}") from None
+        if entries:
             raise UsageError(f"export: {dest} is not empty")
         return
     if os.path.lexists(dest):

@@ -98,3 +98,16 @@ def test_registry_mirror_is_a_host_or_its_url(mirror, ok):
     else:
         with pytest.raises(UsageError, match="invalid --registry-mirror"):
             registry_options(args)
+
+
+def test_an_export_directory_that_cannot_be_listed_is_one_usage_error(tmp_path, monkeypatch):
+    """As a user other than root meets a directory of mode 000 (root lists it
+    anyway, so the refusal is made here)."""
+    from lazyfs.cli import files
+    from lazyfs.errors import UsageError
+
+    def refused(path):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(files.os, "listdir", refused)
+    with pytest.raises(UsageError, match=f"export: cannot use {tmp_path}: Permission denied"):
+        files._check_export_dir(str(tmp_path))
