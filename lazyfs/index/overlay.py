@@ -179,7 +179,7 @@ class Tree:
         name's directory part as written, and the paths this layer made are
         only collected into ``upper`` once a whiteout needs them."""
         parents = self._parents = {}
-        self._view = merged_below is not None
+        view = self._view = merged_below is not None
         self._below = merged_below
         made: list[tuple[tuple[str, ...], str]] = []
         upper: set[tuple[str, ...]] = {()}
@@ -197,13 +197,9 @@ class Tree:
                 known = parents[dir_raw] = self._make_parents(dir_parts, layer, e.name)
             dir_path, parent = known
             children = parent.children
-            if base not in children and e.type is not EntryType.HARDLINK:
+            if base not in children and e.type is not EntryType.HARDLINK \
+                    and not (view and e.type in _RESOLVING):
                 children[base] = TreeNode.of(e, layer)
-                if self._view and e.type in _RESOLVING:
-                    # it may hide what a lower layer has at this path, which
-                    # a name met earlier may have been resolved through (as
-                    # in ``_place``)
-                    parents.clear()
             else:
                 self._place(parent, dir_path, base, e, layer, merged_below)
             made.append((dir_path, base))
@@ -259,8 +255,9 @@ class Tree:
                     old.xattrs[_OPAQUE_XATTR] = opaque
                 return
         if old is not None or (self._view and e.type in _RESOLVING):
-            # a name replaced, or in a view one that may hide a lower layer's
-            # (see ``apply``): parents resolved so far may be stale
+            # a name replaced, or in a view a directory or symlink that may
+            # hide a lower layer's symlink some earlier name was resolved
+            # through: parents resolved so far may be stale
             self._parents.clear()
         if old is not None and self._view and node.children is not None and old.children is None:
             # whatever this layer put here first already removed the lower directory
