@@ -34,6 +34,7 @@ from ..errors import LazyfsError, UsageError
 from ..reference import parse_reference
 from .binds import Binds
 from .images import ImageSet
+from .sockets import make_way
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +145,11 @@ class Control:
         listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with listener:
             try:
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+                make_way(path)
                 await listener.bind(path)
                 os.chmod(path, 0o660)
             except OSError as e:
-                # makedirs says "exists" of a parent that is a file
-                why = "a parent is not a directory" if isinstance(e, FileExistsError) \
-                    else e.strerror
-                raise UsageError(f"cannot listen on {path}: {why} (give --control-socket "
+                raise UsageError(f"cannot listen on {path}: {e.strerror} (give --control-socket "
                                  "PATH or --no-control-socket)") from None
             listener.listen(64)
             log.info("control socket %s", path)

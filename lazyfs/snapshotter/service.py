@@ -22,6 +22,7 @@ import trio
 from google.protobuf import empty_pb2
 
 from ..errors import LazyfsError, NotFound, UsageError
+from ..serve.sockets import make_way
 from .api import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
 from .remote import LayerSource
 from .snapshots import Mount, Snapshotter
@@ -63,16 +64,13 @@ class SnapshotterService:
                                                         thread_name_prefix="snapshots"))
         snapshots_pb2_grpc.add_SnapshotsServicer_to_server(_Servicer(self._snapshotter), server)
         try:
-            Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
-            if os.path.exists(self.socket_path):
-                os.unlink(self.socket_path)
+            make_way(self.socket_path)
             if not server.add_insecure_port("unix:" + os.path.abspath(self.socket_path)):
                 raise OSError("the gRPC server could not bind it")
         except (OSError, RuntimeError) as e:
             self._snapshotter.close()
-            why = "a parent is not a directory" if isinstance(e, FileExistsError) \
-                else getattr(e, "strerror", None) or e
-            raise UsageError(f"cannot listen on {self.socket_path}: {why} "
+            raise UsageError(f"cannot listen on {self.socket_path}: "
+                             f"{getattr(e, 'strerror', None) or e} "
                              "(give --containerd-socket PATH)") from None
         server.start()
         log.info("snapshots API on %s, state in %s", self.socket_path, self.state_dir)
