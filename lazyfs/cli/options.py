@@ -119,7 +119,6 @@ def registry_options(args: argparse.Namespace):
 
 def _mirror(text: str) -> str:
     """A mirror as docker takes one, an http(s) URL of a host, or the host alone."""
-    import re
     if not re.fullmatch(r"(?:https?://)?[A-Za-z0-9.-]+(?::[0-9]{1,5})?/?|"
                         r"(?:https?://)?\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?/?", text):
         raise UsageError(f"invalid --registry-mirror {text!r}: expected "

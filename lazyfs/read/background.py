@@ -12,7 +12,6 @@ requests get it.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import time
 from typing import Awaitable, Callable, Sequence
